@@ -1,0 +1,19 @@
+"""Video-P2P on diffusers: inflation, one-shot tuning, null-text inversion, attention control, sampling.
+
+Pure algorithm: never imports ComfyUI. Host concerns come in through ``Host``.
+"""
+from .control import AttentionController, EditPlan, build_edit_plan
+from .errors import VP2PInputError
+from .host import Host, Interrupted
+from .inflation import inflate_unet, is_inflated, trainable_parameter_names, video_forward
+from .inversion import Inversion, invert
+from .model import VideoModel
+from .sampling import EditResult, sample_edit
+from .schedule import DDIMConfig, DDIMSchedule
+from .tuning import Delta, TuneConfig, apply_delta, one_shot_tune
+
+__all__ = [
+    "AttentionController", "DDIMConfig", "DDIMSchedule", "Delta", "EditPlan", "EditResult", "Host", "Interrupted",
+    "Inversion", "TuneConfig", "VP2PInputError", "VideoModel", "apply_delta", "build_edit_plan", "inflate_unet",
+    "invert", "is_inflated", "one_shot_tune", "sample_edit", "trainable_parameter_names", "video_forward",
+]

@@ -1,0 +1,188 @@
+"""Attention processors of the inflated UNet (diffusers processor protocol: one ``__call__`` each).
+
+Frame attention replaces every self-attention ``attn1``, cross-attention keeps its maths but lets a
+controller read and edit its maps, temporal attention attends over the frame axis. Probabilities are
+materialised only in the cross-attention layers a controller reads; everything else is one
+``scaled_dot_product_attention`` call. The number of frames and the controller come from a
+``FrameState`` shared by every processor of one UNet, so one inflated model serves clips of any length.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+FRAME_MODES = ("first", "first_prev")
+
+
+@dataclass
+class FrameState:
+    """Per-UNet call state shared by the inflated modules."""
+
+    num_frames: int = 1
+    independent: bool = False  # frames as separate images (Gen-1's eps_img): no cross-frame anything
+    controller: Any = None  # an AttentionController while editing, else None
+    forward_clips: int = 0  # UNet evaluations, counted in clips (one prompt x one clip = 1)
+    extra: dict = field(default_factory=dict)
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, c = x.shape
+    return x.view(b, n, heads, c // heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+def project_out(attn, x: torch.Tensor) -> torch.Tensor:
+    x = attn.to_out[0](x)
+    return attn.to_out[1](x)
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) in float32, stabilised by the row max (not the global max)."""
+    sim = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    return sim.softmax(dim=-1)
+
+
+def share_source_rows(x: torch.Tensor, clips: int, source: int, targets: list[int]) -> torch.Tensor:
+    """Copy the source clip's rows onto the target clips' rows (x: [clips*k, ...], clip-major)."""
+    xv = x.view(clips, -1, *x.shape[1:])
+    out = xv.clone()
+    out[targets] = xv[source].unsqueeze(0).expand(len(targets), *xv.shape[1:])
+    return out.view_as(x)
+
+
+def _apply_self_replace(state: FrameState, kind: str, q, k, rows_per_clip_total: int, tokens: int):
+    """Self-replace without the map: targets attend with the source's q and k over their own v.
+
+    softmax(Q_src K_src^T) V_tgt equals the reference's 'replace the target map with the source map'
+    and is one SDPA call. Applies to the controlled clips (the first rows of the batch) only.
+    """
+    ctrl = state.controller
+    if ctrl is None or not ctrl.self_replace_active(kind, tokens):
+        return q, k
+    cc = ctrl.controlled_clips
+    n = rows_per_clip_total * cc
+    src, tgts = ctrl.source_index, ctrl.target_indices
+    q = torch.cat([share_source_rows(q[:n], cc, src, tgts), q[n:]])
+    k = torch.cat([share_source_rows(k[:n], cc, src, tgts), k[n:]])
+    return q, k
+
+
+class FrameAttnProcessor:
+    """Self-attention across frames: frame i queries the keys/values of frame 0 (``first``, Video-P2P)
+    or of frames 0 and i-1 (``first_prev``, Tune-A-Video).
+
+    In ``first`` mode all frames of a clip share one key set, so the queries of every frame are stacked on
+    the token axis and attended in one call: K/V are projected for frame 0 only and never repeated.
+    """
+
+    def __init__(self, state: FrameState, mode: str = "first"):
+        if mode not in FRAME_MODES:
+            raise ValueError(f"frame attention mode must be one of {FRAME_MODES}, got {mode!r}")
+        self.state, self.mode = state, mode
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        st = self.state
+        f = 1 if st.independent else st.num_frames
+        rows_per_clip = st.num_frames if st.independent else 1
+        bf, n, c = hidden_states.shape
+        b = bf // f
+        h = attn.heads
+        q = attn.to_q(hidden_states)
+        if self.mode == "first" or f == 1:
+            kv_in = hidden_states.view(b, f, n, c)[:, 0]
+            qh = split_heads(q.reshape(b, f * n, -1), h)
+            kh = split_heads(attn.to_k(kv_in), h)
+            vh = split_heads(attn.to_v(kv_in), h)
+            qh, kh = _apply_self_replace(st, "frame", qh, kh, rows_per_clip, n)
+            out = F.scaled_dot_product_attention(qh, kh, vh)
+            out = merge_heads(out).reshape(bf, n, -1)
+        else:
+            k_all = attn.to_k(hidden_states).view(b, f, n, -1)
+            v_all = attn.to_v(hidden_states).view(b, f, n, -1)
+            prev = [0] + list(range(f - 1))
+            first = [0] * f
+            k = torch.cat([k_all[:, first], k_all[:, prev]], dim=2).reshape(bf, 2 * n, -1)
+            v = torch.cat([v_all[:, first], v_all[:, prev]], dim=2).reshape(bf, 2 * n, -1)
+            qh, kh, vh = split_heads(q, h), split_heads(k, h), split_heads(v, h)
+            qh, kh = _apply_self_replace(st, "frame", qh, kh, f, n)
+            out = merge_heads(F.scaled_dot_product_attention(qh, kh, vh))
+        return project_out(attn, out.to(hidden_states.dtype))
+
+
+class CrossAttnProcessor:
+    """Text cross-attention whose maps a controller may read (store, replace, refine, reweight)."""
+
+    def __init__(self, state: FrameState, name: str):
+        self.state, self.name = state, name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        h = attn.heads
+        qh = split_heads(attn.to_q(hidden_states), h)
+        kh = split_heads(attn.to_k(context), h)
+        vh = split_heads(attn.to_v(context), h)
+        ctrl = self.state.controller
+        tokens = hidden_states.shape[1]
+        if ctrl is None or not ctrl.reads_cross(self.name, tokens):
+            out = F.scaled_dot_product_attention(qh, kh, vh)
+        else:
+            f = self.state.num_frames
+            m = ctrl.controlled_clips * f
+            probs = attention_probs(qh[:m], kh[:m], attn.scale)
+            probs = ctrl.cross(probs.view(ctrl.controlled_clips, f, *probs.shape[1:]), self.name)
+            probs = probs.reshape(m, *probs.shape[2:])
+            out_ctrl = torch.matmul(probs.to(vh.dtype), vh[:m])
+            if m < qh.shape[0]:
+                out = torch.cat([out_ctrl, F.scaled_dot_product_attention(qh[m:], kh[m:], vh[m:])])
+            else:
+                out = out_ctrl
+        return project_out(attn, merge_heads(out).to(hidden_states.dtype))
+
+
+class TemporalAttnProcessor:
+    """Attention over the frame axis; input rows are (clip, pixel), tokens are frames."""
+
+    def __init__(self, state: FrameState):
+        self.state = state
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        h = attn.heads
+        bd, f, c = hidden_states.shape
+        qh = split_heads(attn.to_q(hidden_states), h)
+        kh = split_heads(attn.to_k(hidden_states), h)
+        vh = split_heads(attn.to_v(hidden_states), h)
+        ctrl = self.state.controller
+        if ctrl is not None:
+            d = self.state.extra.get("pixels", 0)
+            qh, kh = _apply_self_replace(self.state, "temporal", qh, kh, d, f)
+        out = F.scaled_dot_product_attention(qh, kh, vh)
+        return project_out(attn, merge_heads(out).to(hidden_states.dtype))
+
+
+class MaterialisedTemporalReplace:
+    """Reference form of temporal self-replace (the map is built, copied, applied): for tests only."""
+
+    def __init__(self, state: FrameState):
+        self.state = state
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        h = attn.heads
+        qh = split_heads(attn.to_q(hidden_states), h)
+        kh = split_heads(attn.to_k(hidden_states), h)
+        vh = split_heads(attn.to_v(hidden_states), h)
+        probs = attention_probs(qh, kh, attn.scale)
+        ctrl = self.state.controller
+        d = self.state.extra.get("pixels", 0)
+        if ctrl is not None and ctrl.self_replace_active("temporal", hidden_states.shape[1]):
+            n = ctrl.controlled_clips * d
+            probs = torch.cat([share_source_rows(probs[:n], ctrl.controlled_clips, ctrl.source_index,
+                                                 ctrl.target_indices), probs[n:]])
+        out = torch.matmul(probs.to(vh.dtype), vh)
+        return project_out(attn, merge_heads(out).to(hidden_states.dtype))

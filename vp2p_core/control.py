@@ -1,0 +1,279 @@
+"""Attention control (Prompt-to-Prompt for video): the edit plan and the controller that applies it.
+
+``EditPlan`` is what the user chose (prompts, mode, fractions, words), resolved to token indices once;
+``AttentionController`` applies it during one sampling run: it is read by the attention processors
+(``reads_cross`` / ``cross`` / ``self_replace_active``) and blends latents at the end of every step.
+The controlled batch is the conditional rows [source, target_1..n]; unconditional rows are untouched,
+as in the reference.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import VP2PInputError
+from .seq_aligner import refinement_mapper, replacement_mapper
+from .text import (MAX_TOKENS, TokenizerLike, check_prompt_length, parse_words, prompt_words,
+                   word_token_indices, words_token_indices)
+
+log = logging.getLogger(__name__)
+
+EDIT_MODES = ("auto", "replace", "refine", "none")
+SELF_REPLACE_ON = ("temporal", "frame", "both", "none")
+
+
+@dataclass
+class BlendSpec:
+    """LocalBlend: token indices of the blend words in the source and in each target prompt."""
+
+    source_tokens: list[int]
+    target_tokens: list[list[int]]
+    threshold: float = 0.3
+    start: float = 0.2
+
+
+@dataclass
+class EditPlan:
+    """A resolved edit: everything the sampler needs but the model and the inversion."""
+
+    source_prompt: str
+    target_prompts: list[str]
+    mode: str  # replace | refine | none
+    mapper: Optional[torch.Tensor] = None  # replace: [n,77,77]; refine: [n,77] long
+    refine_alphas: Optional[torch.Tensor] = None  # refine: [n,77]
+    equalizer: Optional[torch.Tensor] = None  # [n,77]
+    cross_replace: tuple[float, float] = (0.0, 0.2)
+    cross_replace_words: list[tuple[list[list[int]], tuple[float, float]]] = field(default_factory=list)
+    self_replace: tuple[float, float] = (0.0, 0.5)
+    self_replace_on: str = "temporal"
+    frame_replace_max_tokens: int = 32 * 32
+    blend: Optional[BlendSpec] = None
+    store_maps: bool = True
+    # text embeddings, filled by whoever owns the text encoder
+    source_embedding: Optional[torch.Tensor] = None  # [1,77,D]
+    target_embeddings: Optional[torch.Tensor] = None  # [n,77,D]
+    empty_embedding: Optional[torch.Tensor] = None  # [1,77,D]
+
+    @property
+    def num_targets(self) -> int:
+        return len(self.target_prompts)
+
+    def cross_alpha(self, num_steps: int) -> torch.Tensor:
+        """[num_steps+1, n, 77]: 1 where target tokens take the source's maps (the reference's alpha_time_words)."""
+        alpha = torch.zeros(num_steps + 1, self.num_targets, MAX_TOKENS)
+        if self.mode == "none":
+            return alpha
+        s, e = (int(v * (num_steps + 1)) for v in self.cross_replace)
+        alpha[s:e] = 1
+        for per_target, (ws, we) in self.cross_replace_words:
+            s, e = int(ws * (num_steps + 1)), int(we * (num_steps + 1))
+            for t, idx in enumerate(per_target):
+                if idx:
+                    alpha[:, t, idx] = 0
+                    alpha[s:e, t, idx] = 1
+        return alpha
+
+
+def _fraction_pair(v, what: str) -> tuple[float, float]:
+    pair = (0.0, float(v)) if isinstance(v, (int, float)) else (float(v[0]), float(v[1]))
+    if not 0.0 <= pair[0] <= pair[1] <= 1.0:
+        raise VP2PInputError(f"{what}: expected a fraction of the steps in [0, 1] (or start <= end), got {v!r}")
+    return pair
+
+
+def build_edit_plan(tokenizer: TokenizerLike, source_prompt: str, target_prompts: str | Sequence[str],
+                    mode: str = "auto", cross_replace: float | tuple = 0.2, self_replace: float | tuple = 0.5,
+                    cross_replace_words: Optional[dict] = None, blend_words=None, blend_target_words=None,
+                    reweight: Optional[dict] = None, threshold: float = 0.3, blend_start: float = 0.2,
+                    self_replace_on: str = "temporal", frame_replace_max_tokens: int = 32 * 32) -> EditPlan:
+    """Resolve prompts and options into token-level tensors; bad input raises VP2PInputError naming it."""
+    targets = [target_prompts] if isinstance(target_prompts, str) else list(target_prompts)
+    if not targets or any(not t.strip() for t in targets):
+        raise VP2PInputError("target_prompt: expected at least one non-empty target prompt")
+    if not source_prompt.strip():
+        raise VP2PInputError("source_prompt: expected a non-empty prompt describing the clip")
+    if mode not in EDIT_MODES:
+        raise VP2PInputError(f"edit_mode: expected one of {EDIT_MODES}, got {mode!r}")
+    if self_replace_on not in SELF_REPLACE_ON:
+        raise VP2PInputError(f"self_replace_on: expected one of {SELF_REPLACE_ON}, got {self_replace_on!r}")
+    if not 0.0 < threshold < 1.0:
+        raise VP2PInputError(f"mask_threshold: expected a value in (0, 1), got {threshold}")
+    check_prompt_length(tokenizer, source_prompt, "source_prompt")
+    for t in targets:
+        check_prompt_length(tokenizer, t, "target_prompt")
+    if mode == "auto":
+        same_len = all(len(prompt_words(t)) == len(prompt_words(source_prompt)) for t in targets)
+        mode = "replace" if same_len else "refine"
+    plan = EditPlan(source_prompt=source_prompt, target_prompts=targets, mode=mode,
+                    cross_replace=_fraction_pair(cross_replace, "cross_replace"),
+                    self_replace=_fraction_pair(self_replace, "self_replace"),
+                    self_replace_on=self_replace_on, frame_replace_max_tokens=frame_replace_max_tokens)
+    if mode == "replace":
+        plan.mapper = torch.stack([replacement_mapper(source_prompt, t, tokenizer) for t in targets])
+    elif mode == "refine":
+        pairs = [refinement_mapper(source_prompt, t, tokenizer) for t in targets]
+        plan.mapper = torch.stack([p[0] for p in pairs])
+        plan.refine_alphas = torch.stack([p[1] for p in pairs])
+    for word, frac in (cross_replace_words or {}).items():
+        idx = [word_token_indices(t, word, tokenizer) for t in targets]
+        if not any(idx):
+            raise VP2PInputError(f"cross_replace_words: the word {word!r} is in no target prompt {targets!r}")
+        plan.cross_replace_words.append((idx, _fraction_pair(frac, f"cross_replace_words[{word!r}]")))
+    if reweight:
+        if mode == "none":
+            raise VP2PInputError("reweight: needs attention control; edit_mode 'none' has none")
+        eq = torch.ones(len(targets), MAX_TOKENS)
+        for word, value in reweight.items():
+            for i, t in enumerate(targets):
+                idx = words_token_indices(t, [word], tokenizer, "reweight_words")
+                eq[i, idx] = float(value)
+        plan.equalizer = eq
+    src_words = parse_words(blend_words)
+    if src_words:
+        tgt_words = parse_words(blend_target_words) or src_words
+        plan.blend = BlendSpec(
+            source_tokens=words_token_indices(source_prompt, src_words, tokenizer, "blend_words (source prompt)"),
+            target_tokens=[words_token_indices(t, tgt_words, tokenizer, "blend_words (target prompt)")
+                           for t in targets],
+            threshold=threshold, start=blend_start)
+    elif blend_target_words:
+        raise VP2PInputError("blend_words: target blend words were given without source blend words")
+    return plan
+
+
+def blend_layer_names(unet, layer_names: Sequence[str]) -> list[str]:
+    """Cross-attention layers at the coarsest down/up resolution (16x16 at 512 px in SD), for LocalBlend.
+
+    Every SD down block but the last halves the resolution, so down_blocks.k is at 1/2^k and
+    up_blocks.k at 1/2^(n-1-k); the mid block is left out, as in the reference.
+    """
+    n = len(unet.down_blocks)
+
+    def level(name: str) -> Optional[int]:
+        parts = name.split(".")
+        if parts[0] == "down_blocks":
+            return int(parts[1])
+        if parts[0] == "up_blocks":
+            return n - 1 - int(parts[1])
+        return None
+
+    levels = {name: level(name) for name in layer_names}
+    coarsest = max(v for v in levels.values() if v is not None)
+    return [name for name, v in levels.items() if v == coarsest]
+
+
+class AttentionController:
+    """Applies an EditPlan during one sampling run of ``num_steps`` steps."""
+
+    def __init__(self, plan: EditPlan, num_steps: int, num_frames: int, latent_hw: tuple[int, int],
+                 blend_layers: Sequence[str], device=None):
+        self.plan, self.num_steps, self.num_frames = plan, num_steps, num_frames
+        self.latent_hw = latent_hw
+        self.source_index = 0
+        self.target_indices = list(range(1, plan.num_targets + 1))
+        self.controlled_clips = plan.num_targets + 1
+        self.cur_step = 0
+        dev = device or torch.device("cpu")
+        self.alpha = plan.cross_alpha(num_steps).to(dev)
+        self.mapper = plan.mapper.to(dev) if plan.mapper is not None else None
+        self.refine_alphas = plan.refine_alphas.to(dev) if plan.refine_alphas is not None else None
+        self.equalizer = plan.equalizer.to(dev) if plan.equalizer is not None else None
+        self.blend_layers = set(blend_layers)
+        self.reads_blend = plan.blend is not None or plan.store_maps
+        self.map_sum: Optional[torch.Tensor] = None  # [1+n, F, N, 77] summed over steps and blend layers
+        self.map_count = 0
+        self.last_mask: Optional[torch.Tensor] = None
+        s, e = plan.self_replace
+        self.self_steps = (int(num_steps * s), int(num_steps * e))
+        if plan.blend is not None:
+            words = torch.zeros(self.controlled_clips, MAX_TOKENS)
+            words[0, plan.blend.source_tokens] = 1
+            for t, idx in enumerate(plan.blend.target_tokens):
+                words[t + 1, idx] = 1
+            self.blend_words = words.to(dev)
+            self.blend_start = int(plan.blend.start * num_steps)
+
+    # -- read by the processors ---------------------------------------------------------------
+    def _cross_active(self) -> bool:
+        return self.mode_controls and bool(self.alpha[self.cur_step].any())
+
+    @property
+    def mode_controls(self) -> bool:
+        return self.plan.mode in ("replace", "refine")
+
+    def reads_cross(self, name: str, tokens: int) -> bool:
+        return self._cross_active() or (self.reads_blend and name in self.blend_layers)
+
+    def self_replace_active(self, kind: str, tokens: int) -> bool:
+        on = self.plan.self_replace_on
+        if on == "none" or not self.mode_controls or not (self.self_steps[0] <= self.cur_step < self.self_steps[1]):
+            return False
+        if kind == "temporal":
+            return on in ("temporal", "both")
+        return on in ("frame", "both") and tokens <= self.plan.frame_replace_max_tokens
+
+    def cross(self, probs: torch.Tensor, name: str) -> torch.Tensor:
+        """probs [1+n, F, heads, N, 77] of the conditional rows; returns the edited maps."""
+        if self.reads_blend and name in self.blend_layers:
+            m = probs.mean(dim=2).detach()
+            self.map_sum = m if self.map_sum is None else self.map_sum + m
+            self.map_count += 1
+        if not self._cross_active():
+            return probs
+        base = probs[0]
+        if self.plan.mode == "replace":
+            new = torch.einsum("fhpw,bwn->bfhpn", base, self.mapper)
+        else:
+            new = base[..., self.mapper].permute(3, 0, 1, 2, 4)  # [n, F, heads, N, 77]
+            a = self.refine_alphas[:, None, None, None, :]
+            new = new * a + probs[1:] * (1 - a)
+        if self.equalizer is not None:
+            new = new * self.equalizer[:, None, None, None, :]
+        alpha = self.alpha[self.cur_step][:, None, None, None, :]
+        out = probs.clone()
+        out[1:] = new * alpha + probs[1:] * (1 - alpha)
+        return out
+
+    # -- called by the sampler ------------------------------------------------------------------
+    def end_step(self, latents: torch.Tensor) -> torch.Tensor:
+        """LocalBlend after a DDIM step; latents [1+n, F, C, h, w]. Advances the step counter."""
+        step = self.cur_step
+        self.cur_step += 1
+        blend = self.plan.blend
+        if blend is None or step < self.blend_start or self.map_sum is None:
+            return latents
+        mask = self.blend_mask(blend.threshold)
+        self.last_mask = mask[1:]
+        src = latents[:1]
+        return src + mask * (latents - src)
+
+    def blend_mask(self, threshold: float) -> torch.Tensor:
+        """[1+n, F, 1, h, w] float: union of the source-word and target-word masks (row 0: source's own)."""
+        c, f, n, _ = self.map_sum.shape
+        hb, wb = self._map_hw(n)
+        maps = (self.map_sum * self.blend_words[:, None, None, :]).sum(-1).view(c, f, hb, wb)
+        maps = F.max_pool2d(maps, (3, 3), (1, 1), padding=(1, 1))
+        mask = F.interpolate(maps, size=self.latent_hw)
+        mask = mask / mask.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+        mask = mask.gt(threshold)
+        mask = mask[:1] | mask
+        return mask.unsqueeze(2).float()
+
+    def _map_hw(self, n: int) -> tuple[int, int]:
+        h, w = self.latent_hw
+        scale = round((h * w / n) ** 0.5)
+        if (h // scale) * (w // scale) != n:
+            raise RuntimeError(f"cannot place {n} attention tokens on a {h}x{w} latent grid")
+        return h // scale, w // scale
+
+    def attention_maps(self) -> Optional[torch.Tensor]:
+        """Average cross-attention maps at the blend resolution: [1+n, F, hb, wb, 77]."""
+        if self.map_sum is None:
+            return None
+        c, f, n, t = self.map_sum.shape
+        hb, wb = self._map_hw(n)
+        return (self.map_sum / self.map_count).view(c, f, hb, wb, t)

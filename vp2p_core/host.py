@@ -1,0 +1,67 @@
+"""Host hooks: how the algorithm reaches device, dtype, progress, interrupt and model loading.
+
+ComfyUI plugs its model management, progress bar and stop button in here; the CLI and the tests
+use the plain-torch defaults.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(RuntimeError):
+    """Raised by the default interrupt check when the host asked to stop."""
+
+
+def _noop_progress(step: int, total: int, preview: Optional[torch.Tensor]) -> None:
+    return None
+
+
+def _noop_interrupt() -> None:
+    return None
+
+
+@dataclass
+class Host:
+    """Plain callables a host provides; every field has a plain-torch default."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    progress: Callable[[int, int, Optional[torch.Tensor]], None] = _noop_progress
+    interrupt: Callable[[], None] = _noop_interrupt
+    load: Optional[Callable[[torch.nn.Module], None]] = None
+    log_every_s: float = 10.0
+
+    def load_module(self, module: torch.nn.Module) -> None:
+        """Put a module on the compute device (ComfyUI: load_models_gpu)."""
+        if self.load is not None:
+            self.load(module)
+        else:
+            module.to(self.device)
+
+    def loop(self, total: int, what: str) -> "ProgressLoop":
+        return ProgressLoop(self, total, what)
+
+
+class ProgressLoop:
+    """Reports progress to the host and to the log, and checks for interruption at every step."""
+
+    def __init__(self, host: Host, total: int, what: str):
+        self.host, self.total, self.what = host, total, what
+        self.start = time.perf_counter()
+        self.last_log = self.start
+
+    def step(self, done: int, preview: Optional[torch.Tensor] = None, **figures) -> None:
+        self.host.interrupt()
+        self.host.progress(done, self.total, preview)
+        now = time.perf_counter()
+        if now - self.last_log >= self.host.log_every_s or done == self.total:
+            self.last_log = now
+            extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items())
+            log.info("%s %d/%d (%.1fs) %s", self.what, done, self.total, now - self.start, extra)

@@ -1,0 +1,200 @@
+"""DDIM inversion and null-text optimisation of one unconditional embedding shared by all frames.
+
+Modes:
+- ``null_text``: the reference. Per step, Adam on the embedding, lr 1e-2*(1-i/100), up to
+  ``inner_steps`` iterations, stop when the loss < early_stop + i*2e-5; the result seeds the next step.
+  We test the stop condition *before* stepping, so the embedding kept is one whose loss is known to be
+  below the bound, and its guided step (already computed) becomes the next latent: no extra forward.
+  The conditional prediction is computed once per step and reused for the guided step.
+- ``fast``: no optimisation; the source branch samples with its conditional prediction only.
+- ``negative_prompt``: the source prompt's embedding serves as the unconditional one (no optimisation).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .errors import VP2PInputError
+from .files import atomic_save, load_checked, meta_json
+from .host import Host
+from .inflation import video_forward
+from .model import VideoModel
+from .schedule import DDIMConfig, DDIMSchedule
+from .tuning import make_trainable_copyable
+
+log = logging.getLogger(__name__)
+
+INVERSION_MODES = ("null_text", "fast", "negative_prompt")
+
+
+@dataclass
+class Inversion:
+    """What editing needs from the source clip: x_T, the per-step null embeddings and the source trajectory."""
+
+    x_T: torch.Tensor  # [F,C,h,w]
+    source_embedding: torch.Tensor  # [1,L,D]
+    timesteps: torch.Tensor  # [T]
+    mode: str
+    guidance: float
+    prompt: str
+    model_fingerprint: str
+    schedule: DDIMConfig
+    null_embeddings: Optional[torch.Tensor] = None  # [T,L,D] (null_text)
+    trajectory: Optional[torch.Tensor] = None  # [T,F,C,h,w]: source latents after each guided step
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return self.x_T.shape[0]
+
+    @property
+    def num_steps(self) -> int:
+        return self.timesteps.shape[0]
+
+    def uncond_for_step(self, i: int) -> torch.Tensor:
+        """The source branch's unconditional embedding at step i, [1,L,D]."""
+        if self.mode == "null_text":
+            return self.null_embeddings[i:i + 1]
+        return self.source_embedding
+
+    def save(self, path) -> None:
+        tensors = {"x_T": self.x_T, "source_embedding": self.source_embedding, "timesteps": self.timesteps}
+        if self.null_embeddings is not None:
+            tensors["null_embeddings"] = self.null_embeddings
+        if self.trajectory is not None:
+            tensors["trajectory"] = self.trajectory
+        meta = {"vp2p_kind": "inversion", "mode": self.mode, "guidance": repr(float(self.guidance)),
+                "prompt": self.prompt, "model_fingerprint": self.model_fingerprint,
+                "schedule": json.dumps(self.schedule.to_dict()), "num_frames": str(self.num_frames),
+                "stats": json.dumps(self.stats)}
+        atomic_save(tensors, path, meta)
+
+    @classmethod
+    def load(cls, path) -> "Inversion":
+        t, meta = load_checked(path, "inversion")
+        return cls(x_T=t["x_T"], source_embedding=t["source_embedding"], timesteps=t["timesteps"],
+                   mode=meta["mode"], guidance=float(meta["guidance"]), prompt=meta["prompt"],
+                   model_fingerprint=meta["model_fingerprint"],
+                   schedule=DDIMConfig.from_dict(meta_json(meta, "schedule")),
+                   null_embeddings=t.get("null_embeddings"), trajectory=t.get("trajectory"),
+                   stats=meta_json(meta, "stats", {}))
+
+    def check_model(self, model: VideoModel) -> None:
+        if self.model_fingerprint != model.fingerprint:
+            raise VP2PInputError(
+                f"inversion: made with the model {self.model_fingerprint}, but this model is {model.fingerprint} "
+                "(another checkpoint or tuning); invert again with this model")
+
+
+def _eps(model: VideoModel, schedule: DDIMSchedule, x, t, text, f):
+    return schedule.to_eps(video_forward(model.unet, x, t, text, f), t, x)
+
+
+@torch.no_grad()
+def ddim_inversion(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, schedule: DDIMSchedule,
+                   host: Host = Host()) -> list[torch.Tensor]:
+    """[x_0, x_1, ..., x_T] with the source prompt and no guidance (the reference's ``ddim_loop``)."""
+    f = latents.shape[0]
+    x = latents
+    out = [x]
+    loop = host.loop(schedule.num_steps, "DDIM inversion")
+    for i, t in enumerate(schedule.timesteps.flip(0).tolist()):
+        x = schedule.next_step(_eps(model, schedule, x, t, text, f), t, x)
+        out.append(x)
+        loop.step(i + 1, preview=x)
+    return out
+
+
+def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Tensor,
+           empty_embedding: Optional[torch.Tensor] = None, prompt: str = "", mode: str = "null_text",
+           num_steps: int = 50, guidance: float = 7.5, inner_steps: int = 10, early_stop: float = 1e-5,
+           host: Host = Host()) -> Inversion:
+    """Invert a clip (latents [F,C,h,w], scaled) with the source prompt."""
+    if mode not in INVERSION_MODES:
+        raise VP2PInputError(f"mode: expected one of {INVERSION_MODES}, got {mode!r}")
+    if latents.dim() != 4:
+        raise VP2PInputError(f"latents: expected [frames, channels, h, w], got shape {tuple(latents.shape)}")
+    if mode == "null_text" and empty_embedding is None:
+        raise VP2PInputError("empty_embedding: null-text inversion starts from the empty prompt's embedding")
+    unet = model.unet
+    host.load_module(unet)
+    dtype = next(unet.parameters()).dtype
+    schedule = DDIMSchedule(model.schedule, num_steps)
+    f = latents.shape[0]
+    evals0 = model.evaluations()
+    with torch.inference_mode(False):
+        x0 = latents.clone().to(host.device, dtype)
+        cond = source_embedding.clone().to(host.device, dtype)
+        ddim = ddim_inversion(model, x0, cond, schedule, host)
+        stats = {"ddim_forwards": model.evaluations() - evals0}
+        inv = Inversion(x_T=ddim[-1].detach().cpu(), source_embedding=cond.detach().cpu(),
+                        timesteps=schedule.timesteps.clone(), mode=mode, guidance=float(guidance), prompt=prompt,
+                        model_fingerprint=model.fingerprint, schedule=model.schedule, stats=stats)
+        if mode == "null_text":
+            nulls, traj, nstats = null_text_optimisation(model, ddim, cond, empty_embedding.clone().to(host.device, dtype),
+                                                         schedule, guidance, inner_steps, early_stop, host)
+            inv.null_embeddings, inv.trajectory = nulls.cpu(), traj.cpu()
+            stats.update(nstats)
+    stats["forwards"] = model.evaluations() - evals0
+    log.info("inversion (%s): %s", mode, {k: v for k, v in stats.items() if not isinstance(v, list)})
+    return inv
+
+
+def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: torch.Tensor, empty: torch.Tensor,
+                           schedule: DDIMSchedule, guidance: float, inner_steps: int, early_stop: float,
+                           host: Host):
+    unet = model.unet
+    f = ddim[0].shape[0]
+    T = schedule.num_steps
+    make_trainable_copyable(unet)
+    flags = [(p, p.requires_grad) for p in unet.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)  # gradients for the embedding only
+    nulls, traj, iters, losses = [], [], [], []
+    backwards = 0
+    x = ddim[-1]
+    e = empty.detach()
+    loop = host.loop(T, "null-text optimisation")
+    try:
+        for i, t in enumerate(schedule.timesteps.tolist()):
+            target = ddim[T - 1 - i]
+            with torch.no_grad():
+                eps_c = _eps(model, schedule, x, t, cond, f)
+            e = e.detach().requires_grad_(True)
+            opt = torch.optim.Adam([e], lr=1e-2 * (1.0 - i / 100.0))
+            bound = early_stop + i * 2e-5
+            rec, j, loss_v = None, 0, float("nan")
+            with torch.enable_grad():
+                for j in range(inner_steps):
+                    eps_u = _eps(model, schedule, x, t, e, f)
+                    rec = schedule.prev_step(eps_u + guidance * (eps_c - eps_u), t, x)
+                    loss = F.mse_loss(rec, target)
+                    loss_v = float(loss.detach())
+                    if loss_v < bound:
+                        break
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    backwards += 1
+                    opt.step()
+                    rec = None
+            if rec is None:  # never under the bound: step with the last embedding
+                with torch.no_grad():
+                    eps_u = _eps(model, schedule, x, t, e, f)
+                    rec = schedule.prev_step(eps_u + guidance * (eps_c - eps_u), t, x)
+            x = rec.detach()
+            e = e.detach()
+            nulls.append(e[0])
+            traj.append(x)
+            iters.append(j + 1)
+            losses.append(loss_v)
+            loop.step(i + 1, preview=x, loss=loss_v, inner=j + 1)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    stats = {"inner_iterations": iters, "losses": losses, "null_backwards": backwards}
+    return torch.stack(nulls), torch.stack(traj), stats

@@ -1,0 +1,53 @@
+"""The video model passed between stages: inflated UNet, schedule, latent scale and fingerprints."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from .files import combine_fingerprints, state_fingerprint
+from .inflation import TEMPORAL_PREFIXES, frame_state, inflate_unet
+from .schedule import DDIMConfig
+
+
+def base_fingerprint(unet) -> str:
+    """Fingerprint of the 2D weights (temporal modules left out): names the checkpoint a delta was made for."""
+    named = [(n, p) for n, p in unet.named_parameters() if not any(f".{t}" in f".{n}" for t in TEMPORAL_PREFIXES)]
+    return state_fingerprint(named)
+
+
+@dataclass
+class VideoModel:
+    """An inflated UNet and what the stages need to know about it."""
+
+    unet: torch.nn.Module
+    schedule: DDIMConfig = field(default_factory=DDIMConfig)
+    latent_scale: float = 0.18215
+    base_fingerprint: str = ""
+    delta_fingerprint: str = ""
+    frame_attention: str = "first"
+    info: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_unet(cls, unet, prediction_type: str = "epsilon", latent_scale: float = 0.18215,
+                  frame_attention: str = "first", schedule: Optional[DDIMConfig] = None) -> "VideoModel":
+        sched = schedule or DDIMConfig(prediction_type=prediction_type)
+        fp = base_fingerprint(unet)
+        inflate_unet(unet, frame_attention)
+        return cls(unet=unet, schedule=sched, latent_scale=latent_scale, base_fingerprint=fp,
+                   frame_attention=frame_attention)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies base weights + tuned delta: inversions are only valid for the same fingerprint."""
+        if not self.delta_fingerprint:
+            return self.base_fingerprint
+        return combine_fingerprints(self.base_fingerprint, self.delta_fingerprint)
+
+    @property
+    def state(self):
+        return frame_state(self.unet)
+
+    def evaluations(self) -> int:
+        return self.state.forward_clips

@@ -1,0 +1,133 @@
+"""The editing loop: source and target branches from the same x_T, decoupled guidance, attention control.
+
+Batch per step (clips): [source cond, target cond x n] (the controlled rows the controller reads),
+then [source uncond] when it is needed, then [target uncond x n]. The source branch needs no
+unconditional pass when its trajectory is already known (null-text inversion at the same guidance:
+the inversion's guided steps *are* the source branch) or when it samples with its conditional
+prediction alone (``fast``, ``negative_prompt``): 1 + 2n clip evaluations per step instead of 2 + 2n.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from .control import AttentionController, EditPlan, blend_layer_names
+from .errors import VP2PInputError
+from .host import Host
+from .inflation import cross_attention_layers, frame_state, video_forward
+from .inversion import Inversion
+from .model import VideoModel
+from .schedule import DDIMSchedule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EditResult:
+    edited: torch.Tensor  # [n,F,C,h,w]
+    source: torch.Tensor  # [F,C,h,w]: the source branch's reconstruction
+    attention_maps: Optional[torch.Tensor] = None  # [1+n,F,hb,wb,77] averaged over steps and blend layers
+    blend_mask: Optional[torch.Tensor] = None  # [n,F,1,h,w] last LocalBlend mask
+    stats: dict = field(default_factory=dict)
+
+
+def check_edit_inputs(model: VideoModel, inversion: Inversion, plan: EditPlan) -> None:
+    inversion.check_model(model)
+    if plan.source_embedding is None or plan.target_embeddings is None or plan.empty_embedding is None:
+        raise VP2PInputError("edit: the plan has no text embeddings (source, targets, empty); encode its prompts")
+    if plan.target_embeddings.shape[0] != plan.num_targets:
+        raise VP2PInputError(
+            f"edit: {plan.num_targets} target prompts but {plan.target_embeddings.shape[0]} target embeddings")
+    if plan.source_embedding.shape[-1] != inversion.source_embedding.shape[-1]:
+        raise VP2PInputError(
+            f"edit: text embeddings of width {plan.source_embedding.shape[-1]} but the inversion used "
+            f"{inversion.source_embedding.shape[-1]} (another text encoder)")
+    if plan.source_prompt.strip() != inversion.prompt.strip() and inversion.prompt:
+        log.warning("source prompt of the edit (%r) differs from the inversion's (%r); the inversion's "
+                    "embedding is used for the source branch", plan.source_prompt, inversion.prompt)
+
+
+def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, guidance: float = 7.5,
+                decoupled: bool = True, reuse_source_trajectory: bool = True, host: Host = Host(),
+                unet_kwargs: Optional[Callable[[int, int], dict]] = None,
+                num_frames: Optional[int] = None) -> EditResult:
+    """Edit the inverted clip. ``unet_kwargs(step, clips)`` may add e.g. ControlNet residuals."""
+    check_edit_inputs(model, inversion, plan)
+    f = inversion.num_frames
+    if num_frames is not None and num_frames != f:
+        raise VP2PInputError(f"latents: {num_frames} frames, but the inversion was made from {f}")
+    unet = model.unet
+    host.load_module(unet)
+    dev = host.device
+    dtype = next(unet.parameters()).dtype
+    schedule = DDIMSchedule(inversion.schedule, inversion.num_steps)
+    n = plan.num_targets
+    T = schedule.num_steps
+    mode = inversion.mode
+    src_needs_uncond = mode == "null_text"
+    trajectory = None
+    if (mode == "null_text" and reuse_source_trajectory and inversion.trajectory is not None
+            and abs(guidance - inversion.guidance) < 1e-9):
+        trajectory = inversion.trajectory
+        src_needs_uncond = False
+    src_emb = inversion.source_embedding.to(dev, dtype)
+    tgt_emb = plan.target_embeddings.to(dev, dtype)
+    empty = plan.empty_embedding.to(dev, dtype)
+
+    def target_uncond(i: int) -> torch.Tensor:
+        if mode == "negative_prompt":
+            return src_emb.expand(n, -1, -1)  # negative-prompt inversion: the source prompt is the negative
+        if decoupled or mode == "fast":
+            return empty.expand(n, -1, -1)
+        return inversion.uncond_for_step(i).to(dev, dtype).expand(n, -1, -1)
+
+    h, w = inversion.x_T.shape[-2:]
+    layers = cross_attention_layers(unet)
+    ctrl = AttentionController(plan, T, f, (h, w), blend_layer_names(unet, layers), dev)
+    state = frame_state(unet)
+    evals0 = state.forward_clips
+    x_T = inversion.x_T.to(dev, dtype)
+    x_src = x_T
+    x_tgt = x_T.unsqueeze(0).expand(n, *x_T.shape).clone()
+    loop = host.loop(T, "editing")
+    state.controller = ctrl
+    try:
+        with torch.no_grad():
+            for i, t in enumerate(schedule.timesteps.tolist()):
+                clips = [x_src.unsqueeze(0), x_tgt]
+                texts = [src_emb, tgt_emb]
+                if src_needs_uncond:
+                    clips.append(x_src.unsqueeze(0))
+                    texts.append(inversion.uncond_for_step(i).to(dev, dtype))
+                clips.append(x_tgt)
+                texts.append(target_uncond(i))
+                x_in = torch.cat(clips).flatten(0, 1)
+                extra = unet_kwargs(i, x_in.shape[0] // f) if unet_kwargs else {}
+                out = video_forward(unet, x_in, t, torch.cat(texts), f, **extra)
+                eps = schedule.to_eps(out, t, x_in).view(-1, f, *x_T.shape[1:])
+                eps_src_c, eps_tgt_c = eps[0], eps[1:1 + n]
+                eps_tgt_u = eps[-n:]
+                eps_tgt = eps_tgt_u + guidance * (eps_tgt_c - eps_tgt_u)
+                if trajectory is not None:
+                    new_src = trajectory[i].to(dev, dtype)
+                else:
+                    if src_needs_uncond:
+                        eps_src_u = eps[1 + n]
+                        eps_src = eps_src_u + guidance * (eps_src_c - eps_src_u)
+                    else:
+                        eps_src = eps_src_c
+                    new_src = schedule.prev_step(eps_src, t, x_src)
+                new_tgt = schedule.prev_step(eps_tgt, t, x_tgt)
+                both = ctrl.end_step(torch.cat([new_src.unsqueeze(0), new_tgt]))
+                x_src, x_tgt = both[0], both[1:]
+                loop.step(i + 1, preview=x_tgt[0])
+    finally:
+        state.controller = None
+    stats = {"forwards": state.forward_clips - evals0, "source_uncond": src_needs_uncond,
+             "reused_source_trajectory": trajectory is not None}
+    return EditResult(edited=x_tgt.detach().cpu(), source=x_src.detach().cpu(),
+                      attention_maps=None if ctrl.attention_maps() is None else ctrl.attention_maps().cpu(),
+                      blend_mask=None if ctrl.last_mask is None else ctrl.last_mask.cpu(), stats=stats)

@@ -1,0 +1,93 @@
+"""Token alignment between source and target prompts (Prompt-to-Prompt's seq_aligner).
+
+Replace (word swap) maps each source token to its target token(s); refine aligns token ids with
+Needleman-Wunsch (gap 0, match 1, mismatch -1), new target tokens keep their own maps.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import VP2PInputError
+from .text import MAX_TOKENS, TokenizerLike, prompt_words, word_token_indices
+
+
+def _global_align(x: list[int], y: list[int], gap: int = 0, match: int = 1, mismatch: int = -1):
+    score = np.zeros((len(x) + 1, len(y) + 1), dtype=np.int32)
+    score[0, 1:] = (np.arange(len(y)) + 1) * gap
+    score[1:, 0] = (np.arange(len(x)) + 1) * gap
+    trace = np.zeros((len(x) + 1, len(y) + 1), dtype=np.int32)
+    trace[0, 1:], trace[1:, 0], trace[0, 0] = 1, 2, 4
+    for i in range(1, len(x) + 1):
+        for j in range(1, len(y) + 1):
+            left = score[i, j - 1] + gap
+            up = score[i - 1, j] + gap
+            diag = score[i - 1, j - 1] + (match if x[i - 1] == y[j - 1] else mismatch)
+            score[i, j] = max(left, up, diag)
+            trace[i, j] = 1 if score[i, j] == left else 2 if score[i, j] == up else 3
+    return trace
+
+
+def _aligned_y_to_x(x: list[int], y: list[int], trace) -> torch.Tensor:
+    i, j = len(x), len(y)
+    mapper = []
+    while i > 0 or j > 0:
+        if trace[i, j] == 3:
+            i, j = i - 1, j - 1
+            mapper.append((j, i))
+        elif trace[i, j] == 1:
+            j -= 1
+            mapper.append((j, -1))
+        elif trace[i, j] == 2:
+            i -= 1
+        else:
+            break
+    mapper.reverse()
+    return torch.tensor(mapper, dtype=torch.int64)
+
+
+def refinement_mapper(source: str, target: str, tokenizer: TokenizerLike, max_len: int = MAX_TOKENS):
+    """(mapper [max_len] long, alphas [max_len]): target token j reads source token mapper[j] where alpha is 1."""
+    x = list(tokenizer.encode(source))
+    y = list(tokenizer.encode(target))
+    base = _aligned_y_to_x(x, y, _global_align(x, y))
+    alphas = torch.ones(max_len)
+    alphas[: base.shape[0]] = base[:, 1].ne(-1).float()
+    mapper = torch.zeros(max_len, dtype=torch.int64)
+    mapper[: base.shape[0]] = base[:, 1]
+    mapper[base.shape[0]:] = len(y) + torch.arange(max_len - len(y))
+    return mapper, alphas
+
+
+def replacement_mapper(source: str, target: str, tokenizer: TokenizerLike, max_len: int = MAX_TOKENS) -> torch.Tensor:
+    """[max_len, max_len] matrix M with target map = source map @ M (word swap).
+
+    A source word of k tokens that becomes n target tokens spreads weight 1/n. After such a word the
+    source and target positions differ; unlike the reference (which then maps j -> j) we keep them aligned.
+    """
+    words_x, words_y = prompt_words(source), prompt_words(target)
+    if len(words_x) != len(words_y):
+        raise VP2PInputError(
+            f"prompts: a word swap (replace) needs the same number of words, but the source has {len(words_x)} "
+            f"({source!r}) and the target {len(words_y)} ({target!r}); use refine for other edits")
+    swaps = [i for i in range(len(words_y)) if words_y[i] != words_x[i]]
+    src_inds = [word_token_indices(source, i, tokenizer) for i in swaps]
+    tgt_inds = [word_token_indices(target, i, tokenizer) for i in swaps]
+    mapper = np.zeros((max_len, max_len))
+    i = j = cur = 0
+    while i < max_len and j < max_len:
+        if cur < len(src_inds) and src_inds[cur] and src_inds[cur][0] == i:
+            s, t = src_inds[cur], tgt_inds[cur]
+            if len(s) == len(t):
+                mapper[s, t] = 1
+            else:
+                for t_ in t:
+                    mapper[s, t_] = 1 / len(t)
+            cur += 1
+            i += len(s)
+            j += len(t)
+        else:
+            mapper[i, j] = 1
+            i += 1
+            j += 1
+    return torch.from_numpy(mapper).float()

@@ -1,0 +1,179 @@
+"""One-shot tuning of the inflated model on one clip, as Tune-A-Video / Video-P2P train it.
+
+Trainable: attn1.to_q, attn2.to_q and all temporal attention; AdamW (3e-5, betas 0.9/0.999, weight
+decay 1e-2, eps 1e-8), constant lr, grad-clip 1.0, one random timestep per step, noise-MSE loss
+(v-target for v-prediction). The latents are encoded once by the caller (the reference re-encodes the
+clip with the VAE at every step). The result is a *delta*: only the trained parameters.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .errors import VP2PInputError
+from .files import atomic_save, load_checked, meta_json, state_fingerprint
+from .host import Host
+from .inflation import trainable_parameter_names, video_forward
+from .model import VideoModel
+from .schedule import DDIMSchedule
+
+log = logging.getLogger(__name__)
+
+AUTOCAST = {"none": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class TuneConfig:
+    steps: int = 500
+    learning_rate: float = 3e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-2
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    seed: int = 33
+    gradient_checkpointing: bool = False
+    autocast: str = "none"  # none | bf16 | fp16
+
+    def validate(self) -> None:
+        if self.steps < 0:
+            raise VP2PInputError(f"steps: expected 0 or more tuning steps, got {self.steps}")
+        if not self.learning_rate > 0:
+            raise VP2PInputError(f"learning_rate: expected a positive value, got {self.learning_rate}")
+        if self.autocast not in AUTOCAST:
+            raise VP2PInputError(f"autocast: expected one of {tuple(AUTOCAST)}, got {self.autocast!r}")
+
+
+@dataclass
+class Delta:
+    """The trained parameters of a tuned model, with what they were made for."""
+
+    tensors: dict[str, torch.Tensor]
+    base_fingerprint: str
+    num_frames: int
+    prompt: str
+    steps: int
+    config: dict = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def fingerprint(self) -> str:
+        return state_fingerprint(self.tensors)
+
+    def save(self, path) -> None:
+        meta = {"vp2p_kind": "delta", "base_fingerprint": self.base_fingerprint, "num_frames": str(self.num_frames),
+                "prompt": self.prompt, "steps": str(self.steps), "config": self.config, "losses": self.losses}
+        atomic_save(self.tensors, path, meta)
+
+    @classmethod
+    def load(cls, path) -> "Delta":
+        tensors, meta = load_checked(path, "delta")
+        return cls(tensors=tensors, base_fingerprint=meta["base_fingerprint"], num_frames=int(meta["num_frames"]),
+                   prompt=meta["prompt"], steps=int(meta["steps"]), config=meta_json(meta, "config", {}),
+                   losses=meta_json(meta, "losses", []))
+
+
+def make_trainable_copyable(module: torch.nn.Module) -> None:
+    """Replace inference-mode tensors (ComfyUI builds models under inference_mode) by normal ones."""
+    with torch.inference_mode(False):
+        for m in module.modules():
+            for name, p in list(m._parameters.items()):
+                if p is not None and p.is_inference():
+                    m._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=p.requires_grad)
+            for name, b in list(m._buffers.items()):
+                if b is not None and b.is_inference():
+                    m._buffers[name] = b.clone()
+
+
+def apply_delta(model: VideoModel, delta: Delta, num_frames: Optional[int] = None) -> None:
+    """Load a delta into the model in place, refusing one made for another model or clip length."""
+    if delta.base_fingerprint != model.base_fingerprint:
+        raise VP2PInputError(
+            f"delta: made for the model with fingerprint {delta.base_fingerprint}, but this model is "
+            f"{model.base_fingerprint}; tune again or load the checkpoint it was made with")
+    if num_frames is not None and num_frames != delta.num_frames:
+        raise VP2PInputError(f"delta: tuned on {delta.num_frames} frames, but the clip has {num_frames}")
+    params = dict(model.unet.named_parameters())
+    missing = [n for n in delta.tensors if n not in params]
+    if missing:
+        raise VP2PInputError(f"delta: {len(missing)} parameters are not in this model, e.g. {missing[0]!r}")
+    with torch.no_grad(), torch.inference_mode(False):
+        for n, t in delta.tensors.items():
+            if params[n].shape != t.shape:
+                raise VP2PInputError(f"delta: {n} has shape {tuple(t.shape)}, the model {tuple(params[n].shape)}")
+            params[n].copy_(t.to(params[n].device, params[n].dtype))
+    model.delta_fingerprint = delta.fingerprint
+
+
+def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, prompt: str = "",
+                  config: TuneConfig = TuneConfig(), host: Host = Host()) -> Delta:
+    """Tune ``model`` in place on one clip. latents [F,C,h,w] (already scaled), text [1,L,D]."""
+    config.validate()
+    if latents.dim() != 4:
+        raise VP2PInputError(f"latents: expected [frames, channels, h, w], got shape {tuple(latents.shape)}")
+    unet = model.unet
+    host.load_module(unet)
+    device = host.device
+    f = latents.shape[0]
+    schedule = DDIMSchedule(model.schedule, 1)
+    names = trainable_parameter_names(unet)
+    with torch.inference_mode(False), torch.enable_grad():
+        make_trainable_copyable(unet)
+        params = dict(unet.named_parameters())
+        flags = {n: p.requires_grad for n, p in params.items()}
+        for n, p in params.items():
+            p.requires_grad_(n in names)
+        trainable = [params[n] for n in names]
+        opt = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=config.betas,
+                                weight_decay=config.weight_decay, eps=config.eps)
+        x0 = latents.clone().to(device, torch.float32)
+        cond = text.clone().to(device, next(unet.parameters()).dtype)
+        gen = torch.Generator().manual_seed(config.seed)
+        ac_dtype = AUTOCAST[config.autocast]
+        scaler = torch.amp.GradScaler(device.type) if ac_dtype == torch.float16 and device.type == "cuda" else None
+        was_training = unet.training
+        if config.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        losses: list[float] = []
+        loop = host.loop(config.steps, "tuning")
+        try:
+            for step in range(config.steps):
+                noise = torch.randn(x0.shape, generator=gen).to(device)
+                t = torch.randint(0, model.schedule.num_train_timesteps, (1,), generator=gen).to(device)
+                noisy = schedule.add_noise(x0, noise, t.expand(f))
+                target = noise if model.schedule.prediction_type == "epsilon" else schedule.velocity(x0, noise, t.expand(f))
+                ctx = torch.autocast(device.type, dtype=ac_dtype) if ac_dtype else contextlib.nullcontext()
+                with ctx:
+                    pred = video_forward(unet, noisy.to(cond.dtype), t, cond, f)
+                loss = F.mse_loss(pred.float(), target.float())
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(opt)
+                else:
+                    loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+                if scaler is not None:
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    opt.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+                loop.step(step + 1, loss=losses[-1])
+        finally:
+            for n, p in params.items():
+                p.requires_grad_(flags[n])
+            if config.gradient_checkpointing:
+                unet.disable_gradient_checkpointing()
+            unet.train(was_training)
+            del opt
+    delta = Delta(tensors={n: params[n].detach().cpu().clone() for n in names},
+                  base_fingerprint=model.base_fingerprint, num_frames=f, prompt=prompt, steps=config.steps,
+                  config={k: v for k, v in asdict(config).items()}, losses=losses)
+    model.delta_fingerprint = delta.fingerprint
+    return delta
