@@ -10,10 +10,10 @@ from .inversion import Inversion, invert
 from .model import VideoModel
 from .sampling import EditResult, sample_edit
 from .schedule import DDIMConfig, DDIMSchedule
-from .tuning import Delta, TuneConfig, apply_delta, one_shot_tune
+from .tuning import Delta, TuneConfig, apply_delta, one_shot_tune, trained_weights
 
 __all__ = [
     "AttentionController", "DDIMConfig", "DDIMSchedule", "Delta", "EditPlan", "EditResult", "Host", "Interrupted",
     "Inversion", "TuneConfig", "VP2PInputError", "VideoModel", "apply_delta", "build_edit_plan", "inflate_unet",
-    "invert", "is_inflated", "one_shot_tune", "sample_edit", "trainable_parameter_names", "video_forward",
+    "invert", "is_inflated", "one_shot_tune", "sample_edit", "trainable_parameter_names", "trained_weights", "video_forward",
 ]

@@ -109,6 +109,27 @@ def apply_delta(model: VideoModel, delta: Delta, num_frames: Optional[int] = Non
     model.delta_fingerprint = delta.fingerprint
 
 
+@contextlib.contextmanager
+def trained_weights(model: VideoModel, delta: Optional[Delta] = None):
+    """Within the block the model carries ``delta`` (or its current weights); afterwards exactly what it
+    had before, so a model shared between graph nodes is never changed by one of them."""
+    params = dict(model.unet.named_parameters())
+    names = trainable_parameter_names(model.unet)
+    with torch.inference_mode(False):
+        saved = {n: params[n].detach().clone() for n in names}
+    saved_fp = model.delta_fingerprint
+    if delta is not None:
+        apply_delta(model, delta)
+    try:
+        yield model
+    finally:
+        params = dict(model.unet.named_parameters())
+        with torch.no_grad(), torch.inference_mode(False):
+            for n, t in saved.items():
+                params[n].copy_(t)
+        model.delta_fingerprint = saved_fp
+
+
 def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, prompt: str = "",
                   config: TuneConfig = TuneConfig(), host: Host = Host()) -> Delta:
     """Tune ``model`` in place on one clip. latents [F,C,h,w] (already scaled), text [1,L,D]."""
