@@ -19,7 +19,7 @@ def tiny_unet(seed: int = 0, heads: int = 2, cross_dim: int = 32, prediction_typ
 
 class ToyTokenizer:
     """Word-level tokenizer with CLIP's shape: BOS, one or more ids per word, EOS. Words of the form
-    'aa-bb' take two tokens, so tests can cover multi-token words."""
+    'aa-bb' take two tokens ('aa-', 'bb'), so tests can cover multi-token words."""
 
     BOS, EOS = 49406, 49407
 
@@ -36,7 +36,8 @@ class ToyTokenizer:
     def encode(self, text: str) -> list[int]:
         ids = [self.BOS]
         for w in text.lower().split():
-            ids += [self._id(p) for p in w.split("-")]
+            parts = w.split("-")
+            ids += [self._id(p + "-") for p in parts[:-1]] + [self._id(parts[-1])]
         return ids + [self.EOS]
 
     def decode(self, ids) -> str:

@@ -165,7 +165,7 @@ def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: to
             target = ddim[T - 1 - i]
             with torch.no_grad():
                 eps_c = _eps(model, schedule, x, t, cond, f)
-            e = e.detach().requires_grad_(True)
+            e = e.detach().clone().requires_grad_(True)  # a new tensor: Adam steps it in place
             opt = torch.optim.Adam([e], lr=1e-2 * (1.0 - i / 100.0))
             bound = early_stop + i * 2e-5
             rec, j, loss_v = None, 0, float("nan")

@@ -101,7 +101,7 @@ def apply_delta(model: VideoModel, delta: Delta, num_frames: Optional[int] = Non
     missing = [n for n in delta.tensors if n not in params]
     if missing:
         raise VP2PInputError(f"delta: {len(missing)} parameters are not in this model, e.g. {missing[0]!r}")
-    with torch.no_grad(), torch.inference_mode(False):
+    with torch.inference_mode(False), torch.no_grad():
         for n, t in delta.tensors.items():
             if params[n].shape != t.shape:
                 raise VP2PInputError(f"delta: {n} has shape {tuple(t.shape)}, the model {tuple(params[n].shape)}")
@@ -124,7 +124,7 @@ def trained_weights(model: VideoModel, delta: Optional[Delta] = None):
         yield model
     finally:
         params = dict(model.unet.named_parameters())
-        with torch.no_grad(), torch.inference_mode(False):
+        with torch.inference_mode(False), torch.no_grad():
             for n, t in saved.items():
                 params[n].copy_(t)
         model.delta_fingerprint = saved_fp

@@ -1,0 +1,117 @@
+"""Seq-aligner mappers, word indices and the edit plan's validation."""
+import pytest
+import torch
+
+from tiny import ToyTokenizer
+from vp2p_core import VP2PInputError, build_edit_plan
+from vp2p_core.seq_aligner import refinement_mapper, replacement_mapper
+from vp2p_core.text import word_token_indices
+
+
+@pytest.fixture
+def tok():
+    return ToyTokenizer()
+
+
+def test_word_indices_follow_tokens(tok):
+    p = "a big-red ball on grass"
+    assert word_token_indices(p, "a", tok) == [1]
+    assert word_token_indices(p, "big-red", tok) == [2, 3]
+    assert word_token_indices(p, "ball", tok) == [4]
+    assert word_token_indices(p, "Ball", tok) == [4]
+    assert word_token_indices(p, "cat", tok) == []
+
+
+def test_replacement_mapper_single_token_swap_is_identity(tok):
+    m = replacement_mapper("a red ball on grass", "a blue ball on grass", tok)
+    assert torch.equal(m, torch.eye(77))
+
+
+def test_replacement_mapper_spreads_multi_token_word(tok):
+    m = replacement_mapper("a cat on grass", "a big-dog on grass", tok)
+    assert m[2, 2] == 0.5 and m[2, 3] == 0.5  # 'cat' (token 2) -> 'big','dog' (tokens 2,3) at 1/2 each
+    assert m[1, 1] == 1 and m[0, 0] == 1
+    assert m[3, 4] == 1 and m[4, 5] == 1  # 'on', 'grass' stay aligned after the longer word
+    assert torch.allclose(m.sum(1)[:6], torch.ones(6))
+
+
+def test_replacement_needs_equal_word_counts(tok):
+    with pytest.raises(VP2PInputError, match="same number of words"):
+        replacement_mapper("a cat", "a fluffy cat", tok)
+
+
+def test_refinement_mapper_inserted_word(tok):
+    mapper, alphas = refinement_mapper("a cat", "a fluffy cat", tok)
+    # y: [BOS a fluffy cat EOS] aligned to x: [BOS a cat EOS]; 'fluffy' is new (alpha 0)
+    assert mapper[:5].tolist() == [0, 1, -1, 2, 3]
+    assert alphas[:5].tolist() == [1, 1, 0, 1, 1]
+    assert mapper[5:].tolist() == list(range(5, 77)) and alphas[5:].eq(1).all()
+
+
+def test_refinement_mapper_identical_prompts(tok):
+    mapper, alphas = refinement_mapper("a red ball", "a red ball", tok)
+    assert mapper.tolist() == list(range(77)) and alphas.eq(1).all()
+
+
+def test_real_clip_tokenizer_mappers():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "vp2p_world" / "weights" / "tokenizer"
+    if not (folder / "vocab.json").exists():
+        pytest.skip("shipped CLIP tokenizer not present")
+    from transformers import CLIPTokenizer
+
+    clip = CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
+    src, tgt = "a rabbit is jumping on the grass", "a origami rabbit is jumping on the grass"
+    mapper, alphas = refinement_mapper(src, tgt, clip)
+    assert alphas[:10].tolist() == [1, 1, 0, 1, 1, 1, 1, 1, 1, 1]
+    assert mapper[:3].tolist()[:2] == [0, 1] and mapper[3] == 2
+    assert word_token_indices(tgt, "origami", clip) == [2]
+    m = replacement_mapper("a red ball", "a blue ball", clip)
+    assert torch.equal(m, torch.eye(77))
+
+
+def test_plan_auto_mode_and_alpha(tok):
+    plan = build_edit_plan(tok, "a red ball on grass", "a blue ball on grass", cross_replace=0.2)
+    assert plan.mode == "replace"
+    alpha = plan.cross_alpha(50)
+    assert alpha.shape == (51, 1, 77)
+    assert alpha[:10].eq(1).all() and alpha[10:].eq(0).all()  # int(0.2 * 51) = 10, as the reference
+    plan = build_edit_plan(tok, "a ball", "a red ball")
+    assert plan.mode == "refine"
+
+
+def test_plan_per_word_cross_replace(tok):
+    plan = build_edit_plan(tok, "a red ball", "a blue ball", cross_replace=0.8, cross_replace_words={"blue": 0.4})
+    alpha = plan.cross_alpha(50)
+    blue = word_token_indices("a blue ball", "blue", tok)[0]
+    assert alpha[:20, 0, blue].eq(1).all() and alpha[20:, 0, blue].eq(0).all()
+    assert alpha[:40, 0, 1].eq(1).all() and alpha[40:, 0, 1].eq(0).all()
+
+
+def test_plan_reweight_and_blend(tok):
+    plan = build_edit_plan(tok, "a rabbit jumping", "a origami rabbit jumping", reweight={"origami": 2.0},
+                           blend_words="rabbit")
+    assert plan.mode == "refine"
+    assert plan.equalizer[0, 2] == 2 and plan.equalizer[0, 1] == 1
+    assert plan.blend.source_tokens == [2] and plan.blend.target_tokens == [[3]]
+
+
+def test_plan_errors_name_the_input(tok):
+    with pytest.raises(VP2PInputError, match="same number of words"):
+        build_edit_plan(tok, "a red ball", "a big blue ball", mode="replace")
+    with pytest.raises(VP2PInputError, match=r"blend_words \(source prompt\).*'cat'"):
+        build_edit_plan(tok, "a red ball", "a blue ball", blend_words="cat")
+    with pytest.raises(VP2PInputError, match=r"blend_words \(target prompt\).*'cube'"):
+        build_edit_plan(tok, "a red ball", "a blue ball", blend_words="ball", blend_target_words="cube")
+    with pytest.raises(VP2PInputError, match="reweight_words.*'shiny'"):
+        build_edit_plan(tok, "a red ball", "a blue ball", reweight={"shiny": 2})
+    long_prompt = " ".join(["word"] * 80)
+    with pytest.raises(VP2PInputError, match="over the 77"):
+        build_edit_plan(tok, long_prompt, "a ball")
+    with pytest.raises(VP2PInputError, match="edit_mode"):
+        build_edit_plan(tok, "a ball", "a cube", mode="swap")
+    with pytest.raises(VP2PInputError, match="cross_replace"):
+        build_edit_plan(tok, "a ball", "a cube", cross_replace=1.5)
+    with pytest.raises(VP2PInputError, match="target_prompt"):
+        build_edit_plan(tok, "a ball", [])
