@@ -1,0 +1,142 @@
+"""End-to-end Video-P2P on plain diffusers components (the CLI, the demo and the benchmark use it).
+
+ComfyUI does not: its nodes bring their own CLIP and VAE and call the stage functions directly.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from .control import EditPlan, build_edit_plan
+from .errors import VP2PInputError
+from .host import Host
+from .inversion import Inversion, invert
+from .model import VideoModel
+from .sampling import EditResult, sample_edit
+from .schedule import DDIMConfig
+from .tuning import Delta, TuneConfig, one_shot_tune
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Components:
+    """Tokenizer, text encoder, VAE and the inflated video model of one SD-style checkpoint."""
+
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    vae: torch.nn.Module
+    model: VideoModel
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, frame_attention: str = "first", device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> "Components":
+        """Load a diffusers-format SD folder offline (unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        folder = Path(folder)
+        missing = [s for s in ("unet", "vae", "text_encoder", "tokenizer") if not (folder / s).is_dir()]
+        if missing:
+            raise VP2PInputError(f"model: {str(folder)!r} is not a diffusers SD folder (missing {', '.join(missing)})")
+        device = torch.device(device)
+        tok = CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77, local_files_only=True)
+        te = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True).to(device, dtype).eval()
+        vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True).to(device, dtype).eval()
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True).to(device, dtype).eval()
+        sched = DDIMConfig()
+        sched_file = folder / "scheduler" / "scheduler_config.json"
+        if sched_file.is_file():
+            import json
+
+            raw = json.loads(sched_file.read_text())
+            sched = DDIMConfig(prediction_type=raw.get("prediction_type", "epsilon"),
+                               beta_start=raw.get("beta_start", 0.00085), beta_end=raw.get("beta_end", 0.012),
+                               beta_schedule=raw.get("beta_schedule", "scaled_linear"),
+                               num_train_timesteps=raw.get("num_train_timesteps", 1000))
+        scale = float(getattr(vae.config, "scaling_factor", 0.18215))
+        model = VideoModel.from_unet(unet, latent_scale=scale, frame_attention=frame_attention, schedule=sched)
+        return cls(tokenizer=tok, text_encoder=te, vae=vae, model=model, device=device)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        ids = self.tokenizer(list(prompts), padding="max_length", max_length=77, truncation=True,
+                             return_tensors="pt").input_ids.to(self.device)
+        return self.text_encoder(ids)[0].float()
+
+    @torch.no_grad()
+    def encode_frames(self, frames: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+        """frames [F,H,W,3] in 0..1 -> scaled latents [F,C,h,w] (the posterior mean, as the reference)."""
+        if frames.dim() != 4 or frames.shape[-1] != 3:
+            raise VP2PInputError(f"frames: expected [F,H,W,3] in 0..1, got shape {tuple(frames.shape)}")
+        out = []
+        dtype = next(self.vae.parameters()).dtype
+        for i in range(0, frames.shape[0], chunk):
+            x = frames[i:i + chunk].permute(0, 3, 1, 2).to(self.device, dtype) * 2 - 1
+            out.append(self.vae.encode(x).latent_dist.mean.float() * self.model.latent_scale)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+        """scaled latents [F,C,h,w] -> frames [F,H,W,3] in 0..1, decoded in chunks to bound memory."""
+        out = []
+        dtype = next(self.vae.parameters()).dtype
+        for i in range(0, latents.shape[0], chunk):
+            z = latents[i:i + chunk].to(self.device, dtype) / self.model.latent_scale
+            img = self.vae.decode(z).sample.float()
+            out.append(((img + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu())
+        return torch.cat(out)
+
+    def plan(self, source: str, targets: str | Sequence[str], **options) -> EditPlan:
+        plan = build_edit_plan(self.tokenizer, source, targets, **options)
+        plan.source_embedding = self.encode_prompts([source])
+        plan.target_embeddings = self.encode_prompts(plan.target_prompts)
+        plan.empty_embedding = self.encode_prompts([""])
+        return plan
+
+
+@dataclass
+class RunResult:
+    edited: torch.Tensor  # frames [n,F,H,W,3]
+    source: torch.Tensor  # reconstruction frames [F,H,W,3]
+    edit: EditResult
+    inversion: Inversion
+    delta: Optional[Delta]
+    timings: dict
+    evaluations: dict
+
+
+def run(components: Components, frames: torch.Tensor, source: str, targets: str | Sequence[str],
+        tune: TuneConfig = TuneConfig(steps=300), inversion_mode: str = "null_text", steps: int = 50,
+        guidance: float = 7.5, decoupled: bool = True, host: Host = Host(), **edit_options) -> RunResult:
+    """Inflated model -> tune -> invert -> edit -> decode, on one clip (frames [F,H,W,3])."""
+    timings, evals = {}, {}
+    cm = components
+    state = cm.model.state
+
+    def stage(name, fn):
+        e0, t0 = state.forward_clips, time.perf_counter()
+        out = fn()
+        timings[name] = time.perf_counter() - t0
+        evals[name] = state.forward_clips - e0
+        return out
+
+    latents = stage("encode", lambda: cm.encode_frames(frames))
+    plan = stage("plan", lambda: cm.plan(source, targets, **edit_options))
+    delta = None
+    if tune.steps > 0:
+        delta = stage("tune", lambda: one_shot_tune(cm.model, latents, plan.source_embedding, source, tune, host))
+    inv = stage("invert", lambda: invert(cm.model, latents, plan.source_embedding, plan.empty_embedding, source,
+                                         mode=inversion_mode, num_steps=steps, guidance=guidance, host=host))
+    res = stage("edit", lambda: sample_edit(cm.model, inv, plan, guidance=guidance, decoupled=decoupled, host=host))
+    n, f = res.edited.shape[:2]
+    edited = stage("decode", lambda: cm.decode_latents(res.edited.flatten(0, 1)).view(n, f, *frames.shape[1:]))
+    recon = cm.decode_latents(res.source)
+    return RunResult(edited=edited, source=recon, edit=res, inversion=inv, delta=delta, timings=timings,
+                     evaluations=evals)
