@@ -64,6 +64,19 @@ class Components:
         model = VideoModel.from_unet(unet, latent_scale=scale, frame_attention=frame_attention, schedule=sched)
         return cls(tokenizer=tok, text_encoder=te, vae=vae, model=model, device=device)
 
+    @classmethod
+    def from_single_file(cls, path: str | Path, frame_attention: str = "first", device: str | torch.device = "cpu",
+                         dtype: torch.dtype = torch.float32, prediction_type: Optional[str] = None) -> "Components":
+        """Load an original-layout SD 1.x/2.x `.safetensors` checkpoint offline (see vp2p_core.checkpoint);
+        prediction_type None = guess (v_pred key / ComfyUI's SD2 heuristic, else epsilon)."""
+        from .checkpoint import load_single_file, load_tokenizer
+
+        m = load_single_file(path, prediction_type=prediction_type, dtype=dtype, device=device)
+        model = VideoModel.from_unet(m.unet, latent_scale=m.latent_scale, frame_attention=frame_attention,
+                                     schedule=DDIMConfig(prediction_type=m.prediction_type))
+        return cls(tokenizer=load_tokenizer(), text_encoder=m.text_encoder, vae=m.vae, model=model,
+                   device=torch.device(device))
+
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         ids = self.tokenizer(list(prompts), padding="max_length", max_length=77, truncation=True,
