@@ -10,10 +10,11 @@ from .inversion import Inversion, invert
 from .model import VideoModel
 from .sampling import EditResult, sample_edit
 from .schedule import DDIMConfig, DDIMSchedule
+from .structure import StructureGuidance, blur_structure, diffusers_controlnet
 from .tuning import Delta, TuneConfig, apply_delta, one_shot_tune, trained_weights
 
 __all__ = [
     "AttentionController", "DDIMConfig", "DDIMSchedule", "Delta", "EditPlan", "EditResult", "Host", "Interrupted",
-    "Inversion", "TuneConfig", "VP2PInputError", "VideoModel", "apply_delta", "build_edit_plan", "inflate_unet",
+    "Inversion", "StructureGuidance", "TuneConfig", "VP2PInputError", "VideoModel", "apply_delta", "blur_structure", "build_edit_plan", "diffusers_controlnet", "inflate_unet",
     "invert", "is_inflated", "one_shot_tune", "sample_edit", "trainable_parameter_names", "trained_weights", "video_forward",
 ]

@@ -5,12 +5,17 @@ then [source uncond] when it is needed, then [target uncond x n]. The source bra
 unconditional pass when its trajectory is already known (null-text inversion at the same guidance:
 the inversion's guided steps *are* the source branch) or when it samples with its conditional
 prediction alone (``fast``, ``negative_prompt``): 1 + 2n clip evaluations per step instead of 2 + 2n.
+
+Gen-1's temporal-consistency guidance (``temporal_guidance`` = w_t) mixes in the prediction of the same
+network with frames made independent: eps = eps_img(x, null) + w_t (eps_vid(x, null) - eps_img(x, null))
++ w (eps_vid(x, c) - eps_vid(x, null)). w_t = 1 is the plain sampler and costs nothing extra; other values
+add one unconditional, frame-independent evaluation per target and step.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
@@ -21,6 +26,7 @@ from .inflation import cross_attention_layers, frame_state, video_forward
 from .inversion import Inversion
 from .model import VideoModel
 from .schedule import DDIMSchedule
+from .structure import StructureGuidance
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +56,30 @@ def check_edit_inputs(model: VideoModel, inversion: Inversion, plan: EditPlan) -
                     "embedding is used for the source branch", plan.source_prompt, inversion.prompt)
 
 
+def independent_prediction(model: VideoModel, schedule: DDIMSchedule, x: torch.Tensor, t: int, uncond: torch.Tensor,
+                           structure: Optional[StructureGuidance], step: int, num_steps: int) -> torch.Tensor:
+    """eps_img(x, null): the same network with each frame on its own, no attention control."""
+    n, f = x.shape[:2]
+    state = frame_state(model.unet)
+    ctrl, state.controller = state.controller, None
+    try:
+        flat = x.flatten(0, 1)
+        text = uncond.repeat_interleave(f, dim=0)
+        extra = structure.unet_kwargs(step, num_steps, flat, t, text, list(range(n)), f) if structure else {}
+        out = video_forward(model.unet, flat, t, text, f, independent=True, **extra)
+    finally:
+        state.controller = ctrl
+    return schedule.to_eps(out, t, flat).view(x.shape)
+
+
 def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, guidance: float = 7.5,
                 decoupled: bool = True, reuse_source_trajectory: bool = True, host: Host = Host(),
-                unet_kwargs: Optional[Callable[[int, int], dict]] = None,
+                temporal_guidance: float = 1.0, structure: Optional[StructureGuidance] = None,
                 num_frames: Optional[int] = None) -> EditResult:
-    """Edit the inverted clip. ``unet_kwargs(step, clips)`` may add e.g. ControlNet residuals."""
+    """Edit the inverted clip; ``structure`` steers the target branches through a ControlNet."""
     check_edit_inputs(model, inversion, plan)
+    if temporal_guidance < 0:
+        raise VP2PInputError(f"temporal_guidance: expected a value >= 0 (1 = off), got {temporal_guidance}")
     f = inversion.num_frames
     if num_frames is not None and num_frames != f:
         raise VP2PInputError(f"latents: {num_frames} frames, but the inversion was made from {f}")
@@ -105,12 +129,18 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, guidanc
                 clips.append(x_tgt)
                 texts.append(target_uncond(i))
                 x_in = torch.cat(clips).flatten(0, 1)
-                extra = unet_kwargs(i, x_in.shape[0] // f) if unet_kwargs else {}
-                out = video_forward(unet, x_in, t, torch.cat(texts), f, **extra)
+                text = torch.cat(texts).repeat_interleave(f, dim=0)
+                n_clips = x_in.shape[0] // f
+                target_rows = list(range(1, 1 + n)) + list(range(n_clips - n, n_clips))
+                extra = structure.unet_kwargs(i, T, x_in, t, text, target_rows, f) if structure else {}
+                out = video_forward(unet, x_in, t, text, f, **extra)
                 eps = schedule.to_eps(out, t, x_in).view(-1, f, *x_T.shape[1:])
                 eps_src_c, eps_tgt_c = eps[0], eps[1:1 + n]
                 eps_tgt_u = eps[-n:]
                 eps_tgt = eps_tgt_u + guidance * (eps_tgt_c - eps_tgt_u)
+                if temporal_guidance != 1.0:
+                    eps_img = independent_prediction(model, schedule, x_tgt, t, target_uncond(i), structure, i, T)
+                    eps_tgt = eps_tgt + (temporal_guidance - 1.0) * (eps_tgt_u - eps_img)
                 if trajectory is not None:
                     new_src = trajectory[i].to(dev, dtype)
                 else:

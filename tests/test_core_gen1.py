@@ -1,0 +1,97 @@
+"""Gen-1's guidance: temporal-consistency guidance and blurred structure guidance through a ControlNet."""
+import pytest
+import torch
+
+from tiny import ToyTokenizer, tiny_unet, toy_embed
+from vp2p_core import (StructureGuidance, VP2PInputError, VideoModel, blur_structure, build_edit_plan,
+                       diffusers_controlnet, invert, sample_edit)
+
+torch.set_num_threads(1)
+SRC, TGT = "a red ball on grass", "a blue ball on grass"
+F_, STEPS = 3, 5
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tok = ToyTokenizer()
+    emb = toy_embed(tok, [SRC, TGT, ""])
+    latents = torch.randn(F_, 4, 16, 16, generator=torch.Generator().manual_seed(4))
+    model = VideoModel.from_unet(tiny_unet())
+    inv = invert(model, latents, emb[:1], emb[2:3], SRC, mode="fast", num_steps=STEPS)
+    plan = build_edit_plan(tok, SRC, TGT, blend_words="ball")
+    plan.source_embedding, plan.target_embeddings, plan.empty_embedding = emb[:1], emb[1:2], emb[2:3]
+    return model, inv, plan
+
+
+@pytest.fixture(scope="module")
+def controlnet():
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(0)
+    cn = ControlNetModel.from_unet(tiny_unet(), conditioning_embedding_out_channels=(8, 16, 16)).eval()
+    with torch.no_grad():  # ControlNets start silent (zero convs); make this one speak
+        for n, p in cn.named_parameters():
+            if "zero" in n or "controlnet_down_blocks" in n or "controlnet_mid_block" in n or "conv_out" in n:
+                p.normal_(0, 0.05)
+    return cn
+
+
+def test_temporal_guidance_one_is_the_plain_sampler(setup):
+    model, inv, plan = setup
+    plain = sample_edit(model, inv, plan)
+    same = sample_edit(model, inv, plan, temporal_guidance=1.0)
+    assert torch.equal(plain.edited, same.edited) and plain.stats["forwards"] == same.stats["forwards"]
+    smooth = sample_edit(model, inv, plan, temporal_guidance=2.0)
+    assert smooth.stats["forwards"] == plain.stats["forwards"] + STEPS  # one frame-independent pass per step
+    assert (smooth.edited - plain.edited).abs().max() > 1e-4
+    assert torch.equal(smooth.source, plain.source)  # the source branch is untouched
+    with pytest.raises(VP2PInputError, match="temporal_guidance"):
+        sample_edit(model, inv, plan, temporal_guidance=-1)
+
+
+def test_zero_strength_controlnet_equals_none(setup, controlnet):
+    model, inv, plan = setup
+    images = torch.rand(F_, 64, 64, 3, generator=torch.Generator().manual_seed(1))
+    fn = diffusers_controlnet(controlnet)
+    plain = sample_edit(model, inv, plan)
+    zero = StructureGuidance.from_images(fn, images, (16, 16), F_, strength=0.0)
+    assert torch.equal(sample_edit(model, inv, plan, structure=zero).edited, plain.edited)
+    full = StructureGuidance.from_images(fn, images, (16, 16), F_, strength=1.0)
+    steered = sample_edit(model, inv, plan, structure=full)
+    assert (steered.edited - plain.edited).abs().max() > 1e-4
+    assert torch.allclose(steered.source, plain.source, atol=1e-5)  # the source branch follows the inversion
+    late = StructureGuidance.from_images(fn, images, (16, 16), F_, strength=1.0, start=1.0, end=1.0)
+    assert torch.equal(sample_edit(model, inv, plan, structure=late).edited, plain.edited)
+
+
+def test_blur_levels():
+    g = torch.Generator().manual_seed(2)
+    maps = (torch.rand(2, 3, 64, 64, generator=g) > 0.5).float()
+    assert torch.equal(blur_structure(maps, 0), maps)
+    prev = None
+    for level in (1, 2, 4, 8):
+        b = blur_structure(maps, level)
+        assert b.shape == maps.shape and torch.allclose(b.mean(), maps.mean(), atol=0.02)
+        hf = (b[..., 1:] - b[..., :-1]).abs().mean()  # high-frequency energy falls with the level
+        assert prev is None or hf < prev
+        prev = hf
+    # a level means the same at any resolution: blurring a 2x upsampled map then downsampling agrees
+    big = torch.nn.functional.interpolate(maps, scale_factor=2, mode="nearest")
+    small = torch.nn.functional.avg_pool2d(blur_structure(big, 4), 2)
+    assert (small - blur_structure(maps, 4)).abs().mean() < 0.02
+    with pytest.raises(VP2PInputError, match="structure_blur"):
+        blur_structure(maps, -1)
+
+
+def test_structure_clip_must_fit_the_latents(controlnet):
+    fn = diffusers_controlnet(controlnet)
+    with pytest.raises(VP2PInputError, match="5 frames, but the clip has 3"):
+        StructureGuidance.from_images(fn, torch.rand(5, 64, 64, 3), (16, 16), 3)
+    with pytest.raises(VP2PInputError, match="do not fit latents of 16x16"):
+        StructureGuidance.from_images(fn, torch.rand(3, 64, 48, 3), (16, 16), 3)
+    with pytest.raises(VP2PInputError, match="expected 64x64"):
+        StructureGuidance.from_images(fn, torch.rand(3, 32, 32, 3), (16, 16), 3, vae_factor=4)
+    with pytest.raises(VP2PInputError, match="IMAGE"):
+        StructureGuidance.from_images(fn, torch.rand(3, 64, 64), (16, 16), 3)
+    one_channel = StructureGuidance.from_images(fn, torch.rand(3, 64, 64, 1), (16, 16), 3)
+    assert one_channel.structure.shape == (3, 3, 64, 64)
