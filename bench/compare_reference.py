@@ -13,6 +13,10 @@ Two processes, two environments, tensors exchanged through safetensors files in 
 Compared: the UNet output and the gradients of the trainable set (attn1.to_q, attn2.to_q, attn_temp)
 for the same loss. Timed, single thread, best of N, each side alone in its process: one forward pass
 (no grad) and one tuning step (forward + noise-MSE + backward + grad-clip + AdamW on the trainable set).
+Also timed, as each implementation does it: one null-text inner iteration (forward with a trainable
+text embedding, MSE, backward, Adam step on the embedding); ours freezes the UNet, the reference's
+run_videop2p.py leaves every UNet weight requiring grad (timed that way, and frozen for comparison).
+The reference's diffusers-0.11 attention materialises every attention map; ours calls SDPA.
 
     /work/venv/bin/python -m bench.compare_reference --reference /work/ref/Video-P2P \
         --ref-python /work/refvenv/bin/python --configs small sd15_narrow
@@ -124,6 +128,29 @@ def _timed_work(forward, model, noise, repeats: int) -> tuple[dict, dict, float,
     return {"loss": float(loss)}, grads, t_fwd, t_step
 
 
+def _null_iteration(forward_text, model, text, target, unet_grads: bool, repeats: int) -> float:
+    """One null-text inner iteration: forward with a trainable embedding, MSE, backward, Adam step on it.
+    ``unet_grads``: the UNet's weights require grad too (the reference's run_videop2p.py never freezes them,
+    and never clears their .grad either)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(unet_grads)
+        p.grad = None
+    e = text.clone().requires_grad_(True)
+    opt = torch.optim.Adam([e], lr=1e-2)
+
+    def it():
+        loss = torch.nn.functional.mse_loss(forward_text(e), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    t = _best(it, repeats)
+    for p in model.parameters():
+        p.grad = None
+    return t
+
+
 def side_ours(d: str, name: str, repeats: int) -> None:
     from diffusers import UNet2DConditionModel
 
@@ -171,6 +198,8 @@ def side_ours(d: str, name: str, repeats: int) -> None:
             if n in saved:
                 p.copy_(saved[n])
     info, grads, t_fwd, t_step = _timed_work(forward, unet, noise, repeats)
+    info["null_iter_s"] = _null_iteration(lambda e: video_forward(unet, sample, t, e, f), unet, text, noise, False,
+                                          repeats)
     _save({"out": out.transpose(0, 1).unsqueeze(0), "out_no_temp": out_no_temp.transpose(0, 1).unsqueeze(0)},
           os.path.join(d, "ours_out.safetensors"))
     _save(grads, os.path.join(d, "ours_grads.safetensors"))
@@ -204,6 +233,9 @@ def side_reference(d: str, name: str, repeats: int, reference: str) -> None:
     with torch.no_grad():
         out = forward()
     info, grads, t_fwd, t_step = _timed_work(forward, unet, noise, repeats)
+    fwd_text = lambda e: unet(sample, t, encoder_hidden_states=e).sample  # noqa: E731
+    info["null_iter_s"] = _null_iteration(fwd_text, unet, text, noise, True, repeats)
+    info["null_iter_frozen_s"] = _null_iteration(fwd_text, unet, text, noise, False, repeats)
     _save({"out": out}, os.path.join(d, "ref_out.safetensors"))
     _save(grads, os.path.join(d, "ref_grads.safetensors"))
     info.update(forward_s=t_fwd, step_s=t_step, maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -245,6 +277,9 @@ def compare(name: str, reference: str, ref_python: str, repeats: int, threads: i
                 ours_forward_s=ours["forward_s"], ref_forward_s=ref["forward_s"],
                 ours_step_s=ours["step_s"], ref_step_s=ref["step_s"],
                 forward_ratio=ref["forward_s"] / ours["forward_s"], step_ratio=ref["step_s"] / ours["step_s"],
+                ours_null_iter_s=ours["null_iter_s"], ref_null_iter_s=ref["null_iter_s"],
+                ref_null_iter_frozen_s=ref["null_iter_frozen_s"],
+                null_iter_ratio=ref["null_iter_s"] / ours["null_iter_s"],
                 ours_maxrss_mb=ours["maxrss_mb"], ref_maxrss_mb=ref["maxrss_mb"],
                 ours_versions=f"torch {ours['torch']}, diffusers {ours['diffusers']}",
                 ref_versions=f"torch {ref['torch']}, diffusers {ref['diffusers']}")
@@ -253,8 +288,8 @@ def compare(name: str, reference: str, ref_python: str, repeats: int, threads: i
 def markdown(rows: list[dict]) -> str:
     lines = ["| config | frames x latent | params | max abs diff | max abs out | rel diff | temporal effect "
              "| grad rel diff | fwd ours / ref (s) | fwd ratio ref/ours | tune step ours / ref (s) | step ratio ref/ours "
-             "| peak RSS ours / ref (MB) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| null-text iteration ours / ref / ref with UNet frozen (s) | ratio ref/ours | peak RSS ours / ref (MB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['config']} | {r['frames']} x {r['latent']}x{r['latent']} | {r['params'] / 1e6:.2f} M "
@@ -262,7 +297,8 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['rel_diff']:.1e} | {r['temporal_effect']:.3g} | {r['grad_max_rel_diff']:.1e} "
             f"| {r['ours_forward_s']:.3f} / {r['ref_forward_s']:.3f} | {r['forward_ratio']:.2f} "
             f"| {r['ours_step_s']:.3f} / {r['ref_step_s']:.3f} | {r['step_ratio']:.2f} "
-            f"| {r['ours_maxrss_mb']:.0f} / {r['ref_maxrss_mb']:.0f} |")
+            f"| {r['ours_null_iter_s']:.3f} / {r['ref_null_iter_s']:.3f} / {r['ref_null_iter_frozen_s']:.3f} "
+            f"| {r['null_iter_ratio']:.2f} | {r['ours_maxrss_mb']:.0f} / {r['ref_maxrss_mb']:.0f} |")
     return "\n".join(lines)
 
 
