@@ -1,0 +1,118 @@
+"""Where our files live: names typed by a user, confined to ComfyUI's output folder or ``models/vp2p``.
+
+- Save nodes write under the output folder (``output/<name>``).
+- Load nodes look in ``models/vp2p`` (and any extra ``vp2p`` folders of extra_model_paths.yaml), then in
+  the output folder.
+- Caches go to ``models/vp2p/<cache_dir>/<kind>-<hash>.safetensors``.
+A name is a relative path: no absolute paths, drive letters, ``..`` or empty parts. Outside ComfyUI the
+roots come from ``set_roots`` (tests) or the ``VP2P_HOME`` environment variable.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path, PurePosixPath
+from typing import Optional
+
+import torch
+
+from vp2p_core import VP2PInputError
+
+SUFFIX = ".safetensors"
+_ROOTS: dict[str, list[Path]] = {}
+
+
+def set_roots(output: Optional[os.PathLike] = None, models: Optional[os.PathLike] = None) -> None:
+    """Override the folders (tests, scripts). ``set_roots()`` goes back to ComfyUI's / VP2P_HOME."""
+    _ROOTS.clear()
+    if output is not None:
+        _ROOTS["output"] = [Path(output)]
+    if models is not None:
+        _ROOTS["models"] = [Path(models)]
+
+
+def _comfy_roots() -> Optional[dict[str, list[Path]]]:
+    try:
+        import folder_paths  # ComfyUI's
+    except ImportError:
+        return None
+    if "vp2p" not in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path("vp2p", os.path.join(folder_paths.models_dir, "vp2p"))
+    return {"output": [Path(folder_paths.get_output_directory())],
+            "models": [Path(p) for p in folder_paths.get_folder_paths("vp2p")]}
+
+
+def roots(kind: str) -> list[Path]:
+    """'output' or 'models' folders, first one is where new files go."""
+    if kind in _ROOTS:
+        return _ROOTS[kind]
+    comfy = _comfy_roots()
+    if comfy is not None:
+        return comfy[kind]
+    home = os.environ.get("VP2P_HOME")
+    if home:
+        return [Path(home) / ("output" if kind == "output" else "models")]
+    raise RuntimeError("Video-P2P files: not running in ComfyUI and VP2P_HOME is not set; set it to a folder")
+
+
+def safe_name(name: str, what: str) -> PurePosixPath:
+    """A user-typed file name as a relative path inside one of our folders, with the .safetensors suffix."""
+    if not isinstance(name, str) or not name.strip():
+        raise VP2PInputError(f"{what}: expected a file name, got {name!r}")
+    raw = name.strip().replace("\\", "/")
+    if raw.startswith("/") or (len(raw) > 1 and raw[1] == ":") or raw.startswith("~"):
+        raise VP2PInputError(f"{what}: {name!r} is an absolute path; give a name relative to ComfyUI's output "
+                             "or models/vp2p folder")
+    parts = raw.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise VP2PInputError(f"{what}: {name!r} may not contain '..', '.' or empty parts; give a plain "
+                             "relative name such as 'vp2p/rabbit.delta.safetensors'")
+    if any(ord(c) < 32 for c in raw):
+        raise VP2PInputError(f"{what}: {name!r} contains control characters")
+    path = PurePosixPath(*parts)
+    if path.suffix != SUFFIX:
+        path = path.with_name(path.name + SUFFIX)
+    return path
+
+
+def _inside(root: Path, rel: PurePosixPath) -> Path:
+    full = root.joinpath(*rel.parts)
+    root_abs = os.path.abspath(root)
+    if os.path.commonpath([root_abs, os.path.abspath(full)]) != root_abs:
+        raise VP2PInputError(f"file name {str(rel)!r} leaves the folder {root_abs}")
+    return full
+
+
+def save_path(name: str, what: str) -> Path:
+    return _inside(roots("output")[0], safe_name(name, what))
+
+
+def load_path(name: str, what: str) -> Path:
+    rel = safe_name(name, what)
+    places = roots("models") + roots("output")
+    for root in places:
+        full = _inside(root, rel)
+        if full.is_file():
+            return full
+    raise VP2PInputError(f"{what}: no file {str(rel)!r} in {', '.join(str(p) for p in places)}")
+
+
+def cache_path(cache_dir: str, kind: str, key: str) -> Optional[Path]:
+    """Cache file for ``key``, or None when caching is off (empty cache_dir)."""
+    if not cache_dir or not cache_dir.strip():
+        return None
+    rel = safe_name(f"{cache_dir.strip().rstrip('/')}/{kind}-{key}", "cache_dir")
+    return _inside(roots("models")[0], rel)
+
+
+def tensor_hash(t: torch.Tensor) -> str:
+    """Hash of every value (shape and dtype included): cache keys must not collide for different clips."""
+    x = t.detach().to("cpu").contiguous()
+    h = hashlib.sha256(f"{tuple(x.shape)}|{x.dtype}".encode())
+    h.update(x.view(torch.uint8).numpy().tobytes() if x.numel() else b"")
+    return h.hexdigest()[:24]
+
+
+def cache_key(**parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]

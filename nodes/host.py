@@ -1,0 +1,53 @@
+"""The vp2p_core Host for a node run: ComfyUI's device, model loading, progress bar, previews, stop button.
+
+A VP2P_MODEL made by InflateUNet carries a ComfyUI ModelPatcher; one built outside ComfyUI (tests, scripts)
+has none and gets vp2p_core's plain-torch Host on the device its weights are on.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from vp2p_core import Host
+
+from .types import VP2PModel
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
+def make_host(model: VP2PModel, previews: bool = True) -> Host:
+    if model.patcher is None:
+        return Host(device=next(model.video.unet.parameters()).device)
+    return comfy_host(model, previews)
+
+
+def comfy_host(model: VP2PModel, previews: bool = True) -> Host:
+    import comfy.model_management as mm
+    import comfy.utils
+
+    patcher = model.patcher
+    device = patcher.load_device
+    previewer = None
+    if previews and model.latent_format is not None:
+        import latent_preview
+
+        previewer = latent_preview.get_previewer(device, model.latent_format)
+    bar = comfy.utils.ProgressBar(1)
+
+    def progress(step: int, total: int, preview: Optional[torch.Tensor]) -> None:
+        image = None
+        if previewer is not None and preview is not None:
+            image = previewer.decode_latent_to_preview_image("JPEG", preview[:1].detach().float())
+        bar.update_absolute(step, total, image)
+
+    def load(module: torch.nn.Module) -> None:
+        mm.load_models_gpu([patcher], force_full_load=True)
+        # ComfyUI's no-VRAM mode loads nothing fully; the core needs the UNet on the compute device.
+        if not same_device(next(module.parameters()).device, torch.device(device)):
+            module.to(device)
+
+    return Host(device=torch.device(device), progress=progress,
+                interrupt=mm.throw_exception_if_processing_interrupted, load=load)

@@ -1,0 +1,60 @@
+"""Text through ComfyUI's CLIP object: embeddings [1,77,D] and a tokenizer for word -> token indices.
+
+Embeddings come from ``clip.tokenize`` + ``clip.encode_from_tokens``, so clip-skip, textual-inversion
+embeddings and the checkpoint's own text encoder apply. Token indices come from the Hugging Face
+CLIPTokenizer that ComfyUI's tokenizer wraps (``clip.tokenizer.clip_l.tokenizer`` for SD 1.x,
+``clip_h`` for SD 2.x), so both agree on what a token is.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from vp2p_core import VP2PInputError
+from vp2p_core.text import MAX_TOKENS
+
+
+class TokenizerAdapter:
+    """``encode(text) -> ids`` with BOS/EOS and ``decode(ids) -> str``, what vp2p_core's text helpers read."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def labels(self, text: str) -> list[str]:
+        """One display label per token (BOS and EOS included)."""
+        return [self.decode([i]).strip() for i in self.encode(text)]
+
+
+def tokenizer_from_clip(clip) -> TokenizerAdapter:
+    outer = getattr(clip, "tokenizer", None)
+    name = getattr(outer, "clip", None)
+    inner = getattr(outer, name, None) if isinstance(name, str) else None
+    hf = getattr(inner, "tokenizer", None)
+    if hf is None or not hasattr(hf, "encode") or not hasattr(hf, "decode"):
+        raise VP2PInputError(
+            "clip: expected the CLIP of an SD 1.x/2.x checkpoint (one CLIP text encoder with its tokenizer), "
+            f"got {type(outer).__name__}")
+    return TokenizerAdapter(hf)
+
+
+def encode_text(clip, text: str, what: str = "prompt") -> torch.Tensor:
+    """[1,77,D] float32 CPU embedding of one prompt, as the UNet sees it."""
+    cond = clip.encode_from_tokens(clip.tokenize(text))
+    if isinstance(cond, (tuple, list)):
+        cond = cond[0]
+    if cond.dim() != 3 or cond.shape[0] != 1:
+        raise VP2PInputError(f"{what}: the CLIP gave an embedding of shape {tuple(cond.shape)}, expected [1, 77, D]")
+    if cond.shape[1] > MAX_TOKENS:
+        raise VP2PInputError(f"{what}: longer than the {MAX_TOKENS} tokens one CLIP pass reads; shorten it")
+    return cond.detach().to("cpu", torch.float32).clone()
+
+
+def encode_texts(clip, texts: Sequence[str], what: str = "prompt") -> torch.Tensor:
+    return torch.cat([encode_text(clip, t, what) for t in texts])

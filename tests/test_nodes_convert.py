@@ -1,0 +1,94 @@
+"""ComfyUI unet_config -> diffusers config, checked against the known SD 1.5 / 2.1 UNets (no weights needed).
+
+The weight conversion itself needs ComfyUI's model objects; tests/integration/test_comfyui.py checks that the
+converted UNet's output matches ComfyUI's own.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nodes.convert import LDM_PREFIX, UNetHolder, comfy_prediction_type, diffusers_unet_config, unet_from_ldm_state_dict
+from nodes.host import make_host, same_device
+from test_nodes import make_model
+from vp2p_core import VP2PInputError
+
+# as ComfyUI's model detection gives them (comfy.supported_models SD15 / SD21UnclipH left out)
+SD15 = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+        "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
+        "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+        "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
+        "context_dim": 768, "num_heads": 8, "num_head_channels": -1,
+        "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "use_temporal_attention": False,
+        "use_temporal_resblock": False}
+SD21 = dict(SD15, context_dim=1024, use_linear_in_transformer=True, num_heads=-1, num_head_channels=64)
+SDXL = dict(SD15, adm_in_channels=2816, context_dim=2048, transformer_depth=[0, 0, 2, 2, 10, 10],
+            channel_mult=[1, 2, 4], num_res_blocks=[2, 2, 2])
+
+
+def param_count(config):
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**config)
+    return sum(p.numel() for p in unet.parameters())
+
+
+def test_sd15_config():
+    c = diffusers_unet_config(SD15)
+    assert c["block_out_channels"] == [320, 640, 1280, 1280]
+    assert c["down_block_types"] == ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"]
+    assert c["up_block_types"] == ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3
+    assert c["attention_head_dim"] == 8 and c["cross_attention_dim"] == 768 and not c["use_linear_projection"]
+    assert param_count(c) == 859_520_964  # the SD 1.5 UNet
+
+
+def test_sd21_config():
+    c = diffusers_unet_config(SD21)
+    assert c["attention_head_dim"] == [5, 10, 20, 20] and c["use_linear_projection"]
+    assert param_count(c) == 865_910_724  # the SD 2.1 UNet
+
+
+def test_non_sd_models_refused():
+    with pytest.raises(VP2PInputError, match="SD-XL"):
+        diffusers_unet_config(SDXL)
+    with pytest.raises(VP2PInputError, match="num_res_blocks"):
+        diffusers_unet_config(dict(SD15, num_res_blocks=[2, 1, 2, 2]))
+    with pytest.raises(VP2PInputError, match="video"):
+        diffusers_unet_config(dict(SD15, use_temporal_attention=True))
+    with pytest.raises(VP2PInputError, match="depth above 1"):
+        diffusers_unet_config(dict(SD15, transformer_depth=[2, 2, 1, 1, 1, 1, 0, 0],
+                                   transformer_depth_output=[2, 2, 2, 1, 1, 1, 1, 1, 1, 0, 0, 0]))
+
+
+def test_state_dict_errors():
+    c = diffusers_unet_config(dict(SD15, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[1, 1],
+                                   transformer_depth_output=[1, 1, 1, 1]))
+    with pytest.raises(VP2PInputError, match="no UNet weights"):
+        unet_from_ldm_state_dict({"first_stage_model.x": torch.zeros(1)}, c)
+    with pytest.raises(VP2PInputError, match="do not fit"):
+        unet_from_ldm_state_dict({LDM_PREFIX + "time_embed.0.weight": torch.zeros(1280, 320)}, c)
+
+
+def test_prediction_type():
+    class Kind:
+        def __init__(self, name):
+            self.name = name
+
+    def fake(name):
+        return type("M", (), {"model": type("B", (), {"model_type": Kind(name)})()})()
+
+    assert comfy_prediction_type(fake("EPS")) == "epsilon"
+    assert comfy_prediction_type(fake("V_PREDICTION")) == "v_prediction"
+    with pytest.raises(VP2PInputError, match="FLOW"):
+        comfy_prediction_type(fake("FLOW"))
+
+
+def test_plain_host_and_holder():
+    m = make_model()
+    host = make_host(m)
+    assert host.device == torch.device("cpu") and host.load is None
+    holder = UNetHolder(m.video.unet)
+    holder.device = torch.device("cpu")  # ModelPatcher sets this; diffusers' own .device is read-only
+    assert same_device(torch.device("cuda", 0), torch.device("cuda")) and not same_device(
+        torch.device("cpu"), torch.device("cuda"))

@@ -1,0 +1,166 @@
+"""Bad input gets the node's clear error (VP2PInputError, whose message ComfyUI shows as it is)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nodes import files as node_files
+from nodes.nodes_vp2p import (DecodeFrames, LoadVP2PDelta, LoadVP2PInversion, NullTextVideoInvert, OneShotTune,
+                              SaveVP2PDelta, SaveVP2PInversion, VideoP2PSampler)
+from test_nodes import SRC, TGT, FakeClip, edit, make_latent, make_model
+from vp2p_core import VP2PInputError
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("vp2p_err")
+    node_files.set_roots(output=base / "output", models=base / "models")
+    clip = FakeClip()
+    model = make_model()
+    latent = make_latent(frames=3)
+    with torch.inference_mode():
+        tuned, _ = OneShotTune().tune(model, latent, clip, SRC, 1, 3e-5, 1, False, "fp32", "")
+        inv = NullTextVideoInvert().invert(tuned, latent, clip, SRC, 2, 7.5, "fast", 1, 1e-5, "")[0]
+        SaveVP2PDelta().save(tuned, "clip.delta")
+        SaveVP2PInversion().save(inv, "clip.inversion")
+    yield dict(clip=clip, model=model, tuned=tuned, latent=latent, inv=inv, base=base)
+    node_files.set_roots()
+
+
+# --- prompts ---------------------------------------------------------------------------------------------
+
+def test_word_swap_needs_equal_word_counts(setup):
+    with pytest.raises(VP2PInputError, match="word"):
+        edit(setup["clip"], SRC, "a big blue ball on grass", edit_mode="replace")
+
+
+def test_blend_word_absent(setup):
+    with pytest.raises(VP2PInputError, match="'cube'"):
+        edit(setup["clip"], SRC, TGT, blend_words="cube")
+    with pytest.raises(VP2PInputError, match="target"):
+        edit(setup["clip"], SRC, TGT, blend_words="red", blend_target_words="green")
+
+
+def test_reweight_word_absent_and_bad_values(setup):
+    with pytest.raises(VP2PInputError, match="reweight_words"):
+        edit(setup["clip"], SRC, TGT, reweight_words="origami", reweight_values="2")
+    with pytest.raises(VP2PInputError, match="reweight_values"):
+        edit(setup["clip"], SRC, TGT, reweight_words="blue", reweight_values="two")
+
+
+def test_empty_targets(setup):
+    with pytest.raises(VP2PInputError, match="target"):
+        edit(setup["clip"], SRC, " \n \n")
+
+
+def test_clip_without_tokenizer():
+    class NoTok:
+        tokenizer = object()
+
+    with pytest.raises(VP2PInputError, match="clip"):
+        edit(NoTok(), SRC, TGT)
+
+
+# --- latents and frame counts -----------------------------------------------------------------------------
+
+def test_latent_shape_errors(setup):
+    clip, model = setup["clip"], setup["model"]
+    bad = [({"samples": torch.zeros(1, 4, 3, 16, 16)}, "frames, channels"),
+           ({"samples": torch.zeros(3, 3, 16, 16)}, "channels"),
+           ({"samples": torch.zeros(3, 4, 15, 16)}, "divide"),
+           (torch.zeros(3, 4, 16, 16), "LATENT")]
+    for latent, msg in bad:
+        with pytest.raises(VP2PInputError, match=msg):
+            with torch.inference_mode():
+                OneShotTune().tune(model, latent, clip, SRC, 1, 3e-5, 1, False, "fp32", "")
+
+
+def test_inversion_frame_count_must_match_tuning(setup):
+    with pytest.raises(VP2PInputError, match="4 frames, but the model was tuned on 3"):
+        with torch.inference_mode():
+            NullTextVideoInvert().invert(setup["tuned"], make_latent(frames=4), setup["clip"], SRC, 2, 7.5, "fast",
+                                         1, 1e-5, "")
+
+
+def test_sampler_latent_must_match_inversion(setup):
+    e = edit(setup["clip"])
+    with pytest.raises(VP2PInputError, match="3 frames, but the latent has 4 frames"):
+        with torch.inference_mode():
+            VideoP2PSampler().sample(setup["tuned"], setup["inv"], e, 7.5, True, latent=make_latent(frames=4))
+    with pytest.raises(VP2PInputError, match="frame size"):
+        with torch.inference_mode():
+            VideoP2PSampler().sample(setup["tuned"], setup["inv"], e, 7.5, True, latent=make_latent(size=8))
+
+
+def test_sampler_refuses_inversion_of_another_model(setup):
+    e = edit(setup["clip"])
+    with pytest.raises(VP2PInputError, match="invert again"):
+        with torch.inference_mode():
+            VideoP2PSampler().sample(setup["model"], setup["inv"], e, 7.5, True)  # untuned model
+    with pytest.raises(VP2PInputError, match="AttentionEditController"):
+        VideoP2PSampler().sample(setup["tuned"], setup["inv"], "not an edit", 7.5, True)
+
+
+def test_decode_errors():
+    with pytest.raises(VP2PInputError, match="LATENT"):
+        DecodeFrames().decode(object(), torch.zeros(1), 8)
+    with pytest.raises(VP2PInputError, match="frames, channels"):
+        DecodeFrames().decode(object(), {"samples": torch.zeros(1, 4, 2, 8, 8)}, 8)
+
+
+# --- files ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../escape.delta", "vp2p/../../x", "/etc/passwd", "C:\\x.delta", "~/x",
+                                  "a//b", "./a", "", "  ", "a\x00b"])
+def test_bad_file_names_refused(setup, name):
+    with pytest.raises(VP2PInputError):
+        SaveVP2PDelta().save(setup["tuned"], name)
+    with pytest.raises(VP2PInputError):
+        LoadVP2PDelta().load(setup["model"], name)
+
+
+def test_save_untuned_model_refused(setup):
+    with pytest.raises(VP2PInputError, match="not tuned"):
+        SaveVP2PDelta().save(setup["model"], "x.delta")
+
+
+def test_missing_file(setup):
+    with pytest.raises(VP2PInputError, match="no file 'nothing.safetensors'"):
+        LoadVP2PDelta().load(setup["model"], "nothing")
+    assert LoadVP2PDelta.IS_CHANGED(filename="nothing").startswith("missing:")
+
+
+def test_delta_for_another_model_refused(setup):
+    other = make_model(seed=5)
+    with pytest.raises(VP2PInputError, match="another checkpoint"):
+        LoadVP2PDelta().load(other, "clip.delta")
+
+
+def test_delta_for_another_clip_length_refused(setup):
+    with pytest.raises(VP2PInputError, match="tuned on 3 frames, but the latent has 5 frames"):
+        LoadVP2PDelta().load(setup["model"], "clip.delta", latent=make_latent(frames=5))
+
+
+def test_inversion_for_another_model_refused(setup):
+    with pytest.raises(VP2PInputError, match="made with the model"):
+        LoadVP2PInversion().load(setup["model"], "clip.inversion")  # untuned: another fingerprint
+
+
+def test_inversion_for_another_clip_refused(setup):
+    with pytest.raises(VP2PInputError, match="3 frames, but the latent has 2 frames"):
+        LoadVP2PInversion().load(setup["tuned"], "clip.inversion", latent=make_latent(frames=2))
+
+
+def test_wrong_kind_of_file_refused(setup):
+    with pytest.raises(VP2PInputError, match="not a delta"):
+        LoadVP2PDelta().load(setup["model"], "clip.inversion")
+
+
+def test_cache_and_roots():
+    assert node_files.cache_path("", "delta", "k") is None
+    with pytest.raises(VP2PInputError):
+        node_files.cache_path("../out", "delta", "k")
+    h1 = node_files.tensor_hash(torch.zeros(2, 2))
+    assert h1 != node_files.tensor_hash(torch.zeros(4)) and h1 != node_files.tensor_hash(torch.zeros(2, 2).double())
