@@ -70,7 +70,8 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 def check_layout(path, keys) -> None:
     has = lambda p: any(k.startswith(p) for k in keys)  # noqa: E731
     if has("conditioner.embedders."):
-        raise VP2PInputError(f"checkpoint: {str(path)!r} looks like SDXL; expected a Stable Diffusion 1.x/2.x checkpoint")
+        raise VP2PInputError(f"checkpoint: {str(path)!r} looks like SDXL; expected a Stable Diffusion 1.x/2.x "
+                             f"checkpoint")
     missing = []
     if UNET_PREFIX + "input_blocks.0.0.weight" not in keys:
         missing.append(f"UNet ({UNET_PREFIX}*)")
@@ -270,15 +271,18 @@ def load_single_file(path: str | Path, prediction_type: Optional[str] = None,
     if family == "sd2" and pred == "v_prediction":
         u_cfg["upcast_attention"] = True  # as diffusers' SD2.x 768-v config
 
+    del u_sd, v_sd
     unet = UNet2DConditionModel(**u_cfg)
     _load(unet, convert_ldm_unet_checkpoint(ckpt, u_cfg), "UNet", path)
-    del u_sd
+    ckpt = {k: v for k, v in ckpt.items() if not k.startswith(UNET_PREFIX)}  # free file tensors as we go
     vae = AutoencoderKL(**v_cfg)
     _load(vae, convert_ldm_vae_checkpoint(ckpt, v_cfg), "VAE", path)
+    del ckpt
     te = CLIPTextModel(CLIPTextConfig(**t_cfg))
     _load(te, t_sd, "text encoder", path)
+    del t_sd
     device = torch.device(device)
-    mods = [m.to(device, dtype).eval() for m in (unet, vae, te)]
+    mods = [torch.nn.Module.to(m, device, dtype).eval() for m in (unet, vae, te)]  # (skips diffusers' fp32 notice)
     return SingleFileModels(unet=mods[0], vae=mods[1], text_encoder=mods[2], prediction_type=pred, family=family,
                             latent_scale=v_cfg["scaling_factor"])
 

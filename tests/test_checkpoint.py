@@ -1,0 +1,238 @@
+"""Single-file SD checkpoints: tiny diffusers/transformers models written in the original (LDM) key layout
+load back through vp2p_core.checkpoint / Components.from_single_file and reproduce the originals."""
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from vp2p_core import VP2PInputError
+from vp2p_core.checkpoint import load_single_file
+from vp2p_core.inflation import video_forward
+from vp2p_core.pipeline import Components
+
+torch.set_num_threads(1)
+VOCAB = 49408  # the real CLIP tokenizer's ids must fit
+
+
+# ---------------------------------------------------------------- diffusers -> LDM key layout (test-only inverse)
+
+RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"), ("conv2", "out_layers.3"),
+          ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection")]
+
+
+def _sub(rest, pairs):
+    for a, b in pairs:
+        if rest.startswith(a + "."):
+            return b + rest[len(a):]
+    return rest
+
+
+def unet_to_ldm(unet) -> dict:
+    n = unet.config.layers_per_block + 1
+    attn_up = {i: t.startswith("CrossAttn") for i, t in enumerate(unet.config.up_block_types)}
+    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    out = {}
+    for k, v in unet.state_dict().items():
+        p = k.split(".")
+        head, last = ".".join(p[:-1]), p[-1]
+        if head in fixed:
+            nk = f"{fixed[head]}.{last}"
+        elif p[0] == "down_blocks":
+            b = int(p[1])
+            if p[2] == "downsamplers":
+                nk = f"input_blocks.{(b + 1) * n}.0.op.{last}"
+            else:
+                j, rest = int(p[3]), ".".join(p[4:])
+                sub = 0 if p[2] == "resnets" else 1
+                nk = f"input_blocks.{1 + b * n + j}.{sub}.{_sub(rest, RESNET) if sub == 0 else rest}"
+        elif p[0] == "mid_block":
+            j, rest = int(p[2]), ".".join(p[3:])
+            nk = f"middle_block.{2 * j}.{_sub(rest, RESNET)}" if p[1] == "resnets" else f"middle_block.1.{rest}"
+        elif p[0] == "up_blocks":
+            b = int(p[1])
+            if p[2] == "upsamplers":
+                nk = f"output_blocks.{b * n + n - 1}.{2 if attn_up[b] else 1}.conv.{last}"
+            else:
+                j, rest = int(p[3]), ".".join(p[4:])
+                sub = 0 if p[2] == "resnets" else 1
+                nk = f"output_blocks.{b * n + j}.{sub}.{_sub(rest, RESNET) if sub == 0 else rest}"
+        else:
+            raise AssertionError(k)
+        out["model.diffusion_model." + nk] = v
+    return out
+
+
+def vae_to_ldm(vae) -> dict:
+    nb = len(vae.config.block_out_channels)
+    attn = [("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")]
+    out = {}
+    for k, v in vae.state_dict().items():
+        p = k.split(".")
+        if p[1] == "down_blocks":
+            i = p[2]
+            if p[3] == "downsamplers":
+                nk = f"{p[0]}.down.{i}.downsample.conv.{p[-1]}"
+            else:
+                nk = f"{p[0]}.down.{i}.block.{p[4]}." + ".".join(p[5:]).replace("conv_shortcut", "nin_shortcut")
+        elif p[1] == "up_blocks":
+            i = nb - 1 - int(p[2])
+            if p[3] == "upsamplers":
+                nk = f"{p[0]}.up.{i}.upsample.conv.{p[-1]}"
+            else:
+                nk = f"{p[0]}.up.{i}.block.{p[4]}." + ".".join(p[5:]).replace("conv_shortcut", "nin_shortcut")
+        elif p[1] == "mid_block" and p[2] == "resnets":
+            nk = f"{p[0]}.mid.block_{int(p[3]) + 1}." + ".".join(p[4:]).replace("conv_shortcut", "nin_shortcut")
+        elif p[1] == "mid_block":
+            nk = f"{p[0]}.mid.attn_1.{_sub('.'.join(p[4:]), attn)}"
+            if v.dim() == 2:
+                v = v[:, :, None, None]  # LDM's attention uses 1x1 convs
+        else:
+            nk = k.replace("conv_norm_out", "norm_out")
+        out["first_stage_model." + nk] = v
+    return out
+
+
+def clip_to_ldm(te) -> dict:
+    return {"cond_stage_model.transformer.text_model." + k: v for k, v in te.state_dict().items()}
+
+
+def open_clip_to_ldm(te, g) -> dict:
+    """OpenCLIP layout, with one extra (random) last resblock that SD2 skips (penultimate layer)."""
+    p, out, sd = "cond_stage_model.model.", {}, te.state_dict()
+    n, d = te.config.num_hidden_layers, te.config.hidden_size
+    out[p + "token_embedding.weight"] = sd["embeddings.token_embedding.weight"]
+    out[p + "positional_embedding"] = sd["embeddings.position_embedding.weight"]
+    out[p + "ln_final.weight"], out[p + "ln_final.bias"] = sd["final_layer_norm.weight"], sd["final_layer_norm.bias"]
+    out[p + "text_projection"] = torch.randn(d, d, generator=g)
+    out[p + "logit_scale"] = torch.tensor(4.6)
+    names = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+             "self_attn.out_proj": "attn.out_proj"}
+    for i in range(n + 1):
+        dst = f"{p}transformer.resblocks.{i}."
+        for s in ("weight", "bias"):
+            for a, b in names.items():
+                t = sd[f"encoder.layers.{min(i, n - 1)}.{a}.{s}"]
+                out[f"{dst}{b}.{s}"] = t if i < n else torch.randn(t.shape, generator=g)
+            qkv = torch.cat([sd[f"encoder.layers.{min(i, n - 1)}.self_attn.{q}_proj.{s}"] for q in "qkv"])
+            out[f"{dst}attn.in_proj_{s}"] = qkv if i < n else torch.randn(qkv.shape, generator=g)
+    return out
+
+
+# ---------------------------------------------------------------- tiny models
+
+def _randomize(model, g):
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.add_(torch.randn(prm.shape, generator=g) * 0.05)  # non-trivial norms/biases/zero-inits
+    return model.eval()
+
+
+def tiny_models(sd2: bool, seed: int = 0):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    if sd2:  # linear proj_in, head dim 64, two transformer blocks per level, attention on every level
+        unet = UNet2DConditionModel(
+            sample_size=16, block_out_channels=(64, 128), layers_per_block=1, cross_attention_dim=64,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=[1, 2],
+            use_linear_projection=True, transformer_layers_per_block=2)
+    else:  # conv proj_in, 8 heads, SD1's two res blocks per level, no attention on the last level
+        unet = UNet2DConditionModel(
+            sample_size=16, block_out_channels=(32, 64), layers_per_block=2, cross_attention_dim=32,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=8)
+    vae = AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, layers_per_block=1,
+                        norm_num_groups=32, sample_size=32)
+    d = unet.config.cross_attention_dim
+    te = CLIPTextModel(CLIPTextConfig(hidden_size=d, intermediate_size=2 * d, num_hidden_layers=2,
+                                      num_attention_heads=1, vocab_size=VOCAB, max_position_embeddings=77,
+                                      hidden_act="gelu" if sd2 else "quick_gelu"))
+    unet, vae, te = (_randomize(m, g) for m in (unet, vae, te))
+    sd = {**unet_to_ldm(unet), **vae_to_ldm(vae), **(open_clip_to_ldm(te, g) if sd2 else clip_to_ldm(te))}
+    return unet, vae, te, {k: v.detach().contiguous().clone() for k, v in sd.items()}
+
+
+@pytest.fixture(scope="module", params=["sd1", "sd2"])
+def written(request, tmp_path_factory):
+    unet, vae, te, sd = tiny_models(request.param == "sd2")
+    path = tmp_path_factory.mktemp("ckpt") / f"tiny_{request.param}.safetensors"
+    save_file(sd, str(path))
+    return request.param, unet, vae, te, sd, path
+
+
+def _close(a, b):
+    assert a.shape == b.shape
+    assert (a - b).abs().max().item() < 1e-5
+
+
+@torch.no_grad()
+def test_single_file_reproduces_models(written):
+    family, unet, vae, te, _, path = written
+    m = load_single_file(path)
+    assert m.family == family and m.prediction_type == "epsilon" and m.latent_scale == 0.18215
+    g = torch.Generator().manual_seed(5)
+    d = unet.config.cross_attention_dim
+    x, ctx = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 77, d, generator=g)
+    _close(m.unet(x, 500, ctx).sample, unet(x, 500, ctx).sample)
+    img = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
+    _close(m.vae.encode(img).latent_dist.mean, vae.encode(img).latent_dist.mean)
+    _close(m.vae.decode(x[:1]).sample, vae.decode(x[:1]).sample)
+    ids = torch.randint(0, VOCAB, (2, 77), generator=g)
+    _close(m.text_encoder(ids)[0], te(ids)[0])
+
+
+@torch.no_grad()
+def test_components_from_single_file(written):
+    family, unet, vae, te, _, path = written
+    cm = Components.from_single_file(path, prediction_type="v_prediction")
+    assert cm.model.schedule.prediction_type == "v_prediction"
+    ids = cm.tokenizer(["a rabbit is jumping on the grass"], padding="max_length", max_length=77,
+                       return_tensors="pt").input_ids
+    _close(cm.encode_prompts(["a rabbit is jumping on the grass"]), te(ids)[0])
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(6))
+    ctx = te(ids)[0]
+    _close(video_forward(cm.model.unet, x, 300, ctx, num_frames=1), unet(x, 300, ctx).sample)
+
+
+def test_prediction_type_from_v_pred_key(written, tmp_path):
+    family, *_, sd, path = written
+    if family == "sd2":
+        p = tmp_path / "v.safetensors"
+        save_file({**sd, "v_pred": torch.tensor([])}, str(p))
+        assert load_single_file(p).prediction_type == "v_prediction"
+    assert load_single_file(path, prediction_type="v_prediction").prediction_type == "v_prediction"
+    with pytest.raises(VP2PInputError, match="prediction_type"):
+        load_single_file(path, prediction_type="sample")
+
+
+def test_refuses_pickles_and_non_sd_files(tmp_path):
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(VP2PInputError, match=r"model\.ckpt.*pickle.*\.safetensors"):
+        Components.from_single_file(ckpt)
+    fake = tmp_path / "fake.safetensors"
+    fake.write_bytes(b"garbage that is not a safetensors header")
+    with pytest.raises(VP2PInputError, match=r"fake\.safetensors.*not a readable safetensors"):
+        load_single_file(fake)
+    other = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_down.weight": torch.zeros(2, 2)}, str(other))
+    with pytest.raises(VP2PInputError, match=r"lora\.safetensors.*not an original-layout Stable Diffusion.*UNet"):
+        load_single_file(other)
+    xl = tmp_path / "sdxl.safetensors"
+    save_file({"conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": torch.ones(2)}, str(xl))
+    with pytest.raises(VP2PInputError, match="SDXL"):
+        load_single_file(xl)
+    with pytest.raises(VP2PInputError, match="does not exist"):
+        load_single_file(tmp_path / "missing.safetensors")
+
+
+def test_refuses_incomplete_checkpoint(written, tmp_path):
+    *_, sd, _ = written
+    p = tmp_path / "novae.safetensors"
+    save_file({k: v for k, v in sd.items() if not k.startswith("first_stage_model.")}, str(p))
+    with pytest.raises(VP2PInputError, match="no VAE"):
+        load_single_file(p)
