@@ -1,0 +1,213 @@
+"""Every shipped workflow fits the node definitions: node types exist, links join matching types, widget
+values are in range, and each UI-format file has an API-format twin that says the same.
+
+Core node signatures are the table below, read off ComfyUI 0.3.64 (nodes.py, comfy_extras/nodes_video.py,
+comfy_extras/nodes_images.py); tests/integration/test_comfyui.py checks the table against a running ComfyUI.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from nodes import NODE_CLASS_MAPPINGS
+
+REPO = Path(__file__).resolve().parents[1]
+WF = REPO / "workflows"
+UI_FILES = sorted(WF.glob("*.json"))
+MAX_RES = 16384
+FILES = "FILES"  # a combo listing files of a folder: any name is allowed here
+
+# name -> {"inputs": [(name, type, options, optional)], "outputs": [type], "extra": {widget: n values}}
+# type: a socket type, or INT/FLOAT/STRING/BOOLEAN, or "COMBO" with options["choices"].
+CORE_SIGNATURES = {
+    "CheckpointLoaderSimple": {"inputs": [("ckpt_name", "COMBO", {"choices": FILES}, False)],
+                               "outputs": ["MODEL", "CLIP", "VAE"]},
+    "LoadVideo": {"inputs": [("file", "COMBO", {"choices": FILES}, False)], "outputs": ["VIDEO"],
+                  "extra": {"file": 1}},
+    "GetVideoComponents": {"inputs": [("video", "VIDEO", {}, False)], "outputs": ["IMAGE", "AUDIO", "FLOAT"]},
+    "ImageFromBatch": {"inputs": [("image", "IMAGE", {}, False), ("batch_index", "INT", {"min": 0, "max": 4095}, False),
+                                  ("length", "INT", {"min": 1, "max": 4096}, False)], "outputs": ["IMAGE"]},
+    "ImageScale": {"inputs": [("image", "IMAGE", {}, False),
+                              ("upscale_method", "COMBO",
+                               {"choices": ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]}, False),
+                              ("width", "INT", {"min": 0, "max": MAX_RES}, False),
+                              ("height", "INT", {"min": 0, "max": MAX_RES}, False),
+                              ("crop", "COMBO", {"choices": ["disabled", "center"]}, False)], "outputs": ["IMAGE"]},
+    "VAEEncode": {"inputs": [("pixels", "IMAGE", {}, False), ("vae", "VAE", {}, False)], "outputs": ["LATENT"]},
+    "CreateVideo": {"inputs": [("images", "IMAGE", {}, False), ("fps", "FLOAT", {"min": 1.0, "max": 120.0}, False),
+                               ("audio", "AUDIO", {}, True)], "outputs": ["VIDEO"]},
+    "SaveVideo": {"inputs": [("video", "VIDEO", {}, False), ("filename_prefix", "STRING", {}, False),
+                             ("format", "COMBO", {"choices": ["auto", "mp4"]}, False),
+                             ("codec", "COMBO", {"choices": ["auto", "h264"]}, False)], "outputs": []},
+    "PreviewImage": {"inputs": [("images", "IMAGE", {}, False)], "outputs": []},
+}
+VIRTUAL = {"Note", "MarkdownNote"}  # frontend-only nodes: never in the API format
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def our_signature(cls) -> dict:
+    spec = cls.INPUT_TYPES()
+    inputs = []
+    for section in ("required", "optional"):
+        for name, entry in spec.get(section, {}).items():
+            kind, opts = entry[0], dict(entry[1]) if len(entry) > 1 else {}
+            if isinstance(kind, list):
+                kind, opts = "COMBO", dict(opts, choices=kind)
+            inputs.append((name, kind, opts, section == "optional"))
+    extra = {name: 1 for name, kind, opts, _ in inputs if kind == "INT" and
+             (opts.get("control_after_generate") or (name in ("seed", "noise_seed") and
+                                                    opts.get("control_after_generate") is not False))}
+    return {"inputs": inputs, "outputs": list(cls.RETURN_TYPES), "extra": extra}
+
+
+SIGNATURES = dict(CORE_SIGNATURES, **{n: our_signature(c) for n, c in NODE_CLASS_MAPPINGS.items()})
+
+
+def check_value(where: str, kind: str, opts: dict, value) -> None:
+    if kind == "INT":
+        assert isinstance(value, int) and not isinstance(value, bool), f"{where}: {value!r} is not an INT"
+    elif kind == "FLOAT":
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: {value!r} not a FLOAT"
+    elif kind == "BOOLEAN":
+        assert isinstance(value, bool), f"{where}: {value!r} is not a BOOLEAN"
+    elif kind == "STRING":
+        assert isinstance(value, str), f"{where}: {value!r} is not a STRING"
+    elif kind == "COMBO":
+        choices = opts["choices"]
+        assert isinstance(value, str), f"{where}: {value!r}"
+        if choices != FILES:
+            assert value in choices, f"{where}: {value!r} not one of {choices}"
+    if kind in ("INT", "FLOAT"):
+        if "min" in opts:
+            assert value >= opts["min"], f"{where}: {value} below min {opts['min']}"
+        if "max" in opts:
+            assert value <= opts["max"], f"{where}: {value} above max {opts['max']}"
+
+
+def ui_to_api(ui: dict) -> dict:
+    """What the frontend sends for a UI-format workflow (widget values by name, links as [id, slot])."""
+    links = {l[0]: l for l in ui["links"]}
+    out = {}
+    for node in ui["nodes"]:
+        if node["type"] in VIRTUAL:
+            continue
+        sig = SIGNATURES[node["type"]]
+        inputs = {}
+        values = list(node.get("widgets_values", []))
+        for name, kind, opts, optional in sig["inputs"]:
+            if kind in WIDGET_TYPES:
+                inputs[name] = values.pop(0)
+                del values[:sig.get("extra", {}).get(name, 0)]
+        for entry in node.get("inputs", []):
+            if entry.get("link") is not None:
+                l = links[entry["link"]]
+                inputs[entry["name"]] = [str(l[1]), l[2]]
+        out[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return out
+
+
+def test_workflows_shipped():
+    names = {p.stem for p in UI_FILES}
+    assert {"video_p2p_word_swap", "video_p2p_refine_reweight", "video_p2p_reedit"} <= names
+    for p in UI_FILES:
+        assert (WF / "api" / p.name).is_file(), f"{p.name} has no API-format twin in workflows/api/"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=[p.stem for p in UI_FILES])
+def test_ui_workflow_consistent(path):
+    ui = json.loads(path.read_text())
+    assert ui["version"] >= 0.4 and isinstance(ui["nodes"], list) and isinstance(ui["links"], list)
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    assert len(nodes) == len(ui["nodes"]), "duplicate node ids"
+    assert ui["last_node_id"] >= max(nodes) and ui["last_link_id"] >= max((l[0] for l in ui["links"]), default=0)
+    link_ids = [l[0] for l in ui["links"]]
+    assert len(set(link_ids)) == len(link_ids)
+    for l in ui["links"]:
+        lid, src, sslot, dst, dslot, typ = l
+        s, d = nodes[src], nodes[dst]
+        assert s["outputs"][sslot]["type"] == typ, f"link {lid}: source slot is {s['outputs'][sslot]['type']}"
+        assert lid in s["outputs"][sslot]["links"], f"link {lid} missing on its source"
+        assert d["inputs"][dslot]["link"] == lid, f"link {lid} missing on its target"
+        assert d["inputs"][dslot]["type"] == typ, f"link {lid}: {typ} into a {d['inputs'][dslot]['type']} input"
+    for node in ui["nodes"]:
+        where = f"{path.name} node {node['id']} ({node['type']})"
+        if node["type"] in VIRTUAL:
+            assert not node.get("inputs") and not node.get("outputs")
+            continue
+        assert node["type"] in SIGNATURES, f"{where}: unknown node type"
+        sig = SIGNATURES[node["type"]]
+        sockets = [(n, k, o, opt) for n, k, o, opt in sig["inputs"] if k not in WIDGET_TYPES]
+        listed = [e for e in node["inputs"] if "widget" not in e]
+        assert [e["name"] for e in listed] == [n for n, *_ in sockets], f"{where}: socket inputs differ"
+        for e, (name, kind, _, optional) in zip(listed, sockets):
+            assert e["type"] == kind, f"{where}: input {name} is {kind}, the file says {e['type']}"
+            if not optional:
+                assert e["link"] is not None, f"{where}: required input {name} is not connected"
+        assert [o["type"] for o in node["outputs"]] == sig["outputs"], f"{where}: outputs differ"
+        for o in node["outputs"]:
+            for lid in o["links"] or []:
+                assert lid in link_ids, f"{where}: output lists unknown link {lid}"
+        widgets = [(n, k, o) for n, k, o, _ in sig["inputs"] if k in WIDGET_TYPES]
+        expected = len(widgets) + sum(sig.get("extra", {}).values())
+        values = node["widgets_values"]
+        assert len(values) == expected, f"{where}: {len(values)} widget values, expected {expected}"
+        vals = list(values)
+        for name, kind, opts in widgets:
+            check_value(f"{where}.{name}", kind, opts, vals.pop(0))
+            del vals[:sig.get("extra", {}).get(name, 0)]
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=[p.stem for p in UI_FILES])
+def test_api_twin_consistent(path):
+    api = json.loads((WF / "api" / path.name).read_text())
+    for nid, node in api.items():
+        where = f"api/{path.name} node {nid} ({node['class_type']})"
+        assert node["class_type"] in SIGNATURES, f"{where}: unknown node type"
+        sig = {n: (k, o, opt) for n, k, o, opt in SIGNATURES[node["class_type"]]["inputs"]}
+        for name, value in node["inputs"].items():
+            assert name in sig, f"{where}: unknown input {name}"
+            kind, opts, _ = sig[name]
+            if isinstance(value, list):
+                src, slot = value
+                assert src in api, f"{where}.{name}: links to missing node {src}"
+                outs = SIGNATURES[api[src]["class_type"]]["outputs"]
+                assert slot < len(outs) and outs[slot] == kind, f"{where}.{name}: {outs[slot]} into {kind}"
+            else:
+                assert kind in WIDGET_TYPES, f"{where}.{name}: a {kind} input needs a link"
+                check_value(f"{where}.{name}", kind, opts, value)
+        for name, (kind, opts, optional) in sig.items():
+            assert optional or name in node["inputs"], f"{where}: required input {name} missing"
+    ui = json.loads(path.read_text())
+    strip = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}
+    assert ui_to_api(ui) == strip, f"{path.name} and api/{path.name} differ"
+
+
+def test_edit_settings_of_the_examples():
+    """The three workflows show what they say: a word swap with local blend, refine + reweight, a re-edit."""
+    def nodes_of(name):
+        return json.loads((WF / "api" / f"{name}.json").read_text()).values()
+
+    swap = [n for n in nodes_of("video_p2p_word_swap") if n["class_type"] == "AttentionEditController"][0]["inputs"]
+    assert swap["edit_mode"] == "replace" and swap["blend_words"] and swap["blend_target_words"]
+    assert len(swap["source_prompt"].split()) == len(swap["target_prompts"].split())
+    ref = [n for n in nodes_of("video_p2p_refine_reweight") if n["class_type"] == "AttentionEditController"][0]
+    assert ref["inputs"]["edit_mode"] == "refine" and ref["inputs"]["reweight_words"] == "origami"
+    kinds = {n["class_type"] for n in nodes_of("video_p2p_reedit")}
+    assert {"LoadVP2PDelta", "LoadVP2PInversion"} <= kinds and "OneShotTune" not in kinds
+    saved = {n["class_type"]: n["inputs"]["filename"] for n in nodes_of("video_p2p_word_swap")
+             if n["class_type"].startswith("Save") and "filename" in n["inputs"]}
+    loaded = {n["class_type"]: n["inputs"]["filename"] for n in nodes_of("video_p2p_reedit")
+              if n["class_type"].startswith("Load") and "filename" in n["inputs"]}
+    assert saved["SaveVP2PDelta"] == loaded["LoadVP2PDelta"]
+    assert saved["SaveVP2PInversion"] == loaded["LoadVP2PInversion"]
+
+
+def test_files_are_what_the_generator_writes():
+    spec = importlib.util.spec_from_file_location("make_workflows", WF / "make_workflows.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for rel, text in mod.render().items():
+        assert (WF / rel).read_text() == text, f"workflows/{rel} is stale: run python workflows/make_workflows.py"

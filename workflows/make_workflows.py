@@ -1,0 +1,269 @@
+"""Writes the shipped workflows from one description each: UI format (``workflows/*.json``, what ComfyUI's
+Templates browser and "Open" load) and its API-format twin (``workflows/api/*.json``, what ``POST /prompt``
+takes). Run from the repository root after changing a node's inputs:
+
+    python workflows/make_workflows.py
+
+tests/test_workflows.py checks the files are what this script writes and that they fit the node definitions.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+# Core nodes used here, as ComfyUI 0.3.64 defines them: (name, type) of each input in order ("W" = a
+# widget), optional sockets, output (name, type), extra widget values the frontend stores (upload button).
+CORE = {
+    "CheckpointLoaderSimple": {"inputs": [("ckpt_name", "W")],
+                               "outputs": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]},
+    "LoadVideo": {"inputs": [("file", "W")], "outputs": [("VIDEO", "VIDEO")], "extra": {"file": ["image"]}},
+    "GetVideoComponents": {"inputs": [("video", "VIDEO")],
+                           "outputs": [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")]},
+    "ImageFromBatch": {"inputs": [("image", "IMAGE"), ("batch_index", "W"), ("length", "W")],
+                       "outputs": [("IMAGE", "IMAGE")]},
+    "ImageScale": {"inputs": [("image", "IMAGE"), ("upscale_method", "W"), ("width", "W"), ("height", "W"),
+                              ("crop", "W")], "outputs": [("IMAGE", "IMAGE")]},
+    "VAEEncode": {"inputs": [("pixels", "IMAGE"), ("vae", "VAE")], "outputs": [("LATENT", "LATENT")]},
+    "CreateVideo": {"inputs": [("images", "IMAGE"), ("fps", "W"), ("audio", "AUDIO?")],
+                    "outputs": [("VIDEO", "VIDEO")]},
+    "SaveVideo": {"inputs": [("video", "VIDEO"), ("filename_prefix", "W"), ("format", "W"), ("codec", "W")],
+                  "outputs": []},
+    "PreviewImage": {"inputs": [("images", "IMAGE")], "outputs": []},
+}
+WIDGET_KINDS = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+
+
+def our_signature(cls) -> dict:
+    spec = cls.INPUT_TYPES()
+    inputs = []
+    for section in ("required", "optional"):
+        for name, entry in spec.get(section, {}).items():
+            kind = entry[0]
+            if isinstance(kind, list) or kind in WIDGET_KINDS:
+                inputs.append((name, "W"))
+            else:
+                inputs.append((name, kind + ("?" if section == "optional" else "")))
+    names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
+    return {"inputs": inputs, "outputs": list(zip(names, cls.RETURN_TYPES))}
+
+
+def signatures() -> dict:
+    sys.path.insert(0, str(REPO))
+    from nodes import NODE_CLASS_MAPPINGS
+
+    sig = dict(CORE)
+    sig.update({name: our_signature(cls) for name, cls in NODE_CLASS_MAPPINGS.items()})
+    return sig
+
+
+class Graph:
+    """Nodes with widget values by name and links by (source node, output index)."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.nodes: list[dict] = []
+
+    def add(self, type_: str, title: str | None = None, pos=(0, 0), **inputs) -> int:
+        nid = len(self.nodes) + 1
+        self.nodes.append({"id": nid, "type": type_, "title": title, "pos": list(pos), "inputs": inputs})
+        return nid
+
+    def note(self, text: str, pos=(0, 0)) -> None:
+        self.nodes.append({"id": len(self.nodes) + 1, "type": "Note", "title": "Read me", "pos": list(pos),
+                           "text": text})
+
+    def api(self, sig: dict) -> dict:
+        out = {}
+        for n in self.nodes:
+            if n["type"] == "Note":
+                continue
+            s = sig[n["type"]]
+            inputs = {}
+            for name, kind in s["inputs"]:
+                if name not in n["inputs"]:
+                    continue
+                v = n["inputs"][name]
+                inputs[name] = [str(v[0]), v[1]] if kind != "W" else v
+            out[str(n["id"])] = {"class_type": n["type"], "inputs": inputs,
+                                 "_meta": {"title": n["title"] or n["type"]}}
+        return out
+
+    def ui(self, sig: dict) -> dict:
+        links, link_id = [], 0
+        in_links: dict[tuple[int, str], int] = {}
+        out_links: dict[tuple[int, int], list[int]] = {}
+        for n in self.nodes:
+            if n["type"] == "Note":
+                continue
+            sockets = [(name, kind) for name, kind in sig[n["type"]]["inputs"] if kind != "W"]
+            for slot, (name, kind) in enumerate(sockets):
+                if name in n["inputs"]:
+                    src, idx = n["inputs"][name]
+                    link_id += 1
+                    typ = sig[self.nodes[src - 1]["type"]]["outputs"][idx][1]
+                    links.append([link_id, src, idx, n["id"], slot, typ])
+                    in_links[(n["id"], name)] = link_id
+                    out_links.setdefault((src, idx), []).append(link_id)
+        nodes = []
+        order = 0
+        for n in self.nodes:
+            if n["type"] == "Note":
+                nodes.append({"id": n["id"], "type": "Note", "pos": n["pos"], "size": [420, 220], "flags": {},
+                              "order": order, "mode": 0, "inputs": [], "outputs": [], "title": n["title"],
+                              "properties": {}, "widgets_values": [n["text"]],
+                              "color": "#432", "bgcolor": "#653"})
+                order += 1
+                continue
+            s = sig[n["type"]]
+            inputs, widgets = [], []
+            for name, kind in s["inputs"]:
+                if kind == "W":
+                    widgets.append(n["inputs"][name])
+                    widgets += s.get("extra", {}).get(name, [])
+                    continue
+                entry = {"name": name, "type": kind.rstrip("?"), "link": in_links.get((n["id"], name))}
+                if kind.endswith("?"):
+                    entry["shape"] = 7
+                inputs.append(entry)
+            outputs = [{"name": name, "type": typ, "links": out_links.get((n["id"], i), []), "slot_index": i}
+                       for i, (name, typ) in enumerate(s["outputs"])]
+            node = {"id": n["id"], "type": n["type"], "pos": n["pos"],
+                    "size": [320, 60 + 26 * (len(inputs) + len(widgets) + len(outputs))], "flags": {},
+                    "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
+                    "properties": {"Node name for S&R": n["type"]}, "widgets_values": widgets}
+            if n["title"]:
+                node["title"] = n["title"]
+            nodes.append(node)
+            order += 1
+        return {"last_node_id": len(self.nodes), "last_link_id": link_id, "nodes": nodes, "links": links,
+                "groups": [], "config": {}, "extra": {"ds": {"scale": 0.6, "offset": [40, 40]}}, "version": 0.4}
+
+
+SOURCE = "a rabbit is jumping on the grass"
+COL = [0, 380, 760, 1140, 1520, 1900]
+
+
+def clip_input(g: Graph, frames: int = 8, size: int = 512):
+    """Checkpoint + video -> first `frames` frames at size x size -> latents."""
+    ckpt = g.add("CheckpointLoaderSimple", pos=(COL[0], 0), ckpt_name="v1-5-pruned-emaonly.safetensors")
+    video = g.add("LoadVideo", "Load the source clip (put it in ComfyUI/input)", pos=(COL[0], 220),
+                  file="rabbit.mp4")
+    parts = g.add("GetVideoComponents", pos=(COL[0], 600), video=(video, 0))
+    first = g.add("ImageFromBatch", "First 8 frames", pos=(COL[1], 220), image=(parts, 0), batch_index=0,
+                  length=frames)
+    scaled = g.add("ImageScale", "Resize to 512x512", pos=(COL[1], 420), image=(first, 0),
+                   upscale_method="lanczos", width=size, height=size, crop="center")
+    latent = g.add("VAEEncode", pos=(COL[1], 640), pixels=(scaled, 0), vae=(ckpt, 2))
+    return ckpt, latent
+
+
+def tune_and_invert(g: Graph, ckpt: int, latent: int):
+    vm = g.add("InflateUNet", pos=(COL[2], 0), model=(ckpt, 0), frame_attention="first", weight_dtype="fp32")
+    tuned = g.add("OneShotTune", pos=(COL[2], 180), vp2p_model=(vm, 0), latent=(latent, 0), clip=(ckpt, 1),
+                  source_prompt=SOURCE, steps=500, learning_rate=3e-5, seed=33, gradient_checkpointing=True,
+                  precision="fp32", cache_dir="vp2p_cache")
+    inv = g.add("NullTextVideoInvert", pos=(COL[2], 560), vp2p_model=(tuned, 0), latent=(latent, 0),
+                clip=(ckpt, 1), source_prompt=SOURCE, steps=50, guidance=7.5, mode="null_text", inner_steps=10,
+                early_stop=1e-5, cache_dir="vp2p_cache")
+    return tuned, inv
+
+
+def edit_node(g: Graph, ckpt: int, target: str, mode: str, blend: str = "", blend_target: str = "",
+              reweight: str = "", values: str = "", cross: float = 0.2, self_: float = 0.5) -> int:
+    return g.add("AttentionEditController", pos=(COL[3], 0), clip=(ckpt, 1), source_prompt=SOURCE,
+                 target_prompts=target, edit_mode=mode, cross_replace=cross, self_replace=self_,
+                 self_replace_on="temporal", blend_words=blend, blend_target_words=blend_target,
+                 reweight_words=reweight, reweight_values=values, mask_threshold=0.3, blend_start=0.2)
+
+
+def sample_and_save(g: Graph, ckpt: int, tuned: int, inv: int, edit: int, prefix: str, latent: int | None):
+    extra = {"latent": (latent, 0)} if latent is not None else {}
+    sampler = g.add("VideoP2PSampler", pos=(COL[4], 0), vp2p_model=(tuned, 0), inversion=(inv, 0),
+                    edit=(edit, 0), guidance=7.5, decoupled_guidance=True, **extra)
+    frames = g.add("DecodeFrames", pos=(COL[4], 260), vae=(ckpt, 2), latent=(sampler, 0), frames_per_chunk=8)
+    video = g.add("CreateVideo", pos=(COL[5], 0), images=(frames, 0), fps=8.0)
+    g.add("SaveVideo", pos=(COL[5], 160), video=(video, 0), filename_prefix=f"video/{prefix}", format="auto",
+          codec="auto")
+    maps = g.add("AttentionMaps", pos=(COL[4], 440), attention_maps=(sampler, 2), frame=-1, cell_size=96)
+    g.add("PreviewImage", "Per-word attention (rows: source, target)", pos=(COL[5], 560), images=(maps, 0))
+    return sampler
+
+
+def word_swap() -> Graph:
+    g = Graph("Video-P2P word swap with local blend")
+    g.note("Video-P2P word swap: 'rabbit' -> 'cat', only the rabbit's region changes (local blend).\n\n"
+           "1. Put an SD 1.5 checkpoint in models/checkpoints and your clip in input/ (8 frames are used).\n"
+           "2. Queue. Tuning (500 steps) and null-text inversion take most of the time; both are cached in "
+           "models/vp2p/vp2p_cache, and ComfyUI re-runs only the edit when you change the target prompt.\n"
+           "3. The tuned delta and the inversion are also saved to output/vp2p/ for the re-edit workflow.\n\n"
+           "Blend words must be words of the prompts; the Attention Maps preview shows each word's region.",
+           pos=(COL[0], -300))
+    ckpt, latent = clip_input(g)
+    tuned, inv = tune_and_invert(g, ckpt, latent)
+    edit = edit_node(g, ckpt, "a cat is jumping on the grass", "replace", "rabbit", "cat")
+    sample_and_save(g, ckpt, tuned, inv, edit, "vp2p_word_swap", latent)
+    g.add("SaveVP2PDelta", pos=(COL[3], 520), vp2p_model=(tuned, 0), filename="vp2p/rabbit.delta.safetensors")
+    g.add("SaveVP2PInversion", pos=(COL[3], 660), inversion=(inv, 0),
+          filename="vp2p/rabbit.inversion.safetensors")
+    return g
+
+
+def refine_reweight() -> Graph:
+    g = Graph("Video-P2P refine + reweight")
+    g.note("Video-P2P refinement with reweighting: 'a rabbit' -> 'an origami rabbit', the word 'origami' "
+           "weighted x2.\n\nRefine aligns the prompts token by token, so words can be added; reweight_words / "
+           "reweight_values scale a word's attention (below 1 weakens it). Local blend on 'rabbit' keeps the "
+           "background.\nWith the same clip and settings as the word-swap workflow, tuning and inversion load "
+           "from the cache.", pos=(COL[0], -300))
+    ckpt, latent = clip_input(g)
+    tuned, inv = tune_and_invert(g, ckpt, latent)
+    edit = edit_node(g, ckpt, "an origami rabbit is jumping on the grass", "refine", "rabbit", "rabbit",
+                     "origami", "2")
+    sample_and_save(g, ckpt, tuned, inv, edit, "vp2p_refine", latent)
+    return g
+
+
+def reedit() -> Graph:
+    g = Graph("Video-P2P re-edit from a saved delta and inversion")
+    g.note("Re-edit without tuning or inverting again: loads the delta and the inversion the word-swap "
+           "workflow saved to output/vp2p/. Use the same checkpoint (and LoRAs): a file made for another "
+           "model, or for a clip of another length, is refused.", pos=(COL[0], -300))
+    ckpt = g.add("CheckpointLoaderSimple", pos=(COL[0], 0), ckpt_name="v1-5-pruned-emaonly.safetensors")
+    vm = g.add("InflateUNet", pos=(COL[1], 0), model=(ckpt, 0), frame_attention="first", weight_dtype="fp32")
+    tuned = g.add("LoadVP2PDelta", pos=(COL[2], 0), vp2p_model=(vm, 0), filename="vp2p/rabbit.delta.safetensors")
+    inv = g.add("LoadVP2PInversion", pos=(COL[2], 200), vp2p_model=(tuned, 0),
+                filename="vp2p/rabbit.inversion.safetensors")
+    edit = edit_node(g, ckpt, "a tiger is jumping on the grass", "replace", "rabbit", "tiger")
+    sample_and_save(g, ckpt, tuned, inv, edit, "vp2p_reedit", None)
+    return g
+
+
+WORKFLOWS = {"video_p2p_word_swap": word_swap, "video_p2p_refine_reweight": refine_reweight,
+             "video_p2p_reedit": reedit}
+
+
+def render() -> dict[str, str]:
+    """{relative path: file text} of every workflow file."""
+    sig = signatures()
+    out = {}
+    for name, make in WORKFLOWS.items():
+        g = make()
+        out[f"{name}.json"] = json.dumps(g.ui(sig), indent=1) + "\n"
+        out[f"api/{name}.json"] = json.dumps(g.api(sig), indent=1) + "\n"
+    return out
+
+
+def main() -> None:
+    for rel, text in render().items():
+        path = HERE / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print("wrote", path.relative_to(REPO))
+
+
+if __name__ == "__main__":
+    main()
