@@ -57,6 +57,13 @@ def scaled_latents(latent, model: VP2PModel, what: str = "latent") -> torch.Tens
     return s.detach().to("cpu", torch.float32) * model.latent_scale
 
 
+def check_text_width(model: VP2PModel, emb: torch.Tensor, what: str) -> None:
+    want = model.video.unet.config.cross_attention_dim
+    if emb.shape[-1] != want:
+        raise VP2PInputError(f"{what}: text embeddings of width {emb.shape[-1]}, but the model reads {want}; use the "
+                             "CLIP of the same checkpoint")
+
+
 def check_frames(model: VP2PModel, frames: int, what: str) -> None:
     if model.delta is not None and model.delta.num_frames != frames:
         raise VP2PInputError(f"{what}: {frames} frames, but the model was tuned on {model.delta.num_frames}; "
@@ -190,8 +197,13 @@ class OneShotTune:
              gradient_checkpointing, precision, cache_dir):
         if precision not in PRECISIONS:
             raise VP2PInputError(f"precision: expected one of {tuple(PRECISIONS)}, got {precision!r}")
+        weights = next(vp2p_model.video.unet.parameters()).dtype
+        if weights != torch.float32:
+            raise VP2PInputError(f"vp2p_model: its weights are {str(weights).replace('torch.', '')}; tune with "
+                                 "InflateUNet's weight_dtype fp32 (this node's precision sets bf16/fp16 autocast)")
         latents = scaled_latents(latent, vp2p_model)
         text = encode_text(clip, source_prompt, "source_prompt")
+        check_text_width(vp2p_model, text, "clip")
         config = TuneConfig(steps=int(steps), learning_rate=float(learning_rate), seed=int(seed),
                             gradient_checkpointing=bool(gradient_checkpointing), autocast=PRECISIONS[precision])
         config.validate()
@@ -256,6 +268,7 @@ class NullTextVideoInvert:
         check_frames(vp2p_model, latents.shape[0], "latent")
         src = encode_text(clip, source_prompt, "source_prompt")
         empty = encode_text(clip, "", "empty prompt")
+        check_text_width(vp2p_model, src, "clip")
         key = files.cache_key(kind="inversion", model=vp2p_model.fingerprint,
                               frame_attention=vp2p_model.video.frame_attention, latents=files.tensor_hash(latents),
                               text=files.tensor_hash(src), empty=files.tensor_hash(empty), prompt=source_prompt,
@@ -373,6 +386,7 @@ class VideoP2PSampler:
             raise VP2PInputError(f"edit: expected the output of AttentionEditController, got {type(edit).__name__}")
         check_inversion_model(inversion, vp2p_model, "inversion")
         check_frames(vp2p_model, inversion.num_frames, "inversion")
+        check_text_width(vp2p_model, edit.plan.target_embeddings, "edit")
         if latent is not None:
             check_inversion_latent(inversion, latent, vp2p_model, "inversion")
         host = make_host(vp2p_model)

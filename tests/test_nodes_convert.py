@@ -92,3 +92,28 @@ def test_plain_host_and_holder():
     holder.device = torch.device("cpu")  # ModelPatcher sets this; diffusers' own .device is read-only
     assert same_device(torch.device("cuda", 0), torch.device("cuda")) and not same_device(
         torch.device("cpu"), torch.device("cuda"))
+
+
+def test_ldm_state_dict_round_trip():
+    """A tiny diffusers UNet written in the LDM layout (as ComfyUI holds it) converts back to the same outputs."""
+    helper = pytest.importorskip("test_checkpoint")
+    if not hasattr(helper, "unet_to_ldm"):
+        pytest.skip("tests/test_checkpoint.py no longer provides unet_to_ldm")
+    from tiny import tiny_unet
+
+    ref = tiny_unet(seed=4)
+    comfy_cfg = dict(SD15, model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[1, 1],
+                     transformer_depth_output=[1, 1, 1, 1], context_dim=32, num_heads=2)
+    cfg = diffusers_unet_config(comfy_cfg)
+    cfg["norm_num_groups"] = 8  # the tiny UNet's (SD's 32 is what ComfyUI checkpoints use)
+    sd = helper.unet_to_ldm(ref)
+    with torch.inference_mode():  # ComfyUI hands over inference tensors
+        sd = {k: v.clone() for k, v in sd.items()}
+        unet = unet_from_ldm_state_dict(sd, cfg)
+    assert not any(p.is_inference() or p.requires_grad for p in unet.parameters())
+    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(unet.parameters(), sd.values()))
+    x, c = torch.randn(2, 4, 16, 16), torch.randn(2, 77, 32)
+    with torch.no_grad():
+        a = ref(x, torch.tensor([10, 700]), encoder_hidden_states=c).sample
+        b = unet(x, torch.tensor([10, 700]), encoder_hidden_states=c).sample
+    assert torch.allclose(a, b, atol=1e-5)

@@ -164,3 +164,22 @@ def test_cache_and_roots():
         node_files.cache_path("../out", "delta", "k")
     h1 = node_files.tensor_hash(torch.zeros(2, 2))
     assert h1 != node_files.tensor_hash(torch.zeros(4)) and h1 != node_files.tensor_hash(torch.zeros(2, 2).double())
+
+
+def test_clip_of_another_width_refused(setup):
+    wide = FakeClip(dim=48)
+    with pytest.raises(VP2PInputError, match="width 48, but the model reads 32"):
+        with torch.inference_mode():
+            OneShotTune().tune(setup["model"], setup["latent"], wide, SRC, 1, 3e-5, 1, False, "fp32", "")
+    e = edit(wide)
+    with pytest.raises(VP2PInputError, match="width 48"):
+        VideoP2PSampler().sample(setup["tuned"], setup["inv"], e, 7.5, True)
+
+
+def test_tuning_needs_fp32_weights():
+    from tiny import tiny_unet
+    from nodes.types import vp2p_model_from_unet
+
+    half = vp2p_model_from_unet(tiny_unet().to(torch.bfloat16))
+    with pytest.raises(VP2PInputError, match="weight_dtype fp32"):
+        OneShotTune().tune(half, make_latent(), FakeClip(), SRC, 1, 3e-5, 1, False, "fp32", "")
