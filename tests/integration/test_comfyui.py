@@ -352,3 +352,31 @@ def test_conversion_matches_comfyui(comfy):
     assert out["max_diff"] < 1e-4 * max(1.0, out["ref_std"])
     assert out["patch_diff_error"] < 1e-6 and out["model_unchanged_diff"] == 0.0
     assert not out["inference_params"] and out["patcher_loaded"]
+
+
+def test_frontend_loads_ui_workflows(comfy, tmp_path):
+    """The UI-format files load in ComfyUI's own frontend, and its Queue conversion gives the API twins.
+
+    Needs node, Chromium and the playwright-core npm package: VP2P_PLAYWRIGHT_CORE=<its folder>
+    (VP2P_CHROMIUM defaults to the chromium on PATH)."""
+    pw = os.environ.get("VP2P_PLAYWRIGHT_CORE", "")
+    chromium = os.environ.get("VP2P_CHROMIUM") or shutil.which("chromium") or ""
+    node = shutil.which("node")
+    if not (pw and Path(pw).is_dir() and chromium and node):
+        pytest.skip("frontend check: needs node, chromium and VP2P_PLAYWRIGHT_CORE=<playwright-core package folder>")
+    files = sorted((REPO / "workflows").glob("*.json"))
+    out = tmp_path / "frontend.json"
+    r = subprocess.run([node, str(HERE / "frontend_check.cjs"), pw, chromium, comfy.url, str(out)] + [str(f) for f in files],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads(out.read_text())
+    for f in files:
+        got = results[str(f)]
+        assert got["unknown"] == [], f"{f.name}: the frontend does not know {got['unknown']}"
+        # (the frontend's own fetches of missing resources and of the internet fail here: not ours)
+        errors = [l for l in got["logs"] if l.startswith(("pageerror", "error")) and "Failed to load resource" not in l]
+        assert not errors, errors
+        api = json.loads((REPO / "workflows" / "api" / f.name).read_text())
+        strip = lambda d: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in d.items()}
+        assert strip(got["output"]) == strip(api), f"{f.name}: the frontend queues something else than api/{f.name}"
+    print(f"\nfrontend: {len(files)} UI workflows load and queue as their API twins")
