@@ -1,0 +1,234 @@
+"""Train the shipped tiny text-to-image model of the small world (VAE, then UNet + text encoder).
+
+    python -m vp2p_world.train --out vp2p_world/weights          # ~30-40 min on a 2-core CPU
+
+Seeded and reproducible (same torch build and thread count). Single frames of rendered clips with
+their captions ("a red ball bouncing on green grass"), 10% caption dropout for classifier-free
+guidance. The VAE maps 64x64 frames to 16x16x4 latents (factor 4); its scaling factor is measured
+(1 / std of the latents), not assumed. The UNet has cross-attention at 16x16 and 8x8, like SD's
+layout one level smaller. Written as a diffusers folder of safetensors, atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .render import caption, random_scene, render
+
+log = logging.getLogger("vp2p_world.train")
+HERE = Path(__file__).resolve().parent
+TOKENIZER = HERE / "weights" / "tokenizer"
+
+
+def vae_config() -> dict:
+    return dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
+                block_out_channels=(16, 32, 64), norm_num_groups=8,
+                down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3)
+
+
+def unet_config(text_dim: int) -> dict:
+    return dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+                block_out_channels=(48, 96, 96), norm_num_groups=16, cross_attention_dim=text_dim,
+                attention_head_dim=8,
+                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+
+
+def text_config():
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                          num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406,
+                          eos_token_id=49407, pad_token_id=49407, projection_dim=64)
+
+
+def warmup_cosine(opt, steps: int, warmup: float = 0.03):
+    import math
+
+    warm = max(1, int(warmup * steps))
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+
+class FramePool:
+    """A seeded pool of rendered clips; batches are random single frames with their captions."""
+
+    def __init__(self, seed: int, clips: int = 1500, frames: int = 8):
+        rng = np.random.default_rng(seed)
+        self.scenes = [random_scene(rng, frames=frames) for _ in range(clips)]
+        self.frames = torch.stack([(render(s).frames * 255).round().to(torch.uint8) for s in self.scenes])
+        self.rng = np.random.default_rng(seed + 1)
+        self.latents = None
+
+    def sample(self, n: int):
+        ci = self.rng.integers(len(self.scenes), size=n)
+        fi = self.rng.integers(self.frames.shape[1], size=n)
+        caps = [caption(self.scenes[c], verb=bool(self.rng.random() < 0.8)) for c in ci]
+        return torch.from_numpy(ci), torch.from_numpy(fi), caps
+
+    def images(self, ci, fi) -> torch.Tensor:
+        return self.frames[ci, fi].permute(0, 3, 1, 2).float() / 127.5 - 1
+
+    def batch(self, n: int):
+        ci, fi, caps = self.sample(n)
+        return self.images(ci, fi), caps
+
+    @torch.no_grad()
+    def encode_all(self, vae, chunk: int = 256) -> None:
+        """Latent means of every pool frame, once (the UNet stage never runs the VAE again)."""
+        flat = self.frames.flatten(0, 1)
+        out = [vae.encode(flat[i:i + chunk].permute(0, 3, 1, 2).float() / 127.5 - 1).latent_dist.mean
+               for i in range(0, flat.shape[0], chunk)]
+        self.latents = torch.cat(out).view(*self.frames.shape[:2], *out[0].shape[1:])
+
+
+def train_vae(pool: "FramePool", steps: int, batch: int, seed: int):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**vae_config())
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    sched = warmup_cosine(opt, steps)
+    gen = torch.Generator().manual_seed(seed + 2)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        x, _ = pool.batch(batch)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            log.info("vae %d/%d loss %.4f (%.0fs)", step + 1, steps, loss.item(), time.perf_counter() - t0)
+    vae.eval()
+    with torch.no_grad():
+        x, _ = FramePool(seed + 3, clips=32).batch(256)
+        z = vae.encode(x).latent_dist.mean
+        scale = float(1.0 / z.std())
+        psnr = float(10 * torch.log10(4.0 / F.mse_loss(vae.decode(z).sample.clamp(-1, 1), x)))
+    vae.register_to_config(scaling_factor=scale)
+    log.info("vae done: scaling factor %.4f, reconstruction PSNR %.2f dB", scale, psnr)
+    return vae, {"vae_psnr": psnr, "scaling_factor": scale}
+
+
+def train_unet(pool: "FramePool", vae, tokenizer, steps: int, batch: int, seed: int):
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    te = CLIPTextModel(text_config())
+    unet = UNet2DConditionModel(**unet_config(te.config.hidden_size))
+    noise_sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                num_train_timesteps=1000)
+    params = list(unet.parameters()) + list(te.parameters())
+    opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=1e-2)
+    sched = warmup_cosine(opt, steps)
+    gen = torch.Generator().manual_seed(seed + 2)
+    scale = vae.config.scaling_factor
+    pool.encode_all(vae)
+    t0 = time.perf_counter()
+    ema = None
+    for step in range(steps):
+        ci, fi, caps = pool.sample(batch)
+        drop = torch.rand(batch, generator=gen) < 0.1
+        caps = ["" if d else c for d, c in zip(drop.tolist(), caps)]
+        z = pool.latents[ci, fi] * scale
+        ids = tokenizer(caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        noise = torch.randn(z.shape, generator=gen)
+        t = torch.randint(0, 1000, (batch,), generator=gen)
+        noisy = noise_sched.add_noise(z, noise, t)
+        pred = unet(noisy, t, encoder_hidden_states=te(ids)[0]).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if step % 100 == 0 or step == steps - 1:
+            log.info("unet %d/%d loss %.4f (%.0fs)", step + 1, steps, ema, time.perf_counter() - t0)
+    return unet.eval(), te.eval(), {"unet_loss": ema}
+
+
+def save_folder(out: Path, vae, unet, te, stats: dict) -> None:
+    """Write the diffusers folder next to ``out`` and swap it in (never a half-written model)."""
+    from diffusers import DDIMScheduler
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    try:
+        vae.save_pretrained(tmp / "vae", safe_serialization=True)
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        te.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+        shutil.copytree(TOKENIZER, tmp / "tokenizer")
+        DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                      set_alpha_to_one=False, steps_offset=1).save_pretrained(tmp / "scheduler")
+        (tmp / "model_index.json").write_text(json.dumps({
+            "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+            "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"], "safety_checker": [None, None],
+            "feature_extractor": [None, None], "requires_safety_checker": False}, indent=1))
+        (tmp / "training.json").write_text(json.dumps(stats, indent=1))
+        backup = None
+        if out.exists():
+            backup = out.with_name(out.name + ".old")
+            shutil.rmtree(backup, ignore_errors=True)
+            keep_tokenizer = out / "tokenizer"
+            if keep_tokenizer.exists() and not (tmp / "tokenizer").exists():
+                shutil.copytree(keep_tokenizer, tmp / "tokenizer")
+            os.replace(out, backup)
+        os.replace(tmp, out)
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(HERE / "weights"))
+    p.add_argument("--vae-steps", type=int, default=600)
+    p.add_argument("--unet-steps", type=int, default=3500)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--clips", type=int, default=1500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(a.threads)
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(str(TOKENIZER), model_max_length=77)
+    t0 = time.perf_counter()
+    pool = FramePool(a.seed, clips=a.clips)
+    log.info("rendered %d clips (%.0fs)", a.clips, time.perf_counter() - t0)
+    vae, s1 = train_vae(pool, a.vae_steps, a.batch, a.seed)
+    t1 = time.perf_counter()
+    unet, te, s2 = train_unet(pool, vae, tok, a.unet_steps, a.batch, a.seed + 10)
+    t2 = time.perf_counter()
+    stats = {**s1, **s2, "vae_seconds": t1 - t0, "unet_seconds": t2 - t1, "threads": a.threads,
+             "args": vars(a), "torch": torch.__version__}
+    save_folder(Path(a.out), vae, unet, te, stats)
+    print(json.dumps(stats, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
