@@ -31,8 +31,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
 
-pytestmark = pytest.mark.skipif(
-    not COMFYUI_DIR, reason="ComfyUI integration: set COMFYUI_DIR to a ComfyUI checkout (and COMFYUI_PYTHON) to run it")
+if not COMFYUI_DIR:
+    pytest.skip("ComfyUI integration: set COMFYUI_DIR to a ComfyUI checkout (and COMFYUI_PYTHON) to run it",
+                allow_module_level=True)
 
 CKPT = "vp2p_small_sd15.safetensors"
 CLIP = "vp2p_clip.mp4"
