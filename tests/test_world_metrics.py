@@ -1,0 +1,76 @@
+"""The small world: renderer determinism and masks, and the benchmark's metric functions on hand-made cases."""
+import math
+
+import torch
+
+from vp2p_world import metrics
+from vp2p_world.render import COLOURS, Scene, render, render_background
+
+
+def test_renderer_is_deterministic_and_masks_match_pixels():
+    scene = Scene(colour="red", shape="square", background="sand", path="circle", seed=3)
+    a, b = render(scene), render(scene)
+    assert torch.equal(a.frames, b.frames) and torch.equal(a.masks, b.masks)
+    obj = torch.tensor(COLOURS["red"])
+    inside = a.frames[a.masks]
+    assert inside.shape[0] > 0 and (inside - obj).norm(dim=-1).mean() < 0.2
+    bg = torch.from_numpy(render_background(scene)).float()
+    outside = ~a.masks
+    assert ((a.frames - bg).norm(dim=-1)[outside] < 0.5).float().mean() > 0.99
+
+
+def test_edit_truth_keeps_motion_and_background():
+    scene = Scene(colour="red", shape="ball", background="green grass", path="bounce", seed=1)
+    blue = render(scene.replace(colour="blue"))
+    src = render(scene)
+    assert torch.equal(blue.masks, src.masks)  # same motion
+    clear = src.coverage == 0  # pixels the object does not touch at all (masks cut anti-aliased edges at 0.5)
+    assert torch.equal(blue.frames[clear], src.frames[clear])  # same background
+    assert blue.caption == "a blue ball bouncing on green grass"
+    moved = render(scene.replace(background="sand"))
+    assert torch.equal(moved.masks, src.masks)
+
+
+def test_psnr_and_iou_on_hand_made_cases():
+    x = torch.rand(2, 8, 8, 3, generator=torch.Generator().manual_seed(0))
+    assert metrics.psnr(x, x) == metrics.MAX_PSNR
+    y = (x + 0.1).clamp(max=10)  # error 0.1 everywhere -> 20 dB
+    assert abs(metrics.psnr(x, y) - 20.0) < 1e-3
+    mask = torch.zeros(2, 8, 8, dtype=torch.bool)
+    mask[:, :4] = True
+    z = x.clone()
+    z[mask] += 0.5
+    assert metrics.background_psnr(z, x, mask) == metrics.MAX_PSNR  # change only inside the object
+    assert metrics.psnr(z, x) < 20
+    assert metrics.mask_iou(mask, mask) == 1.0
+    half = torch.zeros_like(mask)
+    half[:, :2] = True
+    assert abs(metrics.mask_iou(half, mask) - 0.5) < 1e-6
+    assert metrics.mask_iou(torch.zeros_like(mask), torch.zeros_like(mask)) == 1.0
+
+
+def test_colour_shape_and_background_accuracy_on_rendered_truth():
+    scene = Scene(colour="red", shape="ball", background="green grass", path="slide", seed=2)
+    src, blue, square = render(scene), render(scene.replace(colour="blue")), render(scene.replace(shape="square"))
+    assert metrics.object_hue_accuracy(src.frames, src.masks, "red") == 1.0
+    assert metrics.object_hue_accuracy(src.frames, src.masks, "blue") == 0.0
+    assert metrics.object_hue_accuracy(blue.frames, blue.masks, "blue") == 1.0
+    half = torch.cat([blue.frames[:4], src.frames[4:]])  # a known colour change in half the frames
+    assert metrics.object_hue_accuracy(half, src.masks, "blue") == 0.5
+    assert metrics.shape_accuracy(square.frames, square, src) == 1.0
+    assert metrics.shape_accuracy(src.frames, square, src) == 0.0
+    sand = render(scene.replace(background="sand"))
+    assert metrics.background_accuracy(sand.frames, src.masks, "sand", "green grass") == 1.0
+    assert metrics.background_accuracy(src.frames, src.masks, "sand", "green grass") == 0.0
+    assert metrics.mask_iou(metrics.segment_object(blue.frames, blue), blue.masks) > 0.9
+
+
+def test_temporal_consistency():
+    scene = Scene(colour="yellow", shape="triangle", background="snow", path="circle", seed=4)
+    clip = render(scene)
+    tc = metrics.temporal_consistency(clip.frames, clip.masks)
+    assert tc["object"] < 0.05 and tc["background"] < 0.01  # steady colour, static background (edges aside)
+    flicker = clip.frames.clone()
+    flicker[1::2][clip.masks[1::2]] = torch.tensor(COLOURS["blue"])
+    assert metrics.temporal_consistency(flicker, clip.masks)["object"] > 0.5
+    assert math.isnan(metrics.temporal_consistency(clip.frames[:1], clip.masks[:1])["object"])

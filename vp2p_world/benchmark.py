@@ -1,0 +1,252 @@
+"""Edit-quality benchmark in the small world: every method on the same rendered clips and edits.
+
+    python -m vp2p_world.benchmark                 # the full suite, writes the table into BENCHMARKS.md
+    python -m vp2p_world.benchmark --cases 2 --steps 10 --tune-steps 10 --no-write   # a quick look
+
+Methods (DESIGN.md / issue 4): per-frame image P2P (no inflation effect, no tuning: every frame its own
+image, its own null-text inversion), Tune-A-Video (inflate + tune + DDIM inversion + target prompt, no
+attention control), Video-P2P with null-text, fast and negative-prompt inversion. Each clip is tuned
+once; Tune-A-Video and the three Video-P2P variants share that delta.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from vp2p_core import TuneConfig, invert, one_shot_tune, sample_edit, trained_weights
+from vp2p_core.pipeline import Components
+
+from . import metrics
+from .render import Scene, render
+
+log = logging.getLogger("vp2p_world.benchmark")
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+METHODS = ("p2p_per_frame", "tune_a_video", "videop2p_null_text", "videop2p_fast", "videop2p_negative_prompt")
+
+
+@dataclass
+class Case:
+    name: str
+    kind: str  # colour | shape | background | reweight
+    scene: Scene
+    change: dict
+    blend: Optional[str] = None  # source blend words
+    blend_target: Optional[str] = None
+    reweight: Optional[dict] = None
+
+    @property
+    def target_scene(self) -> Scene:
+        return self.scene.replace(**self.change)
+
+
+def suite(frames: int = 8) -> list[Case]:
+    S = lambda **kw: Scene(frames=frames, **kw)
+    return [
+        Case("red->blue ball", "colour", S(colour="red", shape="ball", background="green grass", path="bounce", seed=1),
+             {"colour": "blue"}, blend="ball"),
+        Case("yellow->purple square", "colour", S(colour="yellow", shape="square", background="sand", path="slide", seed=2),
+             {"colour": "purple"}, blend="square"),
+        Case("green->red triangle", "colour", S(colour="green", shape="triangle", background="snow", path="circle", seed=3),
+             {"colour": "red"}, blend="triangle"),
+        Case("blue->yellow star", "colour", S(colour="blue", shape="star", background="gray road", path="bounce", seed=4),
+             {"colour": "yellow"}, blend="star"),
+        Case("ball->square", "shape", S(colour="red", shape="ball", background="sand", path="slide", seed=5),
+             {"shape": "square"}, blend="ball", blend_target="square"),
+        Case("square->triangle", "shape", S(colour="blue", shape="square", background="green grass", path="circle", seed=6),
+             {"shape": "triangle"}, blend="square", blend_target="triangle"),
+        Case("triangle->ball", "shape", S(colour="yellow", shape="triangle", background="water", path="bounce", seed=7),
+             {"shape": "ball"}, blend="triangle", blend_target="ball"),
+        Case("grass->sand", "background", S(colour="red", shape="ball", background="green grass", path="slide", seed=8),
+             {"background": "sand"}),
+        Case("sand->snow", "background", S(colour="blue", shape="square", background="sand", path="bounce", seed=9),
+             {"background": "snow"}),
+        Case("water->gray road", "background", S(colour="purple", shape="ball", background="water", path="circle", seed=10),
+             {"background": "gray road"}),
+        Case("red->purple ball, purple x2", "reweight", S(colour="red", shape="ball", background="snow", path="bounce", seed=11),
+             {"colour": "purple"}, blend="ball", reweight={"purple": 2.0}),
+        Case("green->blue square, blue x2", "reweight", S(colour="green", shape="square", background="gray road",
+                                                        path="slide", seed=12),
+             {"colour": "blue"}, blend="square", reweight={"blue": 2.0}),
+    ]
+
+
+def edit_accuracy(case: Case, edited: torch.Tensor, truth) -> float:
+    """Share of frames where the edited attribute is right (hue / shape / background colour)."""
+    ts = case.target_scene
+    if case.kind in ("colour", "reweight"):
+        return metrics.object_hue_accuracy(edited, truth.masks, ts.colour)
+    if case.kind == "shape":
+        return metrics.shape_accuracy(edited, truth, render(case.scene))
+    return metrics.background_accuracy(edited, truth.masks, ts.background, case.scene.background)
+
+
+def measure(case: Case, source_clip, edited: torch.Tensor, recon: torch.Tensor) -> dict:
+    truth = render(case.target_scene)
+    obj_masks = source_clip.masks | truth.masks
+    row = {
+        "accuracy": edit_accuracy(case, edited, truth),
+        "psnr_truth": metrics.psnr(edited, truth.frames),
+        "bg_psnr": (metrics.background_psnr(edited, source_clip.frames, obj_masks)
+                    if case.kind != "background" else float("nan")),
+        "iou": metrics.mask_iou(metrics.segment_object(edited, truth), source_clip.masks),
+        "recon_psnr": metrics.psnr(recon, source_clip.frames),
+    }
+    tc = metrics.temporal_consistency(edited, truth.masks)
+    row["tc_object"], row["tc_background"] = tc["object"], tc["background"]
+    return row
+
+
+def run_case(comps: Components, case: Case, method: str, steps: int, guidance: float, delta, latents) -> dict:
+    model = comps.model
+    src = render(case.scene)
+    source_prompt = src.caption
+    target_prompt = render(case.target_scene).caption
+    opts = dict(blend_words=case.blend, blend_target_words=case.blend_target, reweight=case.reweight)
+    if method == "tune_a_video":
+        opts = dict(mode="none")
+    plan = comps.plan(source_prompt, target_prompt, **opts)
+    state = model.state
+    e0, t0 = state.forward_clips, time.perf_counter()
+    if method == "p2p_per_frame":
+        edited, recon = [], []
+        with trained_weights(model, None):
+            for j in range(latents.shape[0]):
+                inv = invert(model, latents[j:j + 1], plan.source_embedding, plan.empty_embedding, source_prompt,
+                             mode="null_text", num_steps=steps, guidance=guidance)
+                res = sample_edit(model, inv, plan, guidance=guidance)
+                edited.append(res.edited[0])
+                recon.append(res.source)
+        edited_lat, recon_lat = torch.cat(edited), torch.cat(recon)
+    else:
+        mode = {"tune_a_video": "fast", "videop2p_null_text": "null_text", "videop2p_fast": "fast",
+                "videop2p_negative_prompt": "negative_prompt"}[method]
+        with trained_weights(model, delta):
+            inv = invert(model, latents, plan.source_embedding, plan.empty_embedding, source_prompt, mode=mode,
+                         num_steps=steps, guidance=guidance)
+            res = sample_edit(model, inv, plan, guidance=guidance)
+        edited_lat, recon_lat = res.edited[0], res.source
+    seconds = time.perf_counter() - t0
+    evals = state.forward_clips - e0
+    edited_frames = comps.decode_latents(edited_lat)
+    recon_frames = comps.decode_latents(recon_lat)
+    row = measure(case, src, edited_frames, recon_frames)
+    row.update(seconds=seconds, evaluations=evals)
+    return row
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Mean per method over cases (NaN entries skipped)."""
+    import math
+
+    out = {}
+    for m in METHODS:
+        rs = [r for r in rows if r["method"] == m]
+        if not rs:
+            continue
+        keys = [k for k in rs[0] if k not in ("method", "case", "kind")]
+        out[m] = {k: (sum(v for v in (r[k] for r in rs) if not math.isnan(v)) /
+                      max(1, sum(1 for r in rs if not math.isnan(r[k])))) for k in keys}
+    return out
+
+
+def markdown(summary: dict, rows: list[dict], command: str, meta: dict) -> str:
+    head = ("| method | edit accuracy | PSNR to truth | background PSNR | structure IoU | object colour change "
+            "| background change | inversion PSNR | seconds | UNet evaluations |")
+    lines = ["## Small-world edit benchmark", "", f"Command: `{command}`", "",
+             "Machine: " + meta["machine"] + f". {meta['cases']} cases, {meta['frames']} frames at 64x64, "
+             f"{meta['steps']} DDIM steps, guidance {meta['guidance']}, tuning {meta['tune_steps']} steps per clip "
+             f"(shared by Tune-A-Video and the Video-P2P variants; its time is not in the rows: "
+             f"{meta['tune_seconds']:.0f} s for all clips). Accuracy = share of frames with the target attribute; "
+             "PSNR in dB; colour/background change = mean frame-to-frame change (lower is steadier); "
+             "background PSNR excludes the background-change cases.", "", head,
+             "|" + "---|" * 10]
+    for m, s in summary.items():
+        lines.append(f"| {m} | {s['accuracy']:.2f} | {s['psnr_truth']:.2f} | {s['bg_psnr']:.2f} | {s['iou']:.3f} | "
+                     f"{s['tc_object']:.4f} | {s['tc_background']:.4f} | {s['recon_psnr']:.2f} | {s['seconds']:.1f} | "
+                     f"{s['evaluations']:.0f} |")
+    lines += ["", "<details><summary>Per case</summary>", "", "| case | method | accuracy | PSNR truth | bg PSNR | IoU |",
+              "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['case']} | {r['method']} | {r['accuracy']:.2f} | {r['psnr_truth']:.2f} | "
+                     f"{r['bg_psnr']:.2f} | {r['iou']:.3f} |")
+    lines += ["", "</details>", ""]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, section: str, heading: str = "## Small-world edit benchmark") -> None:
+    """Replace (or append) our section of BENCHMARKS.md atomically, leaving the other sections alone."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    start = text.find(heading)
+    if start >= 0:
+        nxt = text.find("\n## ", start + len(heading))
+        text = text[:start] + section + (text[nxt + 1:] if nxt >= 0 else "")
+    else:
+        text = text.rstrip() + "\n\n" + section
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", type=int, default=0, help="run only the first N cases (0: all)")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--tune-steps", type=int, default=100)
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json", default="", help="also write the rows as JSON here")
+    p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    comps = Components.from_folder(WEIGHTS)
+    cases = suite(a.frames)[: a.cases or None]
+    methods = [m for m in a.methods.split(",") if m]
+    rows, tune_seconds = [], 0.0
+    for ci, case in enumerate(cases):
+        src = render(case.scene)
+        latents = comps.encode_frames(src.frames)
+        delta = None
+        if any(m != "p2p_per_frame" for m in methods):
+            t0 = time.perf_counter()
+            with trained_weights(comps.model, None):
+                delta = one_shot_tune(comps.model, latents, comps.encode_prompts([src.caption]), src.caption,
+                                      TuneConfig(steps=a.tune_steps, seed=33))
+            tune_seconds += time.perf_counter() - t0
+        for m in methods:
+            row = run_case(comps, case, m, a.steps, a.guidance, delta, latents)
+            row.update(method=m, case=case.name, kind=case.kind)
+            rows.append(row)
+            print(f"[{ci + 1}/{len(cases)}] {case.name:28s} {m:26s} acc {row['accuracy']:.2f} "
+                  f"psnr {row['psnr_truth']:.2f} bg {row['bg_psnr']:.2f} iou {row['iou']:.3f} "
+                  f"{row['seconds']:.1f}s {row['evaluations']} evals", flush=True)
+    summary = summarise(rows)
+    command = "python -m vp2p_world.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
+    meta = dict(machine=f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {torch.get_num_threads()} threads",
+                cases=len(cases), frames=a.frames, steps=a.steps, guidance=a.guidance, tune_steps=a.tune_steps,
+                tune_seconds=tune_seconds)
+    md = markdown(summary, rows, command.strip(), meta)
+    print(md)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"rows": rows, "summary": summary, "meta": meta}, indent=1))
+    if not a.no_write:
+        write_section(Path(__file__).resolve().parents[1] / "BENCHMARKS.md", md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

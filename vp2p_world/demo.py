@@ -1,0 +1,234 @@
+"""The README's main command: a whole Video-P2P edit on the shipped small model and a rendered clip.
+
+    python -m vp2p_world.demo                      # red ball -> blue ball, word swap + local blend
+    python -m vp2p_world.demo --target "a red square bouncing on green grass" --blend ball
+    python -m vp2p_world.demo --model /path/to/sd15-diffusers-folder --clip frames_dir --source ... --target ...
+
+Writes the edited clip (GIF), a side-by-side PNG (source | reconstruction | edit | blend-word attention)
+and prints the quality figures measured against the rendered ground truth of the edit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+log = logging.getLogger("vp2p_world.demo")
+
+
+class BarProgress:
+    """Host progress callback drawing one tqdm bar per stage (a stage restarts its count at 1)."""
+
+    def __init__(self):
+        from tqdm import tqdm
+
+        self.tqdm, self.bar, self.stage = tqdm, None, 0
+        self.names = iter(["tune", "DDIM inversion", "null-text", "edit"])
+
+    def __call__(self, done: int, total: int, preview) -> None:
+        if self.bar is None or done == 1 and self.bar.n >= 1:
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = self.tqdm(total=total, desc=next(self.names, "stage"), leave=True, dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def load_clip(spec: str, frames: int, resolution: int):
+    """A named rendered scene ('red ball bounce green grass') or a folder of frames / a GIF or MP4 file."""
+    from .render import Scene, render
+
+    path = Path(spec)
+    if path.exists():
+        import imageio.v3 as iio
+
+        files = sorted(path.iterdir(), key=lambda p: (len(p.stem), p.stem)) if path.is_dir() else [path]
+        imgs = [im for f in files for im in (iio.imread(f) if f.suffix.lower() in (".gif", ".mp4") else [iio.imread(f)])]
+        if len(imgs) < frames:
+            raise SystemExit(f"--clip: {spec} has {len(imgs)} frames, fewer than --frames {frames}")
+        x = torch.from_numpy(np.stack(imgs[:frames])[..., :3]).float() / 255.0
+        x = torch.nn.functional.interpolate(x.permute(0, 3, 1, 2), size=(resolution, resolution), mode="bilinear",
+                                            antialias=True).permute(0, 2, 3, 1).clamp(0, 1)
+        return x, None, None
+    words = spec.split()
+    kw = {}
+    from .render import BACKGROUNDS, COLOURS, PATHS, SHAPES
+
+    rest = []
+    for w in words:
+        if w in COLOURS:
+            kw["colour"] = w
+        elif w in SHAPES:
+            kw["shape"] = w
+        elif w in PATHS:
+            kw["path"] = w
+        else:
+            rest.append(w)
+    bg = " ".join(rest)
+    if bg:
+        if bg not in BACKGROUNDS:
+            raise SystemExit(f"--clip: unknown words {bg!r}; backgrounds are {list(BACKGROUNDS)}")
+        kw["background"] = bg
+    scene = Scene(frames=frames, resolution=resolution, **kw)
+    return render(scene).frames, scene, render(scene)
+
+
+def ground_truth(scene, source_prompt: str, target_prompt: str):
+    """Render the edit's truth when the target prompt names scene attributes (colour, shape, background)."""
+    from .render import BACKGROUNDS, COLOURS, SHAPES, render
+
+    if scene is None:
+        return None
+    t = f" {target_prompt} "
+    changes = {}
+    for c in COLOURS:
+        if f" {c} " in t and c != scene.colour:
+            changes["colour"] = c
+    for s in SHAPES:
+        if f" {s} " in t and s != scene.shape:
+            changes["shape"] = s
+    for b in BACKGROUNDS:
+        if f" {b} " in t and b != scene.background:
+            changes["background"] = b
+    return render(scene.replace(**changes)) if changes else None
+
+
+def attention_strip(maps: torch.Tensor, token_ids: list[int], size: int) -> torch.Tensor:
+    """[F,hb,wb,77] maps -> [F,size,size,3] heat images of the given tokens (summed, per-frame normalised)."""
+    m = maps[..., token_ids].sum(-1)
+    m = m / m.amax(dim=(1, 2), keepdim=True).clamp_min(1e-8)
+    m = torch.nn.functional.interpolate(m[:, None], size=(size, size), mode="nearest")[:, 0]
+    return torch.stack([m, m * 0.6, 1 - m], dim=-1)
+
+
+def save_outputs(out: Path, source, recon, edited, attn, fps: int = 8) -> dict:
+    import imageio.v3 as iio
+
+    out.mkdir(parents=True, exist_ok=True)
+    to8 = lambda x: (x.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    gif = out / "edit.gif"
+    iio.imwrite(gif, to8(edited), duration=1000 // fps, loop=0)
+    iio.imwrite(out / "reconstruction.gif", to8(recon), duration=1000 // fps, loop=0)
+    cols = [source, recon, edited] + ([attn] if attn is not None else [])
+    grid = torch.cat([torch.cat(list(c), dim=0) for c in cols], dim=1)  # frames down, columns across
+    scale = max(1, 256 // source.shape[1])
+    grid = grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    png = out / "side_by_side.png"
+    iio.imwrite(png, to8(grid))
+    return {"gif": str(gif), "png": str(png)}
+
+
+def quality(source, recon, edited, clip, truth) -> dict:
+    """Figures against the rendered truth; only inversion PSNR for a clip that was not rendered."""
+    from . import metrics
+
+    q = {"inversion_psnr": metrics.psnr(recon, source)}
+    if clip is None:
+        return q
+    masks = clip.masks | truth.masks if truth is not None else clip.masks
+    q["background_psnr"] = metrics.background_psnr(edited, source, masks)
+    ref = truth if truth is not None else clip
+    if truth is not None:
+        q["psnr_to_truth"] = metrics.psnr(edited, truth.frames)
+        q["object_colour_accuracy"] = metrics.object_hue_accuracy(edited, truth.masks, truth.scene.colour)
+    q["structure_iou"] = metrics.mask_iou(metrics.segment_object(edited, ref), clip.masks)
+    tc = metrics.temporal_consistency(edited, ref.masks)
+    q["object_colour_change"], q["background_change"] = tc["object"], tc["background"]
+    return q
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(WEIGHTS), help="diffusers-format SD folder or single-file .safetensors")
+    p.add_argument("--clip", default="red ball bounce green grass",
+                   help="rendered scene words (colour shape path background) or a frames folder / GIF / MP4")
+    p.add_argument("--source", default=None, help="source prompt (default: the scene's caption)")
+    p.add_argument("--target", default=None, help="target prompt (default: the caption with red -> blue)")
+    p.add_argument("--mode", default="auto", choices=["auto", "replace", "refine", "none"], help="edit mode")
+    p.add_argument("--blend", default="ball", help="local-blend words of the source prompt ('' for none)")
+    p.add_argument("--blend-target", default="", help="local-blend words of the target prompt (default: --blend)")
+    p.add_argument("--reweight", default="", help="word=value pairs, e.g. 'blue=2'")
+    p.add_argument("--inversion", default="null_text", choices=["null_text", "fast", "negative_prompt"])
+    p.add_argument("--tune-steps", type=int, default=100)
+    p.add_argument("--learning-rate", type=float, default=3e-5)
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--cross-replace", type=float, default=0.2)
+    p.add_argument("--self-replace", type=float, default=0.5)
+    p.add_argument("--threshold", type=float, default=0.3, help="LocalBlend mask threshold")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--seed", type=int, default=33)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON only")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+
+    from vp2p_core import Host, TuneConfig, VP2PInputError
+    from vp2p_core.pipeline import Components, run
+
+    t0 = time.perf_counter()
+    try:
+        model_path = Path(a.model)
+        if model_path.is_file():
+            comps = Components.from_single_file(model_path)
+        else:
+            comps = Components.from_folder(model_path)
+        frames, scene, clip = load_clip(a.clip, a.frames, a.resolution)
+        source = a.source or (clip.caption if clip is not None else None)
+        if source is None:
+            raise SystemExit("--source: give the prompt that describes your clip")
+        target = a.target or source.replace("red", "blue")
+        reweight = {k: float(v) for k, v in (kv.split("=") for kv in a.reweight.replace(",", " ").split())}
+        bar = BarProgress()
+        host = Host(progress=bar)
+        res = run(comps, frames, source, target, tune=TuneConfig(steps=a.tune_steps, learning_rate=a.learning_rate,
+                                                                 seed=a.seed),
+                  inversion_mode=a.inversion, steps=a.steps, guidance=a.guidance, host=host, mode=a.mode,
+                  blend_words=a.blend or None, blend_target_words=a.blend_target or None, reweight=reweight or None,
+                  cross_replace=a.cross_replace, self_replace=a.self_replace, threshold=a.threshold)
+        bar.close()
+    except VP2PInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from vp2p_core.text import word_token_indices
+
+    attn = None
+    if res.edit.attention_maps is not None:
+        words = (a.blend_target or a.blend or target.split()[-1]).replace(",", " ").split()
+        ids = sorted({i for w in words for i in word_token_indices(target, w, comps.tokenizer)})
+        if ids:
+            attn = attention_strip(res.edit.attention_maps[1], ids, a.resolution)
+    files = save_outputs(Path(a.out), frames, res.source, res.edited[0], attn)
+    truth = ground_truth(scene, source, target)
+    figures = quality(frames, res.source, res.edited[0], clip, truth)
+    report = {"source": source, "target": target, "mode": res.edit.stats, "figures": figures,
+              "seconds": {k: round(v, 2) for k, v in res.timings.items()} | {"total": round(time.perf_counter() - t0, 1)},
+              "unet_evaluations": res.evaluations, "files": files}
+    if a.json:
+        print(json.dumps(report, indent=1, default=float))
+        return 0
+    print(f"\n{source!r} -> {target!r}")
+    for k, v in figures.items():
+        print(f"  {k:24s} {v:.3f}" if isinstance(v, float) else f"  {k:24s} {v}")
+    print(f"  time: {report['seconds']}")
+    print(f"  UNet evaluations (clips): {res.evaluations}")
+    print(f"  wrote {files['gif']} and {files['png']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
