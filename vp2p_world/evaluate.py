@@ -1,0 +1,268 @@
+"""Does the shipped tiny model follow prompts? Sample images for random captions and measure them.
+
+    python -m vp2p_world.evaluate                       # 100 images, DDIM 50 steps, guidance 7.5
+    python -m vp2p_world.evaluate --n 40 --steps 20 --grid /tmp/samples.png
+
+Why: the edit benchmark is only meaningful if the model generates what a prompt names (an edit to
+"blue" can only succeed if the model knows "blue"). Each sample is classified without any truth
+clip: the background is the image's median colour, the object is the largest connected region far
+from it; colour = nearest world hue of the object's mean colour (as in ``metrics``), shape = best
+IoU against the renderer's shapes fitted to the region's area and centroid, background = nearest
+mean colour of the world's background plates. The same classifier is run on rendered frames of the
+same captions (``truth`` figures) to show how far the measurement itself can be trusted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .metrics import OBJECT_DISTANCE, nearest_colour
+from .render import BACKGROUNDS, COLOURS, SHAPES, Scene, caption, random_scene, render, render_background, shape_coverage
+
+log = logging.getLogger("vp2p_world.evaluate")
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+MIN_OBJECT_PIXELS = 12
+
+
+# ----------------------------------------------------------------------------------------------
+# the model
+
+
+def load_model(folder: str | Path = WEIGHTS) -> dict:
+    """Tokenizer, text encoder, UNet, VAE and DDIM scheduler of a diffusers SD folder, offline."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    if not (folder / "unet").is_dir():
+        raise FileNotFoundError(f"model folder {str(folder)!r} has no unet/ (train it: python -m vp2p_world.train)")
+    return {
+        "tokenizer": CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77, local_files_only=True),
+        "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True).eval(),
+        "unet": UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True).eval(),
+        "vae": AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True).eval(),
+        "scheduler": DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True),
+    }
+
+
+@torch.no_grad()
+def encode_text(model: dict, prompts: list[str]) -> torch.Tensor:
+    ids = model["tokenizer"](prompts, padding="max_length", max_length=77, truncation=True,
+                             return_tensors="pt").input_ids
+    return model["text_encoder"](ids)[0]
+
+
+@torch.no_grad()
+def sample(model: dict, prompts: list[str], steps: int = 50, guidance: float = 7.5, seed: int = 0,
+           chunk: int = 32) -> torch.Tensor:
+    """Text-to-image with DDIM and classifier-free guidance; returns images [N,H,W,3] in 0..1."""
+    unet, vae, sched = model["unet"], model["vae"], model["scheduler"]
+    gen = torch.Generator().manual_seed(seed)
+    size = unet.config.sample_size
+    noise = torch.randn(len(prompts), unet.config.in_channels, size, size, generator=gen)
+    out = []
+    for i in range(0, len(prompts), chunk):
+        p = prompts[i : i + chunk]
+        cond = encode_text(model, p)
+        uncond = encode_text(model, [""]).expand_as(cond)
+        ctx = torch.cat([uncond, cond])
+        sched.set_timesteps(steps)
+        x = noise[i : i + chunk] * sched.init_noise_sigma
+        for t in sched.timesteps:
+            eps = unet(torch.cat([x, x]), t, encoder_hidden_states=ctx).sample
+            e_u, e_c = eps.chunk(2)
+            x = sched.step(e_u + guidance * (e_c - e_u), t, x).prev_sample
+        img = vae.decode(x / vae.config.scaling_factor).sample
+        out.append(((img.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1))
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# classifying an image without its truth
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """Largest 4-connected region of a boolean [H,W] mask (BFS; images are tiny)."""
+    h, w = mask.shape
+    label = np.zeros((h, w), dtype=np.int32)
+    best, best_size, cur = 0, 0, 0
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if label[y0, x0]:
+            continue
+        cur += 1
+        label[y0, x0] = cur
+        q, size = deque([(y0, x0)]), 0
+        while q:
+            y, x = q.popleft()
+            size += 1
+            for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not label[ny, nx]:
+                    label[ny, nx] = cur
+                    q.append((ny, nx))
+        if size > best_size:
+            best, best_size = cur, size
+    return label == best if best else np.zeros_like(mask)
+
+
+def segment_generated(image) -> np.ndarray:
+    """Object mask [H,W] of one image: the largest region farther than OBJECT_DISTANCE from the
+    image's median colour (the object covers well under half of a frame)."""
+    img = np.asarray(image, dtype=np.float64)
+    bg = np.median(img.reshape(-1, 3), axis=0)
+    far = np.linalg.norm(img - bg, axis=-1) > OBJECT_DISTANCE
+    return _largest_component(far)
+
+
+_SHAPE_AREA: dict[str, float] = {}
+
+
+def _shape_area(shape: str) -> float:
+    """Area of a shape at half-extent 1 (measured by the renderer, so always consistent with it)."""
+    if shape not in _SHAPE_AREA:
+        _SHAPE_AREA[shape] = float((shape_coverage(shape, 32.0, 32.0, 20.0, 64) > 0.5).sum()) / 400.0
+    return _SHAPE_AREA[shape]
+
+
+def classify_shape(mask: np.ndarray) -> tuple[str, float]:
+    """Best-fitting world shape of a mask: each shape is scaled to the mask's area and its centroid
+    moved onto the mask's; returns (shape, IoU)."""
+    mask = np.asarray(mask, dtype=bool)
+    area = float(mask.sum())
+    if area < MIN_OBJECT_PIXELS:
+        return "none", 0.0
+    res = mask.shape[0]
+    ys, xs = np.nonzero(mask)
+    my, mx = ys.mean() + 0.5, xs.mean() + 0.5
+    best, best_iou = "none", -1.0
+    for shape in SHAPES:
+        half0 = np.sqrt(area / _shape_area(shape))
+        for half in (0.9 * half0, half0, 1.1 * half0):
+            t = shape_coverage(shape, mx, my, half, res) > 0.5
+            if not t.any():
+                continue
+            ty, tx = np.nonzero(t)
+            t = shape_coverage(shape, mx + (mx - tx.mean() - 0.5), my + (my - ty.mean() - 0.5), half, res) > 0.5
+            iou = float((t & mask).sum() / max((t | mask).sum(), 1))
+            if iou > best_iou:
+                best, best_iou = shape, iou
+    return best, best_iou
+
+
+_BG_MEANS: Optional[dict[str, np.ndarray]] = None
+
+
+def background_means() -> dict[str, np.ndarray]:
+    """Mean colour of each background plate (over a few seeds)."""
+    global _BG_MEANS
+    if _BG_MEANS is None:
+        _BG_MEANS = {
+            name: np.mean([render_background(Scene(background=name, seed=s)).reshape(-1, 3).mean(0) for s in range(8)], 0)
+            for name in BACKGROUNDS
+        }
+    return _BG_MEANS
+
+
+def classify_image(image) -> dict:
+    """Colour, shape and background names read off one image [H,W,3] in 0..1."""
+    img = np.asarray(image, dtype=np.float64)
+    mask = segment_generated(img)
+    found = int(mask.sum()) >= MIN_OBJECT_PIXELS
+    colour = nearest_colour(img[mask].mean(0)) if found else "none"
+    shape, iou = classify_shape(mask) if found else ("none", 0.0)
+    rest = img[~mask].mean(0)
+    means = background_means()
+    background = min(means, key=lambda k: float(np.linalg.norm(rest - means[k])))
+    return {"found": found, "colour": colour, "shape": shape, "shape_iou": iou, "background": background,
+            "object_pixels": int(mask.sum())}
+
+
+def score(predictions: list[dict], scenes: list[Scene]) -> dict:
+    """Accuracies of classified images against the scenes their captions came from."""
+    n = len(scenes)
+    acc = {k: sum(p[k] == getattr(s, k) for p, s in zip(predictions, scenes)) / n
+           for k in ("colour", "shape", "background")}
+    acc["all_three"] = sum(all(p[k] == getattr(s, k) for k in ("colour", "shape", "background"))
+                           for p, s in zip(predictions, scenes)) / n
+    acc["object_found"] = sum(p["found"] for p in predictions) / n
+    return acc
+
+
+def evaluation_scenes(n: int, seed: int) -> list[Scene]:
+    """Scenes for n captions: the colour x shape x background combinations in a seeded random order
+    (all of them, evenly, when n is a multiple of their number), each with a random path and motion."""
+    rng = np.random.default_rng(seed)
+    combos = list(itertools.product(COLOURS, SHAPES, BACKGROUNDS))
+    order = rng.permutation(len(combos))
+    return [random_scene(rng).replace(colour=combos[order[i % len(combos)]][0], shape=combos[order[i % len(combos)]][1],
+                                      background=combos[order[i % len(combos)]][2]) for i in range(n)]
+
+
+def save_grid(images: torch.Tensor, path: str, cols: int = 10) -> None:
+    from PIL import Image
+
+    imgs = images.numpy()
+    n, h, w, _ = imgs.shape
+    rows = (n + cols - 1) // cols
+    grid = np.ones((rows * h, cols * w, 3))
+    for i, im in enumerate(imgs):
+        grid[(i // cols) * h : (i // cols + 1) * h, (i % cols) * w : (i % cols + 1) * w] = im
+    Image.fromarray((grid * 255).round().astype(np.uint8)).save(path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(WEIGHTS))
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--verb", action="store_true", help="captions with the verb ('bouncing') as well")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--grid", default=None, help="write the samples as a PNG grid")
+    p.add_argument("--json", default=None, help="write the figures and per-sample results as JSON")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(a.threads)
+
+    scenes = evaluation_scenes(a.n, a.seed)
+    prompts = [caption(s, verb=a.verb) for s in scenes]
+    truth_pred = [classify_image(render(s.replace(frames=1)).frames[0]) for s in scenes]
+    truth = score(truth_pred, scenes)
+
+    t0 = time.perf_counter()
+    model = load_model(a.model)
+    images = sample(model, prompts, steps=a.steps, guidance=a.guidance, seed=a.seed)
+    secs = time.perf_counter() - t0
+    preds = [classify_image(im) for im in images]
+    gen = score(preds, scenes)
+    per_colour = {c: sum(p["colour"] == c for p, s in zip(preds, scenes) if s.colour == c)
+                  / max(1, sum(s.colour == c for s in scenes)) for c in COLOURS}
+    per_shape = {c: sum(p["shape"] == c for p, s in zip(preds, scenes) if s.shape == c)
+                 / max(1, sum(s.shape == c for s in scenes)) for c in SHAPES}
+    per_bg = {c: sum(p["background"] == c for p, s in zip(preds, scenes) if s.background == c)
+              / max(1, sum(s.background == c for s in scenes)) for c in BACKGROUNDS}
+    result = {"n": a.n, "steps": a.steps, "guidance": a.guidance, "seconds": round(secs, 1),
+              "generated": gen, "classifier_on_rendered_truth": truth,
+              "per_colour": per_colour, "per_shape": per_shape, "per_background": per_bg}
+    print(json.dumps(result, indent=1))
+    if a.grid:
+        save_grid(images, a.grid)
+    if a.json:
+        Path(a.json).write_text(json.dumps({**result, "samples": [
+            {"prompt": pr, **pd} for pr, pd in zip(prompts, preds)]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
