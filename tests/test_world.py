@@ -1,0 +1,138 @@
+"""The small world: renderer, SD's tokenizer built offline, and the shipped tiny model following prompts.
+
+Renderer/metric cases on hand-made clips are in test_world_metrics.py; this file covers what those
+don't: exact compositing, every scene option, the tokenizer ids, the image classifier that
+``vp2p_world.evaluate`` uses, and the shipped model (loads offline, generates the named colour).
+Set VP2P_WORLD_MODEL to check another trained folder.
+"""
+import itertools
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vp2p_world import evaluate
+from vp2p_world.render import BACKGROUNDS, COLOURS, PATHS, SHAPES, Scene, render, render_background, trajectory
+
+WEIGHTS = Path(os.environ.get("VP2P_WORLD_MODEL", Path(__file__).resolve().parents[1] / "vp2p_world" / "weights"))
+TOKENIZER = Path(__file__).resolve().parents[1] / "vp2p_world" / "weights" / "tokenizer"
+
+
+# ---------------------------------------------------------------------------------------------- renderer
+
+
+def test_every_option_renders_composited_exactly():
+    for shape, colour, bg, path in itertools.islice(
+            itertools.product(SHAPES, COLOURS, BACKGROUNDS, PATHS), 0, None, 7):
+        scene = Scene(shape=shape, colour=colour, background=bg, path=path, seed=11)
+        clip = render(scene)
+        assert clip.frames.shape == (8, 64, 64, 3) and clip.frames.dtype == torch.float32
+        assert clip.masks.shape == (8, 64, 64) and clip.masks.dtype == torch.bool
+        assert 0 <= float(clip.frames.min()) and float(clip.frames.max()) <= 1
+        cov = clip.coverage[..., None]
+        bgp = torch.from_numpy(render_background(scene)).float()
+        expect = cov * torch.tensor(COLOURS[colour]) + (1 - cov) * bgp
+        assert torch.allclose(clip.frames, expect, atol=1e-6)  # object painted exactly by coverage
+        assert torch.equal(clip.masks, clip.coverage > 0.5)  # masks are exactly the > 0.5 coverage
+        assert bool(clip.masks.flatten(1).any(1).all())  # the object is visible in every frame
+        assert clip.caption == f"a {colour} {shape} {PATHS[path]} on {bg}"
+
+
+def test_same_scene_same_bits_other_seed_other_clip():
+    s = Scene(shape="star", colour="purple", background="water", path="circle", seed=5, frames=16)
+    a, b = render(s), render(Scene(**vars(s)))
+    assert a.frames.shape[0] == 16
+    assert torch.equal(a.frames, b.frames) and torch.equal(a.masks, b.masks)
+    c = render(s.replace(seed=6))
+    assert not torch.equal(a.masks, c.masks) and not torch.equal(a.frames, c.frames)
+
+
+def test_shape_edit_keeps_the_path():
+    s = Scene(shape="ball", colour="red", background="sand", path="slide", seed=2)
+    assert np.array_equal(trajectory(s), trajectory(s.replace(shape="triangle", colour="green", background="snow")))
+    src, tri = render(s), render(s.replace(shape="triangle"))
+    assert not torch.equal(src.masks, tri.masks)
+    clear = (src.coverage == 0) & (tri.coverage == 0)
+    assert torch.equal(src.frames[clear], tri.frames[clear])  # background untouched
+
+
+def test_bad_scene_is_refused_by_name():
+    with pytest.raises(ValueError, match="colour"):
+        Scene(colour="teal")
+    with pytest.raises(ValueError, match="shape"):
+        Scene(shape="cube")
+
+
+# ---------------------------------------------------------------------------------------------- tokenizer
+
+
+def test_tokenizer_matches_sd_ids_offline():
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(str(TOKENIZER), model_max_length=77, local_files_only=True)
+    assert len(tok) == 49408
+    # SD1.x / openai CLIP ids ("a photo of a dog" is the transformers CLIP docs' example)
+    assert tok("a photo of a dog").input_ids == [49406, 320, 1125, 539, 320, 1929, 49407]
+    assert tok("a red ball").input_ids == [49406, 320, 736, 1069, 49407]
+    padded = tok("a red ball", padding="max_length", max_length=77).input_ids
+    assert len(padded) == 77 and padded[5:] == [49407] * 72  # SD1.x pads with <|endoftext|>
+    lines = (TOKENIZER / "merges.txt").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "#version: 0.2" and len(lines) == 48895
+
+
+# ---------------------------------------------------------------------------------------------- evaluation classifier
+
+
+def test_classifier_reads_rendered_frames_correctly():
+    scenes = evaluate.evaluation_scenes(24, seed=3)
+    preds = [evaluate.classify_image(render(s.replace(frames=1)).frames[0]) for s in scenes]
+    acc = evaluate.score(preds, scenes)
+    assert acc["colour"] == 1.0 and acc["shape"] == 1.0 and acc["background"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------- shipped model
+
+needs_model = pytest.mark.skipif(not (WEIGHTS / "unet").is_dir(),
+                                 reason=f"no trained model in {WEIGHTS} (python -m vp2p_world.train)")
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return evaluate.load_model(WEIGHTS)
+
+
+@needs_model
+def test_shipped_model_folder_is_small_and_sd_shaped(model):
+    size = sum(f.stat().st_size for f in WEIGHTS.rglob("*") if f.is_file())
+    assert size < 30e6, f"shipped model is {size / 1e6:.1f} MB"
+    index = json.loads((WEIGHTS / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert list((WEIGHTS / "unet").glob("*.safetensors")) and not list(WEIGHTS.rglob("*.bin"))
+    vae, unet, te, sched = model["vae"], model["unet"], model["text_encoder"], model["scheduler"]
+    assert len(vae.config.block_out_channels) == 3 and vae.config.latent_channels == 4  # 64x64 -> 16x16x4
+    assert vae.config.scaling_factor != 0.18215 and 0.05 < vae.config.scaling_factor < 20
+    assert unet.config.sample_size == 16 and unet.config.cross_attention_dim == te.config.hidden_size
+    assert te.config.vocab_size == 49408 and te.config.max_position_embeddings == 77
+    c = sched.config
+    assert (c.beta_schedule, c.beta_start, c.beta_end, c.num_train_timesteps) == ("scaled_linear", 0.00085, 0.012, 1000)
+    assert c.set_alpha_to_one is False and c.clip_sample is False and c.prediction_type == "epsilon"
+    with torch.no_grad():
+        z = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
+    assert z.shape == (1, 4, 16, 16)
+
+
+@needs_model
+def test_shipped_model_follows_colour_in_the_prompt(model):
+    prompts = ["a red ball on gray road", "a blue ball on gray road",
+               "a yellow square on snow", "a green ball on sand", "a purple ball on snow"]
+    want = ["red", "blue", "yellow", "green", "purple"]
+    images = evaluate.sample(model, prompts, steps=15, guidance=7.5, seed=0)
+    assert images.shape == (5, 64, 64, 3)
+    got = [evaluate.classify_image(im)["colour"] for im in images]
+    assert got[:2] == want[:2], got  # the word swap the benchmark relies on
+    assert sum(g == w for g, w in zip(got, want)) >= 4, got
