@@ -5,7 +5,7 @@ has none and gets vp2p_core's plain-torch Host on the device its weights are on.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -18,13 +18,22 @@ def same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index or 0) == (b.index or 0)
 
 
-def make_host(model: VP2PModel, previews: bool = True) -> Host:
+def make_host(model: VP2PModel, previews: bool = True, extra: Sequence = ()) -> Host:
+    """``extra``: ControlNet handles (``.module``, ``.patcher``) loaded together with the video model."""
     if model.patcher is None:
-        return Host(device=next(model.video.unet.parameters()).device)
-    return comfy_host(model, previews)
+        device = next(model.video.unet.parameters()).device
+        if not extra:
+            return Host(device=device)
+
+        def load_plain(module: torch.nn.Module) -> None:
+            for m in [module] + [e.module for e in extra]:
+                m.to(device)
+
+        return Host(device=device, load=load_plain)
+    return comfy_host(model, previews, extra)
 
 
-def comfy_host(model: VP2PModel, previews: bool = True) -> Host:
+def comfy_host(model: VP2PModel, previews: bool = True, extra: Sequence = ()) -> Host:
     import comfy.model_management as mm
     import comfy.utils
 
@@ -44,10 +53,12 @@ def comfy_host(model: VP2PModel, previews: bool = True) -> Host:
         bar.update_absolute(step, total, image)
 
     def load(module: torch.nn.Module) -> None:
-        mm.load_models_gpu([patcher], force_full_load=True)
+        # one call for the video model and its ControlNets, so that loading one does not unload the other
+        mm.load_models_gpu([patcher] + [e.patcher for e in extra if e.patcher is not None], force_full_load=True)
         # ComfyUI's no-VRAM mode loads nothing fully; the core needs the UNet on the compute device.
-        if not same_device(next(module.parameters()).device, torch.device(device)):
-            module.to(device)
+        for m in [module] + [e.module for e in extra]:
+            if not same_device(next(m.parameters()).device, torch.device(device)):
+                m.to(device)
 
     return Host(device=torch.device(device), progress=progress,
                 interrupt=mm.throw_exception_if_processing_interrupted, load=load)

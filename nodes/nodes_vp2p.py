@@ -12,17 +12,17 @@ import time
 
 import torch
 
-from vp2p_core import (Delta, Inversion, TuneConfig, VP2PInputError, build_edit_plan, invert, one_shot_tune,
-                       sample_edit, trained_weights)
+from vp2p_core import (Delta, Inversion, TuneConfig, VP2PInputError, blur_structure, build_edit_plan, invert,
+                       one_shot_tune, sample_edit, trained_weights)
 from vp2p_core.control import EDIT_MODES, SELF_REPLACE_ON
 from vp2p_core.attention import FRAME_MODES
 from vp2p_core.inversion import INVERSION_MODES
 
-from . import convert, files, maps as maps_mod
+from . import controlnet as controlnet_mod, convert, files, maps as maps_mod
 from .host import make_host
 from .text import encode_text, encode_texts, tokenizer_from_clip
-from .types import (VP2P_EDIT, VP2P_INVERSION, VP2P_MAPS, VP2P_MODEL, VP2PEdit, VP2PMaps, VP2PModel,
-                    vp2p_model_from_unet)
+from .types import (VP2P_EDIT, VP2P_INVERSION, VP2P_MAPS, VP2P_MODEL, VP2P_STRUCTURE, VP2PEdit, VP2PMaps, VP2PModel,
+                    VP2PStructure, vp2p_model_from_unet)
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,13 @@ def loss_report(delta: Delta, seconds: float, cached: bool) -> str:
     k = max(1, len(losses) // 10)
     marks = [f"{end}:{sum(losses[end - k:end]) / k:.4f}" for end in range(k, len(losses) + 1, k)]
     return head + f"\nloss (mean of {k} steps, by step) " + " ".join(marks)
+
+
+TEMPORAL_TOOLTIP = ("Gen-1's temporal-consistency guidance w_t: 1 = the plain sampler at no extra cost; above 1 "
+                    "trades edit strength for smoothness across frames, at one extra frame-independent UNet pass "
+                    "per step.")
+BLUR_TOOLTIP = ("Gen-1's structure fidelity t_s: 0 keeps the source's shape exactly, larger values blur the structure "
+                "maps so only the coarse layout is kept (sigma = t_s pixels of a 64-pixel-wide copy).")
 
 
 def _tip(t, tooltip, **opts):
@@ -354,7 +361,9 @@ class AttentionEditController:
 
 class VideoP2PSampler:
     DESCRIPTION = ("Edits the inverted clip: source and target branches start from the same x_T, the target's "
-                   "attention follows the edit, and local blend keeps everything outside the edited words.")
+                   "attention follows the edit, and local blend keeps everything outside the edited words. Optional "
+                   "Gen-1 guidance: temporal_guidance smooths the edit across frames, structure makes it follow a "
+                   "structure clip (depth, edges) through a ControlNet.")
     CATEGORY = CATEGORY
     FUNCTION = "sample"
     RETURN_TYPES = ("LATENT", "LATENT", VP2P_MAPS)
@@ -378,10 +387,14 @@ class VideoP2PSampler:
         }, "optional": {
             "latent": _tip("LATENT", "Optional: the clip's latents, to check they are the clip the inversion was "
                            "made from (frame count and size)."),
+            "temporal_guidance": _tip("FLOAT", TEMPORAL_TOOLTIP, default=1.0, min=0.0, max=4.0, step=0.05),
+            "structure": _tip(VP2P_STRUCTURE, "Optional: Gen-1 structure guidance from the StructureGuidance node (a "
+                              "ControlNet and a per-frame structure clip: depth, edges, masks); it steers the "
+                              "edited branch only, the source branch keeps reproducing the clip."),
         }}
 
     def sample(self, vp2p_model: VP2PModel, inversion: Inversion, edit: VP2PEdit, guidance, decoupled_guidance,
-               latent=None):
+               latent=None, temporal_guidance=1.0, structure=None):
         if not isinstance(edit, VP2PEdit):
             raise VP2PInputError(f"edit: expected the output of AttentionEditController, got {type(edit).__name__}")
         check_inversion_model(inversion, vp2p_model, "inversion")
@@ -389,10 +402,19 @@ class VideoP2PSampler:
         check_text_width(vp2p_model, edit.plan.target_embeddings, "edit")
         if latent is not None:
             check_inversion_latent(inversion, latent, vp2p_model, "inversion")
-        host = make_host(vp2p_model)
         vm = vp2p_model.video
+        guide, extra = None, []
+        if structure is not None:
+            if not isinstance(structure, VP2PStructure):
+                raise VP2PInputError(f"structure: expected the output of StructureGuidance, got "
+                                     f"{type(structure).__name__}")
+            structure.control.check_fits(vm.unet, "structure")
+            guide = structure.guidance(tuple(inversion.x_T.shape[-2:]), inversion.num_frames)
+            extra = [structure.control]
+        host = make_host(vp2p_model, extra=extra)
         with trained_weights(vm, vp2p_model.delta):
             res = sample_edit(vm, inversion, edit.plan, float(guidance), bool(decoupled_guidance), host=host,
+                              temporal_guidance=float(temporal_guidance), structure=guide,
                               num_frames=inversion.num_frames)
         scale = vp2p_model.latent_scale
         edited = {"samples": (res.edited.flatten(0, 1) / scale).float()}
@@ -400,6 +422,63 @@ class VideoP2PSampler:
         maps = VP2PMaps(maps=res.attention_maps, prompts=edit.prompts, token_labels=edit.token_labels,
                         blend_mask=res.blend_mask)
         return (edited, source, maps)
+
+
+class StructureGuidance:
+    DESCRIPTION = ("Gen-1's structure guidance: a ControlNet follows a per-frame structure clip (depth from any depth "
+                   "node, edges, masks) while the sampler edits, so the edit keeps the source's shapes. structure_blur "
+                   "sets how much of the shape is kept. Connect the output to VideoP2PSampler's structure input.")
+    CATEGORY = CATEGORY
+    FUNCTION = "build"
+    RETURN_TYPES = (VP2P_STRUCTURE, "IMAGE")
+    RETURN_NAMES = ("structure", "structure_preview")
+    OUTPUT_TOOLTIPS = ("Structure guidance for VideoP2PSampler's structure input.",
+                       "The structure clip as the ControlNet sees it, blurred at structure_blur.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "structure": _tip("IMAGE", "The per-frame structure clip: one map per frame of the edited clip, at the "
+                              "same size as its frames (depth from any depth node pack, edges, masks; a depth video "
+                              "loaded with LoadVideo works too)."),
+            "structure_blur": _tip("FLOAT", BLUR_TOOLTIP, default=0.0, min=0.0, max=16.0, step=0.1),
+            "strength": _tip("FLOAT", "Scale of the ControlNet's residuals, as in Apply ControlNet (0: off).",
+                             default=1.0, min=0.0, max=10.0, step=0.01),
+            "start_percent": _tip("FLOAT", "The ControlNet acts from this fraction of the sampling steps on.",
+                                  default=0.0, min=0.0, max=1.0, step=0.001),
+            "end_percent": _tip("FLOAT", "The ControlNet stops at this fraction of the sampling steps.",
+                                default=1.0, min=0.0, max=1.0, step=0.001),
+        }, "optional": {
+            "control_net": _tip("CONTROL_NET", "An SD 1.x/2.x ControlNet from ControlNetLoader (e.g. a depth "
+                                "ControlNet for a depth clip). Give this or diffusers_controlnet."),
+            "diffusers_controlnet": _tip("STRING", "Instead of control_net: the name of a diffusers ControlNetModel "
+                                         "folder under models/controlnet (config.json + safetensors weights), "
+                                         "loaded offline. Empty: use control_net.", default=""),
+        }}
+
+    def build(self, structure, structure_blur, strength, start_percent, end_percent, control_net=None,
+              diffusers_controlnet=""):
+        name = (diffusers_controlnet or "").strip()
+        if control_net is None and not name:
+            raise VP2PInputError("control_net: connect a ControlNet (ControlNetLoader) or give diffusers_controlnet, "
+                                 "the name of a diffusers ControlNet folder under models/controlnet")
+        if control_net is not None and name:
+            raise VP2PInputError(f"diffusers_controlnet: {name!r} is given and control_net is connected; use one "
+                                 "(empty diffusers_controlnet to use control_net)")
+        if not isinstance(structure, torch.Tensor) or structure.dim() != 4 or structure.shape[-1] not in (1, 3):
+            shape = tuple(structure.shape) if isinstance(structure, torch.Tensor) else type(structure).__name__
+            raise VP2PInputError(f"structure: expected an IMAGE [frames, H, W, 1 or 3], got {shape}")
+        if not 0.0 <= float(start_percent) <= float(end_percent) <= 1.0:
+            raise VP2PInputError(f"start_percent / end_percent: expected 0 <= start <= end <= 1, got "
+                                 f"{start_percent}, {end_percent}")
+        handle = (controlnet_mod.comfy_controlnet(control_net) if control_net is not None
+                  else controlnet_mod.load_diffusers_controlnet(name))
+        images = structure.detach().to("cpu", torch.float32)
+        maps = images.movedim(-1, 1)
+        preview = blur_structure(maps.expand(-1, 3, -1, -1) if maps.shape[1] == 1 else maps, float(structure_blur))
+        spec = VP2PStructure(control=handle, images=images, blur=float(structure_blur), strength=float(strength),
+                             start=float(start_percent), end=float(end_percent))
+        return (spec, preview.movedim(1, -1).clamp(0, 1).contiguous())
 
 
 class DecodeFrames:
@@ -594,6 +673,7 @@ NODE_CLASS_MAPPINGS = {
     "NullTextVideoInvert": NullTextVideoInvert,
     "AttentionEditController": AttentionEditController,
     "VideoP2PSampler": VideoP2PSampler,
+    "StructureGuidance": StructureGuidance,
     "DecodeFrames": DecodeFrames,
     "AttentionMaps": AttentionMaps,
     "SaveVP2PDelta": SaveVP2PDelta,
@@ -608,6 +688,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "NullTextVideoInvert": "Null-Text Video Inversion (Video-P2P)",
     "AttentionEditController": "Attention Edit (Video-P2P)",
     "VideoP2PSampler": "Video-P2P Sampler",
+    "StructureGuidance": "Structure Guidance (Video-P2P, Gen-1)",
     "DecodeFrames": "Decode Frames (Video-P2P)",
     "AttentionMaps": "Attention Maps (Video-P2P)",
     "SaveVP2PDelta": "Save Tuned Delta (Video-P2P)",

@@ -1,4 +1,4 @@
-"""The objects that travel on our node sockets (VP2P_MODEL, VP2P_EDIT, VP2P_MAPS).
+"""The objects that travel on our node sockets (VP2P_MODEL, VP2P_EDIT, VP2P_MAPS, VP2P_STRUCTURE).
 
 VP2P_INVERSION is ``vp2p_core.Inversion`` as it is. None of these imports ComfyUI.
 """
@@ -9,13 +9,14 @@ from typing import Any, Optional
 
 import torch
 
-from vp2p_core import Delta, EditPlan, VideoModel, VP2PInputError
+from vp2p_core import Delta, EditPlan, StructureGuidance, VideoModel, VP2PInputError
 from vp2p_core.files import combine_fingerprints
 
 VP2P_MODEL = "VP2P_MODEL"
 VP2P_INVERSION = "VP2P_INVERSION"
 VP2P_EDIT = "VP2P_EDIT"
 VP2P_MAPS = "VP2P_MAPS"
+VP2P_STRUCTURE = "VP2P_STRUCTURE"
 
 
 @dataclass(eq=False)
@@ -96,3 +97,24 @@ class VP2PMaps:
     prompts: list[str]
     token_labels: list[list[str]]
     blend_mask: Optional[torch.Tensor] = None  # [n, F, 1, h, w] the last LocalBlend mask (latent size)
+
+
+@dataclass(eq=False)
+class VP2PStructure:
+    """Gen-1 structure guidance before it meets the clip: a ControlNet, the structure clip and the settings.
+
+    The sampler turns it into ``vp2p_core.StructureGuidance`` with the inversion's latent size and frame count,
+    so a structure clip of another length or size is refused there, naming ``structure``.
+    """
+
+    control: Any  # nodes.controlnet.ControlNetHandle
+    images: torch.Tensor  # IMAGE [F,H,W,C] 0..1, as given (blurred when the guidance is built)
+    blur: float = 0.0
+    strength: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+
+    def guidance(self, latent_hw: tuple[int, int], frames: int) -> StructureGuidance:
+        return StructureGuidance.from_images(self.control.residual_fn, self.images, tuple(latent_hw), int(frames),
+                                             blur=self.blur, strength=self.strength, start=self.start, end=self.end,
+                                             vae_factor=self.control.compression)

@@ -149,7 +149,7 @@ def test_node_definition_well_formed(name, cls):
 
 def test_package_imports_without_comfyui():
     assert "comfy" not in sys.modules and "folder_paths" not in sys.modules
-    assert len(nodes.NODE_CLASS_MAPPINGS) == 11
+    assert len(nodes.NODE_CLASS_MAPPINGS) == 12
 
 
 def test_root_package_loads_like_comfyui_loads_it():

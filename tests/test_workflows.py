@@ -43,6 +43,8 @@ CORE_SIGNATURES = {
                              ("format", "COMBO", {"choices": ["auto", "mp4"]}, False),
                              ("codec", "COMBO", {"choices": ["auto", "h264"]}, False)], "outputs": []},
     "PreviewImage": {"inputs": [("images", "IMAGE", {}, False)], "outputs": []},
+    "ControlNetLoader": {"inputs": [("control_net_name", "COMBO", {"choices": FILES}, False)],
+                         "outputs": ["CONTROL_NET"]},
 }
 VIRTUAL = {"Note", "MarkdownNote"}  # frontend-only nodes: never in the API format
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -111,7 +113,7 @@ def ui_to_api(ui: dict) -> dict:
 
 def test_workflows_shipped():
     names = {p.stem for p in UI_FILES}
-    assert {"video_p2p_word_swap", "video_p2p_refine_reweight", "video_p2p_reedit"} <= names
+    assert {"video_p2p_word_swap", "video_p2p_refine_reweight", "video_p2p_reedit", "vp2p_structure_depth"} <= names
     for p in UI_FILES:
         assert (WF / "api" / p.name).is_file(), f"{p.name} has no API-format twin in workflows/api/"
 
@@ -203,6 +205,59 @@ def test_edit_settings_of_the_examples():
               if n["class_type"].startswith("Load") and "filename" in n["inputs"]}
     assert saved["SaveVP2PDelta"] == loaded["LoadVP2PDelta"]
     assert saved["SaveVP2PInversion"] == loaded["LoadVP2PInversion"]
+
+
+def test_workflows_saved_before_gen1_stay_valid():
+    """Gen-1's sampler inputs are optional and come after the old widgets: an API prompt without them validates,
+    and an older UI file's widget values still land on the same widgets."""
+    sig = SIGNATURES["VideoP2PSampler"]["inputs"]
+    assert [n for n, k, o, opt in sig if not opt] == ["vp2p_model", "inversion", "edit", "guidance",
+                                                      "decoupled_guidance"]
+    assert [n for n, k, o, opt in sig if k in WIDGET_TYPES] == ["guidance", "decoupled_guidance", "temporal_guidance"]
+    assert {n: opt for n, k, o, opt in sig}["structure"] is True
+
+
+def test_structure_depth_workflow():
+    """Gen-1's guidance: a depth clip of the same frames and size as the clip, through a depth ControlNet, into
+    the sampler's structure input, with temporal guidance on."""
+    api = json.loads((WF / "api" / "vp2p_structure_depth.json").read_text())
+    by_type = {}
+    for nid, n in api.items():
+        by_type.setdefault(n["class_type"], []).append(nid)
+    sampler = api[by_type["VideoP2PSampler"][0]]["inputs"]
+    assert sampler["temporal_guidance"] > 1.0
+    sg_id = sampler["structure"][0]
+    sg = api[sg_id]
+    assert sg["class_type"] == "StructureGuidance" and sampler["structure"][1] == 0
+    assert sg["inputs"]["diffusers_controlnet"] == "" and sg["inputs"]["structure_blur"] > 0
+    loader = api[sg["inputs"]["control_net"][0]]
+    assert loader["class_type"] == "ControlNetLoader" and "depth" in loader["inputs"]["control_net_name"]
+
+    def chain(nid):  # node ids up the IMAGE chain to the loader
+        out = []
+        while True:
+            n = api[nid]
+            out.append(nid)
+            link = n["inputs"].get("image") or n["inputs"].get("pixels") or n["inputs"].get("video")
+            if link is None:
+                return out
+            nid = link[0]
+
+    depth = [api[i] for i in chain(sg["inputs"]["structure"][0])]
+    encode = next(n for n in api.values() if n["class_type"] == "VAEEncode")
+    source = [api[i] for i in chain(encode["inputs"]["pixels"][0])]
+    assert [n["class_type"] for n in depth] == [n["class_type"] for n in source] == \
+        ["ImageScale", "ImageFromBatch", "GetVideoComponents", "LoadVideo"]
+    for key in ("width", "height", "crop"):
+        assert depth[0]["inputs"][key] == source[0]["inputs"][key]
+    for key in ("batch_index", "length"):
+        assert depth[1]["inputs"][key] == source[1]["inputs"][key]
+    assert depth[3]["inputs"]["file"] != source[3]["inputs"]["file"]
+    # the other workflows keep the plain sampler
+    for name in ("video_p2p_word_swap", "video_p2p_refine_reweight", "video_p2p_reedit"):
+        other = json.loads((WF / "api" / f"{name}.json").read_text())
+        s = next(n for n in other.values() if n["class_type"] == "VideoP2PSampler")["inputs"]
+        assert s["temporal_guidance"] == 1.0 and "structure" not in s
 
 
 def test_files_are_what_the_generator_writes():

@@ -33,6 +33,7 @@ CORE = {
     "SaveVideo": {"inputs": [("video", "VIDEO"), ("filename_prefix", "W"), ("format", "W"), ("codec", "W")],
                   "outputs": []},
     "PreviewImage": {"inputs": [("images", "IMAGE")], "outputs": []},
+    "ControlNetLoader": {"inputs": [("control_net_name", "W")], "outputs": [("CONTROL_NET", "CONTROL_NET")]},
 }
 WIDGET_KINDS = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
@@ -180,10 +181,14 @@ def edit_node(g: Graph, ckpt: int, target: str, mode: str, blend: str = "", blen
                  reweight_words=reweight, reweight_values=values, mask_threshold=0.3, blend_start=0.2)
 
 
-def sample_and_save(g: Graph, ckpt: int, tuned: int, inv: int, edit: int, prefix: str, latent: int | None):
+def sample_and_save(g: Graph, ckpt: int, tuned: int, inv: int, edit: int, prefix: str, latent: int | None,
+                    temporal_guidance: float = 1.0, structure: int | None = None):
     extra = {"latent": (latent, 0)} if latent is not None else {}
+    if structure is not None:
+        extra["structure"] = (structure, 0)
     sampler = g.add("VideoP2PSampler", pos=(COL[4], 0), vp2p_model=(tuned, 0), inversion=(inv, 0),
-                    edit=(edit, 0), guidance=7.5, decoupled_guidance=True, **extra)
+                    edit=(edit, 0), guidance=7.5, decoupled_guidance=True, temporal_guidance=temporal_guidance,
+                    **extra)
     frames = g.add("DecodeFrames", pos=(COL[4], 260), vae=(ckpt, 2), latent=(sampler, 0), frames_per_chunk=8)
     video = g.add("CreateVideo", pos=(COL[5], 0), images=(frames, 0), fps=8.0)
     g.add("SaveVideo", pos=(COL[5], 160), video=(video, 0), filename_prefix=f"video/{prefix}", format="auto",
@@ -242,8 +247,41 @@ def reedit() -> Graph:
     return g
 
 
+def structure_depth() -> Graph:
+    g = Graph("Video-P2P with Gen-1 structure and temporal guidance")
+    g.note("Video-P2P with Gen-1's guidance: 'rabbit' -> 'fox', steered by the clip's depth through a depth "
+           "ControlNet.\n\n"
+           "1. Put an SD 1.5 checkpoint in models/checkpoints, a depth ControlNet for SD 1.5 (e.g. "
+           "control_v11f1p_sd15_depth.safetensors) in models/controlnet, your clip and its depth clip (same frames, "
+           "white = near) in input/. Any depth node pack's output can replace the depth clip loader: connect its "
+           "IMAGE to Structure Guidance's structure input.\n"
+           "2. structure_blur (Gen-1's t_s): 0 keeps the rabbit's exact outline; 2-4 keeps only its coarse layout, so "
+           "the fox may change shape. The structure preview shows what the ControlNet sees.\n"
+           "3. temporal_guidance (Gen-1's w_t) 1.5 smooths flicker between frames at one extra UNet pass per step; "
+           "1 turns it off.\n"
+           "Tuning and inversion are the same as in the word-swap workflow and load from its cache.",
+           pos=(COL[0], -300))
+    ckpt, latent = clip_input(g)
+    depth_video = g.add("LoadVideo", "Load the depth clip (white = near)", pos=(COL[0], 820), file="rabbit_depth.mp4")
+    depth_parts = g.add("GetVideoComponents", pos=(COL[0], 1200), video=(depth_video, 0))
+    depth_first = g.add("ImageFromBatch", "First 8 depth frames", pos=(COL[1], 820), image=(depth_parts, 0),
+                        batch_index=0, length=8)
+    depth = g.add("ImageScale", "Depth at the clip's size", pos=(COL[1], 1020), image=(depth_first, 0),
+                  upscale_method="bilinear", width=512, height=512, crop="center")
+    cnet = g.add("ControlNetLoader", pos=(COL[2], 820), control_net_name="control_v11f1p_sd15_depth.safetensors")
+    structure = g.add("StructureGuidance", pos=(COL[3], 520), structure=(depth, 0), structure_blur=2.0,
+                      strength=1.0, start_percent=0.0, end_percent=1.0, control_net=(cnet, 0),
+                      diffusers_controlnet="")
+    g.add("PreviewImage", "Structure as the ControlNet sees it", pos=(COL[3], 820), images=(structure, 1))
+    tuned, inv = tune_and_invert(g, ckpt, latent)
+    edit = edit_node(g, ckpt, "a fox is jumping on the grass", "replace", "rabbit", "fox")
+    sample_and_save(g, ckpt, tuned, inv, edit, "vp2p_structure_depth", latent, temporal_guidance=1.5,
+                    structure=structure)
+    return g
+
+
 WORKFLOWS = {"video_p2p_word_swap": word_swap, "video_p2p_refine_reweight": refine_reweight,
-             "video_p2p_reedit": reedit}
+             "video_p2p_reedit": reedit, "vp2p_structure_depth": structure_depth}
 
 
 def render() -> dict[str, str]:
