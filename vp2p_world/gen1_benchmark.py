@@ -1,0 +1,140 @@
+"""Gen-1's two controls in the small world: structure fidelity t_s and temporal-consistency guidance w_t.
+
+    python -m vp2p_world.gen1_benchmark            # writes its section of BENCHMARKS.md
+
+1. Shape edit (ball -> square) steered by the shipped mask ControlNet with the *source* clip's masks as
+   the structure, blurred at t_s = 0, 2, 4, 8: structure IoU against the source and shape accuracy move
+   against each other (t_s = 0 keeps the ball's outline; larger t_s frees the shape).
+2. Colour swaps sampled with w_t = 1, 1.5, 2: frame-to-frame change of the object's colour and of the
+   background (lower is steadier), and the edit accuracy it costs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vp2p_core import (StructureGuidance, TuneConfig, diffusers_controlnet, invert, one_shot_tune, sample_edit,
+                       trained_weights)
+from vp2p_core.pipeline import Components
+
+from . import metrics
+from .benchmark import write_section
+from .render import Scene, render
+
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+
+SHAPE_CLIPS = [Scene(colour="red", shape="ball", background="sand", path="slide", seed=21, size=0.2),
+               Scene(colour="blue", shape="ball", background="green grass", path="bounce", seed=22, size=0.2),
+               Scene(colour="yellow", shape="ball", background="gray road", path="circle", seed=23, size=0.2)]
+COLOUR_CLIPS = [(Scene(colour="red", shape="ball", background="green grass", path="bounce", seed=31), "blue"),
+                (Scene(colour="yellow", shape="square", background="sand", path="slide", seed=32), "purple"),
+                (Scene(colour="green", shape="triangle", background="snow", path="circle", seed=33), "red")]
+
+
+def prepare(comps: Components, scene: Scene, steps: int, tune_steps: int, mode: str):
+    clip = render(scene)
+    latents = comps.encode_frames(clip.frames)
+    text = comps.encode_prompts([clip.caption])
+    with trained_weights(comps.model):
+        delta = one_shot_tune(comps.model, latents, text, clip.caption, TuneConfig(steps=tune_steps))
+    with trained_weights(comps.model, delta):
+        inv = invert(comps.model, latents, text, comps.encode_prompts([""]), clip.caption, mode=mode,
+                     num_steps=steps)
+    return clip, delta, inv
+
+
+def structure_rows(comps, controlnet, levels, steps, tune_steps, mode) -> list[dict]:
+    fn = diffusers_controlnet(controlnet)
+    rows = []
+    for scene in SHAPE_CLIPS:
+        clip, delta, inv = prepare(comps, scene, steps, tune_steps, mode)
+        truth = render(scene.replace(shape="square"))
+        plan = comps.plan(clip.caption, truth.caption, blend_words="ball", blend_target_words="square")
+        masks = clip.masks.float()[..., None]
+        h, w = inv.x_T.shape[-2:]
+        for level in levels:
+            sg = StructureGuidance.from_images(fn, masks, (h, w), clip.frames.shape[0], blur=level)
+            with trained_weights(comps.model, delta):
+                res = sample_edit(comps.model, inv, plan, structure=sg)
+            frames = comps.decode_latents(res.edited[0])
+            seg = metrics.segment_object(frames, truth)
+            rows.append({"clip": scene.caption, "t_s": level, "iou_source": metrics.mask_iou(seg, clip.masks),
+                         "shape_accuracy": metrics.shape_accuracy(frames, truth, clip)})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def temporal_rows(comps, weights, steps, tune_steps, mode) -> list[dict]:
+    rows = []
+    for scene, colour in COLOUR_CLIPS:
+        clip, delta, inv = prepare(comps, scene, steps, tune_steps, mode)
+        truth = render(scene.replace(colour=colour))
+        plan = comps.plan(clip.caption, truth.caption, blend_words=scene.shape)
+        for wt in weights:
+            t0 = time.perf_counter()
+            with trained_weights(comps.model, delta):
+                res = sample_edit(comps.model, inv, plan, temporal_guidance=wt)
+            frames = comps.decode_latents(res.edited[0])
+            tc = metrics.temporal_consistency(frames, truth.masks)
+            rows.append({"clip": scene.caption, "w_t": wt, "object_change": tc["object"],
+                         "background_change": tc["background"],
+                         "accuracy": metrics.object_hue_accuracy(frames, truth.masks, colour),
+                         "psnr_truth": metrics.psnr(frames, truth.frames), "evaluations": res.stats["forwards"],
+                         "seconds": time.perf_counter() - t0})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def mean_by(rows, key, fields):
+    out = {}
+    for r in rows:
+        out.setdefault(r[key], []).append(r)
+    return {k: {f: sum(r[f] for r in v) / len(v) for f in fields} for k, v in out.items()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--tune-steps", type=int, default=100)
+    p.add_argument("--inversion", default="fast")
+    p.add_argument("--levels", default="0,2,4,8")
+    p.add_argument("--weights", default="1,1.5,2")
+    p.add_argument("--no-write", action="store_true")
+    a = p.parse_args(argv)
+    from diffusers import ControlNetModel
+
+    comps = Components.from_folder(WEIGHTS)
+    cn = ControlNetModel.from_pretrained(WEIGHTS / "controlnet", local_files_only=True).eval()
+    levels = [float(x) for x in a.levels.split(",")]
+    wts = [float(x) for x in a.weights.split(",")]
+    s_rows = structure_rows(comps, cn, levels, a.steps, a.tune_steps, a.inversion)
+    t_rows = temporal_rows(comps, wts, a.steps, a.tune_steps, a.inversion)
+    s = mean_by(s_rows, "t_s", ["iou_source", "shape_accuracy"])
+    t = mean_by(t_rows, "w_t", ["object_change", "background_change", "accuracy", "psnr_truth", "evaluations", "seconds"])
+    cmd = "python -m vp2p_world.gen1_benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = ["## Gen-1 guidance in the small world", "", f"Command: `{cmd.strip()}`", "",
+             f"Tuned model ({a.tune_steps} steps) per clip, {a.inversion} inversion, {a.steps} DDIM steps, guidance 7.5, "
+             f"{torch.get_num_threads()} threads. Structure: the shipped mask ControlNet "
+             "(`vp2p_world/weights/controlnet`) fed the source clip's object masks, on "
+             f"{len(SHAPE_CLIPS)} ball -> square clips (word swap + local blend on ball/square).", "",
+             "| t_s | structure IoU with the source | shape accuracy (square) |", "|---|---|---|"]
+    lines += [f"| {k:g} | {v['iou_source']:.3f} | {v['shape_accuracy']:.2f} |" for k, v in s.items()]
+    lines += ["", f"Temporal-consistency guidance on {len(COLOUR_CLIPS)} colour swaps (word swap + local blend):", "",
+              "| w_t | object colour change | background change | colour accuracy | PSNR to truth | UNet evaluations | seconds |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {k:g} | {v['object_change']:.4f} | {v['background_change']:.4f} | {v['accuracy']:.2f} | "
+              f"{v['psnr_truth']:.2f} | {v['evaluations']:.0f} | {v['seconds']:.1f} |" for k, v in t.items()]
+    md = "\n".join(lines) + "\n"
+    print(md)
+    if not a.no_write:
+        write_section(Path(__file__).resolve().parents[1] / "BENCHMARKS.md", md,
+                      heading="## Gen-1 guidance in the small world")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
