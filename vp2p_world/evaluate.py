@@ -40,7 +40,8 @@ MIN_OBJECT_PIXELS = 12
 
 
 def load_model(folder: str | Path = WEIGHTS) -> dict:
-    """Tokenizer, text encoder, UNet, VAE and DDIM scheduler of a diffusers SD folder, offline."""
+    """Tokenizer, text encoder, UNet, VAE and DDIM scheduler of a diffusers SD folder, offline, computing
+    in float32 whatever dtype the weights were stored in."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -49,9 +50,9 @@ def load_model(folder: str | Path = WEIGHTS) -> dict:
         raise FileNotFoundError(f"model folder {str(folder)!r} has no unet/ (train it: python -m vp2p_world.train)")
     return {
         "tokenizer": CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77, local_files_only=True),
-        "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True).eval(),
-        "unet": UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True).eval(),
-        "vae": AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True).eval(),
+        "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True).float().eval(),
+        "unet": UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True).float().eval(),
+        "vae": AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True).float().eval(),
         "scheduler": DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True),
     }
 
