@@ -36,6 +36,7 @@ if not COMFYUI_DIR:
                 allow_module_level=True)
 
 CKPT = "vp2p_small_sd15.safetensors"
+CNET = "vp2p_small_sd15_controlnet.safetensors"
 CLIP = "vp2p_clip.mp4"
 START_TIMEOUT = 180
 RUN_TIMEOUT = 600
@@ -82,11 +83,14 @@ def comfy(tmp_path_factory):
     t0 = time.perf_counter()
     py = comfy_python()
     base = tmp_path_factory.mktemp("comfy_base")
-    for d in ("custom_nodes", "models/checkpoints", "input", "output", "temp", "user"):
+    for d in ("custom_nodes", "models/checkpoints", "models/controlnet", "input", "output", "temp", "user"):
         (base / d).mkdir(parents=True, exist_ok=True)
     os.symlink(REPO, base / "custom_nodes" / "vp2p")
     env = dict(os.environ, COMFYUI_DIR=COMFYUI_DIR, PYTHONUNBUFFERED="1")
     subprocess.run([py, str(HERE / "make_checkpoint.py"), str(base / "models" / "checkpoints" / CKPT), "--seed", "0"],
+                   check=True, env=env, capture_output=True, timeout=600)
+    subprocess.run([py, str(HERE / "make_controlnet.py"), str(base / "models" / "checkpoints" / CKPT),
+                    str(base / "models" / "controlnet" / CNET), "--seed", "0"],
                    check=True, env=env, capture_output=True, timeout=600)
     subprocess.run([py, str(HERE / "make_clip.py"), str(base / "input" / CLIP), "6", "64"], check=True,
                    capture_output=True, timeout=120)
@@ -154,7 +158,9 @@ def small_prompt(name: str, prefix: str) -> dict:
         if ct == "CheckpointLoaderSimple":
             inp["ckpt_name"] = CKPT
         elif ct == "LoadVideo":
-            inp["file"] = CLIP
+            inp["file"] = CLIP  # the structure workflow's depth clip too: any clip of the same frames works
+        elif ct == "ControlNetLoader":
+            inp["control_net_name"] = CNET
         elif ct == "ImageFromBatch":
             inp["length"] = 4
         elif ct == "ImageScale":
@@ -254,6 +260,7 @@ def test_word_swap_workflow(comfy):
         target_prompts="a dog is jumping on the grass", blend_target_words="dog")
     api2["900"]["inputs"]["filename_prefix"] = "vp2p_dog"
     api2[node_id(api2, "SaveVideo")]["inputs"]["filename_prefix"] = "video/vp2p_dog"
+    del api2[node_id(api2, "VideoP2PSampler")]["inputs"]["temporal_guidance"]  # as saved before Gen-1's guidance
     t = time.perf_counter()
     entry2 = run_prompt(comfy, api2)
     took2 = time.perf_counter() - t
@@ -261,6 +268,86 @@ def test_word_swap_workflow(comfy):
     cached = set(messages(entry2, "execution_cached")[0]["nodes"])
     assert {node_id(api2, "OneShotTune"), node_id(api2, "NullTextVideoInvert"), node_id(api2, "InflateUNet")} <= cached
     print(f"re-edit with a new target (tuning and inversion cached by ComfyUI): {took2:.1f}s")
+
+
+def test_gen1_nodes_listed(comfy):
+    info = http(comfy.url + "/object_info")
+    sg = info["StructureGuidance"]
+    assert sg["output"] == ["VP2P_STRUCTURE", "IMAGE"]
+    assert sg["input"]["optional"]["control_net"][0] == "CONTROL_NET"
+    assert list(sg["input"]["required"]) == ["structure", "structure_blur", "strength", "start_percent", "end_percent"]
+    sampler = info["VideoP2PSampler"]["input"]["optional"]
+    assert sampler["structure"][0] == "VP2P_STRUCTURE"
+    assert sampler["temporal_guidance"][0] == "FLOAT" and sampler["temporal_guidance"][1]["default"] == 1.0
+    assert CNET in info["ControlNetLoader"]["input"]["required"]["control_net_name"][0]
+
+
+def test_controlnet_matches_comfyui(comfy):
+    """nodes/controlnet.py's CONTROL_NET adapter gives ComfyUI's own ControlNet residuals, in diffusers' order,
+    and the converted UNet with them gives ComfyUI's UNet with its ControlNet applied."""
+    r = subprocess.run([comfy.python, str(HERE / "check_controlnet.py"), COMFYUI_DIR,
+                        str(comfy.base / "models" / "checkpoints" / CKPT),
+                        str(comfy.base / "models" / "controlnet" / CNET), str(REPO)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    print(f"\ncontrolnet: {out}")
+    assert out["control_net"] == "ControlNet" and out["compression"] == 8
+    assert out["residuals"] == 4 and out["order_ok"]  # the small layout: conv_in, res, downsample, res
+    assert out["residual_max_diff"] < 1e-4 * max(1.0, out["residual_scale"])
+    assert out["unet_max_diff"] < 1e-4 * max(1.0, out["ref_std"])
+    assert out["control_effect"] > 100 * out["unet_max_diff"]  # the ControlNet is not silent
+    assert out["zero_strength_diff"] == 0.0
+    assert out["controlnet_loaded"] and out["video_model_loaded"]
+
+
+def saved_frames(comfy, prefix):
+    import numpy as np
+    from PIL import Image
+
+    return [np.asarray(Image.open(f)) for f in sorted((comfy.base / "output").glob(f"{prefix}_[0-9]*_.png"))]
+
+
+def test_structure_depth_workflow(comfy):
+    """Gen-1's guidance: ControlNetLoader -> StructureGuidance -> the sampler's structure, temporal_guidance 1.5."""
+    import numpy as np
+
+    api = small_prompt("vp2p_structure_depth", "vp2p_structure")
+    t = time.perf_counter()
+    entry = run_prompt(comfy, api)
+    took = time.perf_counter() - t
+    assert entry["status"]["status_str"] == "success", messages(entry, "execution_error")
+    check_frames(comfy, entry, 4)
+    sg = node_id(api, "StructureGuidance")
+    previews = [n for n, v in api.items() if v["class_type"] == "PreviewImage" and v["inputs"]["images"][0] == sg]
+    assert previews and len(entry["outputs"][previews[0]]["images"]) == 4  # the blurred structure clip
+    print(f"\nstructure + temporal guidance (edit 5 steps, w_t 1.5, depth ControlNet): {took:.1f}s")
+
+    # strength 0 and w_t 1 give exactly the frames of the same graph without structure guidance
+    sampler = node_id(api, "VideoP2PSampler")
+    zero = copy.deepcopy(api)
+    zero[sg]["inputs"]["strength"] = 0.0
+    zero[sampler]["inputs"]["temporal_guidance"] = 1.0
+    zero["900"]["inputs"]["filename_prefix"] = "vp2p_structure_zero"
+    none = copy.deepcopy(zero)
+    del none[sampler]["inputs"]["structure"]
+    none["900"]["inputs"]["filename_prefix"] = "vp2p_structure_none"
+    for prompt in (zero, none):
+        e = run_prompt(comfy, prompt)
+        assert e["status"]["status_str"] == "success", messages(e, "execution_error")
+    a, b = saved_frames(comfy, "vp2p_structure_zero"), saved_frames(comfy, "vp2p_structure_none")
+    assert len(a) == len(b) == 4 and all(np.array_equal(x, y) for x, y in zip(a, b))
+    steered = saved_frames(comfy, "vp2p_structure")
+    assert len(steered) == 4 and not all(np.array_equal(x, y) for x, y in zip(steered, b))
+
+    # a structure clip of another size stops the sampler with a message naming structure
+    bad = copy.deepcopy(api)
+    bad[bad[sg]["inputs"]["structure"][0]]["inputs"].update(width=32, height=32)
+    entry = run_prompt(comfy, bad)
+    assert entry["status"]["status_str"] == "error"
+    err = messages(entry, "execution_error")[0]
+    assert err["node_type"] == "VideoP2PSampler"
+    assert "structure: frames of 32x32 do not fit latents of 8x8 (expected 64x64)" in err["exception_message"]
 
 
 def test_bad_blend_word_reaches_the_user(comfy):
@@ -304,6 +391,10 @@ def test_reedit_workflow_from_saved_files(comfy):
 
 
 def test_stop_button_interrupts_tuning(comfy):
+    # warm ComfyUI's cache with this graph (an earlier test may have left another checkpoint loaded), so that
+    # OneShotTune is the first node that runs; its tuning and inversion load from the vp2p_cache files
+    warm = run_prompt(comfy, small_prompt("video_p2p_word_swap", "vp2p_stop_warm"))
+    assert warm["status"]["status_str"] == "success", messages(warm, "execution_error")
     api = small_prompt("video_p2p_word_swap", "vp2p_stop")
     api[node_id(api, "OneShotTune")]["inputs"].update(steps=10000, cache_dir="", seed=7)
     pid = http(comfy.url + "/prompt", {"prompt": api, "client_id": "vp2p-test"})["prompt_id"]
