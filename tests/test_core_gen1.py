@@ -95,3 +95,19 @@ def test_structure_clip_must_fit_the_latents(controlnet):
         StructureGuidance.from_images(fn, torch.rand(3, 64, 64), (16, 16), 3)
     one_channel = StructureGuidance.from_images(fn, torch.rand(3, 64, 64, 1), (16, 16), 3)
     assert one_channel.structure.shape == (3, 3, 64, 64)
+
+
+def test_temporal_guidance_reuses_the_controlnet_residuals(setup, controlnet):
+    model, inv, plan = setup
+    calls = []
+    inner = diffusers_controlnet(controlnet)
+
+    def counting(*args):
+        calls.append(args[0].shape[0])
+        return inner(*args)
+
+    images = torch.rand(F_, 64, 64, 3, generator=torch.Generator().manual_seed(1))
+    sg = StructureGuidance.from_images(counting, images, (16, 16), F_)
+    res = sample_edit(model, inv, plan, structure=sg, temporal_guidance=1.5)
+    assert len(calls) == STEPS and all(c == 2 * F_ for c in calls)  # target cond + uncond rows, once per step
+    assert torch.isfinite(res.edited).all()

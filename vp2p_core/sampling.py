@@ -57,19 +57,28 @@ def check_edit_inputs(model: VideoModel, inversion: Inversion, plan: EditPlan) -
 
 
 def independent_prediction(model: VideoModel, schedule: DDIMSchedule, x: torch.Tensor, t: int, uncond: torch.Tensor,
-                           structure: Optional[StructureGuidance], step: int, num_steps: int) -> torch.Tensor:
-    """eps_img(x, null): the same network with each frame on its own, no attention control."""
+                           residuals: dict) -> torch.Tensor:
+    """eps_img(x, null): the same network with each frame on its own, no attention control.
+
+    ``residuals`` are the ControlNet's for these rows from the main pass (a ControlNet sees frames one by
+    one, so they are the same here and are not computed again)."""
     n, f = x.shape[:2]
     state = frame_state(model.unet)
     ctrl, state.controller = state.controller, None
     try:
         flat = x.flatten(0, 1)
-        text = uncond.repeat_interleave(f, dim=0)
-        extra = structure.unet_kwargs(step, num_steps, flat, t, text, list(range(n)), f) if structure else {}
-        out = video_forward(model.unet, flat, t, text, f, independent=True, **extra)
+        out = video_forward(model.unet, flat, t, uncond.repeat_interleave(f, dim=0), f, independent=True, **residuals)
     finally:
         state.controller = ctrl
     return schedule.to_eps(out, t, flat).view(x.shape)
+
+
+def _rows(extra: dict, start: int) -> dict:
+    """The residuals of the batch rows from ``start`` on."""
+    if not extra:
+        return {}
+    return {"down_block_additional_residuals": tuple(r[start:] for r in extra["down_block_additional_residuals"]),
+            "mid_block_additional_residual": extra["mid_block_additional_residual"][start:]}
 
 
 def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, guidance: float = 7.5,
@@ -139,7 +148,8 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, guidanc
                 eps_tgt_u = eps[-n:]
                 eps_tgt = eps_tgt_u + guidance * (eps_tgt_c - eps_tgt_u)
                 if temporal_guidance != 1.0:
-                    eps_img = independent_prediction(model, schedule, x_tgt, t, target_uncond(i), structure, i, T)
+                    eps_img = independent_prediction(model, schedule, x_tgt, t, target_uncond(i),
+                                                     _rows(extra, (n_clips - n) * f))
                     eps_tgt = eps_tgt + (temporal_guidance - 1.0) * (eps_tgt_u - eps_img)
                 if trajectory is not None:
                     new_src = trajectory[i].to(dev, dtype)
