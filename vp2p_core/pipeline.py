@@ -47,9 +47,10 @@ class Components:
             raise VP2PInputError(f"model: {str(folder)!r} is not a diffusers SD folder (missing {', '.join(missing)})")
         device = torch.device(device)
         tok = CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77, local_files_only=True)
-        te = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True).to(device, dtype).eval()
-        vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True).to(device, dtype).eval()
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True).to(device, dtype).eval()
+        kw = dict(local_files_only=True, torch_dtype=dtype)
+        te = CLIPTextModel.from_pretrained(folder / "text_encoder", **kw).to(device).eval()
+        vae = AutoencoderKL.from_pretrained(folder / "vae", **kw).to(device).eval()
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", **kw).to(device).eval()
         sched = DDIMConfig()
         sched_file = folder / "scheduler" / "scheduler_config.json"
         if sched_file.is_file():

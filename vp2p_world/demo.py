@@ -60,12 +60,15 @@ def load_clip(spec: str, frames: int, resolution: int):
         x = torch.nn.functional.interpolate(x.permute(0, 3, 1, 2), size=(resolution, resolution), mode="bilinear",
                                             antialias=True).permute(0, 2, 3, 1).clamp(0, 1)
         return x, None, None
-    words = spec.split()
-    kw = {}
     from .render import BACKGROUNDS, COLOURS, PATHS, SHAPES
 
+    kw, text = {}, f" {spec} "
+    for bg in BACKGROUNDS:  # multi-word names first ('green grass' is not the colour green)
+        if f" {bg} " in text:
+            kw["background"] = bg
+            text = text.replace(f" {bg} ", " ")
     rest = []
-    for w in words:
+    for w in text.split():
         if w in COLOURS:
             kw["colour"] = w
         elif w in SHAPES:
@@ -74,11 +77,9 @@ def load_clip(spec: str, frames: int, resolution: int):
             kw["path"] = w
         else:
             rest.append(w)
-    bg = " ".join(rest)
-    if bg:
-        if bg not in BACKGROUNDS:
-            raise SystemExit(f"--clip: unknown words {bg!r}; backgrounds are {list(BACKGROUNDS)}")
-        kw["background"] = bg
+    if rest:
+        raise SystemExit(f"--clip: unknown words {' '.join(rest)!r}; colours {list(COLOURS)}, shapes {list(SHAPES)}, "
+                         f"paths {list(PATHS)}, backgrounds {list(BACKGROUNDS)}")
     scene = Scene(frames=frames, resolution=resolution, **kw)
     return render(scene).frames, scene, render(scene)
 
@@ -174,6 +175,12 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print the figures as JSON only")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     if a.threads:
         torch.set_num_threads(a.threads)
 

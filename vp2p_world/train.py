@@ -98,7 +98,7 @@ def train_vae(pool: "FramePool", steps: int, batch: int, seed: int):
 
     torch.manual_seed(seed)
     vae = AutoencoderKL(**vae_config())
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0, fused=True)
     sched = warmup_cosine(opt, steps)
     gen = torch.Generator().manual_seed(seed + 2)
     t0 = time.perf_counter()
@@ -125,17 +125,25 @@ def train_vae(pool: "FramePool", steps: int, batch: int, seed: int):
     return vae, {"vae_psnr": psnr, "scaling_factor": scale}
 
 
-def train_unet(pool: "FramePool", vae, tokenizer, steps: int, batch: int, seed: int):
+def train_unet(pool: "FramePool", vae, tokenizer, steps: int, batch: int, seed: int, lr: float = 8e-4,
+               resume: str = ""):
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
-    te = CLIPTextModel(text_config())
-    unet = UNet2DConditionModel(**unet_config(te.config.hidden_size))
+    if resume:  # a second stage from a trained folder, the token table now trained too
+        te = CLIPTextModel.from_pretrained(Path(resume) / "text_encoder", torch_dtype=torch.float32).train()
+        unet = UNet2DConditionModel.from_pretrained(Path(resume) / "unet", torch_dtype=torch.float32).train()
+    else:
+        te = CLIPTextModel(text_config())
+        unet = UNet2DConditionModel(**unet_config(te.config.hidden_size))
     noise_sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                 num_train_timesteps=1000)
-    params = list(unet.parameters()) + list(te.parameters())
-    opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=1e-2)
+    # the token table stays at its random init: distinct random vectors are all a 40-word world needs, and
+    # its 3.2M rows would otherwise dominate every optimiser step
+    te.get_input_embeddings().weight.requires_grad_(bool(resume))
+    params = [p for p in list(unet.parameters()) + list(te.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, fused=True)
     sched = warmup_cosine(opt, steps)
     gen = torch.Generator().manual_seed(seed + 2)
     scale = vae.config.scaling_factor
@@ -164,10 +172,17 @@ def train_unet(pool: "FramePool", vae, tokenizer, steps: int, batch: int, seed: 
     return unet.eval(), te.eval(), {"unet_loss": ema}
 
 
-def save_folder(out: Path, vae, unet, te, stats: dict) -> None:
-    """Write the diffusers folder next to ``out`` and swap it in (never a half-written model)."""
+def save_folder(out: Path, vae, unet, te, stats: dict, half: bool = True) -> None:
+    """Write the diffusers folder next to ``out`` and swap it in (never a half-written model).
+
+    Weights are stored as float16 to keep the shipped model small; loaders compute in float32.
+    """
+    import copy
+
     from diffusers import DDIMScheduler
 
+    if half:
+        vae, unet, te = (copy.deepcopy(m).half() for m in (vae, unet, te))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
@@ -204,24 +219,38 @@ def save_folder(out: Path, vae, unet, te, stats: dict) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(HERE / "weights"))
-    p.add_argument("--vae-steps", type=int, default=600)
-    p.add_argument("--unet-steps", type=int, default=3500)
+    p.add_argument("--vae-steps", type=int, default=500)
+    p.add_argument("--unet-steps", type=int, default=2200)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--clips", type=int, default=1500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--vae-from", default="", help="a trained VAE folder (skip the VAE stage)")
+    p.add_argument("--resume", default="", help="continue the UNet/text stage from this model folder")
+    p.add_argument("--lr", type=float, default=8e-4)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(a.threads)
+    torch.set_flush_denormal(True)  # decaying optimiser moments otherwise slow CPU float maths to a crawl
     from transformers import CLIPTokenizer
 
     tok = CLIPTokenizer.from_pretrained(str(TOKENIZER), model_max_length=77)
     t0 = time.perf_counter()
     pool = FramePool(a.seed, clips=a.clips)
     log.info("rendered %d clips (%.0fs)", a.clips, time.perf_counter() - t0)
-    vae, s1 = train_vae(pool, a.vae_steps, a.batch, a.seed)
+    if a.vae_from:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(a.vae_from, torch_dtype=torch.float32).eval()
+        s1 = json.loads((Path(a.vae_from) / "stats.json").read_text())
+    else:
+        vae, s1 = train_vae(pool, a.vae_steps, a.batch, a.seed)
+        stage = Path(a.out).with_name(Path(a.out).name + ".vae")  # lets a stopped run resume at the UNet
+        vae.save_pretrained(stage, safe_serialization=True)
+        (stage / "stats.json").write_text(json.dumps(s1))
     t1 = time.perf_counter()
-    unet, te, s2 = train_unet(pool, vae, tok, a.unet_steps, a.batch, a.seed + 10)
+    unet, te, s2 = train_unet(pool, vae, tok, a.unet_steps, a.batch, a.seed + 10 + (1 if a.resume else 0),
+                              lr=a.lr, resume=a.resume)
     t2 = time.perf_counter()
     stats = {**s1, **s2, "vae_seconds": t1 - t0, "unet_seconds": t2 - t1, "threads": a.threads,
              "args": vars(a), "torch": torch.__version__}
@@ -232,3 +261,54 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def finetune_decoder(folder: str, steps: int, batch: int, seed: int, out: str) -> dict:
+    """Sharpen the VAE decoder on the encoder's latent means, encoder frozen: the latent space (and so the
+    UNet trained on it) is unchanged, only what the latents decode to gets closer to the frames."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32)
+    vae.requires_grad_(False)
+    dec = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p in dec:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(dec, lr=5e-4, weight_decay=0.0, fused=True)
+    sched = warmup_cosine(opt, steps)
+    pool = FramePool(seed, clips=600)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        x, _ = pool.batch(batch)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+        rec = vae.decode(z).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            log.info("decoder %d/%d loss %.4f (%.0fs)", step + 1, steps, loss.item(), time.perf_counter() - t0)
+    vae.eval()
+    with torch.no_grad():
+        x, _ = FramePool(seed + 3, clips=32).batch(256)
+        psnr = float(10 * torch.log10(4.0 / F.mse_loss(vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1), x)))
+    vae.half().save_pretrained(out, safe_serialization=True)
+    log.info("decoder done: reconstruction PSNR %.2f dB", psnr)
+    return {"vae_psnr_after_decoder_finetune": psnr, "decoder_steps": steps}
+
+
+def decoder_main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="fine-tune the VAE decoder of a trained world model")
+    p.add_argument("--vae", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(a.threads)
+    torch.set_flush_denormal(True)
+    print(json.dumps(finetune_decoder(a.vae, a.steps, a.batch, a.seed, a.out)))
+    return 0
