@@ -26,11 +26,11 @@ log = logging.getLogger("vp2p_world.demo")
 class BarProgress:
     """Host progress callback drawing one tqdm bar per stage (a stage restarts its count at 1)."""
 
-    def __init__(self):
+    def __init__(self, names):
         from tqdm import tqdm
 
-        self.tqdm, self.bar, self.stage = tqdm, None, 0
-        self.names = iter(["tune", "DDIM inversion", "null-text", "edit"])
+        self.tqdm, self.bar = tqdm, None
+        self.names = iter(names)
 
     def __call__(self, done: int, total: int, preview) -> None:
         if self.bar is None or done == 1 and self.bar.n >= 1:
@@ -160,9 +160,9 @@ def main(argv=None) -> int:
     p.add_argument("--blend-target", default="", help="local-blend words of the target prompt (default: --blend)")
     p.add_argument("--reweight", default="", help="word=value pairs, e.g. 'blue=2'")
     p.add_argument("--inversion", default="null_text", choices=["null_text", "fast", "negative_prompt"])
-    p.add_argument("--tune-steps", type=int, default=100)
+    p.add_argument("--tune-steps", type=int, default=60, help="one-shot tuning steps (the paper: 300-500)")
     p.add_argument("--learning-rate", type=float, default=3e-5)
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--steps", type=int, default=25, help="DDIM steps (the paper: 50)")
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--cross-replace", type=float, default=0.2)
     p.add_argument("--self-replace", type=float, default=0.5)
@@ -200,7 +200,8 @@ def main(argv=None) -> int:
             raise SystemExit("--source: give the prompt that describes your clip")
         target = a.target or source.replace("red", "blue")
         reweight = {k: float(v) for k, v in (kv.split("=") for kv in a.reweight.replace(",", " ").split())}
-        bar = BarProgress()
+        bar = BarProgress((["tune"] if a.tune_steps else []) + ["DDIM inversion"]
+                          + (["null-text"] if a.inversion == "null_text" else []) + ["edit"])
         host = Host(progress=bar)
         res = run(comps, frames, source, target, tune=TuneConfig(steps=a.tune_steps, learning_rate=a.learning_rate,
                                                                  seed=a.seed),
