@@ -255,6 +255,8 @@ def test_inversion_modes_and_errors(world):
         invert(model, latents, emb[:1], None, SRC, mode="null_text")
     with pytest.raises(VP2PInputError, match="latents"):
         invert(model, latents[0], emb[:1], emb[2:3], SRC)
+    with pytest.raises(VP2PInputError, match="lr_scale"):
+        invert(model, latents, emb[:1], emb[2:3], SRC, lr_scale=0)
 
 
 def test_null_text_stops_early_without_extra_forwards(world):

@@ -3,6 +3,9 @@
 Modes:
 - ``null_text``: the reference. Per step, Adam on the embedding, lr 1e-2*(1-i/100), up to
   ``inner_steps`` iterations, stop when the loss < early_stop + i*2e-5; the result seeds the next step.
+  ``lr_scale`` multiplies that learning rate (1 = the reference). Measured on the small-world model
+  (bench/null_text_budget.py): lr_scale 5 with 4 inner steps reconstructs better than the reference's
+  settings with less than half the UNet evaluations.
   We test the stop condition *before* stepping, so the embedding kept is one whose loss is known to be
   below the bound, and its guided step (already computed) becomes the next latent: no extra forward.
   The conditional prediction is computed once per step and reused for the guided step.
@@ -113,12 +116,16 @@ def ddim_inversion(model: VideoModel, latents: torch.Tensor, text: torch.Tensor,
 def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Tensor,
            empty_embedding: Optional[torch.Tensor] = None, prompt: str = "", mode: str = "null_text",
            num_steps: int = 50, guidance: float = 7.5, inner_steps: int = 10, early_stop: float = 1e-5,
-           host: Host = Host()) -> Inversion:
+           host: Host = Host(), lr_scale: float = 1.0) -> Inversion:
     """Invert a clip (latents [F,C,h,w], scaled) with the source prompt."""
     if mode not in INVERSION_MODES:
         raise VP2PInputError(f"mode: expected one of {INVERSION_MODES}, got {mode!r}")
     if latents.dim() != 4:
         raise VP2PInputError(f"latents: expected [frames, channels, h, w], got shape {tuple(latents.shape)}")
+    if not lr_scale > 0:
+        raise VP2PInputError(f"lr_scale: expected a positive factor on the null-text learning rate, got {lr_scale}")
+    if inner_steps < 0:
+        raise VP2PInputError(f"inner_steps: expected 0 or more null-text iterations per step, got {inner_steps}")
     if mode == "null_text" and empty_embedding is None:
         raise VP2PInputError("empty_embedding: null-text inversion starts from the empty prompt's embedding")
     unet = model.unet
@@ -137,7 +144,8 @@ def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Ten
                         model_fingerprint=model.fingerprint, schedule=model.schedule, stats=stats)
         if mode == "null_text":
             nulls, traj, nstats = null_text_optimisation(model, ddim, cond, empty_embedding.clone().to(host.device, dtype),
-                                                         schedule, guidance, inner_steps, early_stop, host)
+                                                         schedule, guidance, inner_steps, early_stop, host,
+                                                         lr_scale)
             inv.null_embeddings, inv.trajectory = nulls.cpu(), traj.cpu()
             stats.update(nstats)
     stats["forwards"] = model.evaluations() - evals0
@@ -147,7 +155,7 @@ def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Ten
 
 def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: torch.Tensor, empty: torch.Tensor,
                            schedule: DDIMSchedule, guidance: float, inner_steps: int, early_stop: float,
-                           host: Host):
+                           host: Host, lr_scale: float = 1.0):
     unet = model.unet
     f = ddim[0].shape[0]
     T = schedule.num_steps
@@ -166,7 +174,7 @@ def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: to
             with torch.no_grad():
                 eps_c = _eps(model, schedule, x, t, cond, f)
             e = e.detach().clone().requires_grad_(True)  # a new tensor: Adam steps it in place
-            opt = torch.optim.Adam([e], lr=1e-2 * (1.0 - i / 100.0))
+            opt = torch.optim.Adam([e], lr=lr_scale * 1e-2 * (1.0 - i / 100.0))
             bound = early_stop + i * 2e-5
             rec, j, loss_v = None, 0, float("nan")
             with torch.enable_grad():
