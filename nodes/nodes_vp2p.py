@@ -265,10 +265,17 @@ class NullTextVideoInvert:
             "early_stop": _tip("FLOAT", "Null-text: stop a step's optimisation once the loss is below this "
                                "(+2e-5 per step).", default=1e-5, min=0.0, max=1.0, step=1e-6, round=1e-8),
             "cache_dir": _tip("STRING", CACHE_TOOLTIP, default="vp2p_cache"),
+        }, "optional": {
+            "lr_scale": _tip("FLOAT", "Null-text: factor on the reference's learning rate (1e-2 * (1 - i/100)). "
+                             "5 with inner_steps 4 reconstructs as well at about half the cost "
+                             "(BENCHMARKS.md, Null-text budget).", default=1.0, min=0.01, max=100.0, step=0.1,
+                             round=0.01),
         }}
 
     def invert(self, vp2p_model: VP2PModel, latent, clip, source_prompt, steps, guidance, mode, inner_steps,
-               early_stop, cache_dir):
+               early_stop, cache_dir, lr_scale=1.0):
+        if not float(lr_scale) > 0:
+            raise VP2PInputError(f"lr_scale: expected a positive factor on the null-text learning rate, got {lr_scale}")
         if mode not in INVERSION_MODES:
             raise VP2PInputError(f"mode: expected one of {INVERSION_MODES}, got {mode!r}")
         latents = scaled_latents(latent, vp2p_model)
@@ -280,7 +287,7 @@ class NullTextVideoInvert:
                               frame_attention=vp2p_model.video.frame_attention, latents=files.tensor_hash(latents),
                               text=files.tensor_hash(src), empty=files.tensor_hash(empty), prompt=source_prompt,
                               steps=int(steps), guidance=float(guidance), mode=mode, inner=int(inner_steps),
-                              early_stop=float(early_stop))
+                              early_stop=float(early_stop), **({"lr_scale": float(lr_scale)} if float(lr_scale) != 1.0 else {}))
         path = files.cache_path(cache_dir, "inversion", key)
         if path is not None and path.is_file():
             inv = Inversion.load(path)
@@ -291,7 +298,7 @@ class NullTextVideoInvert:
         vm = vp2p_model.video
         with trained_weights(vm, vp2p_model.delta):
             inv = invert(vm, latents, src, empty, source_prompt, mode, int(steps), float(guidance),
-                         int(inner_steps), float(early_stop), host)
+                         int(inner_steps), float(early_stop), host, lr_scale=float(lr_scale))
         if path is not None:
             inv.save(path)
             log.info("Video-P2P: inversion cached at %s", path)

@@ -169,7 +169,7 @@ def tune_and_invert(g: Graph, ckpt: int, latent: int):
                   precision="fp32", cache_dir="vp2p_cache")
     inv = g.add("NullTextVideoInvert", pos=(COL[2], 560), vp2p_model=(tuned, 0), latent=(latent, 0),
                 clip=(ckpt, 1), source_prompt=SOURCE, steps=50, guidance=7.5, mode="null_text", inner_steps=10,
-                early_stop=1e-5, cache_dir="vp2p_cache")
+                early_stop=1e-5, cache_dir="vp2p_cache", lr_scale=1.0)
     return tuned, inv
 
 
