@@ -106,7 +106,8 @@ def measure(case: Case, source_clip, edited: torch.Tensor, recon: torch.Tensor) 
     return row
 
 
-def run_case(comps: Components, case: Case, method: str, steps: int, guidance: float, delta, latents) -> dict:
+def run_case(comps: Components, case: Case, method: str, steps: int, guidance: float, delta, latents,
+             null_text: Optional[dict] = None) -> dict:
     model = comps.model
     src = render(case.scene)
     source_prompt = src.caption
@@ -122,7 +123,7 @@ def run_case(comps: Components, case: Case, method: str, steps: int, guidance: f
         with trained_weights(model, None):
             for j in range(latents.shape[0]):
                 inv = invert(model, latents[j:j + 1], plan.source_embedding, plan.empty_embedding, source_prompt,
-                             mode="null_text", num_steps=steps, guidance=guidance)
+                             mode="null_text", num_steps=steps, guidance=guidance, **(null_text or {}))
                 res = sample_edit(model, inv, plan, guidance=guidance)
                 edited.append(res.edited[0])
                 recon.append(res.source)
@@ -132,7 +133,7 @@ def run_case(comps: Components, case: Case, method: str, steps: int, guidance: f
                 "videop2p_negative_prompt": "negative_prompt"}[method]
         with trained_weights(model, delta):
             inv = invert(model, latents, plan.source_embedding, plan.empty_embedding, source_prompt, mode=mode,
-                         num_steps=steps, guidance=guidance)
+                         num_steps=steps, guidance=guidance, **((null_text or {}) if mode == "null_text" else {}))
             res = sample_edit(model, inv, plan, guidance=guidance)
         edited_lat, recon_lat = res.edited[0], res.source
     seconds = time.perf_counter() - t0
@@ -164,7 +165,8 @@ def markdown(summary: dict, rows: list[dict], command: str, meta: dict) -> str:
             "| background change | inversion PSNR | seconds | UNet evaluations |")
     lines = ["## Small-world edit benchmark", "", f"Command: `{command}`", "",
              "Machine: " + meta["machine"] + f". {meta['cases']} cases, {meta['frames']} frames at 64x64, "
-             f"{meta['steps']} DDIM steps, guidance {meta['guidance']}, tuning {meta['tune_steps']} steps per clip "
+             f"{meta['steps']} DDIM steps, guidance {meta['guidance']}, null-text {meta['inner_steps']} inner steps at "
+             f"{meta['lr_scale']:g}x the reference's learning rate, tuning {meta['tune_steps']} steps per clip "
              f"(shared by Tune-A-Video and the Video-P2P variants; its time is not in the rows: "
              f"{meta['tune_seconds']:.0f} s for all clips). Accuracy = share of frames with the target attribute; "
              "PSNR in dB; colour/background change = mean frame-to-frame change (lower is steadier); "
@@ -207,6 +209,8 @@ def main(argv=None) -> int:
     p.add_argument("--tune-steps", type=int, default=100)
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--inner-steps", type=int, default=10, help="null-text Adam steps per DDIM step (reference 10)")
+    p.add_argument("--lr-scale", type=float, default=1.0, help="factor on the null-text learning rate (reference 1)")
     p.add_argument("--json", default="", help="also write the rows as JSON here")
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     a = p.parse_args(argv)
@@ -228,7 +232,8 @@ def main(argv=None) -> int:
                                       TuneConfig(steps=a.tune_steps, seed=33))
             tune_seconds += time.perf_counter() - t0
         for m in methods:
-            row = run_case(comps, case, m, a.steps, a.guidance, delta, latents)
+            row = run_case(comps, case, m, a.steps, a.guidance, delta, latents,
+                           null_text=dict(inner_steps=a.inner_steps, lr_scale=a.lr_scale))
             row.update(method=m, case=case.name, kind=case.kind)
             rows.append(row)
             print(f"[{ci + 1}/{len(cases)}] {case.name:28s} {m:26s} acc {row['accuracy']:.2f} "
@@ -238,7 +243,7 @@ def main(argv=None) -> int:
     command = "python -m vp2p_world.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = dict(machine=f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {torch.get_num_threads()} threads",
                 cases=len(cases), frames=a.frames, steps=a.steps, guidance=a.guidance, tune_steps=a.tune_steps,
-                tune_seconds=tune_seconds)
+                tune_seconds=tune_seconds, inner_steps=a.inner_steps, lr_scale=a.lr_scale)
     md = markdown(summary, rows, command.strip(), meta)
     print(md)
     if a.json:

@@ -108,7 +108,8 @@ def main(argv=None) -> int:
     from diffusers import ControlNetModel
 
     comps = Components.from_folder(WEIGHTS)
-    cn = ControlNetModel.from_pretrained(WEIGHTS / "controlnet", local_files_only=True).eval()
+    cn = ControlNetModel.from_pretrained(WEIGHTS / "controlnet", local_files_only=True,
+                                         torch_dtype=torch.float32).eval()
     levels = [float(x) for x in a.levels.split(",")]
     wts = [float(x) for x in a.weights.split(",")]
     s_rows = structure_rows(comps, cn, levels, a.steps, a.tune_steps, a.inversion)

@@ -26,12 +26,16 @@ log = logging.getLogger("vp2p_world.train_controlnet")
 HERE = Path(__file__).resolve().parent
 
 
-def mask_images(pool: FramePool, ci, fi) -> torch.Tensor:
-    """The conditioning images [N,3,H,W] in 0..1: the object's mask of each sampled frame."""
+def pool_masks(pool: FramePool) -> torch.Tensor:
+    """The object masks of every pool clip, [clips, frames, H, W] bool, rendered once."""
     from .render import render
 
-    out = [render(pool.scenes[int(c)]).masks[int(f)] for c, f in zip(ci, fi)]
-    return torch.stack(out).float()[:, None].expand(-1, 3, -1, -1).contiguous()
+    return torch.stack([render(s).masks for s in pool.scenes])
+
+
+def mask_images(masks: torch.Tensor, ci, fi) -> torch.Tensor:
+    """The conditioning images [N,3,H,W] in 0..1: the object's mask of each sampled frame."""
+    return masks[ci, fi].float()[:, None].expand(-1, 3, -1, -1).contiguous()
 
 
 def main(argv=None) -> int:
@@ -49,20 +53,22 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(a.threads)
+    torch.set_flush_denormal(True)
     m = Path(a.model)
     tok = CLIPTokenizer.from_pretrained(str(m / "tokenizer"), model_max_length=77)
-    te = CLIPTextModel.from_pretrained(m / "text_encoder").eval().requires_grad_(False)
-    vae = AutoencoderKL.from_pretrained(m / "vae").eval().requires_grad_(False)
-    unet = UNet2DConditionModel.from_pretrained(m / "unet").eval().requires_grad_(False)
+    te = CLIPTextModel.from_pretrained(m / "text_encoder", torch_dtype=torch.float32).eval().requires_grad_(False)
+    vae = AutoencoderKL.from_pretrained(m / "vae", torch_dtype=torch.float32).eval().requires_grad_(False)
+    unet = UNet2DConditionModel.from_pretrained(m / "unet", torch_dtype=torch.float32).eval().requires_grad_(False)
     torch.manual_seed(a.seed)
     factor = 64 // unet.config.sample_size
     steps_down = {4: (16, 32, 32), 8: (16, 32, 96, 256)}[factor]
     cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=steps_down)
     pool = FramePool(a.seed, clips=a.clips)
     pool.encode_all(vae)
+    masks = pool_masks(pool)
     scale = vae.config.scaling_factor
     noise_sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    opt = torch.optim.AdamW(cn.parameters(), lr=3e-4, weight_decay=1e-2)
+    opt = torch.optim.AdamW(cn.parameters(), lr=3e-4, weight_decay=1e-2, fused=True)
     sched = warmup_cosine(opt, a.steps)
     gen = torch.Generator().manual_seed(a.seed + 1)
     t0, ema = time.perf_counter(), None
@@ -72,7 +78,7 @@ def main(argv=None) -> int:
         drop = torch.rand(a.batch, generator=gen) < 0.1
         caps = ["" if d else c for d, c in zip(drop.tolist(), caps)]
         z = pool.latents[ci, fi] * scale
-        cond = mask_images(pool, ci, fi)
+        cond = mask_images(masks, ci, fi)
         with torch.no_grad():
             text = te(tok(caps, padding="max_length", max_length=77, truncation=True,
                           return_tensors="pt").input_ids)[0]
@@ -94,7 +100,7 @@ def main(argv=None) -> int:
     out = Path(a.out)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     try:
-        cn.eval().save_pretrained(tmp, safe_serialization=True)
+        cn.eval().half().save_pretrained(tmp, safe_serialization=True)  # fp16 keeps the shipped folder small
         (tmp / "training.json").write_text(json.dumps({"loss": ema, "seconds": time.perf_counter() - t0,
                                                        "args": vars(a), "condition": "object mask"}, indent=1))
         if out.exists():
