@@ -7,8 +7,9 @@ their captions ("a red ball bouncing on green grass"), 10% caption dropout for c
 guidance. Stages: VAE (500 steps, 335 s), its decoder sharpened with the encoder frozen (600 plain
 steps, 295 s, then 500 with the object's pixels weighted 10x, 145 s), then UNet + text encoder (4600
 steps, 2281 s) with min-SNR loss weights and a weight average (EMA) as the saved model. The VAE
-maps 64x64 frames to 16x16x4 latents (factor 4); its scaling factor is measured (1 / std of the latents), not assumed. The UNet has cross-attention at
-16x16 and 8x8 with 16-dim heads, like SD's layout one level smaller. Written as a diffusers folder of
+maps 64x64 frames to 16x16x4 latents (factor 4); its scaling factor is measured (1 / std of the
+latents), not assumed. The UNet has cross-attention at 16x16 and 8x8 with 16-dim heads, like SD's
+layout one level smaller. Written as a diffusers folder of
 safetensors, atomically; a stopped run resumes at the UNet stage with ``--vae-from OUT.vae``.
 """
 from __future__ import annotations
