@@ -274,8 +274,6 @@ class NullTextVideoInvert:
 
     def invert(self, vp2p_model: VP2PModel, latent, clip, source_prompt, steps, guidance, mode, inner_steps,
                early_stop, cache_dir, lr_scale=1.0):
-        if not float(lr_scale) > 0:
-            raise VP2PInputError(f"lr_scale: expected a positive factor on the null-text learning rate, got {lr_scale}")
         if mode not in INVERSION_MODES:
             raise VP2PInputError(f"mode: expected one of {INVERSION_MODES}, got {mode!r}")
         latents = scaled_latents(latent, vp2p_model)
@@ -287,7 +285,9 @@ class NullTextVideoInvert:
                               frame_attention=vp2p_model.video.frame_attention, latents=files.tensor_hash(latents),
                               text=files.tensor_hash(src), empty=files.tensor_hash(empty), prompt=source_prompt,
                               steps=int(steps), guidance=float(guidance), mode=mode, inner=int(inner_steps),
-                              early_stop=float(early_stop), **({"lr_scale": float(lr_scale)} if float(lr_scale) != 1.0 else {}))
+                              early_stop=float(early_stop),
+                              # keyed only when set, so inversions cached before the input existed still match
+                              **({"lr_scale": float(lr_scale)} if float(lr_scale) != 1.0 else {}))
         path = files.cache_path(cache_dir, "inversion", key)
         if path is not None and path.is_file():
             inv = Inversion.load(path)

@@ -233,7 +233,6 @@ def test_tune_and_invert_caches_are_reused(chain, roots):
     assert not log2.startswith("loaded") and other.delta.fingerprint != chain.tuned.delta.fingerprint
 
 
-
 def test_inversion_lr_scale_is_used_and_keyed(chain, roots):
     """The optional lr_scale reaches the null-text optimiser and gets its own cache entry."""
     with torch.inference_mode():
@@ -243,6 +242,7 @@ def test_inversion_lr_scale_is_used_and_keyed(chain, roots):
     assert torch.equal(scaled.x_T, chain.inv.x_T)  # DDIM inversion itself does not depend on it
     inversions = [q for q in (roots / "models" / "cache").iterdir() if q.name.startswith("inversion")]
     assert len(inversions) == 2
+
 
 def test_inversion_output(chain):
     inv = chain.inv

@@ -84,12 +84,12 @@ def test_inversion_frame_count_must_match_tuning(setup):
                                          1, 1e-5, "")
 
 
-
 def test_inversion_lr_scale_must_be_positive(setup):
     with pytest.raises(VP2PInputError, match="lr_scale"):
         with torch.inference_mode():
             NullTextVideoInvert().invert(setup["tuned"], make_latent(), setup["clip"], SRC, 2, 7.5, "null_text",
                                          1, 1e-5, "", lr_scale=0.0)
+
 
 def test_sampler_latent_must_match_inversion(setup):
     e = edit(setup["clip"])

@@ -304,7 +304,6 @@ def main(argv=None) -> int:
     return 0
 
 
-
 def finetune_decoder(vae, steps: int, batch: int, seed: int, object_weight: float = 10.0) -> dict:
     """Sharpen the VAE decoder on the encoder's latent means, encoder frozen: the latent space (and so the
     UNet trained on it) is unchanged, only what the latents decode to gets closer to the frames."""

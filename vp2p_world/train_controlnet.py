@@ -26,13 +26,6 @@ log = logging.getLogger("vp2p_world.train_controlnet")
 HERE = Path(__file__).resolve().parent
 
 
-def pool_masks(pool: FramePool) -> torch.Tensor:
-    """The object masks of every pool clip, [clips, frames, H, W] bool, rendered once."""
-    from .render import render
-
-    return torch.stack([render(s).masks for s in pool.scenes])
-
-
 def mask_images(masks: torch.Tensor, ci, fi) -> torch.Tensor:
     """The conditioning images [N,3,H,W] in 0..1: the object's mask of each sampled frame."""
     return masks[ci, fi].float()[:, None].expand(-1, 3, -1, -1).contiguous()
@@ -65,7 +58,6 @@ def main(argv=None) -> int:
     cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=steps_down)
     pool = FramePool(a.seed, clips=a.clips)
     pool.encode_all(vae)
-    masks = pool_masks(pool)
     scale = vae.config.scaling_factor
     noise_sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     opt = torch.optim.AdamW(cn.parameters(), lr=3e-4, weight_decay=1e-2, fused=True)
@@ -78,7 +70,7 @@ def main(argv=None) -> int:
         drop = torch.rand(a.batch, generator=gen) < 0.1
         caps = ["" if d else c for d, c in zip(drop.tolist(), caps)]
         z = pool.latents[ci, fi] * scale
-        cond = mask_images(masks, ci, fi)
+        cond = mask_images(pool.masks, ci, fi)
         with torch.no_grad():
             text = te(tok(caps, padding="max_length", max_length=77, truncation=True,
                           return_tensors="pt").input_ids)[0]
