@@ -67,7 +67,7 @@ class Scene:
     colour: str = "red"
     background: str = "green grass"
     path: str = "bounce"
-    size: float = 0.16
+    size: float = 0.2
     seed: int = 0
     frames: int = 8
     resolution: int = 64
@@ -293,7 +293,7 @@ def random_scene(rng: np.random.Generator, frames: int = 8, resolution: int = 64
         colour=list(COLOURS)[int(rng.integers(len(COLOURS)))],
         background=list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))],
         path=list(PATHS)[int(rng.integers(len(PATHS)))],
-        size=float(rng.uniform(0.13, 0.19)),
+        size=float(rng.uniform(0.16, 0.23)),
         seed=int(rng.integers(0, 2**31 - 1)),
         frames=frames,
         resolution=resolution,
