@@ -117,7 +117,7 @@ def train_vae(pool: "FramePool", steps: int, batch: int, seed: int, object_weigh
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
         rec = vae.decode(z).sample
-        # the object is ~5% of the pixels but all of what a prompt or an edit changes: weight it and its rim,
+        # the object is ~10% of the pixels but all of what a prompt or an edit changes: weight it and its rim,
         # or the autoencoder learns the backgrounds and smears the object's colour (round trips kept it in 45% of
         # frames without this weight, 100% with it)
         w = 1 + object_weight * F.max_pool2d(pool.masks[ci, fi].float()[:, None], 5, 1, 2)
@@ -189,7 +189,7 @@ def train_unet(pool: "FramePool", vae, tokenizer, steps: int, batch: int, seed: 
         t = torch.randint(0, 1000, (batch,), generator=gen)
         noisy = noise_sched.add_noise(z, noise, t)
         pred = unet(noisy, t, encoder_hidden_states=te(ids)[0]).sample
-        # the object covers ~5% of a frame, so a plain mean spends the loss on the background; weighting its
+        # the object covers ~10% of a frame, so a plain mean spends the loss on the background; weighting its
         # latent pixels (mask pooled to the latent grid, grown by one) makes colour and shape words matter
         obj = F.max_pool2d(F.adaptive_avg_pool2d(pool.masks[ci, fi].float()[:, None], z.shape[-1]), 3, 1, 1)
         per_sample = ((1 + object_weight * obj) * (pred - noise).pow(2)).mean(dim=(1, 2, 3))
