@@ -102,6 +102,17 @@ class FramePool:
         self.latents = torch.cat(out).view(*self.frames.shape[:2], *out[0].shape[1:])
 
 
+def object_loss_weights(masks: torch.Tensor, size: int, weight: float, grow: int) -> torch.Tensor:
+    """Per-pixel loss weights [N,1,size,size]: 1 + weight on the object and a rim of ``grow`` pixels.
+
+    Why: the object is ~10% of a frame but all of what a prompt or an edit changes; a plain mean spends the
+    loss on the background and smears the object's colour and shape. ``masks`` [N,H,W] bool are pooled to
+    the ``size`` grid (the latent grid for the UNet) before growing.
+    """
+    m = F.adaptive_avg_pool2d(masks.float()[:, None], size)
+    return 1 + weight * F.max_pool2d(m, 2 * grow + 1, 1, grow)
+
+
 def train_vae(pool: "FramePool", steps: int, batch: int, seed: int, object_weight: float = 10.0):
     from diffusers import AutoencoderKL
 
@@ -117,10 +128,8 @@ def train_vae(pool: "FramePool", steps: int, batch: int, seed: int, object_weigh
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
         rec = vae.decode(z).sample
-        # the object is ~10% of the pixels but all of what a prompt or an edit changes: weight it and its rim,
-        # or the autoencoder learns the backgrounds and smears the object's colour (round trips kept it in 45% of
-        # frames without this weight, 100% with it)
-        w = 1 + object_weight * F.max_pool2d(pool.masks[ci, fi].float()[:, None], 5, 1, 2)
+        # round trips kept the object's colour in 45% of frames without this weight, 100% with it
+        w = object_loss_weights(pool.masks[ci, fi], x.shape[-1], object_weight, grow=2)
         loss = (w * ((rec - x).abs() + (rec - x).pow(2))).mean() / w.mean() + 1e-6 * post.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -151,7 +160,7 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float)
 
 
 def train_unet(pool: "FramePool", vae, tokenizer, steps: int, batch: int, seed: int, lr: float = 8e-4,
-               resume: str = "", min_snr_gamma: float = 5.0, ema_decay: float = 0.999, object_weight: float = 0.0):
+               resume: str = "", min_snr_gamma: float = 5.0, ema_decay: float = 0.999, object_weight: float = 3.0):
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -189,10 +198,8 @@ def train_unet(pool: "FramePool", vae, tokenizer, steps: int, batch: int, seed: 
         t = torch.randint(0, 1000, (batch,), generator=gen)
         noisy = noise_sched.add_noise(z, noise, t)
         pred = unet(noisy, t, encoder_hidden_states=te(ids)[0]).sample
-        # the object covers ~10% of a frame, so a plain mean spends the loss on the background; weighting its
-        # latent pixels (mask pooled to the latent grid, grown by one) makes colour and shape words matter
-        obj = F.max_pool2d(F.adaptive_avg_pool2d(pool.masks[ci, fi].float()[:, None], z.shape[-1]), 3, 1, 1)
-        per_sample = ((1 + object_weight * obj) * (pred - noise).pow(2)).mean(dim=(1, 2, 3))
+        w = object_loss_weights(pool.masks[ci, fi], z.shape[-1], object_weight, grow=1)
+        per_sample = (w * (pred - noise).pow(2)).mean(dim=(1, 2, 3))
         if min_snr_gamma > 0:
             per_sample = per_sample * min_snr_weights(noise_sched.alphas_cumprod, t, min_snr_gamma)
         loss = per_sample.mean()
