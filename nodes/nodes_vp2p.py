@@ -333,7 +333,9 @@ class AttentionEditController:
                                  "come from the source (reference 0.5; more keeps more of the motion/shape).",
                                  default=0.5, min=0.0, max=1.0, step=0.01),
             "self_replace_on": _tip(list(SELF_REPLACE_ON), "Which self-attention is replaced: temporal (the "
-                                    "reference), frame attention, both, or none.", default="temporal"),
+                                    "reference), frame attention (image P2P's spatial self-attention), both, "
+                                    "or none. Try both when the edit moves the object or loses the layout.",
+                                    default="temporal"),
             "blend_words": _tip("STRING", "Local blend: words of the source prompt whose region may change (e.g. "
                                 "'rabbit'); the rest of the clip is kept. Empty: no local blend.", default=""),
             "blend_target_words": _tip("STRING", "Local blend: the matching words of the target prompt (e.g. "

@@ -107,12 +107,13 @@ def measure(case: Case, source_clip, edited: torch.Tensor, recon: torch.Tensor) 
 
 
 def run_case(comps: Components, case: Case, method: str, steps: int, guidance: float, delta, latents,
-             null_text: Optional[dict] = None) -> dict:
+             null_text: Optional[dict] = None, self_replace_on: str = "both") -> dict:
     model = comps.model
     src = render(case.scene)
     source_prompt = src.caption
     target_prompt = render(case.target_scene).caption
-    opts = dict(blend_words=case.blend, blend_target_words=case.blend_target, reweight=case.reweight)
+    opts = dict(blend_words=case.blend, blend_target_words=case.blend_target, reweight=case.reweight,
+                self_replace_on=self_replace_on)
     if method == "tune_a_video":
         opts = dict(mode="none")
     plan = comps.plan(source_prompt, target_prompt, **opts)
@@ -168,7 +169,7 @@ def markdown(summary: dict, rows: list[dict], command: str, meta: dict) -> str:
              f"{meta['steps']} DDIM steps, guidance {meta['guidance']}, null-text {meta['inner_steps']} inner steps at "
              f"{meta['lr_scale']:g}x the reference's learning rate, tuning {meta['tune_steps']} steps per clip "
              f"(shared by Tune-A-Video and the Video-P2P variants; its time is not in the rows: "
-             f"{meta['tune_seconds']:.0f} s for all clips). Accuracy = share of frames with the target attribute; "
+             f"{meta['tune_seconds']:.0f} s for all clips); self-attention replaced on: {meta.get('self_replace_on', 'temporal')}. Accuracy = share of frames with the target attribute; "
              "PSNR in dB; colour/background change = mean frame-to-frame change (lower is steadier); "
              "background PSNR excludes the background-change cases.", "", head,
              "|" + "---|" * 10]
@@ -211,6 +212,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--inner-steps", type=int, default=10, help="null-text Adam steps per DDIM step (reference 10)")
     p.add_argument("--lr-scale", type=float, default=1.0, help="factor on the null-text learning rate (reference 1)")
+    p.add_argument("--self-replace-on", default="both", choices=["temporal", "frame", "both", "none"],
+                   help="self-attention the target takes from the source: both (P2P's spatial and Video-P2P's "
+                        "temporal; default) or temporal only (the Video-P2P reference)")
     p.add_argument("--json", default="", help="also write the rows as JSON here")
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     a = p.parse_args(argv)
@@ -233,7 +237,8 @@ def main(argv=None) -> int:
             tune_seconds += time.perf_counter() - t0
         for m in methods:
             row = run_case(comps, case, m, a.steps, a.guidance, delta, latents,
-                           null_text=dict(inner_steps=a.inner_steps, lr_scale=a.lr_scale))
+                           null_text=dict(inner_steps=a.inner_steps, lr_scale=a.lr_scale),
+                           self_replace_on=a.self_replace_on)
             row.update(method=m, case=case.name, kind=case.kind)
             rows.append(row)
             print(f"[{ci + 1}/{len(cases)}] {case.name:28s} {m:26s} acc {row['accuracy']:.2f} "
@@ -243,7 +248,8 @@ def main(argv=None) -> int:
     command = "python -m vp2p_world.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = dict(machine=f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {torch.get_num_threads()} threads",
                 cases=len(cases), frames=a.frames, steps=a.steps, guidance=a.guidance, tune_steps=a.tune_steps,
-                tune_seconds=tune_seconds, inner_steps=a.inner_steps, lr_scale=a.lr_scale)
+                tune_seconds=tune_seconds, inner_steps=a.inner_steps, lr_scale=a.lr_scale,
+                self_replace_on=a.self_replace_on)
     md = markdown(summary, rows, command.strip(), meta)
     print(md)
     if a.json:

@@ -166,6 +166,9 @@ def main(argv=None) -> int:
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--cross-replace", type=float, default=0.2)
     p.add_argument("--self-replace", type=float, default=0.5)
+    p.add_argument("--self-replace-on", default="both", choices=["temporal", "frame", "both", "none"],
+                   help="self-attention the target takes from the source: both = P2P's spatial (frame) attention "
+                        "and Video-P2P's temporal attention; temporal = the Video-P2P reference only")
     p.add_argument("--threshold", type=float, default=0.3, help="LocalBlend mask threshold")
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--resolution", type=int, default=64)
@@ -207,7 +210,8 @@ def main(argv=None) -> int:
                                                                  seed=a.seed),
                   inversion_mode=a.inversion, steps=a.steps, guidance=a.guidance, host=host, mode=a.mode,
                   blend_words=a.blend or None, blend_target_words=a.blend_target or None, reweight=reweight or None,
-                  cross_replace=a.cross_replace, self_replace=a.self_replace, threshold=a.threshold)
+                  cross_replace=a.cross_replace, self_replace=a.self_replace, threshold=a.threshold,
+                  self_replace_on=a.self_replace_on)
         bar.close()
     except VP2PInputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -47,13 +47,14 @@ def prepare(comps: Components, scene: Scene, steps: int, tune_steps: int, mode: 
     return clip, delta, inv
 
 
-def structure_rows(comps, controlnet, levels, steps, tune_steps, mode) -> list[dict]:
+def structure_rows(comps, controlnet, levels, steps, tune_steps, mode, self_replace_on="both") -> list[dict]:
     fn = diffusers_controlnet(controlnet)
     rows = []
     for scene in SHAPE_CLIPS:
         clip, delta, inv = prepare(comps, scene, steps, tune_steps, mode)
         truth = render(scene.replace(shape="square"))
-        plan = comps.plan(clip.caption, truth.caption, blend_words="ball", blend_target_words="square")
+        plan = comps.plan(clip.caption, truth.caption, blend_words="ball", blend_target_words="square",
+                          self_replace_on=self_replace_on)
         masks = clip.masks.float()[..., None]
         h, w = inv.x_T.shape[-2:]
         for level in levels:
@@ -68,12 +69,12 @@ def structure_rows(comps, controlnet, levels, steps, tune_steps, mode) -> list[d
     return rows
 
 
-def temporal_rows(comps, weights, steps, tune_steps, mode) -> list[dict]:
+def temporal_rows(comps, weights, steps, tune_steps, mode, self_replace_on="both") -> list[dict]:
     rows = []
     for scene, colour in COLOUR_CLIPS:
         clip, delta, inv = prepare(comps, scene, steps, tune_steps, mode)
         truth = render(scene.replace(colour=colour))
-        plan = comps.plan(clip.caption, truth.caption, blend_words=scene.shape)
+        plan = comps.plan(clip.caption, truth.caption, blend_words=scene.shape, self_replace_on=self_replace_on)
         for wt in weights:
             t0 = time.perf_counter()
             with trained_weights(comps.model, delta):
@@ -103,6 +104,8 @@ def main(argv=None) -> int:
     p.add_argument("--inversion", default="fast")
     p.add_argument("--levels", default="0,2,4,8")
     p.add_argument("--weights", default="1,1.5,2")
+    p.add_argument("--self-replace-on", default="both", choices=["temporal", "frame", "both", "none"],
+                   help="self-attention the target takes from the source (as in the edit benchmark)")
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args(argv)
     from diffusers import ControlNetModel
@@ -112,14 +115,14 @@ def main(argv=None) -> int:
                                          torch_dtype=torch.float32).eval()
     levels = [float(x) for x in a.levels.split(",")]
     wts = [float(x) for x in a.weights.split(",")]
-    s_rows = structure_rows(comps, cn, levels, a.steps, a.tune_steps, a.inversion)
-    t_rows = temporal_rows(comps, wts, a.steps, a.tune_steps, a.inversion)
+    s_rows = structure_rows(comps, cn, levels, a.steps, a.tune_steps, a.inversion, a.self_replace_on)
+    t_rows = temporal_rows(comps, wts, a.steps, a.tune_steps, a.inversion, a.self_replace_on)
     s = mean_by(s_rows, "t_s", ["iou_source", "shape_accuracy"])
     t = mean_by(t_rows, "w_t", ["object_change", "background_change", "accuracy", "psnr_truth", "evaluations", "seconds"])
     cmd = "python -m vp2p_world.gen1_benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = ["## Gen-1 guidance in the small world", "", f"Command: `{cmd.strip()}`", "",
              f"Tuned model ({a.tune_steps} steps) per clip, {a.inversion} inversion, {a.steps} DDIM steps, guidance 7.5, "
-             f"{torch.get_num_threads()} threads. Structure: the shipped mask ControlNet "
+             f"{torch.get_num_threads()} threads, self-attention replaced on: {a.self_replace_on}. Structure: the shipped mask ControlNet "
              "(`vp2p_world/weights/controlnet`) fed the source clip's object masks, on "
              f"{len(SHAPE_CLIPS)} ball -> square clips (word swap + local blend on ball/square).", "",
              "| t_s | structure IoU with the source | shape accuracy (square) |", "|---|---|---|"]
