@@ -156,9 +156,12 @@ def test_memory_free_self_replace_equals_materialised(world, inversion, on, monk
         for m in procs:
             m.set_processor(TemporalAttnProcessor(m.processor.state))
     assert frame_calls
-    assert torch.allclose(fast.edited, slow.edited, atol=1e-4), (fast.edited - slow.edited).abs().max()
+    # fp32 sums in another order drift by ~1e-4 over the 8 steps; a wrong replacement moves them by ~1e-1
+    drift = float((fast.edited - slow.edited).abs().max())
     none = sample_edit(model, inversion, _plan(tok, emb, self_replace=0.0))
-    assert (none.edited - fast.edited).abs().max() > 1e-4  # self-replace really acted
+    effect = float((none.edited - fast.edited).abs().max())  # self-replace really acted
+    print(f"self-replace on {on}: materialised vs memory-free {drift:.2e}, effect {effect:.2e}")
+    assert drift < 5e-4 and effect > 100 * drift, (drift, effect)
 
 
 def test_only_read_cross_attention_maps_are_materialised(world, inversion, monkeypatch):
