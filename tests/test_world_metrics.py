@@ -74,3 +74,21 @@ def test_temporal_consistency():
     flicker[1::2][clip.masks[1::2]] = torch.tensor(COLOURS["blue"])
     assert metrics.temporal_consistency(flicker, clip.masks)["object"] > 0.5
     assert math.isnan(metrics.temporal_consistency(clip.frames[:1], clip.masks[:1])["object"])
+
+
+def test_benchmark_summary_tables_on_hand_made_rows():
+    from vp2p_world import benchmark
+
+    def row(method, case, kind, acc, tc):
+        return dict(method=method, case=case, kind=kind, accuracy=acc, psnr_truth=20.0, bg_psnr=float("nan"),
+                    iou=0.5, recon_psnr=30.0, tc_object=tc, tc_background=tc / 2, seconds=1.0, evaluations=10)
+
+    rows = [row("p2p_per_frame", "a", "colour", 1.0, 0.02), row("videop2p_fast", "a", "colour", 0.75, 0.01),
+            row("p2p_per_frame", "b", "shape", 0.5, 0.30), row("videop2p_fast", "b", "shape", 1.0, 0.05)]
+    assert benchmark.successful_cases(rows) == ["a"]  # b failed for one method
+    summary = benchmark.summarise(rows)
+    assert abs(summary["p2p_per_frame"]["tc_object"] - 0.16) < 1e-9 and math.isnan(summary["p2p_per_frame"]["bg_psnr"])
+    md = benchmark.markdown(summary, rows, "cmd", dict(machine="m", cases=2, frames=8, steps=2, guidance=7.5,
+                                                      inner_steps=1, lr_scale=1.0, tune_steps=0, tune_seconds=0.0))
+    assert "| p2p_per_frame | 1.00 | 0.50 |" in md  # accuracy by kind: colour, shape
+    assert "| videop2p_fast | 0.0100 | 0.0050 |" in md  # flicker on the case both edited

@@ -154,9 +154,12 @@ def main(argv=None) -> int:
     p.add_argument("--clip", default="red ball bounce green grass",
                    help="rendered scene words (colour shape path background) or a frames folder / GIF / MP4")
     p.add_argument("--source", default=None, help="source prompt (default: the scene's caption)")
-    p.add_argument("--target", default=None, help="target prompt (default: the caption with red -> blue)")
+    p.add_argument("--target", default=None,
+                   help="target prompt (default for a rendered clip: its caption with the colour swapped, red -> blue "
+                        "or, for a blue object, blue -> red)")
     p.add_argument("--mode", default="auto", choices=["auto", "replace", "refine", "none"], help="edit mode")
-    p.add_argument("--blend", default="ball", help="local-blend words of the source prompt ('' for none)")
+    p.add_argument("--blend", default=None,
+                   help="local-blend words of the source prompt ('' for none; default for a rendered clip: its shape)")
     p.add_argument("--blend-target", default="", help="local-blend words of the target prompt (default: --blend)")
     p.add_argument("--reweight", default="", help="word=value pairs, e.g. 'blue=2'")
     p.add_argument("--inversion", default="null_text", choices=["null_text", "fast", "negative_prompt"])
@@ -201,7 +204,14 @@ def main(argv=None) -> int:
         source = a.source or (clip.caption if clip is not None else None)
         if source is None:
             raise SystemExit("--source: give the prompt that describes your clip")
-        target = a.target or source.replace("red", "blue")
+        if a.target:
+            target = a.target
+        elif scene is not None:
+            swap = "red" if scene.colour == "blue" else "blue"
+            target = source.replace(f" {scene.colour} ", f" {swap} ", 1)
+        else:
+            raise SystemExit("--target: give the edited prompt for your clip")
+        blend = a.blend if a.blend is not None else (scene.shape if scene is not None else "")
         reweight = {k: float(v) for k, v in (kv.split("=") for kv in a.reweight.replace(",", " ").split())}
         bar = BarProgress((["tune"] if a.tune_steps else []) + ["DDIM inversion"]
                           + (["null-text"] if a.inversion == "null_text" else []) + ["edit"])
@@ -209,7 +219,7 @@ def main(argv=None) -> int:
         res = run(comps, frames, source, target, tune=TuneConfig(steps=a.tune_steps, learning_rate=a.learning_rate,
                                                                  seed=a.seed),
                   inversion_mode=a.inversion, steps=a.steps, guidance=a.guidance, host=host, mode=a.mode,
-                  blend_words=a.blend or None, blend_target_words=a.blend_target or None, reweight=reweight or None,
+                  blend_words=blend or None, blend_target_words=a.blend_target or None, reweight=reweight or None,
                   cross_replace=a.cross_replace, self_replace=a.self_replace, threshold=a.threshold,
                   self_replace_on=a.self_replace_on)
         bar.close()
@@ -220,7 +230,7 @@ def main(argv=None) -> int:
 
     attn = None
     if res.edit.attention_maps is not None:
-        words = (a.blend_target or a.blend or target.split()[-1]).replace(",", " ").split()
+        words = (a.blend_target or blend or target.split()[-1]).replace(",", " ").split()
         ids = sorted({i for w in words for i in word_token_indices(target, w, comps.tokenizer)})
         if ids:
             attn = attention_strip(res.edit.attention_maps[1], ids, a.resolution)
