@@ -218,3 +218,18 @@ def test_shipped_model_word_swap_recolours_the_object_and_keeps_the_clip():
     assert metrics.background_psnr(edited, clip.frames, clip.masks | truth.masks) > 22  # 25.3 dB
     mask = res.edit.blend_mask
     assert mask is not None and 0.05 < mask.float().mean() < 0.6  # 0.43: the ball, not the frame (1.0 before)
+
+
+@needs_model
+def test_sweep_runs_and_ranks_settings(tmp_path, capsys):
+    from vp2p_world import sweep
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    out = tmp_path / "rows.json"
+    assert sweep.main(["--cross-replace", "0.2,1.0", "--self-replace", "0.5", "--threshold", "0.3", "--steps", "3",
+                       "--frames", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == 2 * len(sweep.validation_cases())
+    assert {r["cross_replace"] for r in rows} == {0.2, 1.0} and all(0 < r["mask"] <= 1 for r in rows)
+    table = capsys.readouterr().out.split("| cross_replace |")[1]
+    assert table.count("\n| ") == 2  # one ranked row per setting

@@ -92,3 +92,15 @@ def test_benchmark_summary_tables_on_hand_made_rows():
                                                       inner_steps=1, lr_scale=1.0, tune_steps=0, tune_seconds=0.0))
     assert "| p2p_per_frame | 1.00 | 0.50 |" in md  # accuracy by kind: colour, shape
     assert "| videop2p_fast | 0.0100 | 0.0050 |" in md  # flicker on the case both edited
+
+
+def test_benchmark_frame_noise_is_per_frame_seeded_and_off_at_zero():
+    from vp2p_world import benchmark
+
+    clip = render(Scene(colour="red", shape="ball", background="sand", seed=1, frames=4)).frames
+    assert benchmark.noisy(clip, 0.0, 1) is clip
+    a, b = benchmark.noisy(clip, 0.03, 7), benchmark.noisy(clip, 0.03, 7)
+    assert torch.equal(a, b) and 0 <= float(a.min()) and float(a.max()) <= 1
+    diff = a - clip
+    assert 0.02 < float(diff.std()) < 0.04
+    assert not torch.allclose(diff[0], diff[1])  # every frame its own noise

@@ -107,13 +107,14 @@ def measure(case: Case, source_clip, edited: torch.Tensor, recon: torch.Tensor) 
 
 
 def run_case(comps: Components, case: Case, method: str, steps: int, guidance: float, delta, latents,
-             null_text: Optional[dict] = None, self_replace_on: str = "both") -> dict:
+             null_text: Optional[dict] = None, self_replace_on: str = "both", control: Optional[dict] = None) -> dict:
+    """One method on one case; ``control`` holds P2P's cross_replace / self_replace / threshold (else defaults)."""
     model = comps.model
     src = render(case.scene)
     source_prompt = src.caption
     target_prompt = render(case.target_scene).caption
     opts = dict(blend_words=case.blend, blend_target_words=case.blend_target, reweight=case.reweight,
-                self_replace_on=self_replace_on)
+                self_replace_on=self_replace_on, **(control or {}))
     if method == "tune_a_video":
         opts = dict(mode="none")
     plan = comps.plan(source_prompt, target_prompt, **opts)
@@ -170,7 +171,9 @@ def markdown(summary: dict, rows: list[dict], command: str, meta: dict) -> str:
              f"{meta['steps']} DDIM steps, guidance {meta['guidance']}, null-text {meta['inner_steps']} inner steps at "
              f"{meta['lr_scale']:g}x the reference's learning rate, tuning {meta['tune_steps']} steps per clip "
              f"(shared by Tune-A-Video and the Video-P2P variants; its time is not in the rows: "
-             f"{meta['tune_seconds']:.0f} s for all clips); self-attention replaced on: {meta.get('self_replace_on', 'temporal')}. Accuracy = share of frames with the target attribute; "
+             f"{meta['tune_seconds']:.0f} s for all clips); self-attention replaced on: {meta.get('self_replace_on', 'temporal')}; "
+             f"{control_text(meta.get('control'))}{noise_text(meta.get('frame_noise', 0.0))}. "
+             "Accuracy = share of frames with the target attribute; "
              "PSNR in dB; colour/background change = mean frame-to-frame change (lower is steadier); "
              "background PSNR excludes the background-change cases.", "", head,
              "|" + "---|" * 10]
@@ -203,6 +206,25 @@ def markdown(summary: dict, rows: list[dict], command: str, meta: dict) -> str:
 
 
 SUCCESS = 0.75
+
+
+def control_text(control: Optional[dict]) -> str:
+    c = {"cross_replace": 0.2, "self_replace": 0.5, "threshold": 0.3, **(control or {})}
+    return (f"attention control: source cross-attention maps for {c['cross_replace']:.0%} of the steps, "
+            f"self-attention for {c['self_replace']:.0%}, local-blend threshold {c['threshold']:g}")
+
+
+def noise_text(sigma: float) -> str:
+    return (f"; every source frame gets its own Gaussian noise (sigma {sigma:g}); figures are against the clean "
+            "renders" if sigma else "")
+
+
+def noisy(frames: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
+    """Independent per-frame noise, like a camera's: what per-frame editing turns into flicker."""
+    if not sigma:
+        return frames
+    gen = torch.Generator().manual_seed(seed)
+    return (frames + sigma * torch.randn(frames.shape, generator=gen)).clamp(0, 1)
 
 
 def successful_cases(rows: list[dict], threshold: float = SUCCESS) -> list[str]:
@@ -240,6 +262,13 @@ def main(argv=None) -> int:
     p.add_argument("--self-replace-on", default="both", choices=["temporal", "frame", "both", "none"],
                    help="self-attention the target takes from the source: both (P2P's spatial and Video-P2P's "
                         "temporal; default) or temporal only (the Video-P2P reference)")
+    p.add_argument("--cross-replace", type=float, default=0.2, help="P2P: fraction of steps with the source's "
+                   "cross-attention maps (0.2: the Video-P2P reference; python -m vp2p_world.sweep chooses for a model)")
+    p.add_argument("--self-replace", type=float, default=0.5, help="P2P: fraction of steps with the source's "
+                   "self-attention (0.5: the reference)")
+    p.add_argument("--threshold", type=float, default=0.3, help="local-blend mask threshold (0.3: the reference)")
+    p.add_argument("--frame-noise", type=float, default=0.0,
+                   help="std of independent Gaussian noise added to every source frame (0: clean renders)")
     p.add_argument("--json", default="", help="also write the rows as JSON here")
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     a = p.parse_args(argv)
@@ -249,10 +278,11 @@ def main(argv=None) -> int:
     comps = Components.from_folder(WEIGHTS)
     cases = suite(a.frames)[: a.cases or None]
     methods = [m for m in a.methods.split(",") if m]
+    control = dict(cross_replace=a.cross_replace, self_replace=a.self_replace, threshold=a.threshold)
     rows, tune_seconds = [], 0.0
     for ci, case in enumerate(cases):
         src = render(case.scene)
-        latents = comps.encode_frames(src.frames)
+        latents = comps.encode_frames(noisy(src.frames, a.frame_noise, 1000 + ci))
         delta = None
         if any(m != "p2p_per_frame" for m in methods):
             t0 = time.perf_counter()
@@ -263,7 +293,7 @@ def main(argv=None) -> int:
         for m in methods:
             row = run_case(comps, case, m, a.steps, a.guidance, delta, latents,
                            null_text=dict(inner_steps=a.inner_steps, lr_scale=a.lr_scale),
-                           self_replace_on=a.self_replace_on)
+                           self_replace_on=a.self_replace_on, control=control)
             row.update(method=m, case=case.name, kind=case.kind)
             rows.append(row)
             print(f"[{ci + 1}/{len(cases)}] {case.name:28s} {m:26s} acc {row['accuracy']:.2f} "
@@ -274,7 +304,7 @@ def main(argv=None) -> int:
     meta = dict(machine=f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {torch.get_num_threads()} threads",
                 cases=len(cases), frames=a.frames, steps=a.steps, guidance=a.guidance, tune_steps=a.tune_steps,
                 tune_seconds=tune_seconds, inner_steps=a.inner_steps, lr_scale=a.lr_scale,
-                self_replace_on=a.self_replace_on)
+                self_replace_on=a.self_replace_on, control=control, frame_noise=a.frame_noise)
     md = markdown(summary, rows, command.strip(), meta)
     print(md)
     if a.json:

@@ -137,7 +137,8 @@ def quality(source, recon, edited, clip, truth) -> dict:
     if clip is None:
         return q
     masks = clip.masks | truth.masks if truth is not None else clip.masks
-    q["background_psnr"] = metrics.background_psnr(edited, source, masks)
+    if truth is None or truth.scene.background == clip.scene.background:  # kept background: compare with the source
+        q["background_psnr"] = metrics.background_psnr(edited, source, masks)
     ref = truth if truth is not None else clip
     if truth is not None:
         q["psnr_to_truth"] = metrics.psnr(edited, truth.frames)
