@@ -212,6 +212,8 @@ def main(argv=None) -> int:
             target = source.replace(f" {scene.colour} ", f" {swap} ", 1)
         else:
             raise SystemExit("--target: give the edited prompt for your clip")
+        if target.strip() == source.strip():
+            raise SystemExit(f"--target: the edited prompt is the source prompt {source!r}; give the edit")
         blend = a.blend if a.blend is not None else (scene.shape if scene is not None else "")
         reweight = {k: float(v) for k, v in (kv.split("=") for kv in a.reweight.replace(",", " ").split())}
         bar = BarProgress((["tune"] if a.tune_steps else []) + ["DDIM inversion"]

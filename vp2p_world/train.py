@@ -389,6 +389,10 @@ def main(argv=None) -> int:
     p.add_argument("--vae-from", default="", help="a trained VAE folder (skip the VAE stage)")
     p.add_argument("--resume", default="", help="start the UNet/text stages from this model folder (e.g. W.stage1)")
     a = p.parse_args(argv)
+    if not (a.unet_steps or a.grounding_steps):
+        raise SystemExit("--unet-steps and --grounding-steps are both 0: nothing to train")
+    if a.grounding_steps and not (a.unet_steps or a.resume):
+        raise SystemExit("--grounding-steps: stage 2 needs stage 1 (--unet-steps > 0) or --resume FOLDER")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)  # decaying optimiser moments otherwise slow CPU float maths to a crawl
@@ -421,15 +425,11 @@ def main(argv=None) -> int:
         if a.grounding_steps:  # lets a stopped run resume at the grounding stage (--resume W.stage1 --unet-steps 0)
             save_folder(out.with_name(out.name + ".stage1"), vae, unet, te, stats, half=False)
     if a.grounding_steps:
-        if not models:
-            raise SystemExit("--grounding-steps: stage 2 needs stage 1 (--unet-steps > 0) or --resume FOLDER")
         t1 = time.perf_counter()
         unet, te, s = train_unet(pool, vae, tok, a.grounding_steps, a.batch, a.seed + 11, lr=a.grounding_lr,
                                  resume=models, object_weight=0.0, grounding_weight=a.grounding_weight, **common)
         stats["unet_stage_2"] = {**s, "steps": a.grounding_steps, "lr": a.grounding_lr,
                                  "seconds": time.perf_counter() - t1}
-    if not (a.unet_steps or a.grounding_steps):
-        raise SystemExit("--unet-steps and --grounding-steps are both 0: nothing to train")
     stats.update(total_seconds=time.perf_counter() - t0, threads=a.threads, args=vars(a), torch=torch.__version__)
     save_folder(out, vae, unet, te, stats)
     print(json.dumps(stats, indent=1))
