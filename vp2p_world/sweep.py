@@ -28,7 +28,6 @@ from .benchmark import Case, measure
 from .render import Scene, render
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
-log = logging.getLogger("vp2p_world.sweep")
 
 
 def validation_cases(frames: int = 4) -> list[Case]:
@@ -92,10 +91,8 @@ def main(argv=None) -> int:
     print("\n| cross_replace | self_replace | threshold | PSNR to truth | accuracy | background PSNR | mask share |")
     print("|---|---|---|---|---|---|---|")
     mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)
-    ranked = sorted(grid, key=lambda g: -mean([r for r in rows if (r["cross_replace"], r["self_replace"],
-                                                                     r["threshold"]) == g], "psnr_truth"))
-    for g in ranked:
-        rs = [r for r in rows if (r["cross_replace"], r["self_replace"], r["threshold"]) == g]
+    by_setting = {g: [r for r in rows if (r["cross_replace"], r["self_replace"], r["threshold"]) == g] for g in grid}
+    for g, rs in sorted(by_setting.items(), key=lambda item: -mean(item[1], "psnr_truth")):
         print(f"| {g[0]:.1f} | {g[1]:.1f} | {g[2]:.1f} | {mean(rs, 'psnr_truth'):.2f} | {mean(rs, 'accuracy'):.2f} | "
               f"{mean(rs, 'bg_psnr'):.2f} | {mean(rs, 'mask'):.2f} |")
     if a.json:
