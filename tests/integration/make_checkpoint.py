@@ -4,7 +4,7 @@ The file loads through ComfyUI's CheckpointLoaderSimple and is detected as SD1.5
 (``comfy.supported_models.SD15``). It is built with ComfyUI's own classes, so it must run
 with ComfyUI importable:
 
-    COMFYUI_DIR=/work/comfyui /work/comfyvenv/bin/python tests/integration/make_checkpoint.py OUT.safetensors --seed 0
+    COMFYUI_DIR=<ComfyUI tree> <its venv>/bin/python tests/integration/make_checkpoint.py OUT.safetensors --seed 0
 
 Layout
 - UNet (``model.diffusion_model.*``): ComfyUI detects SD1.5 by ``model_channels == 320``,
@@ -62,7 +62,9 @@ SD_VAE_DDCONFIG = {
 
 
 def _comfy_path():
-    comfy_dir = os.environ.get("COMFYUI_DIR", "/work/comfyui")
+    comfy_dir = os.environ.get("COMFYUI_DIR", "")
+    if not comfy_dir:
+        sys.exit("set COMFYUI_DIR to a ComfyUI source tree (and run this with its python)")
     if comfy_dir not in sys.path:
         sys.path.insert(0, comfy_dir)
     if "comfy.model_management" not in sys.modules:

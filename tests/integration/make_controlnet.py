@@ -1,7 +1,7 @@
 """Build a small random SD1.5-format ControlNet file (safetensors, ComfyUI's / lllyasviel's key layout) for a
 checkpoint written by make_checkpoint.py, for ComfyUI tests.
 
-    COMFYUI_DIR=/work/comfyui /work/comfyvenv/bin/python tests/integration/make_controlnet.py CKPT OUT.safetensors --seed 0
+    COMFYUI_DIR=<ComfyUI tree> <its venv>/bin/python tests/integration/make_controlnet.py CKPT OUT.safetensors --seed 0
 
 The ControlNet is ComfyUI's own class (``comfy.cldm.cldm.ControlNet``) with the configuration ComfyUI detects
 for the checkpoint's UNet (so it has the same levels: 4 down residuals for the small layout, 12 for SD1.5).
