@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import VP2PInputError
+from .errors import VP2PInputError, with_article
 
 FORMAT_VERSION = "1"
 
@@ -68,7 +68,8 @@ def load_checked(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch.Te
         meta = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     if meta.get("vp2p_kind") != kind:
-        raise VP2PInputError(f"{kind} file: {path.name!r} is a {meta.get('vp2p_kind', 'foreign')!r} file, not a {kind}")
+        found = with_article(f"{meta['vp2p_kind']} file") if meta.get("vp2p_kind") else "a foreign file"
+        raise VP2PInputError(f"{kind} file: {path.name!r} is {found}, not {with_article(kind)} file")
     return tensors, meta
 
 
