@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import VP2PInputError, with_article
@@ -57,19 +57,30 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metad
     return path
 
 
-def load_checked(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load a safetensors file of ours and check that it holds a ``kind`` (delta / inversion)."""
+SAVED_BY = {"delta": "SaveVP2PDelta", "inversion": "SaveVP2PInversion"}
+
+
+def load_checked(path: str | os.PathLike, kind: str,
+                 what: str = "filename") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a safetensors file of ours and check that it holds a ``kind`` (delta / inversion).
+
+    ``what`` names the input the path came from; every refusal names it, the file and what was expected."""
     path = Path(path)
+    expected = f"expected {with_article(kind)} file written by {SAVED_BY.get(kind, 'Video-P2P')}"
     if path.suffix != ".safetensors":
-        raise VP2PInputError(f"{kind} file: expected a .safetensors file, got {path.name!r}")
+        raise VP2PInputError(f"{what}: {str(path)!r} is not a .safetensors file; {expected}")
     if not path.is_file():
-        raise VP2PInputError(f"{kind} file: {str(path)!r} does not exist")
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if meta.get("vp2p_kind") != kind:
-        found = with_article(f"{meta['vp2p_kind']} file") if meta.get("vp2p_kind") else "a foreign file"
-        raise VP2PInputError(f"{kind} file: {path.name!r} is {found}, not {with_article(kind)} file")
+        raise VP2PInputError(f"{what}: {str(path)!r} does not exist; {expected}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:  # truncated, not safetensors at all, unreadable
+        raise VP2PInputError(f"{what}: {str(path)!r} is not a readable safetensors file ({e}); {expected}") from None
+    found = meta.get("vp2p_kind")
+    if found != kind:
+        found = with_article(f"{found} file") if found else "a safetensors file without Video-P2P's metadata"
+        raise VP2PInputError(f"{what}: {str(path)!r} is {found}, not {with_article(kind)} file; {expected}")
     return tensors, meta
 
 
