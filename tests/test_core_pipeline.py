@@ -9,7 +9,7 @@ from tiny import ToyTokenizer, tiny_unet, toy_embed
 from vp2p_core import (DDIMSchedule, Delta, Inversion, TuneConfig, VP2PInputError, VideoModel, apply_delta,
                        build_edit_plan, invert, one_shot_tune, sample_edit, trainable_parameter_names,
                        trained_weights, video_forward)
-from vp2p_core.attention import MaterialisedTemporalReplace, TemporalAttnProcessor
+from vp2p_core.attention import TemporalAttnProcessor
 
 torch.set_num_threads(1)
 
@@ -119,6 +119,28 @@ def test_several_targets_share_the_source_branch(world, inversion):
     assert two.stats["forwards"] == STEPS * 5  # 1 source + 2 x 2 targets
     assert torch.allclose(two.edited[0], one.edited[0], atol=1e-4)
     assert two.attention_maps.shape[:2] == (3, FRAMES)
+
+
+class MaterialisedTemporalReplace:
+    """Reference form of temporal self-replace: the map is built, the source's copied onto the targets, applied."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        h = attn.heads
+        qh = attention.split_heads(attn.to_q(hidden_states), h)
+        kh = attention.split_heads(attn.to_k(hidden_states), h)
+        vh = attention.split_heads(attn.to_v(hidden_states), h)
+        probs = attention.attention_probs(qh, kh, attn.scale)
+        ctrl = self.state.controller
+        d = self.state.extra.get("pixels", 0)
+        if ctrl is not None and ctrl.self_replace_active("temporal", hidden_states.shape[1]):
+            n = ctrl.controlled_clips * d
+            probs = torch.cat([attention.share_source_rows(probs[:n], ctrl.controlled_clips, ctrl.source_index,
+                                                           ctrl.target_indices), probs[n:]])
+        out = torch.matmul(probs.to(vh.dtype), vh)
+        return attention.project_out(attn, attention.merge_heads(out).to(hidden_states.dtype))
 
 
 @pytest.mark.parametrize("on", ["temporal", "frame", "both"])

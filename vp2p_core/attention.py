@@ -165,24 +165,3 @@ class TemporalAttnProcessor:
         out = F.scaled_dot_product_attention(qh, kh, vh)
         return project_out(attn, merge_heads(out).to(hidden_states.dtype))
 
-
-class MaterialisedTemporalReplace:
-    """Reference form of temporal self-replace (the map is built, copied, applied): for tests only."""
-
-    def __init__(self, state: FrameState):
-        self.state = state
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        h = attn.heads
-        qh = split_heads(attn.to_q(hidden_states), h)
-        kh = split_heads(attn.to_k(hidden_states), h)
-        vh = split_heads(attn.to_v(hidden_states), h)
-        probs = attention_probs(qh, kh, attn.scale)
-        ctrl = self.state.controller
-        d = self.state.extra.get("pixels", 0)
-        if ctrl is not None and ctrl.self_replace_active("temporal", hidden_states.shape[1]):
-            n = ctrl.controlled_clips * d
-            probs = torch.cat([share_source_rows(probs[:n], ctrl.controlled_clips, ctrl.source_index,
-                                                 ctrl.target_indices), probs[n:]])
-        out = torch.matmul(probs.to(vh.dtype), vh)
-        return project_out(attn, merge_heads(out).to(hidden_states.dtype))
