@@ -56,3 +56,54 @@ def test_corrupt_or_foreign_file_names_input_file_and_expectation(tmp_path, make
     msg = str(e.value)
     assert msg.startswith("filename: ") and str(path) in msg, msg
     assert f"expected {'an' if kind == 'inversion' else 'a'} {kind} file written by {saver}" in msg, msg
+
+
+# --- words next to punctuation: blend, reweight, swap --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def clip_tokenizer():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "vp2p_world" / "weights" / "tokenizer"
+    if not (folder / "vocab.json").exists():
+        pytest.skip("shipped CLIP tokenizer not present")
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
+
+
+def test_words_next_to_punctuation_are_found(clip_tokenizer):
+    from vp2p_core.text import parse_words, word_token_indices, words_token_indices
+
+    tok = clip_tokenizer
+    prompt = "a rabbit, jumping on the grass"  # tokens: a 1, rabbit 2, ',' 3, jumping 4, on 5, the 6, grass 7
+    assert words_token_indices(prompt, parse_words("rabbit"), tok, "blend_words") == [2]  # blend
+    assert words_token_indices(prompt, ["Rabbit,"], tok, "reweight_words") == [2]  # reweight
+    assert word_token_indices(prompt, "jumping", tok) == [4]
+    # whitespace other than one space (ComfyUI's multiline prompts) does not shift the words
+    assert word_token_indices("a rabbit,\njumping  on the grass", "grass", tok) == [7]
+    assert word_token_indices("a big-red ball", "red", tok) == [4]
+    assert word_token_indices("a big-red ball", "big-red", tok) == [2, 4]
+    assert parse_words("rabbit , - cat") == ["rabbit", "cat"]
+
+
+def test_toy_tokenizer_word_with_punctuation():
+    from tiny import ToyTokenizer
+    from vp2p_core.text import word_token_indices
+
+    assert word_token_indices("a rabbit, jumping", "rabbit", ToyTokenizer()) == [2]
+
+
+def test_word_swap_next_to_punctuation(clip_tokenizer):
+    from vp2p_core import build_edit_plan
+    from vp2p_core.seq_aligner import replacement_mapper
+
+    tok = clip_tokenizer
+    # no space after the comma: the same six words as the target
+    m = replacement_mapper("a rabbit,jumping on the grass", "a cat, jumping on the grass", tok)
+    assert torch.equal(m, torch.eye(77))
+    plan = build_edit_plan(tok, "a rabbit,jumping on the grass", "a cat, jumping on the grass")
+    assert plan.mode == "replace"
+    # the comma the target drops maps nowhere; the words after it stay paired
+    m = replacement_mapper("a red ball, on grass", "a blue ball on grass", tok)
+    assert m[3, 3] == 1 and m[4].sum() == 0 and m[5, 4] == 1 and m[6, 5] == 1

@@ -106,7 +106,8 @@ def build_edit_plan(tokenizer: TokenizerLike, source_prompt: str, target_prompts
     for t in targets:
         check_prompt_length(tokenizer, t, "target_prompt")
     if mode == "auto":
-        same_len = all(len(prompt_words(t)) == len(prompt_words(source_prompt)) for t in targets)
+        n_source = len(prompt_words(source_prompt, tokenizer))
+        same_len = all(len(prompt_words(t, tokenizer)) == n_source for t in targets)
         mode = "replace" if same_len else "refine"
     plan = EditPlan(source_prompt=source_prompt, target_prompts=targets, mode=mode,
                     cross_replace=_fraction_pair(cross_replace, "cross_replace"),

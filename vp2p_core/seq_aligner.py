@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .errors import VP2PInputError
-from .text import MAX_TOKENS, TokenizerLike, prompt_words, word_token_indices
+from .text import MAX_TOKENS, TokenizerLike, token_words
 
 
 def _global_align(x: list[int], y: list[int], gap: int = 0, match: int = 1, mismatch: int = -1):
@@ -62,32 +62,30 @@ def refinement_mapper(source: str, target: str, tokenizer: TokenizerLike, max_le
 def replacement_mapper(source: str, target: str, tokenizer: TokenizerLike, max_len: int = MAX_TOKENS) -> torch.Tensor:
     """[max_len, max_len] matrix M with target map = source map @ M (word swap).
 
-    A source word of k tokens that becomes n target tokens spreads weight 1/n. After such a word the
-    source and target positions differ; unlike the reference (which then maps j -> j) we keep them aligned.
+    Words are the tokenizer's (``token_words``: 'rabbit,' is 'rabbit' and a comma). The prompts pair up word by
+    word, and so do the tokens between words (BOS, punctuation). A source unit of k tokens that becomes n target
+    tokens spreads weight 1/n. After such a unit the source and target positions differ; unlike the reference
+    (which then maps j -> j) we keep them aligned.
     """
-    words_x, words_y = prompt_words(source), prompt_words(target)
+    words_x, words_y = token_words(source, tokenizer), token_words(target, tokenizer)
     if len(words_x) != len(words_y):
         raise VP2PInputError(
-            f"prompts: a word swap (replace) needs the same number of words, but the source has {len(words_x)} "
-            f"({source!r}) and the target {len(words_y)} ({target!r}); use refine for other edits")
-    swaps = [i for i in range(len(words_y)) if words_y[i] != words_x[i]]
-    src_inds = [word_token_indices(source, i, tokenizer) for i in swaps]
-    tgt_inds = [word_token_indices(target, i, tokenizer) for i in swaps]
+            f"target_prompts: a word swap (replace) needs the same number of words as source_prompt, but the source "
+            f"has {len(words_x)} ({source!r}) and the target {len(words_y)} ({target!r}); use edit_mode refine for "
+            "other edits")
     mapper = np.zeros((max_len, max_len))
-    i = j = cur = 0
-    while i < max_len and j < max_len:
-        if cur < len(src_inds) and src_inds[cur] and src_inds[cur][0] == i:
-            s, t = src_inds[cur], tgt_inds[cur]
+    i = j = 0  # the first source / target token not yet mapped
+    for wx, wy in zip(words_x, words_y):
+        for s, t in ((range(i, wx.tokens[0]), range(j, wy.tokens[0])), (wx.tokens, wy.tokens)):
+            s, t = [k for k in s if k < max_len], [k for k in t if k < max_len]
             if len(s) == len(t):
                 mapper[s, t] = 1
-            else:
+            elif s and t:
                 for t_ in t:
                     mapper[s, t_] = 1 / len(t)
-            cur += 1
-            i += len(s)
-            j += len(t)
-        else:
-            mapper[i, j] = 1
-            i += 1
-            j += 1
+        i, j = wx.tokens[-1] + 1, wy.tokens[-1] + 1
+    while i < max_len and j < max_len:  # EOS and padding
+        mapper[i, j] = 1
+        i += 1
+        j += 1
     return torch.from_numpy(mapper).float()

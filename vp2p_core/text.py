@@ -5,6 +5,8 @@ a transformers CLIPTokenizer, or ComfyUI's CLIP tokenizer, which wraps one.
 """
 from __future__ import annotations
 
+import unicodedata
+from dataclasses import dataclass
 from typing import Iterable, Protocol, Sequence
 
 from .errors import VP2PInputError
@@ -18,8 +20,55 @@ class TokenizerLike(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
-def prompt_words(prompt: str) -> list[str]:
-    return prompt.split(" ")
+@dataclass(frozen=True)
+class Word:
+    text: str  # lower case, as the tokenizer decodes its tokens
+    tokens: tuple[int, ...]  # positions in the encoded prompt (BOS is 0), consecutive
+
+
+def _punctuation(text: str) -> bool:
+    return all(unicodedata.category(c).startswith("P") for c in text)
+
+
+def _bare(text: str) -> str:
+    """The text without punctuation at either end ('rabbit,' -> 'rabbit')."""
+    return text.strip("".join(c for c in text if _punctuation(c)))
+
+
+def token_words(prompt: str, tokenizer: TokenizerLike) -> list[Word]:
+    """The prompt's words as the tokenizer sees them, punctuation aside.
+
+    Whitespace separates words, and so does a punctuation token (',' '-' '(' ...), which belongs to no word:
+    'rabbit,' is the word 'rabbit' (with a tokenizer that keeps the comma in the token, the token's text is
+    taken without it). A token that starts with punctuation ("'s") starts a word of its own; the other tokens
+    of one piece join into one word ('origami' may be two tokens, '25' is two). CLIP encodes
+    each whitespace-separated piece of a prompt on its own, so encoding the pieces one by one gives the
+    prompt's token positions; a tokenizer that does not is refused.
+    """
+    words: list[Word] = []
+    pos = 1
+    for chunk in prompt.split():
+        ids = list(tokenizer.encode(chunk))[1:-1]
+        text, tokens = "", []
+        for k, i in enumerate(ids):
+            piece = tokenizer.decode([i]).strip("#").strip().lower()
+            if tokens and (_punctuation(piece) or _punctuation(piece[0])):
+                words.append(Word(_bare(text), tuple(tokens)))
+                text, tokens = "", []
+            if not _punctuation(piece):
+                text, tokens = text + piece, tokens + [pos + k]
+        if tokens:
+            words.append(Word(_bare(text), tuple(tokens)))
+        pos += len(ids)
+    if pos != len(tokenizer.encode(prompt)) - 1:
+        raise VP2PInputError("clip: its tokenizer encodes the prompt differently from its words one by one; "
+                             "expected the CLIP tokenizer of an SD 1.x/2.x checkpoint")
+    return words
+
+
+def prompt_words(prompt: str, tokenizer: TokenizerLike) -> list[str]:
+    """The prompt's words (``token_words``) as text."""
+    return [w.text for w in token_words(prompt, tokenizer)]
 
 
 def check_prompt_length(tokenizer: TokenizerLike, prompt: str, what: str) -> list[int]:
@@ -30,33 +79,19 @@ def check_prompt_length(tokenizer: TokenizerLike, prompt: str, what: str) -> lis
     return ids
 
 
-def _normalise(word: str) -> str:
-    return word.strip().lower()
-
-
 def word_token_indices(prompt: str, word: str | int, tokenizer: TokenizerLike) -> list[int]:
     """Token positions (1-based, after BOS) of a word of the prompt, the reference's ``get_word_inds``.
 
-    ``word`` is the word's text (every occurrence, case-insensitive) or its position in the prompt.
+    ``word`` is the word's text (every occurrence, case and punctuation aside; a text of several words,
+    'big-red', matches them in a row) or its position among the prompt's ``token_words``.
     """
-    split_text = prompt_words(prompt)
-    if isinstance(word, str):
-        places = [i for i, w in enumerate(split_text) if _normalise(w) == _normalise(word)]
-    else:
-        places = [word]
-    out: list[int] = []
-    if not places:
-        return out
-    words_encode = [tokenizer.decode([item]).strip("#").strip() for item in tokenizer.encode(prompt)][1:-1]
-    cur_len, ptr = 0, 0
-    for i, piece in enumerate(words_encode):
-        cur_len += len(piece)
-        if ptr in places:
-            out.append(i + 1)
-        if ptr < len(split_text) and cur_len >= len(split_text[ptr]):
-            ptr += 1
-            cur_len = 0
-    return out
+    words = token_words(prompt, tokenizer)
+    if not isinstance(word, str):
+        return list(words[word].tokens) if 0 <= word < len(words) else []
+    query = prompt_words(word, tokenizer)
+    n = len(query)
+    hits = [words[s:s + n] for s in range(len(words) - n + 1) if n and [w.text for w in words[s:s + n]] == query]
+    return sorted({t for hit in hits for w in hit for t in w.tokens})
 
 
 def words_token_indices(prompt: str, words: Iterable[str], tokenizer: TokenizerLike, what: str) -> list[int]:
@@ -76,4 +111,4 @@ def parse_words(text: str | Iterable[str] | None) -> list[str]:
         return []
     if not isinstance(text, str):
         return [w for t in text for w in parse_words(t)]
-    return [w for w in text.replace(",", " ").split() if w]
+    return [w for w in text.replace(",", " ").split() if not _punctuation(w)]
