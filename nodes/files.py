@@ -56,21 +56,27 @@ def roots(kind: str) -> list[Path]:
     raise RuntimeError("Video-P2P files: not running in ComfyUI and VP2P_HOME is not set; set it to a folder")
 
 
-def safe_name(name: str, what: str) -> PurePosixPath:
-    """A user-typed file name as a relative path inside one of our folders, with the .safetensors suffix."""
+def _relative_parts(name: str, what: str, expected: str) -> list[str]:
+    """The parts of a user-typed relative path; a refusal names ``what``, the value and what is ``expected``."""
     if not isinstance(name, str) or not name.strip():
-        raise VP2PInputError(f"{what}: expected a file name, got {name!r}")
+        raise VP2PInputError(f"{what}: got {name!r}; {expected}")
     raw = name.strip().replace("\\", "/")
     if raw.startswith("/") or (len(raw) > 1 and raw[1] == ":") or raw.startswith("~"):
-        raise VP2PInputError(f"{what}: {name!r} is an absolute path; give a name relative to ComfyUI's output "
-                             "or models/vp2p folder")
-    parts = raw.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise VP2PInputError(f"{what}: {name!r} may not contain '..', '.' or empty parts; give a plain "
-                             "relative name such as 'vp2p/rabbit.delta.safetensors'")
-    if any(ord(c) < 32 for c in raw):
-        raise VP2PInputError(f"{what}: {name!r} contains control characters")
-    path = PurePosixPath(*parts)
+        problem = "is an absolute path"
+    elif any(p in ("", ".", "..") for p in raw.split("/")):
+        problem = "contains '..', '.' or empty parts"
+    elif any(ord(c) < 32 for c in raw):
+        problem = "contains control characters"
+    else:
+        return raw.split("/")
+    raise VP2PInputError(f"{what}: {name!r} {problem}; {expected}")
+
+
+def safe_name(name: str, what: str) -> PurePosixPath:
+    """A user-typed file name as a relative path inside one of our folders, with the .safetensors suffix."""
+    path = PurePosixPath(*_relative_parts(
+        name, what, "expected a file name relative to ComfyUI's output or models/vp2p folder, such as "
+        "'vp2p/rabbit.delta.safetensors' (no absolute path, no '..')"))
     if path.suffix != SUFFIX:
         path = path.with_name(path.name + SUFFIX)
     return path
@@ -102,8 +108,10 @@ def cache_path(cache_dir: str, kind: str, key: str) -> Optional[Path]:
     """Cache file for ``key``, or None when caching is off (empty cache_dir)."""
     if not cache_dir or not cache_dir.strip():
         return None
-    rel = safe_name(f"{cache_dir.strip().rstrip('/')}/{kind}-{key}", "cache_dir")
-    return _inside(roots("models")[0], rel)
+    folder = _relative_parts(cache_dir.strip().rstrip("/\\") or cache_dir, "cache_dir",
+                             "expected a folder name under models/vp2p such as 'vp2p_cache' (no absolute path, "
+                             "no '..'), or nothing for no cache")
+    return _inside(roots("models")[0], PurePosixPath(*folder, f"{kind}-{key}{SUFFIX}"))
 
 
 def tensor_hash(t: torch.Tensor) -> str:

@@ -107,3 +107,27 @@ def test_word_swap_next_to_punctuation(clip_tokenizer):
     # the comma the target drops maps nowhere; the words after it stay paired
     m = replacement_mapper("a red ball, on grass", "a blue ball on grass", tok)
     assert m[3, 3] == 1 and m[4].sum() == 0 and m[5, 4] == 1 and m[6, 5] == 1
+
+
+# --- cache_dir ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", ["../out", "/abs/cache", "C:\\cache", "cache/../../x", "~/cache"])
+def test_bad_cache_dir_names_the_input_not_the_internal_path(bad):
+    from nodes import files as node_files
+
+    with pytest.raises(VP2PInputError) as e:
+        node_files.cache_path(bad, "delta", "0123abcd")
+    msg = str(e.value)
+    assert msg.startswith(f"cache_dir: {bad!r} ") and "expected a folder name under models/vp2p" in msg, msg
+    assert "delta-" not in msg and ".safetensors" not in msg, msg
+
+
+def test_good_cache_dir(tmp_path):
+    from nodes import files as node_files
+
+    node_files.set_roots(output=tmp_path / "output", models=tmp_path / "models")
+    try:
+        path = node_files.cache_path(" vp2p_cache/ ", "delta", "0123abcd")
+    finally:
+        node_files.set_roots()
+    assert path == tmp_path / "models" / "vp2p_cache" / "delta-0123abcd.safetensors"
