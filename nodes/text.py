@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from vp2p_core import VP2PInputError
-from vp2p_core.text import MAX_TOKENS
+from vp2p_core.text import MAX_TOKENS, check_prompt_length
 
 
 class TokenizerAdapter:
@@ -45,14 +45,15 @@ def tokenizer_from_clip(clip) -> TokenizerAdapter:
 
 
 def encode_text(clip, text: str, what: str = "prompt") -> torch.Tensor:
-    """[1,77,D] float32 CPU embedding of one prompt, as the UNet sees it."""
+    """[1,77,D] float32 CPU embedding of one prompt, as the UNet sees it; a prompt over 77 tokens is refused
+    with the editor's message (``check_prompt_length``)."""
+    check_prompt_length(tokenizer_from_clip(clip), text, what)
     cond = clip.encode_from_tokens(clip.tokenize(text))
     if isinstance(cond, (tuple, list)):
         cond = cond[0]
-    if cond.dim() != 3 or cond.shape[0] != 1:
-        raise VP2PInputError(f"{what}: the CLIP gave an embedding of shape {tuple(cond.shape)}, expected [1, 77, D]")
-    if cond.shape[1] > MAX_TOKENS:
-        raise VP2PInputError(f"{what}: longer than the {MAX_TOKENS} tokens one CLIP pass reads; shorten it")
+    if cond.dim() != 3 or cond.shape[0] != 1 or cond.shape[1] > MAX_TOKENS:  # embeddings can lengthen a prompt
+        raise VP2PInputError(f"{what}: the CLIP gave an embedding of shape {tuple(cond.shape)}, expected "
+                             f"[1, {MAX_TOKENS}, D] (one CLIP pass); shorten the prompt")
     return cond.detach().to("cpu", torch.float32).clone()
 
 

@@ -131,3 +131,39 @@ def test_good_cache_dir(tmp_path):
     finally:
         node_files.set_roots()
     assert path == tmp_path / "models" / "vp2p_cache" / "delta-0123abcd.safetensors"
+
+
+# --- one prompt-length check for every prompt -----------------------------------------------------------
+
+class ChunkingClip:
+    """ComfyUI's CLIP for a long prompt: one 77-token window per 75 tokens, concatenated."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        from tiny import ToyTokenizer
+
+        self.tok = ToyTokenizer()
+        self.tokenizer = SimpleNamespace(clip="clip_l", clip_l=SimpleNamespace(tokenizer=self.tok))
+
+    def tokenize(self, text):
+        return text
+
+    def encode_from_tokens(self, text):
+        windows = -(-(len(self.tok.encode(text)) - 2) // 75)
+        return torch.zeros(1, 77 * max(1, windows), 32)
+
+
+def test_long_prompt_message_has_the_count_for_every_prompt():
+    from nodes.text import encode_text
+    from vp2p_core.text import check_prompt_length
+
+    clip = ChunkingClip()
+    long_prompt = " ".join(["word"] * 79)  # 81 tokens with start and end
+    with pytest.raises(VP2PInputError) as tune:  # OneShotTune / NullTextVideoInvert encode the prompt so
+        encode_text(clip, long_prompt, "source_prompt")
+    with pytest.raises(VP2PInputError) as edit:  # the editor checks it with the tokenizer
+        check_prompt_length(clip.tok, long_prompt, "source_prompt")
+    assert str(tune.value) == str(edit.value)
+    assert "81 tokens" in str(tune.value) and "over the 77" in str(tune.value)
+    assert encode_text(clip, "a ball", "source_prompt").shape == (1, 77, 32)
