@@ -39,7 +39,7 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 CONFIGS = {
-    # tests/tiny.py's UNet: (32, 64), 1 layer per block, cross dim 32, 2 heads
+    # vp2p_world/tiny.py's UNet: (32, 64), 1 layer per block, cross dim 32, 2 heads
     "tiny": dict(unet=None, cross_dim=32, frames=8, size=16, tune_steps=20, inversion_steps=50),
     # 3 cross-attention levels, 2 layers per block, 8 heads; inversion with fewer DDIM steps to keep
     # the null-text stage to a few minutes on 2 CPU cores (all per-step costs scale linearly)
@@ -105,7 +105,7 @@ def _build(cfg: dict, workdir: str, tuned: bool):
 
 def _unet2d(cfg: dict):
     if cfg["unet"] is None:
-        from tests.tiny import tiny_unet
+        from vp2p_world.tiny import tiny_unet
         return tiny_unet(seed=0, cross_dim=cfg["cross_dim"])
     from diffusers import UNet2DConditionModel
     torch.manual_seed(0)
@@ -121,7 +121,7 @@ def _clip(cfg: dict) -> torch.Tensor:
 
 
 def _texts(cfg: dict):
-    from tests.tiny import ToyTokenizer, toy_embed
+    from vp2p_world.tiny import ToyTokenizer, toy_embed
     tok = ToyTokenizer()
     d = cfg["cross_dim"]
     return tok, toy_embed(tok, [SOURCE], d), toy_embed(tok, [TARGET], d), toy_embed(tok, [""], d)

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from tiny import ToyTokenizer
 from vp2p_core import VP2PInputError, build_edit_plan
 from vp2p_core.seq_aligner import refinement_mapper, replacement_mapper
 from vp2p_core.text import word_token_indices
+from vp2p_world.tiny import ToyTokenizer
 
 
 @pytest.fixture

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from tiny import ToyTokenizer, tiny_unet, toy_embed
 from vp2p_core import (StructureGuidance, VP2PInputError, VideoModel, blur_structure, build_edit_plan,
                        diffusers_controlnet, invert, sample_edit)
+from vp2p_world.tiny import ToyTokenizer, tiny_unet, toy_embed
 
 torch.set_num_threads(1)
 SRC, TGT = "a red ball on grass", "a blue ball on grass"

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tiny import tiny_unet
 from vp2p_core import VP2PInputError, VideoModel, inflate_unet, trainable_parameter_names, video_forward
 from vp2p_core.attention import FrameAttnProcessor, FrameState
 from vp2p_core.inflation import FramePooledGroupNorm
+from vp2p_world.tiny import tiny_unet
 
 torch.set_num_threads(1)
 

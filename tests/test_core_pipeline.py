@@ -5,11 +5,11 @@ import pytest
 import torch
 
 import vp2p_core.attention as attention
-from tiny import ToyTokenizer, tiny_unet, toy_embed
 from vp2p_core import (DDIMSchedule, Delta, Inversion, TuneConfig, VP2PInputError, VideoModel, apply_delta,
                        build_edit_plan, invert, one_shot_tune, sample_edit, trainable_parameter_names,
                        trained_weights, video_forward)
 from vp2p_core.attention import TemporalAttnProcessor
+from vp2p_world.tiny import ToyTokenizer, tiny_unet, toy_embed
 
 torch.set_num_threads(1)
 

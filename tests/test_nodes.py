@@ -21,8 +21,8 @@ from nodes.nodes_vp2p import (AttentionEditController, AttentionMaps, DecodeFram
                               LoadVP2PInversion, NullTextVideoInvert, OneShotTune, SaveVP2PDelta, SaveVP2PInversion,
                               VideoP2PSampler, parse_reweight, target_lines)
 from nodes.types import VP2PEdit, VP2PMaps, VP2PModel, vp2p_model_from_unet
-from tiny import ToyTokenizer, tiny_unet, toy_embed
 from vp2p_core import Delta, Inversion, VP2PInputError
+from vp2p_world.tiny import ToyTokenizer, tiny_unet, toy_embed
 
 torch.set_num_threads(1)
 

@@ -99,7 +99,7 @@ def test_ldm_state_dict_round_trip():
     helper = pytest.importorskip("test_checkpoint")
     if not hasattr(helper, "unet_to_ldm"):
         pytest.skip("tests/test_checkpoint.py no longer provides unet_to_ldm")
-    from tiny import tiny_unet
+    from vp2p_world.tiny import tiny_unet
 
     ref = tiny_unet(seed=4)
     comfy_cfg = dict(SD15, model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[1, 1],

@@ -184,7 +184,7 @@ def test_clip_of_another_width_refused(setup):
 
 
 def test_tuning_needs_fp32_weights():
-    from tiny import tiny_unet
+    from vp2p_world.tiny import tiny_unet
     from nodes.types import vp2p_model_from_unet
 
     half = vp2p_model_from_unet(tiny_unet().to(torch.bfloat16))

@@ -1,7 +1,7 @@
 """Gen-1's guidance in the node layer, without ComfyUI: VideoP2PSampler's temporal_guidance and structure input,
 and the StructureGuidance node with a tiny diffusers ControlNet loaded by folder name (as from models/controlnet).
 
-The tiny UNet of tests/tiny.py has latents of 16x16 for 64x64 frames: its ControlNet's conditioning embedding
+The tiny UNet of vp2p_world/tiny.py has latents of 16x16 for 64x64 frames: its ControlNet's conditioning embedding
 (8, 16, 16) downsamples by 4, so the structure clip is 64x64 here.
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ from nodes import controlnet as cn_mod, files as node_files
 from nodes.nodes_vp2p import NullTextVideoInvert, StructureGuidance, VideoP2PSampler
 from nodes.types import VP2P_STRUCTURE, VP2PStructure
 from test_nodes import FRAMES, SRC, TGT, FakeClip, edit, make_latent, make_model, same_state, unet_state
-from tiny import tiny_unet
 from vp2p_core import VP2PInputError, diffusers_controlnet, sample_edit, trained_weights
 from vp2p_core import StructureGuidance as CoreStructure
+from vp2p_world.tiny import tiny_unet
 
 torch.set_num_threads(1)
 CN = "tiny_depth"

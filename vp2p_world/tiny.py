@@ -1,4 +1,5 @@
-"""Tiny random models for CPU tests (fixed seeds, no downloads)."""
+"""Test-scale stand-ins for a model (fixed seeds, no downloads): a tiny random SD-shaped UNet, a word-level
+tokenizer with CLIP's shape and a table "text encoder". The tests and bench.core_bench build on them."""
 from __future__ import annotations
 
 import torch
