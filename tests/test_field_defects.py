@@ -88,7 +88,7 @@ def test_words_next_to_punctuation_are_found(clip_tokenizer):
 
 
 def test_toy_tokenizer_word_with_punctuation():
-    from tiny import ToyTokenizer
+    from vp2p_world.tiny import ToyTokenizer
     from vp2p_core.text import word_token_indices
 
     assert word_token_indices("a rabbit, jumping", "rabbit", ToyTokenizer()) == [2]
@@ -141,7 +141,7 @@ class ChunkingClip:
     def __init__(self):
         from types import SimpleNamespace
 
-        from tiny import ToyTokenizer
+        from vp2p_world.tiny import ToyTokenizer
 
         self.tok = ToyTokenizer()
         self.tokenizer = SimpleNamespace(clip="clip_l", clip_l=SimpleNamespace(tokenizer=self.tok))
@@ -167,3 +167,31 @@ def test_long_prompt_message_has_the_count_for_every_prompt():
     assert str(tune.value) == str(edit.value)
     assert "81 tokens" in str(tune.value) and "over the 77" in str(tune.value)
     assert encode_text(clip, "a ball", "source_prompt").shape == (1, 77, 32)
+
+
+# --- one progress bar for the inversion -----------------------------------------------------------------
+
+def _invert(model, latents, emb, host, steps: int):
+    """Null-text inversion with ``steps`` DDIM steps, through invert's keywords or its options object."""
+    import inspect
+
+    from vp2p_core import invert
+
+    if "options" in inspect.signature(invert).parameters:
+        from vp2p_core.options import InversionOptions
+
+        return invert(model, latents, emb[:1], emb[1:2], "a red ball",
+                      options=InversionOptions(steps=steps, inner_steps=1), host=host)
+    return invert(model, latents, emb[:1], emb[1:2], "a red ball", num_steps=steps, inner_steps=1, host=host)
+
+
+def test_inversion_fills_one_progress_bar_once():
+    from vp2p_world.tiny import ToyTokenizer, tiny_unet, toy_embed
+    from vp2p_core import Host, VideoModel
+
+    reports = []
+    host = Host(progress=lambda step, total, preview: reports.append((step, total)))
+    emb = toy_embed(ToyTokenizer(), ["a red ball", ""])
+    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    _invert(VideoModel.from_unet(tiny_unet()), latents, emb, host, steps=3)
+    assert reports == [(i, 6) for i in range(1, 7)]  # 3 DDIM steps, then 3 null-text steps, on one bar

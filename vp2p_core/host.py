@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import torch
@@ -47,6 +47,12 @@ class Host:
 
     def loop(self, total: int, what: str) -> "ProgressLoop":
         return ProgressLoop(self, total, what)
+
+    def stage(self, done_before: int, overall: int) -> "Host":
+        """This host for one stage of a longer run: its progress counts on from ``done_before`` out of
+        ``overall``, so that one progress bar fills once over all the stages."""
+        outer = self.progress
+        return replace(self, progress=lambda step, total, preview: outer(done_before + step, overall, preview))
 
 
 class ProgressLoop:

@@ -137,14 +137,17 @@ def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Ten
     with torch.inference_mode(False):
         x0 = latents.clone().to(host.device, dtype)
         cond = source_embedding.clone().to(host.device, dtype)
-        ddim = ddim_inversion(model, x0, cond, schedule, host)
+        steps = schedule.num_steps
+        overall = 2 * steps if mode == "null_text" else steps  # one progress bar over both stages
+        ddim = ddim_inversion(model, x0, cond, schedule, host.stage(0, overall))
         stats = {"ddim_forwards": model.evaluations() - evals0}
         inv = Inversion(x_T=ddim[-1].detach().cpu(), source_embedding=cond.detach().cpu(),
                         timesteps=schedule.timesteps.clone(), mode=mode, guidance=float(guidance), prompt=prompt,
                         model_fingerprint=model.fingerprint, schedule=model.schedule, stats=stats)
         if mode == "null_text":
             nulls, traj, nstats = null_text_optimisation(model, ddim, cond, empty_embedding.clone().to(host.device, dtype),
-                                                         schedule, guidance, inner_steps, early_stop, host,
+                                                         schedule, guidance, inner_steps, early_stop,
+                                                         host.stage(steps, overall),
                                                          lr_scale)
             inv.null_embeddings, inv.trajectory = nulls.cpu(), traj.cpu()
             stats.update(nstats)
