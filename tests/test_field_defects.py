@@ -195,3 +195,30 @@ def test_inversion_fills_one_progress_bar_once():
     latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     _invert(VideoModel.from_unet(tiny_unet()), latents, emb, host, steps=3)
     assert reports == [(i, 6) for i in range(1, 7)]  # 3 DDIM steps, then 3 null-text steps, on one bar
+
+
+# --- the editor's source prompt must be the inversion's -----------------------------------------------------
+
+def _edit_inputs(inverted_prompt: str, source_prompt: str):
+    from vp2p_core import Inversion, VideoModel, build_edit_plan
+    from vp2p_world.tiny import ToyTokenizer, tiny_unet, toy_embed
+
+    tok = ToyTokenizer()
+    model = VideoModel.from_unet(tiny_unet())
+    emb = toy_embed(tok, [source_prompt, "a blue ball on grass", ""])
+    inversion = Inversion(x_T=torch.zeros(2, 4, 16, 16), source_embedding=emb[:1], timesteps=torch.arange(3),
+                          mode="fast", guidance=7.5, prompt=inverted_prompt, model_fingerprint=model.fingerprint,
+                          schedule=model.schedule)
+    plan = build_edit_plan(tok, source_prompt, "a blue ball on grass")
+    plan.source_embedding, plan.target_embeddings, plan.empty_embedding = emb[:1], emb[1:2], emb[2:3]
+    return model, inversion, plan
+
+
+def test_source_prompt_other_than_the_inversions_is_refused():
+    from vp2p_core.sampling import check_edit_inputs
+
+    with pytest.raises(VP2PInputError) as e:
+        check_edit_inputs(*_edit_inputs("a red ball on grass", "a red cube on grass"))
+    msg = str(e.value)
+    assert msg.startswith("source_prompt: ") and "'a red cube on grass'" in msg and "'a red ball on grass'" in msg
+    check_edit_inputs(*_edit_inputs("a red ball on grass", " a red  ball\non grass "))  # whitespace aside: the same

@@ -13,7 +13,6 @@ add one unconditional, frame-independent evaluation per target and step.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -27,8 +26,6 @@ from .inversion import Inversion
 from .model import VideoModel
 from .schedule import DDIMSchedule
 from .structure import StructureGuidance
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,9 +48,10 @@ def check_edit_inputs(model: VideoModel, inversion: Inversion, plan: EditPlan) -
         raise VP2PInputError(
             f"edit: text embeddings of width {plan.source_embedding.shape[-1]} but the inversion used "
             f"{inversion.source_embedding.shape[-1]} (another text encoder)")
-    if plan.source_prompt.strip() != inversion.prompt.strip() and inversion.prompt:
-        log.warning("source prompt of the edit (%r) differs from the inversion's (%r); the inversion's "
-                    "embedding is used for the source branch", plan.source_prompt, inversion.prompt)
+    if inversion.prompt and plan.source_prompt.split() != inversion.prompt.split():  # whitespace aside
+        raise VP2PInputError(
+            f"source_prompt: {plan.source_prompt!r} is not the prompt the inversion was made with "
+            f"({inversion.prompt!r}); expected the inversion's source prompt (or invert again with this one)")
 
 
 def independent_prediction(model: VideoModel, schedule: DDIMSchedule, x: torch.Tensor, t: int, uncond: torch.Tensor,
