@@ -8,6 +8,7 @@ from vp2p_core import VP2PInputError
 from vp2p_core.checkpoint import load_single_file
 from vp2p_core.inflation import video_forward
 from vp2p_core.pipeline import Components
+from vp2p_world.train import TOKENIZER
 
 torch.set_num_threads(1)
 VOCAB = 49408  # the real CLIP tokenizer's ids must fit
@@ -188,7 +189,7 @@ def test_single_file_reproduces_models(written):
 @torch.no_grad()
 def test_components_from_single_file(written):
     family, unet, vae, te, _, path = written
-    cm = Components.from_single_file(path, prediction_type="v_prediction")
+    cm = Components.from_single_file(path, TOKENIZER, prediction_type="v_prediction")
     assert cm.model.schedule.prediction_type == "v_prediction"
     ids = cm.tokenizer(["a rabbit is jumping on the grass"], padding="max_length", max_length=77,
                        return_tensors="pt").input_ids
@@ -196,6 +197,7 @@ def test_components_from_single_file(written):
     x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(6))
     ctx = te(ids)[0]
     _close(video_forward(cm.model.unet, x, 300, ctx, num_frames=1), unet(x, 300, ctx).sample)
+    assert Components.from_single_file(path, cm.tokenizer).tokenizer is cm.tokenizer  # a tokenizer object too
 
 
 def test_prediction_type_from_v_pred_key(written, tmp_path):
@@ -213,7 +215,7 @@ def test_refuses_pickles_and_non_sd_files(tmp_path):
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(b"\x80\x04not really a pickle")
     with pytest.raises(VP2PInputError, match=r"model\.ckpt.*pickle.*\.safetensors"):
-        Components.from_single_file(ckpt)
+        Components.from_single_file(ckpt, TOKENIZER)
     fake = tmp_path / "fake.safetensors"
     fake.write_bytes(b"garbage that is not a safetensors header")
     with pytest.raises(VP2PInputError, match=r"fake\.safetensors.*not a readable safetensors"):

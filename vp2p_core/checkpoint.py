@@ -31,7 +31,6 @@ VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer."
 OPEN_CLIP_PREFIX = "cond_stage_model.model."
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
-TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "vp2p_world" / "weights" / "tokenizer"
 
 
 @dataclass
@@ -287,7 +286,9 @@ def load_single_file(path: str | Path, prediction_type: Optional[str] = None,
                             latent_scale=v_cfg["scaling_factor"])
 
 
-def load_tokenizer(folder: str | Path = TOKENIZER_DIR):
+def load_tokenizer(folder: str | Path):
+    """The CLIP tokenizer whose files (vocab.json, merges.txt) are in ``folder``, offline. A single-file
+    checkpoint holds none: the caller names the one its text encoder was trained with."""
     from transformers import CLIPTokenizer
 
     folder = Path(folder)

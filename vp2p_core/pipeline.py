@@ -66,16 +66,22 @@ class Components:
         return cls(tokenizer=tok, text_encoder=te, vae=vae, model=model, device=device)
 
     @classmethod
-    def from_single_file(cls, path: str | Path, frame_attention: str = "first", device: str | torch.device = "cpu",
-                         dtype: torch.dtype = torch.float32, prediction_type: Optional[str] = None) -> "Components":
+    def from_single_file(cls, path: str | Path, tokenizer, frame_attention: str = "first",
+                         device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                         prediction_type: Optional[str] = None) -> "Components":
         """Load an original-layout SD 1.x/2.x `.safetensors` checkpoint offline (see vp2p_core.checkpoint);
-        prediction_type None = guess (v_pred key / ComfyUI's SD2 heuristic, else epsilon)."""
+        prediction_type None = guess (v_pred key / ComfyUI's SD2 heuristic, else epsilon).
+
+        The file holds no tokenizer: ``tokenizer`` is the one its text encoder was trained with (SD's CLIP BPE
+        tokenizer), as an object or as the folder of its files (vocab.json, merges.txt)."""
         from .checkpoint import load_single_file, load_tokenizer
 
         m = load_single_file(path, prediction_type=prediction_type, dtype=dtype, device=device)
         model = VideoModel.from_unet(m.unet, latent_scale=m.latent_scale, frame_attention=frame_attention,
                                      schedule=DDIMConfig(prediction_type=m.prediction_type))
-        return cls(tokenizer=load_tokenizer(), text_encoder=m.text_encoder, vae=m.vae, model=model,
+        if isinstance(tokenizer, (str, Path)):
+            tokenizer = load_tokenizer(tokenizer)
+        return cls(tokenizer=tokenizer, text_encoder=m.text_encoder, vae=m.vae, model=model,
                    device=torch.device(device))
 
     @torch.no_grad()

@@ -198,7 +198,7 @@ def main(argv=None) -> int:
     try:
         model_path = Path(a.model)
         if model_path.is_file():
-            comps = Components.from_single_file(model_path)
+            comps = Components.from_single_file(model_path, WEIGHTS / "tokenizer")  # SD's CLIP tokenizer
         else:
             comps = Components.from_folder(model_path)
         frames, scene, clip = load_clip(a.clip, a.frames, a.resolution)
