@@ -18,8 +18,10 @@ text embedding, MSE, backward, Adam step on the embedding); ours freezes the UNe
 run_videop2p.py leaves every UNet weight requiring grad (timed that way, and frozen for comparison).
 The reference's diffusers-0.11 attention materialises every attention map; ours calls SDPA.
 
-    /work/venv/bin/python -m bench.compare_reference --reference /work/ref/Video-P2P \
-        --ref-python /work/refvenv/bin/python --configs small sd15_narrow
+    .venv/bin/python -m bench.compare_reference --reference ../ref/Video-P2P \
+        --ref-python ../refvenv/bin/python --configs small sd15_narrow
+
+(from the repository; those two paths, beside the repository, are also the defaults).
 
 Nothing of the reference is copied here; it is imported from its checkout in the subprocess only.
 """
@@ -37,6 +39,9 @@ import time
 import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# defaults: the reference's checkout and environment beside this repository
+DEFAULT_REFERENCE = os.path.join(os.path.dirname(REPO_ROOT), "ref", "Video-P2P")
+DEFAULT_REF_PYTHON = os.path.join(os.path.dirname(REPO_ROOT), "refvenv", "bin", "python")
 
 # Small SD-1.x-shaped configs (diffusers 2D block names; the reference side maps them to its 3D names).
 CONFIGS = {
@@ -304,9 +309,11 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reference", default="/work/ref/Video-P2P", help="checkout of dvlab-research/Video-P2P")
-    ap.add_argument("--ref-python", default="/work/refvenv/bin/python",
-                    help="python of the reference's environment (diffusers 0.11.1)")
+    ap.add_argument("--reference", default=DEFAULT_REFERENCE,
+                    help="checkout of dvlab-research/Video-P2P (default: ../ref/Video-P2P beside the repository)")
+    ap.add_argument("--ref-python", default=DEFAULT_REF_PYTHON,
+                    help="python of the reference's environment, diffusers 0.11.1 "
+                         "(default: ../refvenv/bin/python beside the repository)")
     ap.add_argument("--configs", nargs="+", default=["small"], choices=sorted(CONFIGS))
     ap.add_argument("--repeats", type=int, default=0, help="timed repetitions (best of N); 0: the config's")
     ap.add_argument("--threads", type=int, default=1)
