@@ -25,6 +25,49 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class FolderModels:
+    """The parts of a diffusers-format SD folder as stored: the UNet is the plain image UNet (not inflated)."""
+
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    vae: torch.nn.Module
+    unet: torch.nn.Module
+    schedule: DDIMConfig
+    latent_scale: float
+
+
+def load_folder(folder: str | Path, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32) -> FolderModels:
+    """Load a diffusers-format SD folder offline (unet/, vae/, text_encoder/, tokenizer/, scheduler/), computing in
+    ``dtype`` whatever dtype the weights were stored in."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    missing = [s for s in ("unet", "vae", "text_encoder", "tokenizer") if not (folder / s).is_dir()]
+    if missing:
+        raise VP2PInputError(f"model: {str(folder)!r} is not a diffusers SD folder (missing {', '.join(missing)})")
+    device = torch.device(device)
+    tok = CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77, local_files_only=True)
+    kw = dict(local_files_only=True, torch_dtype=dtype)
+    te = CLIPTextModel.from_pretrained(folder / "text_encoder", **kw).to(device).eval()
+    vae = AutoencoderKL.from_pretrained(folder / "vae", **kw).to(device).eval()
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", **kw).to(device).eval()
+    sched = DDIMConfig()
+    sched_file = folder / "scheduler" / "scheduler_config.json"
+    if sched_file.is_file():
+        import json
+
+        raw = json.loads(sched_file.read_text())
+        sched = DDIMConfig(prediction_type=raw.get("prediction_type", "epsilon"),
+                           beta_start=raw.get("beta_start", 0.00085), beta_end=raw.get("beta_end", 0.012),
+                           beta_schedule=raw.get("beta_schedule", "scaled_linear"),
+                           num_train_timesteps=raw.get("num_train_timesteps", 1000))
+    scale = float(getattr(vae.config, "scaling_factor", 0.18215))
+    return FolderModels(tokenizer=tok, text_encoder=te, vae=vae, unet=unet, schedule=sched, latent_scale=scale)
+
+
+@dataclass
 class Components:
     """Tokenizer, text encoder, VAE and the inflated video model of one SD-style checkpoint."""
 
@@ -37,33 +80,12 @@ class Components:
     @classmethod
     def from_folder(cls, folder: str | Path, frame_attention: str = "first", device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> "Components":
-        """Load a diffusers-format SD folder offline (unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        folder = Path(folder)
-        missing = [s for s in ("unet", "vae", "text_encoder", "tokenizer") if not (folder / s).is_dir()]
-        if missing:
-            raise VP2PInputError(f"model: {str(folder)!r} is not a diffusers SD folder (missing {', '.join(missing)})")
-        device = torch.device(device)
-        tok = CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77, local_files_only=True)
-        kw = dict(local_files_only=True, torch_dtype=dtype)
-        te = CLIPTextModel.from_pretrained(folder / "text_encoder", **kw).to(device).eval()
-        vae = AutoencoderKL.from_pretrained(folder / "vae", **kw).to(device).eval()
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", **kw).to(device).eval()
-        sched = DDIMConfig()
-        sched_file = folder / "scheduler" / "scheduler_config.json"
-        if sched_file.is_file():
-            import json
-
-            raw = json.loads(sched_file.read_text())
-            sched = DDIMConfig(prediction_type=raw.get("prediction_type", "epsilon"),
-                               beta_start=raw.get("beta_start", 0.00085), beta_end=raw.get("beta_end", 0.012),
-                               beta_schedule=raw.get("beta_schedule", "scaled_linear"),
-                               num_train_timesteps=raw.get("num_train_timesteps", 1000))
-        scale = float(getattr(vae.config, "scaling_factor", 0.18215))
-        model = VideoModel.from_unet(unet, latent_scale=scale, frame_attention=frame_attention, schedule=sched)
-        return cls(tokenizer=tok, text_encoder=te, vae=vae, model=model, device=device)
+        """Load a diffusers-format SD folder offline (see load_folder) and inflate its UNet."""
+        m = load_folder(folder, device=device, dtype=dtype)
+        model = VideoModel.from_unet(m.unet, latent_scale=m.latent_scale, frame_attention=frame_attention,
+                                     schedule=m.schedule)
+        return cls(tokenizer=m.tokenizer, text_encoder=m.text_encoder, vae=m.vae, model=model,
+                   device=torch.device(device))
 
     @classmethod
     def from_single_file(cls, path: str | Path, tokenizer, frame_attention: str = "first",

@@ -40,21 +40,18 @@ MIN_OBJECT_PIXELS = 12
 
 
 def load_model(folder: str | Path = WEIGHTS) -> dict:
-    """Tokenizer, text encoder, UNet, VAE and DDIM scheduler of a diffusers SD folder, offline, computing
-    in float32 whatever dtype the weights were stored in."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    """Tokenizer, text encoder, UNet (the image UNet, not inflated), VAE and diffusers' DDIM scheduler of a diffusers
+    SD folder, offline, computing in float32 whatever dtype the weights were stored in (the core's load_folder)."""
+    from diffusers import DDIMScheduler
+
+    from vp2p_core.pipeline import load_folder
 
     folder = Path(folder)
     if not (folder / "unet").is_dir():
         raise FileNotFoundError(f"model folder {str(folder)!r} has no unet/ (train it: python -m vp2p_world.train)")
-    return {
-        "tokenizer": CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77, local_files_only=True),
-        "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True).float().eval(),
-        "unet": UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True).float().eval(),
-        "vae": AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True).float().eval(),
-        "scheduler": DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True),
-    }
+    m = load_folder(folder)
+    return {"tokenizer": m.tokenizer, "text_encoder": m.text_encoder, "unet": m.unet, "vae": m.vae,
+            "scheduler": DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)}
 
 
 @torch.no_grad()
