@@ -159,17 +159,18 @@ def test_shipped_model_follows_colour_and_shape_in_the_prompt(model):
 def test_grounding_loss_prefers_maps_on_their_regions_and_keeps_the_attention_exact():
     from diffusers import UNet2DConditionModel
 
-    from vp2p_world.train import MapKeepingCrossAttn, grounding_loss, unet_config
+    from vp2p_world.train import WordMapKeeper, grounding_loss, unet_config
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**unet_config(32)).eval()
     x, ctx, t = torch.randn(2, 4, 16, 16), torch.randn(2, 77, 32), torch.tensor([10, 700])
-    kept: list = []
+    default = unet.attn_processors
     with torch.no_grad():
         ref = unet(x, t, encoder_hidden_states=ctx).sample
-        unet.set_attn_processor({n: MapKeepingCrossAttn(kept) if n.endswith("attn2.processor") else p
-                                 for n, p in unet.attn_processors.items()})
-        got = unet(x, t, encoder_hidden_states=ctx).sample
+        with WordMapKeeper(unet) as keeper:
+            got = unet(x, t, encoder_hidden_states=ctx).sample
+    assert unet.attn_processors == default  # put back
+    kept = keeper.maps
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     assert sorted({int(round(k.shape[1] ** 0.5)) for k in kept}) == [4, 8, 16] and kept[0].shape[-1] == 77
 

@@ -220,7 +220,7 @@ def word_maps(model: dict, n: int = 24, timesteps=(200, 500, 800), seed: int = 1
 
     from vp2p_core.text import word_token_indices
 
-    from .train import CaptionTokens, MapKeepingCrossAttn
+    from .train import CaptionTokens, WordMapKeeper
 
     unet, te, vae, tok = model["unet"], model["text_encoder"], model["vae"], model["tokenizer"]
     rng = np.random.default_rng(seed)
@@ -238,17 +238,11 @@ def word_maps(model: dict, n: int = 24, timesteps=(200, 500, 800), seed: int = 1
     z = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
     ctx = te(tok([c.caption for c in clips], padding="max_length", max_length=77, return_tensors="pt").input_ids)[0]
     gen = torch.Generator().manual_seed(seed)
-    kept: list = []
-    default = dict(unet.attn_processors)
-    unet.set_attn_processor({k: MapKeepingCrossAttn(kept) if k.endswith("attn2.processor") else v
-                             for k, v in default.items()})
-    try:
+    with WordMapKeeper(unet) as keeper:
         for t in timesteps:
             tt = torch.full((n,), t)
             unet(sched.add_noise(z, torch.randn(z.shape, generator=gen), tt), tt, encoder_hidden_states=ctx)
-    finally:
-        unet.set_attn_processor(default)
-    maps = [k for k in kept if k.shape[1] == side * side]
+    maps = [k for k in keeper.maps if k.shape[1] == side * side]
     out = {}
     for name, toks in groups.items():
         on, off, ratio, iou = [], [], [], []

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vp2p_core.attention import CrossAttnProcessor, FrameState
+
 from .render import caption, random_scene, render
 
 log = logging.getLogger("vp2p_world.train")
@@ -160,23 +162,53 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float)
     return snr.clamp(max=gamma) / snr
 
 
-class MapKeepingCrossAttn:
-    """Cross-attention with its maps materialised and kept (head mean, [B, pixels, 77]) for the grounding
-    loss; the same maths as diffusers' default processor for this UNet (no masks, norms or residuals)."""
+class WordMapKeeper:
+    """Keeps the cross-attention maps of a plain diffusers UNet while installed: its attn2 layers run the core's
+    CrossAttnProcessor (vp2p_core.attention), to which this is a controller that reads every map and changes
+    none. ``maps`` gets one head mean [B, pixels, 77] per layer and call, inside the autograd graph (the
+    grounding loss trains through it). ``with WordMapKeeper(unet) as keeper:``, or install() ... remove()."""
 
-    def __init__(self, kept: list):
-        self.kept = kept
+    def __init__(self, unet):
+        self.unet, self.maps = unet, []
+        self.state = FrameState(controller=self)
+        self.controlled_clips = 0  # every row of the batch: set at each call by _EveryRowCrossAttn
+        self._saved: dict | None = None
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        from vp2p_core.attention import merge_heads, project_out, split_heads
+    def install(self) -> "WordMapKeeper":
+        self._saved = dict(self.unet.attn_processors)
+        self.unet.set_attn_processor({name: _EveryRowCrossAttn(self.state, name) if name.endswith("attn2.processor")
+                                      else proc for name, proc in self._saved.items()})
+        return self
 
-        h = attn.heads
-        q = split_heads(attn.to_q(hidden_states), h)
-        k = split_heads(attn.to_k(encoder_hidden_states), h)
-        v = split_heads(attn.to_v(encoder_hidden_states), h)
-        probs = (torch.matmul(q, k.transpose(-1, -2)) * attn.scale).softmax(dim=-1)
-        self.kept.append(probs.mean(dim=1))
-        return project_out(attn, merge_heads(torch.matmul(probs, v)))
+    def remove(self) -> None:
+        if self._saved is not None:
+            self.unet.set_attn_processor(self._saved)
+            self._saved = None
+
+    def __enter__(self) -> "WordMapKeeper":
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    # the controller protocol the core's processors read
+    def reads_cross(self, name: str, tokens: int) -> bool:
+        return True
+
+    def self_replace_active(self, kind: str, tokens: int) -> bool:
+        return False
+
+    def cross(self, probs: torch.Tensor, name: str) -> torch.Tensor:
+        self.maps.append(probs.mean(dim=2).flatten(0, 1))  # [B, 1 frame, heads, pixels, 77] -> [B, pixels, 77]
+        return probs
+
+
+class _EveryRowCrossAttn(CrossAttnProcessor):
+    """The core's cross-attention on an image UNet: each batch row is one clip of one frame, and all are read."""
+
+    def __call__(self, attn, hidden_states, *args, **kwargs):
+        self.state.controller.controlled_clips = hidden_states.shape[0]
+        return super().__call__(attn, hidden_states, *args, **kwargs)
 
 
 class CaptionTokens:
@@ -248,11 +280,9 @@ def train_unet(pool: "FramePool", vae, tokenizer, steps: int, batch: int, seed: 
     # its 3.2M rows would otherwise dominate every optimiser step
     te.get_input_embeddings().weight.requires_grad_(False)
     params = [p for p in list(unet.parameters()) + list(te.parameters()) if p.requires_grad]
-    kept: list[torch.Tensor] = []
-    default_processors = dict(unet.attn_processors)
+    keeper = WordMapKeeper(unet)
     if grounding_weight > 0:
-        unet.set_attn_processor({name: MapKeepingCrossAttn(kept) if name.endswith("attn2.processor") else proc
-                                 for name, proc in unet.attn_processors.items()})
+        keeper.install()
         words = CaptionTokens(tokenizer)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, fused=True)
     sched = warmup_cosine(opt, steps)
@@ -276,7 +306,7 @@ def train_unet(pool: "FramePool", vae, tokenizer, steps: int, batch: int, seed: 
             noise = noise + offset_noise * torch.randn(batch, z.shape[1], 1, 1, generator=gen)
         t = torch.randint(0, 1000, (batch,), generator=gen)
         noisy = noise_sched.add_noise(z, noise, t)
-        kept.clear()
+        keeper.maps.clear()
         pred = unet(noisy, t, encoder_hidden_states=te(ids)[0]).sample
         w = object_loss_weights(pool.masks[ci, fi], z.shape[-1], object_weight, grow=1)
         per_sample = (w * (pred - noise).pow(2)).mean(dim=(1, 2, 3))
@@ -289,7 +319,7 @@ def train_unet(pool: "FramePool", vae, tokenizer, steps: int, batch: int, seed: 
                 if text:
                     o, b = words(pool.scenes[c], text)
                     obj_tok[i, o], bg_tok[i, b] = 1, 1
-            g = grounding_loss(kept, pool.masks[ci, fi], obj_tok, bg_tok)
+            g = grounding_loss(keeper.maps, pool.masks[ci, fi], obj_tok, bg_tok)
             loss = loss + grounding_weight * g
             gema = g.item() if step == 0 else 0.98 * gema + 0.02 * g.item()
         opt.zero_grad(set_to_none=True)
@@ -308,7 +338,7 @@ def train_unet(pool: "FramePool", vae, tokenizer, steps: int, batch: int, seed: 
         for p, a in zip(params, averaged):
             p.copy_(a)
     unet = unet.to(memory_format=torch.contiguous_format)
-    unet.set_attn_processor(default_processors)
+    keeper.remove()
     return unet.eval(), te.eval(), {"unet_loss": ema, "min_snr_gamma": min_snr_gamma, "ema_decay": ema_decay,
                                       "object_weight": object_weight, "grounding_weight": grounding_weight,
                                       "offset_noise": offset_noise,
