@@ -128,7 +128,8 @@ def _texts(cfg: dict):
 
 
 def stage(name: str, cfg: dict, workdir: str, tuned: bool, steps: int) -> dict:
-    from vp2p_core import TuneConfig, build_edit_plan, invert, one_shot_tune, sample_edit
+    from vp2p_core import (EditOptions, InversionOptions, TuneOptions, build_edit_plan, invert, one_shot_tune,
+                           sample_edit)
     from vp2p_core.inversion import Inversion
 
     torch.manual_seed(0)
@@ -149,7 +150,8 @@ def stage(name: str, cfg: dict, workdir: str, tuned: bool, steps: int) -> dict:
         if name in ("tune", "pretune"):
             with PeakRSS() as mem:
                 t0 = time.perf_counter()
-                delta = one_shot_tune(model, latents, src, SOURCE, TuneConfig(steps=steps, seed=33))
+                delta = one_shot_tune(model, latents, src, SOURCE,
+                                      options=TuneOptions(steps=steps, gradient_checkpointing=False))
                 row["time_s"] = time.perf_counter() - t0
             row.update(steps=steps, per_step_s=row["time_s"] / steps, backwards=steps,
                        ref_forwards=steps, ref_backwards=steps,
@@ -159,7 +161,7 @@ def stage(name: str, cfg: dict, workdir: str, tuned: bool, steps: int) -> dict:
         elif name == "ddim":
             with PeakRSS() as mem:
                 t0 = time.perf_counter()
-                inv = invert(model, latents, src, empty, SOURCE, mode="fast", num_steps=steps)
+                inv = invert(model, latents, src, empty, SOURCE, options=InversionOptions(mode="fast", steps=steps))
                 row["time_s"] = time.perf_counter() - t0
             inv.save(os.path.join(workdir, "inv_fast.safetensors"))
             row.update(steps=steps, backwards=0, ref_forwards=steps, ref_backwards=0)
@@ -187,7 +189,8 @@ def stage(name: str, cfg: dict, workdir: str, tuned: bool, steps: int) -> dict:
         elif name in ("edit_null", "edit_fast"):
             inv = Inversion.load(os.path.join(workdir, "inv_null.safetensors" if name == "edit_null" else
                                               "inv_fast.safetensors"))
-            plan = build_edit_plan(tok, SOURCE, TARGET, blend_words=[BLEND[0]], blend_target_words=[BLEND[1]])
+            plan = build_edit_plan(tok, SOURCE, TARGET,
+                                   options=EditOptions(blend_words=BLEND[0], blend_target_words=BLEND[1]))
             plan.source_embedding, plan.target_embeddings, plan.empty_embedding = src, tgt, empty
             with PeakRSS() as mem:
                 t0 = time.perf_counter()

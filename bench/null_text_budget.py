@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from vp2p_core import TuneConfig, invert, one_shot_tune, trained_weights
+from vp2p_core import InversionOptions, TuneOptions, invert, one_shot_tune, trained_weights
 from vp2p_core.pipeline import Components
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "vp2p_world" / "weights"
@@ -36,14 +36,15 @@ def main(argv=None) -> int:
     lat = comps.encode_frames(clip.frames)
     txt, empty = comps.encode_prompts([clip.caption]), comps.encode_prompts([""])
     with trained_weights(comps.model):
-        delta = one_shot_tune(comps.model, lat, txt, clip.caption, TuneConfig(steps=a.tune_steps))
+        delta = one_shot_tune(comps.model, lat, txt, clip.caption,
+                              options=TuneOptions(steps=a.tune_steps, gradient_checkpointing=False))
     rows = []
     for name, scale, inner in [("reference settings (lr x1, 10 inner)", 1.0, 10), ("lr x5, 4 inner", 5.0, 4),
                                ("lr x10, 3 inner", 10.0, 3)]:
         t0 = time.perf_counter()
         with trained_weights(comps.model, delta):
-            inv = invert(comps.model, lat, txt, empty, clip.caption, num_steps=a.steps, inner_steps=inner,
-                         lr_scale=scale)
+            inv = invert(comps.model, lat, txt, empty, clip.caption,
+                         options=InversionOptions(steps=a.steps, inner_steps=inner, lr_scale=scale))
         # the reference's loop on the same steps, which run all 10 iterations here (see the first row):
         # DDIM inversion + per step 1 cond forward + 10 x (forward + backward) + a 2-forward guided step
         ref_count = a.steps + a.steps * (1 + 2 * 10 + 2)

@@ -1,7 +1,10 @@
-"""ComfyUI glue for Video-P2P: node classes, conversion of ComfyUI objects, host hooks, files.
+"""ComfyUI glue for Video-P2P, one module per stage mirroring ``vp2p_core``.
 
-Nothing here imports ComfyUI at module level, so the package imports (and is tested) without it.
+- ``nodes_*.py``: the nodes, in ComfyUI's V3 schema (``comfy_api.latest.io``), listed in ``extension.py``;
+  their widgets come from the core's options (``schema.py``). Only these modules import ComfyUI at module
+  level, and ComfyUI imports them through the package's ``comfy_entrypoint``.
+- ``types.py`` (socket objects), ``convert.py`` (MODEL -> diffusers UNet), ``text.py`` (CLIP -> embeddings),
+  ``host.py`` (device, loading, progress, previews, stop button), ``files.py`` (file names, cache),
+  ``maps.py`` (attention-map images), ``controlnet.py`` (ControlNets as residual functions): no ComfyUI import
+  at module level, so they are tested without it.
 """
-from .nodes_vp2p import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -19,7 +19,7 @@ from vp2p_core import VP2PInputError
 log = logging.getLogger(__name__)
 
 LDM_PREFIX = "model.diffusion_model."
-WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # InflationOptions.weight_dtype
 
 
 def _per_level(values, levels: int, per_level: int, what: str) -> list[int]:
@@ -160,19 +160,17 @@ def comfy_unet_state_dict(model) -> dict:
     return sd
 
 
-def comfy_model_to_unet(model, weight_dtype: str = "fp32"):
+def comfy_model_to_unet(model, weight_dtype: str):
     """(diffusers UNet, prediction_type, latent_scale, latent_format, info) for a ComfyUI MODEL."""
     if not hasattr(model, "model") or not hasattr(model.model, "diffusion_model"):
         raise VP2PInputError(f"model: expected a ComfyUI MODEL (from a checkpoint loader), got {type(model).__name__}")
-    if weight_dtype not in WEIGHT_DTYPES:
-        raise VP2PInputError(f"weight_dtype: expected one of {tuple(WEIGHT_DTYPES)}, got {weight_dtype!r}")
     prediction = comfy_prediction_type(model)
     unet_config = dict(model.model.model_config.unet_config)
     config = diffusers_unet_config(unet_config)
     latent_format = model.model.latent_format
     if int(getattr(latent_format, "latent_channels", 4)) != config["in_channels"]:
         raise VP2PInputError("MODEL: latent channels differ from the UNet's input; expected an SD 1.x/2.x checkpoint")
-    unet = unet_from_ldm_state_dict(comfy_unet_state_dict(model), config, WEIGHT_DTYPES[weight_dtype])
+    unet = unet_from_ldm_state_dict(comfy_unet_state_dict(model), config, TORCH_DTYPES[weight_dtype])
     info = {"prediction_type": prediction, "model": type(model.model.model_config).__name__,
             "patches": len(model.patches), "weight_dtype": weight_dtype}
     log.info("Video-P2P: converted %s UNet to diffusers (%s, %d weight patches applied)",

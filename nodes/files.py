@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path, PurePosixPath
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 import torch
 
 from vp2p_core import VP2PInputError
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 SUFFIX = ".safetensors"
 _ROOTS: dict[str, list[Path]] = {}
 
@@ -124,3 +127,21 @@ def tensor_hash(t: torch.Tensor) -> str:
 
 def cache_key(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def cached_stage(cache_dir: str, kind: str, key: str, load: Callable[[Path], T],
+                 compute: Callable[[], T]) -> tuple[T, bool]:
+    """A stage's result from the cache (``load``, which checks it fits), or ``compute()`` saved there.
+
+    Returns the result and whether it came from the cache. Empty ``cache_dir``: always computed, nothing saved.
+    """
+    path = cache_path(cache_dir, kind, key)
+    if path is not None and path.is_file():
+        result = load(path)
+        log.info("Video-P2P: %s loaded from the cache, %s", kind, path)
+        return result, True
+    result = compute()
+    if path is not None:
+        result.save(path)
+        log.info("Video-P2P: %s cached at %s", kind, path)
+    return result, False

@@ -9,8 +9,10 @@ from typing import Any, Optional
 
 import torch
 
-from vp2p_core import Delta, EditPlan, StructureGuidance, VideoModel, VP2PInputError
+from vp2p_core import (SD_LATENT_SCALE, Delta, EditPlan, InflationOptions, StructureGuidance, StructureOptions,
+                       VideoModel, VP2PInputError)
 from vp2p_core.files import combine_fingerprints
+from vp2p_core.tuning import check_delta
 
 VP2P_MODEL = "VP2P_MODEL"
 VP2P_INVERSION = "VP2P_INVERSION"
@@ -52,24 +54,41 @@ class VP2PModel:
     def tuned_frames(self) -> Optional[int]:
         return None if self.delta is None else self.delta.num_frames
 
-    def check_delta_fits(self, delta: Delta, what: str) -> None:
-        """Refuse a delta made for another checkpoint, or whose tensors the model lacks."""
-        if delta.base_fingerprint != self.video.base_fingerprint:
+    def check_delta_fits(self, delta: Delta, what: str, num_frames: Optional[int] = None) -> None:
+        """Refuse a delta made for another checkpoint or clip length, or whose tensors the model lacks."""
+        check_delta(self.video, delta, what, num_frames=num_frames)
+
+    def check_frames(self, frames: int, what: str) -> None:
+        """Refuse a clip of another length than the one this model was tuned on."""
+        if self.delta is not None:
+            self.check_delta_fits(self.delta, what, num_frames=frames)
+
+    def latents(self, latent, what: str = "latent") -> torch.Tensor:
+        """ComfyUI LATENT (unscaled VAE output) -> the scaled [F, C, h, w] float32 latents the core works on."""
+        if not isinstance(latent, dict) or "samples" not in latent:
+            raise VP2PInputError(f"{what}: expected a LATENT (from VAEEncode), got {type(latent).__name__}")
+        s = latent["samples"]
+        if not isinstance(s, torch.Tensor) or s.dim() != 4:
+            shape = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+            raise VP2PInputError(f"{what}: expected image latents [frames, channels, h, w], got {shape}; "
+                                 "encode the frames with an SD 1.x/2.x VAE (VAEEncode)")
+        cfg = self.video.unet.config
+        if s.shape[1] != cfg.in_channels:
+            raise VP2PInputError(f"{what}: {s.shape[1]} latent channels, the model takes {cfg.in_channels}")
+        factor = 2 ** (len(cfg.block_out_channels) - 1)
+        if s.shape[-1] % factor or s.shape[-2] % factor:
             raise VP2PInputError(
-                f"{what}: made for the model with fingerprint {delta.base_fingerprint}, but this model is "
-                f"{self.video.base_fingerprint} (another checkpoint or LoRA); load the checkpoint it was tuned "
-                "on, or tune again")
-        params = dict(self.video.unet.named_parameters())
-        for name, t in delta.tensors.items():
-            if name not in params:
-                raise VP2PInputError(f"{what}: the parameter {name!r} is not in this model")
-            if tuple(params[name].shape) != tuple(t.shape):
-                raise VP2PInputError(
-                    f"{what}: {name} has shape {tuple(t.shape)}, this model's is {tuple(params[name].shape)}")
+                f"{what}: latents of {s.shape[-2]}x{s.shape[-1]} do not divide by {factor}; resize the frames to a "
+                f"multiple of {factor * 8} pixels (e.g. 512x512)")
+        return s.detach().to("cpu", torch.float32) * self.latent_scale
+
+    def comfy_latent(self, latents: torch.Tensor) -> dict:
+        """Scaled core latents -> a ComfyUI LATENT (what VAEDecode and DecodeFrames take)."""
+        return {"samples": (latents / self.latent_scale).float()}
 
 
-def vp2p_model_from_unet(unet, prediction_type: str = "epsilon", latent_scale: float = 0.18215,
-                         frame_attention: str = "first", patcher: Any = None, latent_format: Any = None,
+def vp2p_model_from_unet(unet, prediction_type: str = "epsilon", latent_scale: float = SD_LATENT_SCALE,
+                         frame_attention: str = InflationOptions.frame_attention, patcher: Any = None, latent_format: Any = None,
                          info: Optional[dict] = None) -> VP2PModel:
     """Inflate a diffusers UNet2DConditionModel (in place) into a VP2P_MODEL."""
     with torch.inference_mode(False):
@@ -109,12 +128,8 @@ class VP2PStructure:
 
     control: Any  # nodes.controlnet.ControlNetHandle
     images: torch.Tensor  # IMAGE [F,H,W,C] 0..1, as given (blurred when the guidance is built)
-    blur: float = 0.0
-    strength: float = 1.0
-    start: float = 0.0
-    end: float = 1.0
+    options: StructureOptions = StructureOptions()
 
     def guidance(self, latent_hw: tuple[int, int], frames: int) -> StructureGuidance:
         return StructureGuidance.from_images(self.control.residual_fn, self.images, tuple(latent_hw), int(frames),
-                                             blur=self.blur, strength=self.strength, start=self.start, end=self.end,
-                                             vae_factor=self.control.compression)
+                                             options=self.options, vae_factor=self.control.compression)

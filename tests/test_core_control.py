@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from vp2p_core import VP2PInputError, build_edit_plan
+from vp2p_core import EditOptions, VP2PInputError, build_edit_plan
 from vp2p_core.seq_aligner import refinement_mapper, replacement_mapper
 from vp2p_core.text import word_token_indices
 from vp2p_world.tiny import ToyTokenizer
@@ -72,7 +72,7 @@ def test_real_clip_tokenizer_mappers():
 
 
 def test_plan_auto_mode_and_alpha(tok):
-    plan = build_edit_plan(tok, "a red ball on grass", "a blue ball on grass", cross_replace=0.2)
+    plan = build_edit_plan(tok, "a red ball on grass", "a blue ball on grass", options=EditOptions(cross_replace=0.2))
     assert plan.mode == "replace"
     alpha = plan.cross_alpha(50)
     assert alpha.shape == (51, 1, 77)
@@ -82,7 +82,8 @@ def test_plan_auto_mode_and_alpha(tok):
 
 
 def test_plan_per_word_cross_replace(tok):
-    plan = build_edit_plan(tok, "a red ball", "a blue ball", cross_replace=0.8, cross_replace_words={"blue": 0.4})
+    plan = build_edit_plan(tok, "a red ball", "a blue ball", options=EditOptions(cross_replace=0.8),
+                           cross_replace_words={"blue": 0.4})
     alpha = plan.cross_alpha(50)
     blue = word_token_indices("a blue ball", "blue", tok)[0]
     assert alpha[:20, 0, blue].eq(1).all() and alpha[20:, 0, blue].eq(0).all()
@@ -90,8 +91,8 @@ def test_plan_per_word_cross_replace(tok):
 
 
 def test_plan_reweight_and_blend(tok):
-    plan = build_edit_plan(tok, "a rabbit jumping", "a origami rabbit jumping", reweight={"origami": 2.0},
-                           blend_words="rabbit")
+    plan = build_edit_plan(tok, "a rabbit jumping", "a origami rabbit jumping",
+                           options=EditOptions(reweight_words="origami", reweight_values="2", blend_words="rabbit"))
     assert plan.mode == "refine"
     assert plan.equalizer[0, 2] == 2 and plan.equalizer[0, 1] == 1
     assert plan.blend.source_tokens == [2] and plan.blend.target_tokens == [[3]]
@@ -99,19 +100,20 @@ def test_plan_reweight_and_blend(tok):
 
 def test_plan_errors_name_the_input(tok):
     with pytest.raises(VP2PInputError, match="same number of words"):
-        build_edit_plan(tok, "a red ball", "a big blue ball", mode="replace")
+        build_edit_plan(tok, "a red ball", "a big blue ball", options=EditOptions(edit_mode="replace"))
     with pytest.raises(VP2PInputError, match=r"blend_words \(source prompt\).*'cat'"):
-        build_edit_plan(tok, "a red ball", "a blue ball", blend_words="cat")
-    with pytest.raises(VP2PInputError, match=r"blend_words \(target prompt\).*'cube'"):
-        build_edit_plan(tok, "a red ball", "a blue ball", blend_words="ball", blend_target_words="cube")
+        build_edit_plan(tok, "a red ball", "a blue ball", options=EditOptions(blend_words="cat"))
+    with pytest.raises(VP2PInputError, match=r"blend_target_words \(target prompt\).*'cube'"):
+        build_edit_plan(tok, "a red ball", "a blue ball",
+                        options=EditOptions(blend_words="ball", blend_target_words="cube"))
     with pytest.raises(VP2PInputError, match="reweight_words.*'shiny'"):
-        build_edit_plan(tok, "a red ball", "a blue ball", reweight={"shiny": 2})
+        build_edit_plan(tok, "a red ball", "a blue ball", options=EditOptions(reweight_words="shiny", reweight_values="2"))
     long_prompt = " ".join(["word"] * 80)
     with pytest.raises(VP2PInputError, match="over the 77"):
         build_edit_plan(tok, long_prompt, "a ball")
     with pytest.raises(VP2PInputError, match="edit_mode"):
-        build_edit_plan(tok, "a ball", "a cube", mode="swap")
+        build_edit_plan(tok, "a ball", "a cube", options=EditOptions(edit_mode="swap"))
     with pytest.raises(VP2PInputError, match="cross_replace"):
-        build_edit_plan(tok, "a ball", "a cube", cross_replace=1.5)
-    with pytest.raises(VP2PInputError, match="target_prompt"):
+        build_edit_plan(tok, "a ball", "a cube", options=EditOptions(cross_replace=1.5))
+    with pytest.raises(VP2PInputError, match="target_prompts"):
         build_edit_plan(tok, "a ball", [])

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from vp2p_core import (StructureGuidance, VP2PInputError, VideoModel, blur_structure, build_edit_plan,
+from vp2p_core import (EditOptions, InversionOptions, SamplerOptions, StructureGuidance, StructureOptions,
+                       VP2PInputError, VideoModel, blur_structure, build_edit_plan,
                        diffusers_controlnet, invert, sample_edit)
 from vp2p_world.tiny import ToyTokenizer, tiny_unet, toy_embed
 
@@ -17,8 +18,8 @@ def setup():
     emb = toy_embed(tok, [SRC, TGT, ""])
     latents = torch.randn(F_, 4, 16, 16, generator=torch.Generator().manual_seed(4))
     model = VideoModel.from_unet(tiny_unet())
-    inv = invert(model, latents, emb[:1], emb[2:3], SRC, mode="fast", num_steps=STEPS)
-    plan = build_edit_plan(tok, SRC, TGT, blend_words="ball")
+    inv = invert(model, latents, emb[:1], emb[2:3], SRC, options=InversionOptions(mode="fast", steps=STEPS))
+    plan = build_edit_plan(tok, SRC, TGT, options=EditOptions(blend_words="ball"))
     plan.source_embedding, plan.target_embeddings, plan.empty_embedding = emb[:1], emb[1:2], emb[2:3]
     return model, inv, plan
 
@@ -39,14 +40,14 @@ def controlnet():
 def test_temporal_guidance_one_is_the_plain_sampler(setup):
     model, inv, plan = setup
     plain = sample_edit(model, inv, plan)
-    same = sample_edit(model, inv, plan, temporal_guidance=1.0)
+    same = sample_edit(model, inv, plan, options=SamplerOptions(temporal_guidance=1.0))
     assert torch.equal(plain.edited, same.edited) and plain.stats["forwards"] == same.stats["forwards"]
-    smooth = sample_edit(model, inv, plan, temporal_guidance=2.0)
+    smooth = sample_edit(model, inv, plan, options=SamplerOptions(temporal_guidance=2.0))
     assert smooth.stats["forwards"] == plain.stats["forwards"] + STEPS  # one frame-independent pass per step
     assert (smooth.edited - plain.edited).abs().max() > 1e-4
     assert torch.equal(smooth.source, plain.source)  # the source branch is untouched
     with pytest.raises(VP2PInputError, match="temporal_guidance"):
-        sample_edit(model, inv, plan, temporal_guidance=-1)
+        sample_edit(model, inv, plan, options=SamplerOptions(temporal_guidance=-1))
 
 
 def test_zero_strength_controlnet_equals_none(setup, controlnet):
@@ -54,13 +55,14 @@ def test_zero_strength_controlnet_equals_none(setup, controlnet):
     images = torch.rand(F_, 64, 64, 3, generator=torch.Generator().manual_seed(1))
     fn = diffusers_controlnet(controlnet)
     plain = sample_edit(model, inv, plan)
-    zero = StructureGuidance.from_images(fn, images, (16, 16), F_, strength=0.0)
+    zero = StructureGuidance.from_images(fn, images, (16, 16), F_, options=StructureOptions(strength=0.0))
     assert torch.equal(sample_edit(model, inv, plan, structure=zero).edited, plain.edited)
-    full = StructureGuidance.from_images(fn, images, (16, 16), F_, strength=1.0)
+    full = StructureGuidance.from_images(fn, images, (16, 16), F_, options=StructureOptions(strength=1.0))
     steered = sample_edit(model, inv, plan, structure=full)
     assert (steered.edited - plain.edited).abs().max() > 1e-4
     assert torch.allclose(steered.source, plain.source, atol=1e-5)  # the source branch follows the inversion
-    late = StructureGuidance.from_images(fn, images, (16, 16), F_, strength=1.0, start=1.0, end=1.0)
+    late = StructureGuidance.from_images(fn, images, (16, 16), F_,
+                                         options=StructureOptions(start_percent=1.0, end_percent=1.0))
     assert torch.equal(sample_edit(model, inv, plan, structure=late).edited, plain.edited)
 
 
@@ -108,6 +110,6 @@ def test_temporal_guidance_reuses_the_controlnet_residuals(setup, controlnet):
 
     images = torch.rand(F_, 64, 64, 3, generator=torch.Generator().manual_seed(1))
     sg = StructureGuidance.from_images(counting, images, (16, 16), F_)
-    res = sample_edit(model, inv, plan, structure=sg, temporal_guidance=1.5)
+    res = sample_edit(model, inv, plan, options=SamplerOptions(temporal_guidance=1.5), structure=sg)
     assert len(calls) == STEPS and all(c == 2 * F_ for c in calls)  # target cond + uncond rows, once per step
     assert torch.isfinite(res.edited).all()

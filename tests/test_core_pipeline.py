@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import vp2p_core.attention as attention
-from vp2p_core import (DDIMSchedule, Delta, Inversion, TuneConfig, VP2PInputError, VideoModel, apply_delta,
+from vp2p_core import (DDIMSchedule, Delta, EditOptions, Inversion, InversionOptions, SamplerOptions, TuneOptions, VP2PInputError, VideoModel, apply_delta,
                        build_edit_plan, invert, one_shot_tune, sample_edit, trainable_parameter_names,
                        trained_weights, video_forward)
 from vp2p_core.attention import TemporalAttnProcessor
@@ -37,11 +37,12 @@ def world():
 @pytest.fixture(scope="module")
 def inversion(world):
     tok, emb, latents, model = world
-    return invert(model, latents, emb[:1], emb[2:3], SRC, mode="null_text", num_steps=STEPS, guidance=7.5)
+    return invert(model, latents, emb[:1], emb[2:3], SRC,
+                  options=InversionOptions(mode="null_text", steps=STEPS, guidance=7.5))
 
 
 def _plan(tok, emb, targets=(TGT,), **kw):
-    plan = build_edit_plan(tok, SRC, list(targets), **kw)
+    plan = build_edit_plan(tok, SRC, list(targets), options=EditOptions(**kw))
     idx = {TGT: 1, "a green ball on grass": 3, SRC: 0}
     plan.source_embedding = emb[:1]
     plan.target_embeddings = torch.cat([emb[idx[t]:idx[t] + 1] for t in targets])
@@ -75,7 +76,7 @@ def test_null_text_reconstructs_better_than_ddim(world, inversion):
 
 def test_fast_mode_source_branch_is_plain_ddim(world):
     tok, emb, latents, model = world
-    inv = invert(model, latents, emb[:1], emb[2:3], SRC, mode="fast", num_steps=STEPS)
+    inv = invert(model, latents, emb[:1], emb[2:3], SRC, options=InversionOptions(mode="fast", steps=STEPS))
     assert inv.null_embeddings is None and inv.trajectory is None
     res = sample_edit(model, inv, _plan(tok, emb))
     ref = _guided_reconstruction(model, inv.x_T, emb[:1], emb[:1], STEPS, 1.0)  # cond only
@@ -85,17 +86,18 @@ def test_fast_mode_source_branch_is_plain_ddim(world):
 
 def test_same_prompt_without_decoupling_reproduces_source_exactly(world, inversion):
     tok, emb, latents, model = world
-    plan = build_edit_plan(tok, SRC, SRC, blend_words="ball")
+    plan = build_edit_plan(tok, SRC, SRC, options=EditOptions(blend_words="ball"))
     plan.source_embedding, plan.target_embeddings, plan.empty_embedding = emb[:1], emb[:1], emb[2:3]
-    res = sample_edit(model, inversion, plan, decoupled=False, reuse_source_trajectory=False)
+    res = sample_edit(model, inversion, plan,
+                      options=SamplerOptions(decoupled_guidance=False, reuse_source_trajectory=False))
     assert torch.equal(res.edited[0], res.source)
     assert res.stats["forwards"] == STEPS * 4
 
 
 def test_reused_trajectory_equals_recomputed_source(world, inversion):
     tok, emb, latents, model = world
-    a = sample_edit(model, inversion, _plan(tok, emb), reuse_source_trajectory=True)
-    b = sample_edit(model, inversion, _plan(tok, emb), reuse_source_trajectory=False)
+    a = sample_edit(model, inversion, _plan(tok, emb), options=SamplerOptions(reuse_source_trajectory=True))
+    b = sample_edit(model, inversion, _plan(tok, emb), options=SamplerOptions(reuse_source_trajectory=False))
     assert a.stats["forwards"] == STEPS * 3 and b.stats["forwards"] == STEPS * 4
     assert torch.allclose(a.source, b.source, atol=1e-4)
     assert torch.allclose(a.edited, b.edited, atol=1e-4)
@@ -103,7 +105,7 @@ def test_reused_trajectory_equals_recomputed_source(world, inversion):
 
 def test_local_blend_keeps_source_outside_mask(world, inversion):
     tok, emb, latents, model = world
-    res = sample_edit(model, inversion, _plan(tok, emb, blend_words="ball", threshold=0.9))
+    res = sample_edit(model, inversion, _plan(tok, emb, blend_words="ball", mask_threshold=0.9))
     mask = res.blend_mask[0]  # [F,1,h,w]
     assert 0 < mask.mean() < 1, "the test needs a mask that covers part of the frame"
     outside = (mask == 0).expand_as(res.edited[0])
@@ -210,13 +212,13 @@ def test_tuning_trains_only_the_trainable_set_and_is_seeded(world):
     model = VideoModel.from_unet(tiny_unet())
     before = {n: p.detach().clone() for n, p in model.unet.named_parameters()}
     with trained_weights(model):
-        d1 = one_shot_tune(model, latents, emb[:1], SRC, TuneConfig(steps=3, learning_rate=1e-3, seed=7))
+        d1 = one_shot_tune(model, latents, emb[:1], SRC, options=TuneOptions(steps=3, learning_rate=1e-3, seed=7))
         changed = {n for n, p in model.unet.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= set(trainable_parameter_names(model.unet))
     assert all(torch.equal(p, before[n]) for n, p in model.unet.named_parameters())  # restored
     assert len(d1.losses) == 3 and model.delta_fingerprint == ""
     with trained_weights(model):
-        d2 = one_shot_tune(model, latents, emb[:1], SRC, TuneConfig(steps=3, learning_rate=1e-3, seed=7))
+        d2 = one_shot_tune(model, latents, emb[:1], SRC, options=TuneOptions(steps=3, learning_rate=1e-3, seed=7))
     assert d1.losses == d2.losses and all(torch.equal(d1.tensors[k], d2.tensors[k]) for k in d1.tensors)
 
 
@@ -224,16 +226,16 @@ def test_tuning_options_run(world):
     tok, emb, latents, _ = world
     model = VideoModel.from_unet(tiny_unet(prediction_type="v_prediction"), prediction_type="v_prediction")
     d = one_shot_tune(model, latents, emb[:1], SRC,
-                      TuneConfig(steps=2, gradient_checkpointing=True, autocast="bf16"))
+                      options=TuneOptions(steps=2, gradient_checkpointing=True, precision="bf16"))
     assert len(d.losses) == 2 and all(torch.isfinite(torch.tensor(d.losses)))
-    with pytest.raises(VP2PInputError, match="autocast"):
-        one_shot_tune(model, latents, emb[:1], SRC, TuneConfig(steps=1, autocast="fp8"))
+    with pytest.raises(VP2PInputError, match="precision"):
+        one_shot_tune(model, latents, emb[:1], SRC, options=TuneOptions(steps=1, precision="fp8"))
 
 
 def test_delta_and_inversion_round_trip_bit_for_bit(world, inversion, tmp_path):
     tok, emb, latents, model = world
     fresh = VideoModel.from_unet(tiny_unet())
-    delta = one_shot_tune(fresh, latents, emb[:1], SRC, TuneConfig(steps=1))
+    delta = one_shot_tune(fresh, latents, emb[:1], SRC, options=TuneOptions(steps=1))
     delta.save(tmp_path / "d.safetensors")
     back = Delta.load(tmp_path / "d.safetensors")
     assert back.tensors.keys() == delta.tensors.keys()
@@ -252,7 +254,7 @@ def test_delta_and_inversion_round_trip_bit_for_bit(world, inversion, tmp_path):
 def test_files_for_another_model_or_clip_are_refused(world, inversion, tmp_path):
     tok, emb, latents, model = world
     other = VideoModel.from_unet(tiny_unet(seed=1))
-    delta = one_shot_tune(VideoModel.from_unet(tiny_unet()), latents, emb[:1], SRC, TuneConfig(steps=1))
+    delta = one_shot_tune(VideoModel.from_unet(tiny_unet()), latents, emb[:1], SRC, options=TuneOptions(steps=1))
     with pytest.raises(VP2PInputError, match="delta: made for the model"):
         apply_delta(other, delta)
     same = VideoModel.from_unet(tiny_unet())
@@ -271,22 +273,22 @@ def test_files_for_another_model_or_clip_are_refused(world, inversion, tmp_path)
 
 def test_inversion_modes_and_errors(world):
     tok, emb, latents, model = world
-    inv = invert(model, latents, emb[:1], None, SRC, mode="negative_prompt", num_steps=4)
+    inv = invert(model, latents, emb[:1], None, SRC, options=InversionOptions(mode="negative_prompt", steps=4))
     res = sample_edit(model, inv, _plan(tok, emb))
     assert res.stats["forwards"] == 4 * 3 and torch.isfinite(res.edited).all()
     with pytest.raises(VP2PInputError, match="mode"):
-        invert(model, latents, emb[:1], emb[2:3], SRC, mode="exact")
+        invert(model, latents, emb[:1], emb[2:3], SRC, options=InversionOptions(mode="exact"))
     with pytest.raises(VP2PInputError, match="empty_embedding"):
-        invert(model, latents, emb[:1], None, SRC, mode="null_text")
+        invert(model, latents, emb[:1], None, SRC, options=InversionOptions(mode="null_text"))
     with pytest.raises(VP2PInputError, match="latents"):
         invert(model, latents[0], emb[:1], emb[2:3], SRC)
     with pytest.raises(VP2PInputError, match="lr_scale"):
-        invert(model, latents, emb[:1], emb[2:3], SRC, lr_scale=0)
+        invert(model, latents, emb[:1], emb[2:3], SRC, options=InversionOptions(lr_scale=0))
 
 
 def test_null_text_stops_early_without_extra_forwards(world):
     """With a loose bound every step stops at its first loss: 1 cond + 1 uncond forward, no backward."""
     tok, emb, latents, model = world
-    inv = invert(model, latents, emb[:1], emb[2:3], SRC, num_steps=4, early_stop=1e9)
+    inv = invert(model, latents, emb[:1], emb[2:3], SRC, options=InversionOptions(steps=4, early_stop=1.0))
     assert inv.stats["inner_iterations"] == [1, 1, 1, 1] and inv.stats["null_backwards"] == 0
     assert inv.stats["forwards"] == 4 + 4 * 2  # DDIM inversion + (cond + uncond) per step

@@ -28,7 +28,30 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 def test_demo_reports_bad_prompts_clearly(tmp_path, capsys):
     from vp2p_world import demo
 
-    rc = demo.main(["--tune-steps", "0", "--steps", "2", "--frames", "2", "--out", str(tmp_path),
-                    "--blend", "cat"])
-    assert rc == 2
+    with pytest.raises(SystemExit) as exit_:
+        demo.main(["--tune-steps", "0", "--steps", "2", "--frames", "2", "--out", str(tmp_path),
+                   "--blend-words", "cat"])
+    assert exit_.value.code == 2
     assert "blend_words (source prompt): the word 'cat' is not in the prompt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--steps", "0"], "--steps: expected a value in [1, 1000], got 0"),
+    (["--tune-steps", "-1"], "--tune-steps: expected a value in [0, 10000], got -1"),
+    (["--mask-threshold", "2"], "--mask-threshold: expected a value in [0.01, 0.99]"),
+    (["--clip", "nothere.gif"], "--clip: nothere.gif does not exist"),
+    (["--clip", "red blob"], "unknown words 'blob'"),
+    (["--reweight-words", "blue"], "--reweight-values: give a value"),
+    (["--target-prompts", "a red ball bouncing on green grass"], "--target-prompts: the edited prompt is the source"),
+    (["--model", "no/such/model"], "--model: no/such/model does not exist"),
+])
+def test_demo_checks_every_argument_before_any_work(argv, message, capsys, monkeypatch):
+    """Bad input exits with code 2 and names the flag, before the model is even loaded."""
+    from vp2p_core import pipeline
+    from vp2p_world import demo
+
+    monkeypatch.setattr(pipeline.Components, "from_folder", lambda *a, **k: pytest.fail("loaded the model"))
+    with pytest.raises(SystemExit) as exit_:
+        demo.main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err

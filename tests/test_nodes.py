@@ -1,4 +1,4 @@
-"""Node layer without ComfyUI: definitions are well formed, and every node runs on tiny models.
+"""Node layer on ComfyUI's node API alone: definitions are well formed, and every node runs on tiny models.
 
 Fake CLIP / VAE objects stand in for ComfyUI's; the VP2P_MODEL is built from a tiny diffusers UNet
 (InflateUNet's ComfyUI conversion is the one step bypassed, and is covered by tests/integration).
@@ -7,7 +7,9 @@ Node functions run under torch.inference_mode(), as ComfyUI runs them.
 from __future__ import annotations
 
 import importlib.util
+import asyncio
 import inspect
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,13 +17,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import nodes
+from comfy_nodes import NODE_MAP, latest, run
 from nodes import files as node_files
-from nodes.nodes_vp2p import (AttentionEditController, AttentionMaps, DecodeFrames, InflateUNet, LoadVP2PDelta,
-                              LoadVP2PInversion, NullTextVideoInvert, OneShotTune, SaveVP2PDelta, SaveVP2PInversion,
-                              VideoP2PSampler, parse_reweight, target_lines)
+from nodes.nodes_decode import AttentionMaps, DecodeFrames
+from nodes.nodes_edit import AttentionEditController
+from nodes.nodes_files import LoadVP2PDelta, LoadVP2PInversion, SaveVP2PDelta, SaveVP2PInversion
+from nodes.nodes_inflate import InflateUNet
+from nodes.nodes_invert import NullTextVideoInvert
+from nodes.nodes_sample import VideoP2PSampler
+from nodes.nodes_tune import OneShotTune
 from nodes.types import VP2PEdit, VP2PMaps, VP2PModel, vp2p_model_from_unet
-from vp2p_core import Delta, Inversion, VP2PInputError
+from vp2p_core import SD_LATENT_SCALE, Delta, EditOptions, Inversion, VP2PInputError
 from vp2p_world.tiny import ToyTokenizer, tiny_unet, toy_embed
 
 torch.set_num_threads(1)
@@ -67,11 +73,11 @@ class FakeVAE:
 
 def make_latent(frames=FRAMES, seed=3, size=16):
     g = torch.Generator().manual_seed(seed)
-    return {"samples": torch.randn(frames, 4, size, size, generator=g) * 0.8 / 0.18215}
+    return {"samples": torch.randn(frames, 4, size, size, generator=g) * 0.8 / SD_LATENT_SCALE}
 
 
 def make_model(seed=0) -> VP2PModel:
-    return vp2p_model_from_unet(tiny_unet(seed=seed), "epsilon", 0.18215, "first")
+    return vp2p_model_from_unet(tiny_unet(seed=seed))
 
 
 def unet_state(model: VP2PModel):
@@ -82,28 +88,35 @@ def same_state(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-EDIT_DEFAULTS = dict(edit_mode="auto", cross_replace=0.2, self_replace=0.5, self_replace_on="temporal",
-                     blend_words="", blend_target_words="", reweight_words="", reweight_values="",
-                     mask_threshold=0.3, blend_start=0.2)
+def tune(model, latent, clip, **kw):
+    """OneShotTune with the shipped widgets but gradient checkpointing (the same result, slower on CPU)."""
+    return run(OneShotTune, vp2p_model=model, latent=latent, clip=clip, source_prompt=SRC,
+               **{"gradient_checkpointing": False, **kw})
+
+
+def invert(model, latent, clip, **kw):
+    return run(NullTextVideoInvert, vp2p_model=model, latent=latent, clip=clip, source_prompt=SRC, **kw)[0]
+
+
+def sample(model, inversion, e, **kw):
+    return run(VideoP2PSampler, vp2p_model=model, inversion=inversion, edit=e, **kw)
 
 
 def edit(clip, source=SRC, targets=TGT, **kw):
-    args = dict(EDIT_DEFAULTS, **kw)
-    with torch.inference_mode():
-        return AttentionEditController().build(clip, source, targets, **args)[0]
+    return run(AttentionEditController, clip=clip, source_prompt=source, target_prompts=targets, **kw)[0]
 
 
 # ---------------------------------------------------------------------------------------------------------
 # definitions
 
-ALL = list(nodes.NODE_CLASS_MAPPINGS.items())
+ALL = list(NODE_MAP.items())
 
 
 @pytest.mark.parametrize("name,cls", ALL, ids=[n for n, _ in ALL])
 def test_node_definition_well_formed(name, cls):
     assert cls.CATEGORY == "Video-P2P"
     assert isinstance(cls.DESCRIPTION, str) and len(cls.DESCRIPTION) > 20
-    assert name in nodes.NODE_DISPLAY_NAME_MAPPINGS
+    assert cls.GET_SCHEMA().display_name
     spec = cls.INPUT_TYPES()
     assert set(spec) <= {"required", "optional", "hidden"} and spec["required"]
     names = []
@@ -114,9 +127,10 @@ def test_node_definition_well_formed(name, cls):
             kind = entry[0]
             opts = entry[1] if len(entry) > 1 else {}
             assert isinstance(opts.get("tooltip"), str) and opts["tooltip"].strip(), f"{name}.{inp}: no tooltip"
-            if isinstance(kind, list):
-                assert kind and all(isinstance(o, str) for o in kind)
-                assert opts.get("default", kind[0]) in kind, f"{name}.{inp}: default not an option"
+            if kind == "COMBO":
+                choices = opts["options"]
+                assert choices and all(isinstance(o, str) for o in choices)
+                assert opts.get("default", choices[0]) in choices, f"{name}.{inp}: default not an option"
                 continue
             assert isinstance(kind, str) and kind == kind.upper() and kind, f"{name}.{inp}: {kind!r}"
             if kind in ("INT", "FLOAT"):
@@ -136,20 +150,31 @@ def test_node_definition_well_formed(name, cls):
             if inp == "seed":
                 assert opts.get("control_after_generate") is False, "seed must not add a hidden control widget"
     rt = cls.RETURN_TYPES
-    assert isinstance(rt, tuple) and rt and all(isinstance(t, str) and t == t.upper() for t in rt)
+    assert isinstance(rt, (tuple, list)) and rt and all(isinstance(t, str) and t == t.upper() for t in rt)
     assert len(cls.RETURN_NAMES) == len(rt) == len(cls.OUTPUT_TOOLTIPS)
     assert all(isinstance(t, str) and t for t in cls.OUTPUT_TOOLTIPS)
-    fn = getattr(cls, cls.FUNCTION)
-    params = inspect.signature(fn).parameters
+    params = inspect.signature(cls.execute).parameters
+    takes_all = any(v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values())
     for inp in names:
-        assert inp in params, f"{name}.{cls.FUNCTION} does not take {inp}"
-    required = [p for p, v in params.items() if p != "self" and v.default is inspect.Parameter.empty]
+        assert takes_all or inp in params, f"{name}.execute does not take {inp}"
+    required = [p for p, v in params.items() if v.default is inspect.Parameter.empty and v.kind in
+                (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
     assert set(required) <= set(spec["required"]), f"{name}: optional inputs need defaults"
 
 
-def test_package_imports_without_comfyui():
-    assert "comfy" not in sys.modules and "folder_paths" not in sys.modules
-    assert len(nodes.NODE_CLASS_MAPPINGS) == 12
+def test_twelve_nodes_with_their_saved_ids():
+    assert sorted(NODE_MAP) == sorted([
+        "InflateUNet", "OneShotTune", "NullTextVideoInvert", "AttentionEditController", "VideoP2PSampler",
+        "StructureGuidance", "DecodeFrames", "AttentionMaps", "SaveVP2PDelta", "LoadVP2PDelta", "SaveVP2PInversion",
+        "LoadVP2PInversion"])
+
+
+def test_helper_modules_import_without_comfyui():
+    """Only the node modules import ComfyUI; the glue they use imports it inside the functions that need it."""
+    code = ("import sys, nodes.types, nodes.files, nodes.text, nodes.host, nodes.convert, nodes.maps, "
+            "nodes.controlnet; bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'comfy_api', "
+            "'folder_paths')]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
 def test_root_package_loads_like_comfyui_loads_it():
@@ -160,23 +185,26 @@ def test_root_package_loads_like_comfyui_loads_it():
     sys.modules[mod_name] = mod
     try:
         spec.loader.exec_module(mod)
-        assert set(mod.NODE_CLASS_MAPPINGS) == set(nodes.NODE_CLASS_MAPPINGS)
+        assert not hasattr(mod, "NODE_CLASS_MAPPINGS")  # ComfyUI would take those and skip comfy_entrypoint
         assert mod.WEB_DIRECTORY is None
-        assert set(mod.NODE_DISPLAY_NAME_MAPPINGS) == set(mod.NODE_CLASS_MAPPINGS)
+        extension = asyncio.run(mod.comfy_entrypoint())
+        assert isinstance(extension, latest.ComfyExtension)
+        node_list = asyncio.run(extension.get_node_list())
+        assert sorted(c.GET_SCHEMA().node_id for c in node_list) == sorted(NODE_MAP)
     finally:
         for k in [k for k in sys.modules if k == mod_name or k.startswith(mod_name + ".")]:
             del sys.modules[k]
 
 
-def test_helpers_parse_text():
-    assert parse_reweight("origami", "2") == {"origami": 2.0}
-    assert parse_reweight("a, b", "2") == {"a": 2.0, "b": 2.0}
-    assert parse_reweight("a b", "2, 0.5") == {"a": 2.0, "b": 0.5}
-    assert parse_reweight("", "") == {}
+def test_reweight_words_and_values():
+    reweight = lambda w, v: EditOptions(reweight_words=w, reweight_values=v).reweight()
+    assert reweight("origami", "2") == {"origami": 2.0}
+    assert reweight("a, b", "2") == {"a": 2.0, "b": 2.0}
+    assert reweight("a b", "2, 0.5") == {"a": 2.0, "b": 0.5}
+    assert reweight("", "") == {}
     for words, values in [("a b", "1 2 3"), ("a", "x"), ("", "2"), ("a", "")]:
         with pytest.raises(VP2PInputError, match="reweight"):
-            parse_reweight(words, values)
-    assert target_lines("a cat\n\n  a dog  \n") == ["a cat", "a dog"]
+            reweight(words, values)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -198,9 +226,8 @@ def chain(roots):
     latent = make_latent()
     latent_before = latent["samples"].clone()
     base_before = unet_state(model)
-    with torch.inference_mode():
-        tuned, log_text = OneShotTune().tune(model, latent, clip, SRC, 2, 3e-5, 33, False, "fp32", "cache")
-        inv = NullTextVideoInvert().invert(tuned, latent, clip, SRC, 4, 7.5, "null_text", 2, 1e-5, "cache")[0]
+    tuned, log_text = tune(model, latent, clip, steps=2, cache_dir="cache")
+    inv = invert(tuned, latent, clip, steps=4, inner_steps=2, cache_dir="cache")
     return SimpleNamespace(clip=clip, model=model, tuned=tuned, log=log_text, latent=latent, inv=inv,
                            latent_before=latent_before, base_before=base_before)
 
@@ -219,25 +246,19 @@ def test_tune_returns_tuned_model_and_leaves_inputs(chain):
 def test_tune_and_invert_caches_are_reused(chain, roots):
     cached = sorted(p.name.split("-")[0] for p in (roots / "models" / "cache").iterdir())
     assert cached == ["delta", "inversion"]
-    with torch.inference_mode():
-        again, log_text = OneShotTune().tune(chain.model, chain.latent, chain.clip, SRC, 2, 3e-5, 33, False,
-                                             "fp32", "cache")
-        inv = NullTextVideoInvert().invert(again, chain.latent, chain.clip, SRC, 4, 7.5, "null_text", 2, 1e-5,
-                                           "cache")[0]
+    again, log_text = tune(chain.model, chain.latent, chain.clip, steps=2, cache_dir="cache")
+    inv = invert(again, chain.latent, chain.clip, steps=4, inner_steps=2, cache_dir="cache")
     assert log_text.startswith("loaded from cache")
     assert again.delta.fingerprint == chain.tuned.delta.fingerprint
     assert torch.equal(inv.x_T, chain.inv.x_T) and torch.equal(inv.null_embeddings, chain.inv.null_embeddings)
     # another seed is another delta
-    with torch.inference_mode():
-        other, log2 = OneShotTune().tune(chain.model, chain.latent, chain.clip, SRC, 2, 3e-5, 34, False, "fp32", "")
+    other, log2 = tune(chain.model, chain.latent, chain.clip, steps=2, seed=34, cache_dir="")
     assert not log2.startswith("loaded") and other.delta.fingerprint != chain.tuned.delta.fingerprint
 
 
 def test_inversion_lr_scale_is_used_and_keyed(chain, roots):
     """The optional lr_scale reaches the null-text optimiser and gets its own cache entry."""
-    with torch.inference_mode():
-        scaled = NullTextVideoInvert().invert(chain.tuned, chain.latent, chain.clip, SRC, 4, 7.5, "null_text", 2,
-                                              1e-5, "cache", lr_scale=5.0)[0]
+    scaled = invert(chain.tuned, chain.latent, chain.clip, steps=4, inner_steps=2, cache_dir="cache", lr_scale=5.0)
     assert not torch.equal(scaled.null_embeddings, chain.inv.null_embeddings)
     assert torch.equal(scaled.x_T, chain.inv.x_T)  # DDIM inversion itself does not depend on it
     inversions = [q for q in (roots / "models" / "cache").iterdir() if q.name.startswith("inversion")]
@@ -270,32 +291,29 @@ def test_sampler_outputs_and_leaves_inputs_unchanged(chain):
     e = edit(chain.clip, SRC, "a blue ball on grass\na green ball on grass", blend_words="ball")
     plan_mapper = e.plan.mapper.clone()
     latent_x = chain.inv.x_T.clone()
-    with torch.inference_mode():
-        edited, source, maps = VideoP2PSampler().sample(chain.tuned, chain.inv, e, 7.5, True, latent=chain.latent)
+    edited, source, maps = sample(chain.tuned, chain.inv, e, latent=chain.latent)
     assert set(edited) == {"samples"} and tuple(edited["samples"].shape) == (2 * FRAMES, 4, 16, 16)
     assert tuple(source["samples"].shape) == (FRAMES, 4, 16, 16)
     assert torch.isfinite(edited["samples"]).all()
     # null-text + same guidance: the source branch is the inversion's own trajectory, unscaled for LATENT
-    assert torch.allclose(source["samples"] * 0.18215, chain.inv.trajectory[-1], atol=1e-5)
+    assert torch.allclose(source["samples"] * SD_LATENT_SCALE, chain.inv.trajectory[-1], atol=1e-5)
     assert isinstance(maps, VP2PMaps) and maps.maps.shape[0] == 3 and maps.maps.shape[-1] == 77
     assert maps.blend_mask is not None and tuple(maps.blend_mask.shape[:2]) == (2, FRAMES)
     assert torch.equal(chain.inv.x_T, latent_x) and torch.equal(e.plan.mapper, plan_mapper)
     assert same_state(unet_state(chain.model), chain.base_before), "sampling left the shared UNet changed"
 
-    with torch.inference_mode():
-        grid, mask = AttentionMaps().render(maps, -1, 32)
-        grid0, _ = AttentionMaps().render(maps, 0, 32)
+    grid, mask = run(AttentionMaps, attention_maps=maps, frame=-1, cell_size=32)
+    grid0, _ = run(AttentionMaps, attention_maps=maps, frame=0, cell_size=32)
     assert grid.dim() == 4 and grid.shape[0] == 1 and grid.shape[-1] == 3
     assert float(grid.min()) >= 0 and float(grid.max()) <= 1
     assert grid.shape[1] == 3 * (32 + 14) and grid.shape[2] == 5 * 32  # 3 prompts x 5 words
     assert grid0.shape == grid.shape
     assert tuple(mask.shape) == (2 * FRAMES, 128, 128)
     with pytest.raises(VP2PInputError, match="frame"):
-        AttentionMaps().render(maps, FRAMES, 32)
+        run(AttentionMaps, attention_maps=maps, frame=FRAMES, cell_size=32)
 
     vae = FakeVAE()
-    with torch.inference_mode():
-        images = DecodeFrames().decode(vae, edited, 4)[0]
+    images = run(DecodeFrames, vae=vae, latent=edited, frames_per_chunk=4)[0]
     assert tuple(images.shape) == (2 * FRAMES, 128, 128, 3)
     assert vae.chunks == [4, 2]
     assert float(images.min()) >= 0 and float(images.max()) <= 1
@@ -304,27 +322,24 @@ def test_sampler_outputs_and_leaves_inputs_unchanged(chain):
 def test_untuned_model_runs_fast_inversion_and_edit(roots):
     """Tuning is optional: an untuned model inverts (fast mode) and edits."""
     clip, model, latent = FakeClip(), make_model(), make_latent(frames=2)
-    with torch.inference_mode():
-        inv = NullTextVideoInvert().invert(model, latent, clip, SRC, 3, 7.5, "fast", 1, 1e-5, "")[0]
-        e = edit(clip, SRC, TGT, edit_mode="none")
-        edited, source, maps = VideoP2PSampler().sample(model, inv, e, 7.5, True)
+    inv = invert(model, latent, clip, steps=3, mode="fast", inner_steps=1, cache_dir="")
+    e = edit(clip, SRC, TGT, edit_mode="none")
+    edited, source, maps = sample(model, inv, e)
     assert tuple(edited["samples"].shape) == (2, 4, 16, 16)
     assert inv.null_embeddings is None
 
 
 def test_save_and_load_delta_and_inversion(chain, roots):
-    with torch.inference_mode():
-        out = SaveVP2PDelta().save(chain.tuned, "vp2p/ball.delta")
-        out_inv = SaveVP2PInversion().save(chain.inv, "vp2p/ball.inversion.safetensors")
-    assert out["result"] == ("vp2p/ball.delta.safetensors",)
+    out = run(SaveVP2PDelta, vp2p_model=chain.tuned, filename="vp2p/ball.delta")
+    out_inv = run(SaveVP2PInversion, inversion=chain.inv, filename="vp2p/ball.inversion.safetensors")
+    assert out.result == ("vp2p/ball.delta.safetensors",) and out.ui == {"text": ["saved vp2p/ball.delta.safetensors"]}
     assert (roots / "output" / "vp2p" / "ball.delta.safetensors").is_file()
     assert (roots / "output" / "vp2p" / "ball.inversion.safetensors").is_file()
-    with torch.inference_mode():
-        loaded = LoadVP2PDelta().load(chain.model, "vp2p/ball.delta.safetensors", latent=chain.latent)[0]
-        inv = LoadVP2PInversion().load(loaded, out_inv["result"][0], latent=chain.latent)[0]
+    loaded = run(LoadVP2PDelta, vp2p_model=chain.model, filename="vp2p/ball.delta.safetensors", latent=chain.latent)[0]
+    inv = run(LoadVP2PInversion, vp2p_model=loaded, filename=out_inv[0], latent=chain.latent)[0]
     assert loaded.fingerprint == chain.tuned.fingerprint
     assert torch.equal(inv.x_T, chain.inv.x_T)
-    state = LoadVP2PDelta.IS_CHANGED(filename="vp2p/ball.delta.safetensors")
+    state = LoadVP2PDelta.fingerprint_inputs(filename="vp2p/ball.delta.safetensors")
     assert "ball.delta.safetensors" in state
     # files under models/vp2p win over the output folder
     models_copy = roots / "models" / "vp2p" / "ball.delta.safetensors"
@@ -333,9 +348,8 @@ def test_save_and_load_delta_and_inversion(chain, roots):
     assert node_files.load_path("vp2p/ball.delta", "filename") == models_copy
     # the sampler on loaded files gives what it gives on the originals
     e = edit(chain.clip, blend_words="ball")
-    with torch.inference_mode():
-        a = VideoP2PSampler().sample(chain.tuned, chain.inv, e, 7.5, True)[0]["samples"]
-        b = VideoP2PSampler().sample(loaded, inv, e, 7.5, True)[0]["samples"]
+    a = sample(chain.tuned, chain.inv, e)[0]["samples"]
+    b = sample(loaded, inv, e)[0]["samples"]
     assert torch.allclose(a, b, atol=1e-6)
 
 
@@ -353,8 +367,7 @@ def test_inflate_node_wires_conversion(monkeypatch):
 
     monkeypatch.setattr(convert, "comfy_model_to_unet", fake_convert)
     monkeypatch.setattr(convert, "make_patcher", lambda unet: None)
-    with torch.inference_mode():
-        vm = InflateUNet().inflate(object(), "first_prev", "fp32")[0]
+    vm = run(InflateUNet, model=object(), frame_attention="first_prev")[0]
     assert isinstance(vm, VP2PModel) and calls["dtype"] == "fp32"
     assert vm.video.schedule.prediction_type == "v_prediction" and vm.latent_scale == 0.13
     assert vm.video.frame_attention == "first_prev" and vm.latent_format == "LATENT_FORMAT"

@@ -4,10 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from comfy_nodes import run
 from nodes import files as node_files
-from nodes.nodes_vp2p import (DecodeFrames, LoadVP2PDelta, LoadVP2PInversion, NullTextVideoInvert, OneShotTune,
-                              SaveVP2PDelta, SaveVP2PInversion, VideoP2PSampler)
-from test_nodes import SRC, TGT, FakeClip, edit, make_latent, make_model
+from nodes.nodes_decode import DecodeFrames
+from nodes.nodes_files import LoadVP2PDelta, LoadVP2PInversion, SaveVP2PDelta, SaveVP2PInversion
+from test_nodes import SRC, TGT, FakeClip, edit, invert, make_latent, make_model, sample, tune
 from vp2p_core import VP2PInputError
 
 torch.set_num_threads(1)
@@ -20,11 +21,10 @@ def setup(tmp_path_factory):
     clip = FakeClip()
     model = make_model()
     latent = make_latent(frames=3)
-    with torch.inference_mode():
-        tuned, _ = OneShotTune().tune(model, latent, clip, SRC, 1, 3e-5, 1, False, "fp32", "")
-        inv = NullTextVideoInvert().invert(tuned, latent, clip, SRC, 2, 7.5, "fast", 1, 1e-5, "")[0]
-        SaveVP2PDelta().save(tuned, "clip.delta")
-        SaveVP2PInversion().save(inv, "clip.inversion")
+    tuned, _ = tune(model, latent, clip, steps=1, seed=1, cache_dir="")
+    inv = invert(tuned, latent, clip, steps=2, mode="fast", inner_steps=1, cache_dir="")
+    run(SaveVP2PDelta, vp2p_model=tuned, filename="clip.delta")
+    run(SaveVP2PInversion, inversion=inv, filename="clip.inversion")
     yield dict(clip=clip, model=model, tuned=tuned, latent=latent, inv=inv, base=base)
     node_files.set_roots()
 
@@ -73,48 +73,40 @@ def test_latent_shape_errors(setup):
            (torch.zeros(3, 4, 16, 16), "LATENT")]
     for latent, msg in bad:
         with pytest.raises(VP2PInputError, match=msg):
-            with torch.inference_mode():
-                OneShotTune().tune(model, latent, clip, SRC, 1, 3e-5, 1, False, "fp32", "")
+            tune(model, latent, clip, steps=1, seed=1, cache_dir="")
 
 
 def test_inversion_frame_count_must_match_tuning(setup):
-    with pytest.raises(VP2PInputError, match="4 frames, but the model was tuned on 3"):
-        with torch.inference_mode():
-            NullTextVideoInvert().invert(setup["tuned"], make_latent(frames=4), setup["clip"], SRC, 2, 7.5, "fast",
-                                         1, 1e-5, "")
+    with pytest.raises(VP2PInputError, match="latent: tuned on 3 frames, but the clip has 4 frames"):
+        invert(setup["tuned"], make_latent(frames=4), setup["clip"], steps=2, mode="fast", inner_steps=1, cache_dir="")
 
 
 def test_inversion_lr_scale_must_be_positive(setup):
     with pytest.raises(VP2PInputError, match="lr_scale"):
-        with torch.inference_mode():
-            NullTextVideoInvert().invert(setup["tuned"], make_latent(), setup["clip"], SRC, 2, 7.5, "null_text",
-                                         1, 1e-5, "", lr_scale=0.0)
+        invert(setup["tuned"], make_latent(), setup["clip"], steps=2, inner_steps=1, cache_dir="", lr_scale=0.0)
 
 
 def test_sampler_latent_must_match_inversion(setup):
     e = edit(setup["clip"])
     with pytest.raises(VP2PInputError, match="3 frames, but the latent has 4 frames"):
-        with torch.inference_mode():
-            VideoP2PSampler().sample(setup["tuned"], setup["inv"], e, 7.5, True, latent=make_latent(frames=4))
+        sample(setup["tuned"], setup["inv"], e, latent=make_latent(frames=4))
     with pytest.raises(VP2PInputError, match="frame size"):
-        with torch.inference_mode():
-            VideoP2PSampler().sample(setup["tuned"], setup["inv"], e, 7.5, True, latent=make_latent(size=8))
+        sample(setup["tuned"], setup["inv"], e, latent=make_latent(size=8))
 
 
 def test_sampler_refuses_inversion_of_another_model(setup):
     e = edit(setup["clip"])
     with pytest.raises(VP2PInputError, match="invert again"):
-        with torch.inference_mode():
-            VideoP2PSampler().sample(setup["model"], setup["inv"], e, 7.5, True)  # untuned model
+        sample(setup["model"], setup["inv"], e)  # untuned model
     with pytest.raises(VP2PInputError, match="AttentionEditController"):
-        VideoP2PSampler().sample(setup["tuned"], setup["inv"], "not an edit", 7.5, True)
+        sample(setup["tuned"], setup["inv"], "not an edit")
 
 
 def test_decode_errors():
     with pytest.raises(VP2PInputError, match="LATENT"):
-        DecodeFrames().decode(object(), torch.zeros(1), 8)
+        run(DecodeFrames, vae=object(), latent=torch.zeros(1))
     with pytest.raises(VP2PInputError, match="frames, channels"):
-        DecodeFrames().decode(object(), {"samples": torch.zeros(1, 4, 2, 8, 8)}, 8)
+        run(DecodeFrames, vae=object(), latent={"samples": torch.zeros(1, 4, 2, 8, 8)})
 
 
 # --- files ------------------------------------------------------------------------------------------------
@@ -123,46 +115,46 @@ def test_decode_errors():
                                   "a//b", "./a", "", "  ", "a\x00b"])
 def test_bad_file_names_refused(setup, name):
     with pytest.raises(VP2PInputError):
-        SaveVP2PDelta().save(setup["tuned"], name)
+        run(SaveVP2PDelta, vp2p_model=setup["tuned"], filename=name)
     with pytest.raises(VP2PInputError):
-        LoadVP2PDelta().load(setup["model"], name)
+        run(LoadVP2PDelta, vp2p_model=setup["model"], filename=name)
 
 
 def test_save_untuned_model_refused(setup):
     with pytest.raises(VP2PInputError, match="not tuned"):
-        SaveVP2PDelta().save(setup["model"], "x.delta")
+        run(SaveVP2PDelta, vp2p_model=setup["model"], filename="x.delta")
 
 
 def test_missing_file(setup):
     with pytest.raises(VP2PInputError, match="no file 'nothing.safetensors'"):
-        LoadVP2PDelta().load(setup["model"], "nothing")
-    assert LoadVP2PDelta.IS_CHANGED(filename="nothing").startswith("missing:")
+        run(LoadVP2PDelta, vp2p_model=setup["model"], filename="nothing")
+    assert LoadVP2PDelta.fingerprint_inputs(filename="nothing").startswith("missing:")
 
 
 def test_delta_for_another_model_refused(setup):
     other = make_model(seed=5)
     with pytest.raises(VP2PInputError, match="another checkpoint"):
-        LoadVP2PDelta().load(other, "clip.delta")
+        run(LoadVP2PDelta, vp2p_model=other, filename="clip.delta")
 
 
 def test_delta_for_another_clip_length_refused(setup):
-    with pytest.raises(VP2PInputError, match="tuned on 3 frames, but the latent has 5 frames"):
-        LoadVP2PDelta().load(setup["model"], "clip.delta", latent=make_latent(frames=5))
+    with pytest.raises(VP2PInputError, match="tuned on 3 frames, but the clip has 5 frames"):
+        run(LoadVP2PDelta, vp2p_model=setup["model"], filename="clip.delta", latent=make_latent(frames=5))
 
 
 def test_inversion_for_another_model_refused(setup):
     with pytest.raises(VP2PInputError, match="made with the model"):
-        LoadVP2PInversion().load(setup["model"], "clip.inversion")  # untuned: another fingerprint
+        run(LoadVP2PInversion, vp2p_model=setup["model"], filename="clip.inversion")  # untuned: another fingerprint
 
 
 def test_inversion_for_another_clip_refused(setup):
     with pytest.raises(VP2PInputError, match="3 frames, but the latent has 2 frames"):
-        LoadVP2PInversion().load(setup["tuned"], "clip.inversion", latent=make_latent(frames=2))
+        run(LoadVP2PInversion, vp2p_model=setup["tuned"], filename="clip.inversion", latent=make_latent(frames=2))
 
 
 def test_wrong_kind_of_file_refused(setup):
     with pytest.raises(VP2PInputError, match="not a delta"):
-        LoadVP2PDelta().load(setup["model"], "clip.inversion")
+        run(LoadVP2PDelta, vp2p_model=setup["model"], filename="clip.inversion")
 
 
 def test_cache_and_roots():
@@ -176,11 +168,10 @@ def test_cache_and_roots():
 def test_clip_of_another_width_refused(setup):
     wide = FakeClip(dim=48)
     with pytest.raises(VP2PInputError, match="width 48, but the model reads 32"):
-        with torch.inference_mode():
-            OneShotTune().tune(setup["model"], setup["latent"], wide, SRC, 1, 3e-5, 1, False, "fp32", "")
+        tune(setup["model"], setup["latent"], wide, steps=1, seed=1, cache_dir="")
     e = edit(wide)
     with pytest.raises(VP2PInputError, match="width 48"):
-        VideoP2PSampler().sample(setup["tuned"], setup["inv"], e, 7.5, True)
+        sample(setup["tuned"], setup["inv"], e)
 
 
 def test_tuning_needs_fp32_weights():
@@ -189,4 +180,4 @@ def test_tuning_needs_fp32_weights():
 
     half = vp2p_model_from_unet(tiny_unet().to(torch.bfloat16))
     with pytest.raises(VP2PInputError, match="weight_dtype fp32"):
-        OneShotTune().tune(half, make_latent(), FakeClip(), SRC, 1, 3e-5, 1, False, "fp32", "")
+        tune(half, make_latent(), FakeClip(), steps=1, seed=1, cache_dir="")

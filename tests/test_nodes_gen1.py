@@ -1,4 +1,4 @@
-"""Gen-1's guidance in the node layer, without ComfyUI: VideoP2PSampler's temporal_guidance and structure input,
+"""Gen-1's guidance in the node layer, on ComfyUI's node API alone: VideoP2PSampler's temporal_guidance and structure input,
 and the StructureGuidance node with a tiny diffusers ControlNet loaded by folder name (as from models/controlnet).
 
 The tiny UNet of vp2p_world/tiny.py has latents of 16x16 for 64x64 frames: its ControlNet's conditioning embedding
@@ -6,18 +6,18 @@ The tiny UNet of vp2p_world/tiny.py has latents of 16x16 for 64x64 frames: its C
 """
 from __future__ import annotations
 
-import inspect
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-import nodes
+from comfy_nodes import NODE_MAP, run as run_node
 from nodes import controlnet as cn_mod, files as node_files
-from nodes.nodes_vp2p import NullTextVideoInvert, StructureGuidance, VideoP2PSampler
+from nodes.nodes_sample import VideoP2PSampler
+from nodes.nodes_structure import StructureGuidanceNode
 from nodes.types import VP2P_STRUCTURE, VP2PStructure
-from test_nodes import FRAMES, SRC, TGT, FakeClip, edit, make_latent, make_model, same_state, unet_state
-from vp2p_core import VP2PInputError, diffusers_controlnet, sample_edit, trained_weights
+from test_nodes import FRAMES, SRC, TGT, FakeClip, edit, invert, make_latent, make_model, same_state, unet_state
+from vp2p_core import SamplerOptions, VP2PInputError, diffusers_controlnet, sample_edit, trained_weights
 from vp2p_core import StructureGuidance as CoreStructure
 from vp2p_world.tiny import tiny_unet
 
@@ -51,8 +51,7 @@ def setup(tmp_path_factory):
     (cn_dir / "pickled" / "config.json").write_text((cn_dir / CN / "config.json").read_text())
     cn_mod.set_controlnet_dirs([cn_dir])
     clip, model, latent = FakeClip(), make_model(), make_latent()
-    with torch.inference_mode():
-        inv = NullTextVideoInvert().invert(model, latent, clip, SRC, 4, 7.5, "null_text", 1, 1e-5, "")[0]
+    inv = invert(model, latent, clip, steps=4, inner_steps=1, cache_dir="")
     e = edit(clip, SRC, TGT, blend_words="ball")
     g = torch.Generator().manual_seed(5)
     images = torch.rand(FRAMES, 64, 64, 3, generator=g)
@@ -62,32 +61,29 @@ def setup(tmp_path_factory):
 
 
 def run(setup, **kw):
-    with torch.inference_mode():
-        edited, source, _ = VideoP2PSampler().sample(setup.model, setup.inv, setup.edit, 7.5, True, **kw)
+    edited, source, _ = run_node(VideoP2PSampler, vp2p_model=setup.model, inversion=setup.inv, edit=setup.edit, **kw)
     return edited["samples"], source["samples"]
 
 
 def structure(setup, images=None, blur=0.0, strength=1.0, start=0.0, end=1.0, **kw):
     kw.setdefault("diffusers_controlnet", CN)
-    with torch.inference_mode():
-        return StructureGuidance().build(setup.images if images is None else images, blur, strength, start, end, **kw)
+    return run_node(StructureGuidanceNode, structure=setup.images if images is None else images, structure_blur=blur,
+                    strength=strength, start_percent=start, end_percent=end, **kw)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # definitions
 
 def test_definitions():
-    assert nodes.NODE_CLASS_MAPPINGS["StructureGuidance"] is StructureGuidance
+    assert NODE_MAP["StructureGuidance"] is StructureGuidanceNode
     spec = VideoP2PSampler.INPUT_TYPES()
     kind, opts = spec["optional"]["temporal_guidance"]
     assert kind == "FLOAT" and opts["default"] == 1.0 and opts["min"] == 0.0 and opts["max"] == 4.0
     assert opts["step"] == 0.05 and "w_t" in opts["tooltip"] and "no extra cost" in opts["tooltip"]
     assert spec["optional"]["structure"][0] == VP2P_STRUCTURE
     assert list(spec["required"]) == ["vp2p_model", "inversion", "edit", "guidance", "decoupled_guidance"]
-    params = inspect.signature(VideoP2PSampler.sample).parameters
-    assert params["temporal_guidance"].default == 1.0 and params["structure"].default is None
 
-    sg = StructureGuidance.INPUT_TYPES()
+    sg = StructureGuidanceNode.INPUT_TYPES()
     assert list(sg["required"]) == ["structure", "structure_blur", "strength", "start_percent", "end_percent"]
     assert list(sg["optional"]) == ["control_net", "diffusers_controlnet"]
     assert sg["optional"]["control_net"][0] == "CONTROL_NET" and sg["optional"]["diffusers_controlnet"][0] == "STRING"
@@ -98,7 +94,8 @@ def test_definitions():
     assert sg["required"]["strength"][1] | {"tooltip": ""} == {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01,
                                                               "tooltip": ""}
     assert sg["required"]["start_percent"][1]["default"] == 0.0 and sg["required"]["end_percent"][1]["default"] == 1.0
-    assert StructureGuidance.RETURN_TYPES == (VP2P_STRUCTURE, "IMAGE")
+    assert list(StructureGuidanceNode.RETURN_TYPES) == [VP2P_STRUCTURE, "IMAGE"]
+    assert list(StructureGuidanceNode.RETURN_NAMES) == ["structure", "structure_preview"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -133,7 +130,7 @@ def test_structure_steers_the_edit_and_strength_zero_is_none(setup):
     core = CoreStructure.from_images(diffusers_controlnet(setup.cn), setup.images, (16, 16), FRAMES)
     vm = setup.model.video
     with torch.inference_mode(), trained_weights(vm, setup.model.delta):
-        direct = sample_edit(vm, setup.inv, setup.edit.plan, 7.5, True, structure=core)
+        direct = sample_edit(vm, setup.inv, setup.edit.plan, options=SamplerOptions(), structure=core)
     assert torch.allclose(direct.edited.flatten(0, 1) / setup.model.latent_scale, steered, atol=1e-5)
 
     zero, _ = structure(setup, strength=0.0)

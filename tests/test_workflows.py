@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nodes import NODE_CLASS_MAPPINGS
+from comfy_nodes import NODE_MAP
 
 REPO = Path(__file__).resolve().parents[1]
 WF = REPO / "workflows"
@@ -56,8 +56,8 @@ def our_signature(cls) -> dict:
     for section in ("required", "optional"):
         for name, entry in spec.get(section, {}).items():
             kind, opts = entry[0], dict(entry[1]) if len(entry) > 1 else {}
-            if isinstance(kind, list):
-                kind, opts = "COMBO", dict(opts, choices=kind)
+            if kind == "COMBO":
+                opts = dict(opts, choices=opts["options"])
             inputs.append((name, kind, opts, section == "optional"))
     extra = {name: 1 for name, kind, opts, _ in inputs if kind == "INT" and
              (opts.get("control_after_generate") or (name in ("seed", "noise_seed") and
@@ -65,7 +65,7 @@ def our_signature(cls) -> dict:
     return {"inputs": inputs, "outputs": list(cls.RETURN_TYPES), "extra": extra}
 
 
-SIGNATURES = dict(CORE_SIGNATURES, **{n: our_signature(c) for n, c in NODE_CLASS_MAPPINGS.items()})
+SIGNATURES = dict(CORE_SIGNATURES, **{n: our_signature(c) for n, c in NODE_MAP.items()})
 
 
 def check_value(where: str, kind: str, opts: dict, value) -> None:

@@ -203,7 +203,7 @@ def test_shipped_model_word_maps_mark_the_object(model):
 def test_shipped_model_word_swap_recolours_the_object_and_keeps_the_clip():
     """The demo's edit in small: red -> blue ball with local blend changes the ball's colour, keeps where it is
     and keeps the grass (no tuning, few steps, so the figures sit below the demo's)."""
-    from vp2p_core import TuneConfig
+    from vp2p_core import EditOptions, InversionOptions, TuneOptions
     from vp2p_core.pipeline import Components, run
     from vp2p_world import metrics
 
@@ -211,8 +211,9 @@ def test_shipped_model_word_swap_recolours_the_object_and_keeps_the_clip():
     comps = Components.from_folder(WEIGHTS)
     clip = render(Scene(colour="red", shape="ball", background="green grass", path="bounce", frames=4))
     truth = render(Scene(colour="blue", shape="ball", background="green grass", path="bounce", frames=4))
-    res = run(comps, clip.frames, clip.caption, clip.caption.replace("red", "blue"), tune=TuneConfig(steps=0),
-              inversion_mode="fast", steps=12, blend_words="ball", self_replace_on="both")
+    res = run(comps, clip.frames, clip.caption, clip.caption.replace("red", "blue"), tune=TuneOptions(steps=0),
+              inversion=InversionOptions(mode="fast", steps=12),
+              edit=EditOptions(blend_words="ball", self_replace_on="both"))
     edited = res.edited[0]
     assert metrics.object_hue_accuracy(edited, truth.masks, "blue") >= 0.75
     assert metrics.mask_iou(metrics.segment_object(edited, truth), clip.masks) > 0.8  # 0.92; 0.10 temporal-only
@@ -227,7 +228,7 @@ def test_sweep_runs_and_ranks_settings(tmp_path, capsys):
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     out = tmp_path / "rows.json"
-    assert sweep.main(["--cross-replace", "0.2,1.0", "--self-replace", "0.5", "--threshold", "0.3", "--steps", "3",
+    assert sweep.main(["--cross-replace", "0.2,1.0", "--self-replace", "0.5", "--mask-threshold", "0.3", "--steps", "3",
                        "--frames", "2", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
     assert len(rows) == 2 * len(sweep.validation_cases())

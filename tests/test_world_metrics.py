@@ -3,6 +3,7 @@ import math
 
 import torch
 
+from vp2p_core import EditOptions
 from vp2p_world import metrics
 from vp2p_world.render import COLOURS, Scene, render, render_background
 
@@ -89,7 +90,8 @@ def test_benchmark_summary_tables_on_hand_made_rows():
     summary = benchmark.summarise(rows)
     assert abs(summary["p2p_per_frame"]["tc_object"] - 0.16) < 1e-9 and math.isnan(summary["p2p_per_frame"]["bg_psnr"])
     md = benchmark.markdown(summary, rows, "cmd", dict(machine="m", cases=2, frames=8, steps=2, guidance=7.5,
-                                                      inner_steps=1, lr_scale=1.0, tune_steps=0, tune_seconds=0.0))
+                                                      inner_steps=1, lr_scale=1.0, tune_steps=0, tune_seconds=0.0,
+                                                      edit=EditOptions().cache_key()))
     assert "| p2p_per_frame | 1.00 | 0.50 |" in md  # accuracy by kind: colour, shape
     assert "| videop2p_fast | 0.0100 | 0.0050 |" in md  # flicker on the case both edited
 

@@ -14,7 +14,9 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-FRAME_MODES = ("first", "first_prev")
+from .options import FRAME_ATTENTION
+
+FRAME_MODES = FRAME_ATTENTION
 
 
 @dataclass

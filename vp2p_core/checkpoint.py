@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 
 from .errors import VP2PInputError
+from .options import SD_LATENT_SCALE
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -40,7 +41,7 @@ class SingleFileModels:
     text_encoder: torch.nn.Module
     prediction_type: str
     family: str  # "sd1" | "sd2"
-    latent_scale: float = 0.18215
+    latent_scale: float = SD_LATENT_SCALE
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -159,7 +160,7 @@ def vae_config(sd: dict[str, torch.Tensor]) -> dict:
         "layers_per_block": n_res,
         "norm_num_groups": 32,
         "sample_size": 512,
-        "scaling_factor": 0.18215,
+        "scaling_factor": SD_LATENT_SCALE,
     }
 
 

@@ -8,6 +8,7 @@ as in the reference.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -16,14 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from .errors import VP2PInputError
+from .options import EditOptions
 from .seq_aligner import refinement_mapper, replacement_mapper
 from .text import (MAX_TOKENS, TokenizerLike, check_prompt_length, parse_words, prompt_words,
                    word_token_indices, words_token_indices)
 
 log = logging.getLogger(__name__)
-
-EDIT_MODES = ("auto", "replace", "refine", "none")
-SELF_REPLACE_ON = ("temporal", "frame", "both", "none")
 
 
 @dataclass
@@ -32,8 +31,8 @@ class BlendSpec:
 
     source_tokens: list[int]
     target_tokens: list[list[int]]
-    threshold: float = 0.3
-    start: float = 0.2
+    threshold: float
+    start: float
 
 
 @dataclass
@@ -43,14 +42,14 @@ class EditPlan:
     source_prompt: str
     target_prompts: list[str]
     mode: str  # replace | refine | none
+    cross_replace: tuple[float, float]
+    self_replace: tuple[float, float]
+    self_replace_on: str
+    frame_replace_max_tokens: int
     mapper: Optional[torch.Tensor] = None  # replace: [n,77,77]; refine: [n,77] long
     refine_alphas: Optional[torch.Tensor] = None  # refine: [n,77]
     equalizer: Optional[torch.Tensor] = None  # [n,77]
-    cross_replace: tuple[float, float] = (0.0, 0.2)
     cross_replace_words: list[tuple[list[list[int]], tuple[float, float]]] = field(default_factory=list)
-    self_replace: tuple[float, float] = (0.0, 0.5)
-    self_replace_on: str = "temporal"
-    frame_replace_max_tokens: int = 32 * 32
     blend: Optional[BlendSpec] = None
     store_maps: bool = True
     # text embeddings, filled by whoever owns the text encoder
@@ -78,71 +77,71 @@ class EditPlan:
         return alpha
 
 
-def _fraction_pair(v, what: str) -> tuple[float, float]:
-    pair = (0.0, float(v)) if isinstance(v, (int, float)) else (float(v[0]), float(v[1]))
-    if not 0.0 <= pair[0] <= pair[1] <= 1.0:
-        raise VP2PInputError(f"{what}: expected a fraction of the steps in [0, 1] (or start <= end), got {v!r}")
-    return pair
+def _fraction_pair(v) -> tuple[float, float]:
+    """A fraction of the steps (0..v) or a (start, end) pair, as checked by EditOptions."""
+    return (0.0, float(v)) if isinstance(v, (int, float)) else (float(v[0]), float(v[1]))
 
 
 def build_edit_plan(tokenizer: TokenizerLike, source_prompt: str, target_prompts: str | Sequence[str],
-                    mode: str = "auto", cross_replace: float | tuple = 0.2, self_replace: float | tuple = 0.5,
-                    cross_replace_words: Optional[dict] = None, blend_words=None, blend_target_words=None,
-                    reweight: Optional[dict] = None, threshold: float = 0.3, blend_start: float = 0.2,
-                    self_replace_on: str = "temporal", frame_replace_max_tokens: int = 32 * 32) -> EditPlan:
-    """Resolve prompts and options into token-level tensors; bad input raises VP2PInputError naming it."""
-    targets = [target_prompts] if isinstance(target_prompts, str) else list(target_prompts)
-    if not targets or any(not t.strip() for t in targets):
-        raise VP2PInputError("target_prompt: expected at least one non-empty target prompt")
+                    options: EditOptions = EditOptions(), cross_replace_words: Optional[dict] = None) -> EditPlan:
+    """Resolve prompts and options into token-level tensors; bad input raises VP2PInputError naming it.
+
+    ``target_prompts``: one prompt, several, or a text with one prompt per line.
+
+    ``cross_replace_words`` ({target word: fraction or (start, end)}) gives single words their own
+    cross-attention injection window (the reference's dict form of ``cross_replace_steps``)."""
+    lines = target_prompts.splitlines() if isinstance(target_prompts, str) else list(target_prompts)
+    targets = [t.strip() for t in lines if t.strip()]  # one target per line; blank lines are not targets
+    if not targets:
+        raise VP2PInputError("target_prompts: expected at least one target prompt (one per line)")
+    source_prompt = source_prompt.strip()
     if not source_prompt.strip():
         raise VP2PInputError("source_prompt: expected a non-empty prompt describing the clip")
-    if mode not in EDIT_MODES:
-        raise VP2PInputError(f"edit_mode: expected one of {EDIT_MODES}, got {mode!r}")
-    if self_replace_on not in SELF_REPLACE_ON:
-        raise VP2PInputError(f"self_replace_on: expected one of {SELF_REPLACE_ON}, got {self_replace_on!r}")
-    if not 0.0 < threshold < 1.0:
-        raise VP2PInputError(f"mask_threshold: expected a value in (0, 1), got {threshold}")
     check_prompt_length(tokenizer, source_prompt, "source_prompt")
     for t in targets:
-        check_prompt_length(tokenizer, t, "target_prompt")
+        check_prompt_length(tokenizer, t, "target_prompts")
+    mode = options.edit_mode
     if mode == "auto":
         n_source = len(prompt_words(source_prompt, tokenizer))
         same_len = all(len(prompt_words(t, tokenizer)) == n_source for t in targets)
         mode = "replace" if same_len else "refine"
     plan = EditPlan(source_prompt=source_prompt, target_prompts=targets, mode=mode,
-                    cross_replace=_fraction_pair(cross_replace, "cross_replace"),
-                    self_replace=_fraction_pair(self_replace, "self_replace"),
-                    self_replace_on=self_replace_on, frame_replace_max_tokens=frame_replace_max_tokens)
+                    cross_replace=_fraction_pair(options.cross_replace),
+                    self_replace=_fraction_pair(options.self_replace), self_replace_on=options.self_replace_on,
+                    frame_replace_max_tokens=options.frame_replace_max_tokens)
     if mode == "replace":
         plan.mapper = torch.stack([replacement_mapper(source_prompt, t, tokenizer) for t in targets])
     elif mode == "refine":
         pairs = [refinement_mapper(source_prompt, t, tokenizer) for t in targets]
         plan.mapper = torch.stack([p[0] for p in pairs])
         plan.refine_alphas = torch.stack([p[1] for p in pairs])
+    fraction = EditOptions.setting("cross_replace")  # the same check, under the word's name
     for word, frac in (cross_replace_words or {}).items():
         idx = [word_token_indices(t, word, tokenizer) for t in targets]
         if not any(idx):
             raise VP2PInputError(f"cross_replace_words: the word {word!r} is in no target prompt {targets!r}")
-        plan.cross_replace_words.append((idx, _fraction_pair(frac, f"cross_replace_words[{word!r}]")))
+        pair = _fraction_pair(dataclasses.replace(fraction, name=f"cross_replace_words[{word!r}]").check(frac))
+        plan.cross_replace_words.append((idx, pair))
+    reweight = options.reweight()
     if reweight:
         if mode == "none":
-            raise VP2PInputError("reweight: needs attention control; edit_mode 'none' has none")
+            raise VP2PInputError("reweight_words: reweighting needs attention control; edit_mode 'none' has none")
         eq = torch.ones(len(targets), MAX_TOKENS)
         for word, value in reweight.items():
             for i, t in enumerate(targets):
                 idx = words_token_indices(t, [word], tokenizer, "reweight_words")
                 eq[i, idx] = float(value)
         plan.equalizer = eq
-    src_words = parse_words(blend_words)
+    src_words = parse_words(options.blend_words)
     if src_words:
-        tgt_words = parse_words(blend_target_words) or src_words
+        tgt_words = parse_words(options.blend_target_words)
+        tgt_what = "blend_target_words (target prompt)" if tgt_words else "blend_words (target prompt)"
+        tgt_words = tgt_words or src_words
         plan.blend = BlendSpec(
             source_tokens=words_token_indices(source_prompt, src_words, tokenizer, "blend_words (source prompt)"),
-            target_tokens=[words_token_indices(t, tgt_words, tokenizer, "blend_words (target prompt)")
+            target_tokens=[words_token_indices(t, tgt_words, tokenizer, tgt_what)
                            for t in targets],
-            threshold=threshold, start=blend_start)
-    elif blend_target_words:
-        raise VP2PInputError("blend_words: target blend words were given without source blend words")
+            threshold=options.mask_threshold, start=options.blend_start)
     return plan
 
 

@@ -23,6 +23,7 @@ from einops import rearrange
 
 from .attention import CrossAttnProcessor, FrameAttnProcessor, FrameState, TemporalAttnProcessor
 from .errors import VP2PInputError
+from .options import InflationOptions
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def _make_temporal(block: nn.Module, name: str, state: FrameState) -> None:
     block._vp2p_hook = block.register_forward_hook(_temporal_hook)
 
 
-def inflate_unet(unet, frame_attention: str = "first"):
+def inflate_unet(unet, frame_attention: str = InflationOptions.frame_attention):
     """Inflate ``unet`` in place into the T2S model and return it. Idempotent."""
     if is_inflated(unet):
         set_frame_attention(unet, frame_attention)

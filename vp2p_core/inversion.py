@@ -27,12 +27,11 @@ from .files import atomic_save, load_checked, meta_json
 from .host import Host
 from .inflation import video_forward
 from .model import VideoModel
+from .options import INVERSION_MODES, InversionOptions
 from .schedule import DDIMConfig, DDIMSchedule
 from .tuning import make_trainable_copyable
 
 log = logging.getLogger(__name__)
-
-INVERSION_MODES = ("null_text", "fast", "negative_prompt")
 
 
 @dataclass
@@ -87,11 +86,21 @@ class Inversion:
                    null_embeddings=t.get("null_embeddings"), trajectory=t.get("trajectory"),
                    stats=meta_json(meta, "stats", {}))
 
-    def check_model(self, model: VideoModel) -> None:
-        if self.model_fingerprint != model.fingerprint:
+    def check_model(self, fingerprint: str, what: str = "inversion") -> None:
+        """Refuse this inversion for a model (``VideoModel.fingerprint``) it was not made with."""
+        if self.model_fingerprint != fingerprint:
             raise VP2PInputError(
-                f"inversion: made with the model {self.model_fingerprint}, but this model is {model.fingerprint} "
-                "(another checkpoint or tuning); invert again with this model")
+                f"{what}: made with the model {self.model_fingerprint}, but this model is {fingerprint} "
+                "(another checkpoint, LoRA or tuning); invert again with this model")
+
+    def check_latents(self, latents: torch.Tensor, what: str = "inversion") -> None:
+        """Refuse this inversion for a clip (scaled latents [F,C,h,w]) of another length or frame size."""
+        if latents.shape[0] != self.num_frames:
+            raise VP2PInputError(f"{what}: made from a clip of {self.num_frames} frames, but the latent has "
+                                 f"{latents.shape[0]} frames")
+        if tuple(latents.shape[1:]) != tuple(self.x_T.shape[1:]):
+            raise VP2PInputError(f"{what}: made from latents of {tuple(self.x_T.shape[1:])}, but the latent is "
+                                 f"{tuple(latents.shape[1:])} (another frame size)")
 
 
 def _eps(model: VideoModel, schedule: DDIMSchedule, x, t, text, f):
@@ -114,18 +123,12 @@ def ddim_inversion(model: VideoModel, latents: torch.Tensor, text: torch.Tensor,
 
 
 def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Tensor,
-           empty_embedding: Optional[torch.Tensor] = None, prompt: str = "", mode: str = "null_text",
-           num_steps: int = 50, guidance: float = 7.5, inner_steps: int = 10, early_stop: float = 1e-5,
-           host: Host = Host(), lr_scale: float = 1.0) -> Inversion:
+           empty_embedding: Optional[torch.Tensor] = None, prompt: str = "",
+           options: InversionOptions = InversionOptions(), host: Host = Host()) -> Inversion:
     """Invert a clip (latents [F,C,h,w], scaled) with the source prompt."""
-    if mode not in INVERSION_MODES:
-        raise VP2PInputError(f"mode: expected one of {INVERSION_MODES}, got {mode!r}")
+    mode, num_steps, guidance = options.mode, options.steps, options.guidance
     if latents.dim() != 4:
         raise VP2PInputError(f"latents: expected [frames, channels, h, w], got shape {tuple(latents.shape)}")
-    if not lr_scale > 0:
-        raise VP2PInputError(f"lr_scale: expected a positive factor on the null-text learning rate, got {lr_scale}")
-    if inner_steps < 0:
-        raise VP2PInputError(f"inner_steps: expected 0 or more null-text iterations per step, got {inner_steps}")
     if mode == "null_text" and empty_embedding is None:
         raise VP2PInputError("empty_embedding: null-text inversion starts from the empty prompt's embedding")
     unet = model.unet
@@ -145,10 +148,9 @@ def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Ten
                         timesteps=schedule.timesteps.clone(), mode=mode, guidance=float(guidance), prompt=prompt,
                         model_fingerprint=model.fingerprint, schedule=model.schedule, stats=stats)
         if mode == "null_text":
-            nulls, traj, nstats = null_text_optimisation(model, ddim, cond, empty_embedding.clone().to(host.device, dtype),
-                                                         schedule, guidance, inner_steps, early_stop,
-                                                         host.stage(steps, overall),
-                                                         lr_scale)
+            nulls, traj, nstats = null_text_optimisation(model, ddim, cond,
+                                                         empty_embedding.clone().to(host.device, dtype), schedule,
+                                                         options, host.stage(steps, overall))
             inv.null_embeddings, inv.trajectory = nulls.cpu(), traj.cpu()
             stats.update(nstats)
     stats["forwards"] = model.evaluations() - evals0
@@ -157,11 +159,12 @@ def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Ten
 
 
 def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: torch.Tensor, empty: torch.Tensor,
-                           schedule: DDIMSchedule, guidance: float, inner_steps: int, early_stop: float,
-                           host: Host, lr_scale: float = 1.0):
+                           schedule: DDIMSchedule, options: InversionOptions, host: Host):
     unet = model.unet
     f = ddim[0].shape[0]
     T = schedule.num_steps
+    guidance, inner_steps, early_stop, lr_scale = (options.guidance, options.inner_steps, options.early_stop,
+                                                   options.lr_scale)
     make_trainable_copyable(unet)
     flags = [(p, p.requires_grad) for p in unet.parameters()]
     for p, _ in flags:

@@ -6,8 +6,10 @@ from typing import Optional
 
 import torch
 
+from .errors import VP2PInputError
 from .files import combine_fingerprints, state_fingerprint
 from .inflation import TEMPORAL_PREFIXES, frame_state, inflate_unet
+from .options import SD_LATENT_SCALE, InflationOptions
 from .schedule import DDIMConfig
 
 
@@ -23,15 +25,16 @@ class VideoModel:
 
     unet: torch.nn.Module
     schedule: DDIMConfig = field(default_factory=DDIMConfig)
-    latent_scale: float = 0.18215
+    latent_scale: float = SD_LATENT_SCALE
     base_fingerprint: str = ""
     delta_fingerprint: str = ""
-    frame_attention: str = "first"
+    frame_attention: str = InflationOptions.frame_attention
     info: dict = field(default_factory=dict)
 
     @classmethod
-    def from_unet(cls, unet, prediction_type: str = "epsilon", latent_scale: float = 0.18215,
-                  frame_attention: str = "first", schedule: Optional[DDIMConfig] = None) -> "VideoModel":
+    def from_unet(cls, unet, prediction_type: str = "epsilon", latent_scale: float = SD_LATENT_SCALE,
+                  frame_attention: str = InflationOptions.frame_attention,
+                  schedule: Optional[DDIMConfig] = None) -> "VideoModel":
         sched = schedule or DDIMConfig(prediction_type=prediction_type)
         fp = base_fingerprint(unet)
         inflate_unet(unet, frame_attention)
@@ -51,3 +54,10 @@ class VideoModel:
 
     def evaluations(self) -> int:
         return self.state.forward_clips
+
+    def check_text(self, embedding: torch.Tensor, what: str) -> None:
+        """Refuse text embeddings of another width than the UNet's cross-attention reads (another encoder)."""
+        want = self.unet.config.cross_attention_dim
+        if embedding.shape[-1] != want:
+            raise VP2PInputError(f"{what}: text embeddings of width {embedding.shape[-1]}, but the model reads {want}; "
+                                 "use the CLIP (text encoder) of the same checkpoint")

@@ -17,9 +17,11 @@ from .errors import VP2PInputError
 from .host import Host
 from .inversion import Inversion, invert
 from .model import VideoModel
+from .options import (SD_LATENT_SCALE, EditOptions, InflationOptions, InversionOptions, SamplerOptions,
+                      TuneOptions)
 from .sampling import EditResult, sample_edit
 from .schedule import DDIMConfig
-from .tuning import Delta, TuneConfig, one_shot_tune
+from .tuning import Delta, one_shot_tune
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu",
                            beta_start=raw.get("beta_start", 0.00085), beta_end=raw.get("beta_end", 0.012),
                            beta_schedule=raw.get("beta_schedule", "scaled_linear"),
                            num_train_timesteps=raw.get("num_train_timesteps", 1000))
-    scale = float(getattr(vae.config, "scaling_factor", 0.18215))
+    scale = float(getattr(vae.config, "scaling_factor", SD_LATENT_SCALE))
     return FolderModels(tokenizer=tok, text_encoder=te, vae=vae, unet=unet, schedule=sched, latent_scale=scale)
 
 
@@ -78,8 +80,8 @@ class Components:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @classmethod
-    def from_folder(cls, folder: str | Path, frame_attention: str = "first", device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.float32) -> "Components":
+    def from_folder(cls, folder: str | Path, frame_attention: str = InflationOptions.frame_attention,
+                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "Components":
         """Load a diffusers-format SD folder offline (see load_folder) and inflate its UNet."""
         m = load_folder(folder, device=device, dtype=dtype)
         model = VideoModel.from_unet(m.unet, latent_scale=m.latent_scale, frame_attention=frame_attention,
@@ -88,7 +90,7 @@ class Components:
                    device=torch.device(device))
 
     @classmethod
-    def from_single_file(cls, path: str | Path, tokenizer, frame_attention: str = "first",
+    def from_single_file(cls, path: str | Path, tokenizer, frame_attention: str = InflationOptions.frame_attention,
                          device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                          prediction_type: Optional[str] = None) -> "Components":
         """Load an original-layout SD 1.x/2.x `.safetensors` checkpoint offline (see vp2p_core.checkpoint);
@@ -135,8 +137,10 @@ class Components:
             out.append(((img + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu())
         return torch.cat(out)
 
-    def plan(self, source: str, targets: str | Sequence[str], **options) -> EditPlan:
-        plan = build_edit_plan(self.tokenizer, source, targets, **options)
+    def plan(self, source: str, targets: str | Sequence[str], options: EditOptions = EditOptions(),
+             cross_replace_words: Optional[dict] = None) -> EditPlan:
+        plan = build_edit_plan(self.tokenizer, source, targets, options=options,
+                               cross_replace_words=cross_replace_words)
         plan.source_embedding = self.encode_prompts([source])
         plan.target_embeddings = self.encode_prompts(plan.target_prompts)
         plan.empty_embedding = self.encode_prompts([""])
@@ -155,8 +159,9 @@ class RunResult:
 
 
 def run(components: Components, frames: torch.Tensor, source: str, targets: str | Sequence[str],
-        tune: TuneConfig = TuneConfig(steps=300), inversion_mode: str = "null_text", steps: int = 50,
-        guidance: float = 7.5, decoupled: bool = True, host: Host = Host(), **edit_options) -> RunResult:
+        tune: TuneOptions = TuneOptions(), inversion: InversionOptions = InversionOptions(),
+        edit: EditOptions = EditOptions(), sampler: SamplerOptions = SamplerOptions(),
+        host: Host = Host()) -> RunResult:
     """Inflated model -> tune -> invert -> edit -> decode, on one clip (frames [F,H,W,3])."""
     timings, evals = {}, {}
     cm = components
@@ -170,13 +175,14 @@ def run(components: Components, frames: torch.Tensor, source: str, targets: str 
         return out
 
     latents = stage("encode", lambda: cm.encode_frames(frames))
-    plan = stage("plan", lambda: cm.plan(source, targets, **edit_options))
+    plan = stage("plan", lambda: cm.plan(source, targets, options=edit))
     delta = None
     if tune.steps > 0:
-        delta = stage("tune", lambda: one_shot_tune(cm.model, latents, plan.source_embedding, source, tune, host))
+        delta = stage("tune", lambda: one_shot_tune(cm.model, latents, plan.source_embedding, source, options=tune,
+                                                    host=host))
     inv = stage("invert", lambda: invert(cm.model, latents, plan.source_embedding, plan.empty_embedding, source,
-                                         mode=inversion_mode, num_steps=steps, guidance=guidance, host=host))
-    res = stage("edit", lambda: sample_edit(cm.model, inv, plan, guidance=guidance, decoupled=decoupled, host=host))
+                                         options=inversion, host=host))
+    res = stage("edit", lambda: sample_edit(cm.model, inv, plan, options=sampler, host=host))
     n, f = res.edited.shape[:2]
     edited = stage("decode", lambda: cm.decode_latents(res.edited.flatten(0, 1)).view(n, f, *frames.shape[1:]))
     recon = cm.decode_latents(res.source)

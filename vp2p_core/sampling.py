@@ -24,6 +24,7 @@ from .host import Host
 from .inflation import cross_attention_layers, frame_state, video_forward
 from .inversion import Inversion
 from .model import VideoModel
+from .options import SamplerOptions
 from .schedule import DDIMSchedule
 from .structure import StructureGuidance
 
@@ -38,7 +39,7 @@ class EditResult:
 
 
 def check_edit_inputs(model: VideoModel, inversion: Inversion, plan: EditPlan) -> None:
-    inversion.check_model(model)
+    inversion.check_model(model.fingerprint)
     if plan.source_embedding is None or plan.target_embeddings is None or plan.empty_embedding is None:
         raise VP2PInputError("edit: the plan has no text embeddings (source, targets, empty); encode its prompts")
     if plan.target_embeddings.shape[0] != plan.num_targets:
@@ -79,14 +80,12 @@ def _rows(extra: dict, start: int) -> dict:
             "mid_block_additional_residual": extra["mid_block_additional_residual"][start:]}
 
 
-def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, guidance: float = 7.5,
-                decoupled: bool = True, reuse_source_trajectory: bool = True, host: Host = Host(),
-                temporal_guidance: float = 1.0, structure: Optional[StructureGuidance] = None,
+def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options: SamplerOptions = SamplerOptions(),
+                host: Host = Host(), structure: Optional[StructureGuidance] = None,
                 num_frames: Optional[int] = None) -> EditResult:
     """Edit the inverted clip; ``structure`` steers the target branches through a ControlNet."""
     check_edit_inputs(model, inversion, plan)
-    if temporal_guidance < 0:
-        raise VP2PInputError(f"temporal_guidance: expected a value >= 0 (1 = off), got {temporal_guidance}")
+    guidance, decoupled, temporal_guidance = options.guidance, options.decoupled_guidance, options.temporal_guidance
     f = inversion.num_frames
     if num_frames is not None and num_frames != f:
         raise VP2PInputError(f"latents: {num_frames} frames, but the inversion was made from {f}")
@@ -100,7 +99,7 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, guidanc
     mode = inversion.mode
     src_needs_uncond = mode == "null_text"
     trajectory = None
-    if (mode == "null_text" and reuse_source_trajectory and inversion.trajectory is not None
+    if (mode == "null_text" and options.reuse_source_trajectory and inversion.trajectory is not None
             and abs(guidance - inversion.guidance) < 1e-9):
         trajectory = inversion.trajectory
         src_needs_uncond = False

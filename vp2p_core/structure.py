@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .errors import VP2PInputError
+from .options import StructureOptions
 
 # (sample [N,C,h,w], timestep, text [N,L,D], cond images [N,3,H,W]) -> (down residuals, mid residual)
 ResidualFn = Callable[[torch.Tensor, object, torch.Tensor, torch.Tensor], tuple[Sequence[torch.Tensor], torch.Tensor]]
@@ -22,8 +23,7 @@ ResidualFn = Callable[[torch.Tensor, object, torch.Tensor, torch.Tensor], tuple[
 
 def blur_structure(maps: torch.Tensor, level: float) -> torch.Tensor:
     """maps [F,C,H,W] in 0..1 blurred at fidelity level ``level`` (0: unchanged)."""
-    if level < 0:
-        raise VP2PInputError(f"structure_blur: expected a level >= 0, got {level}")
+    level = StructureOptions.setting("structure_blur").check(level)
     if level == 0:
         return maps
     import kornia.filters as kf
@@ -32,6 +32,13 @@ def blur_structure(maps: torch.Tensor, level: float) -> torch.Tensor:
     k = 2 * math.ceil(3 * sigma) + 1
     k = min(k, 2 * (min(maps.shape[-2:]) // 2) - 1) if k >= min(maps.shape[-2:]) else k
     return kf.gaussian_blur2d(maps.float(), (k, k), (sigma, sigma), border_type="replicate").to(maps.dtype)
+
+
+def check_structure_images(images, what: str = "structure") -> None:
+    """A structure clip is an IMAGE: [frames, H, W, 1 or 3] in 0..1."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] not in (1, 3):
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise VP2PInputError(f"{what}: expected an IMAGE [frames, H, W, 1 or 3], got {shape}")
 
 
 def diffusers_controlnet(controlnet) -> ResidualFn:
@@ -51,17 +58,16 @@ class StructureGuidance:
 
     residual_fn: ResidualFn
     structure: torch.Tensor  # [F,3,H,W] in 0..1, already blurred
-    strength: float = 1.0
-    start: float = 0.0
-    end: float = 1.0
+    strength: float
+    start: float
+    end: float
 
     @classmethod
     def from_images(cls, residual_fn: ResidualFn, images: torch.Tensor, latent_hw: tuple[int, int], frames: int,
-                    blur: float = 0.0, strength: float = 1.0, start: float = 0.0, end: float = 1.0,
+                    options: StructureOptions = StructureOptions(),
                     vae_factor: Optional[int] = None) -> "StructureGuidance":
         """images: IMAGE [F,H,W,C] (C 1 or 3) in 0..1. Checks frame count and size against the latents."""
-        if images.dim() != 4 or images.shape[-1] not in (1, 3):
-            raise VP2PInputError(f"structure: expected an IMAGE [frames, H, W, 1 or 3], got {tuple(images.shape)}")
+        check_structure_images(images)
         if images.shape[0] != frames:
             raise VP2PInputError(f"structure: {images.shape[0]} frames, but the clip has {frames}")
         h, w = latent_hw
@@ -69,12 +75,11 @@ class StructureGuidance:
         if H * w != W * h or H % h or (vae_factor is not None and (H != h * vae_factor or W != w * vae_factor)):
             want = f"{h * vae_factor}x{w * vae_factor}" if vae_factor else f"a multiple of {h}x{w}"
             raise VP2PInputError(f"structure: frames of {H}x{W} do not fit latents of {h}x{w} (expected {want})")
-        if not 0.0 <= start <= end <= 1.0:
-            raise VP2PInputError(f"structure start/end: expected 0 <= start <= end <= 1, got {start}, {end}")
         maps = images.permute(0, 3, 1, 2).float()
         if maps.shape[1] == 1:
             maps = maps.expand(-1, 3, -1, -1)
-        return cls(residual_fn, blur_structure(maps, blur), strength, start, end)
+        return cls(residual_fn=residual_fn, structure=blur_structure(maps, options.structure_blur),
+                   strength=options.strength, start=options.start_percent, end=options.end_percent)
 
     def active(self, step: int, num_steps: int) -> bool:
         return self.strength != 0 and self.start <= step / num_steps < self.end

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -20,32 +20,12 @@ from .files import atomic_save, load_checked, meta_json, state_fingerprint
 from .host import Host
 from .inflation import trainable_parameter_names, video_forward
 from .model import VideoModel
+from .options import TuneOptions
 from .schedule import DDIMSchedule
 
 log = logging.getLogger(__name__)
 
-AUTOCAST = {"none": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class TuneConfig:
-    steps: int = 500
-    learning_rate: float = 3e-5
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 1e-2
-    eps: float = 1e-8
-    max_grad_norm: float = 1.0
-    seed: int = 33
-    gradient_checkpointing: bool = False
-    autocast: str = "none"  # none | bf16 | fp16
-
-    def validate(self) -> None:
-        if self.steps < 0:
-            raise VP2PInputError(f"steps: expected 0 or more tuning steps, got {self.steps}")
-        if not self.learning_rate > 0:
-            raise VP2PInputError(f"learning_rate: expected a positive value, got {self.learning_rate}")
-        if self.autocast not in AUTOCAST:
-            raise VP2PInputError(f"autocast: expected one of {tuple(AUTOCAST)}, got {self.autocast!r}")
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # keyed by TuneOptions.precision
 
 
 @dataclass
@@ -89,22 +69,32 @@ def make_trainable_copyable(module: torch.nn.Module) -> None:
                     m._buffers[name] = b.clone()
 
 
-def apply_delta(model: VideoModel, delta: Delta, num_frames: Optional[int] = None) -> None:
-    """Load a delta into the model in place, refusing one made for another model or clip length."""
+def check_delta(model: VideoModel, delta: Delta, what: str = "delta", num_frames: Optional[int] = None) -> None:
+    """Refuse a delta made for another checkpoint (or LoRA), for another clip length, or whose tensors the
+    model lacks; ``what`` names the input in the error."""
     if delta.base_fingerprint != model.base_fingerprint:
         raise VP2PInputError(
-            f"delta: made for the model with fingerprint {delta.base_fingerprint}, but this model is "
-            f"{model.base_fingerprint}; tune again or load the checkpoint it was made with")
+            f"{what}: made for the model with fingerprint {delta.base_fingerprint}, but this model is "
+            f"{model.base_fingerprint} (another checkpoint or LoRA); load the checkpoint it was tuned on, or tune "
+            "again")
     if num_frames is not None and num_frames != delta.num_frames:
-        raise VP2PInputError(f"delta: tuned on {delta.num_frames} frames, but the clip has {num_frames}")
+        raise VP2PInputError(f"{what}: tuned on {delta.num_frames} frames, but the clip has {num_frames} frames; "
+                             "tune on this clip, or use the clip it was tuned on")
     params = dict(model.unet.named_parameters())
-    missing = [n for n in delta.tensors if n not in params]
-    if missing:
-        raise VP2PInputError(f"delta: {len(missing)} parameters are not in this model, e.g. {missing[0]!r}")
+    for name, t in delta.tensors.items():
+        if name not in params:
+            raise VP2PInputError(f"{what}: the parameter {name!r} is not in this model")
+        if tuple(params[name].shape) != tuple(t.shape):
+            raise VP2PInputError(
+                f"{what}: {name} has shape {tuple(t.shape)}, this model's is {tuple(params[name].shape)}")
+
+
+def apply_delta(model: VideoModel, delta: Delta, num_frames: Optional[int] = None) -> None:
+    """Load a delta into the model in place, refusing one made for another model or clip length."""
+    check_delta(model, delta, num_frames=num_frames)
+    params = dict(model.unet.named_parameters())
     with torch.inference_mode(False), torch.no_grad():
         for n, t in delta.tensors.items():
-            if params[n].shape != t.shape:
-                raise VP2PInputError(f"delta: {n} has shape {tuple(t.shape)}, the model {tuple(params[n].shape)}")
             params[n].copy_(t.to(params[n].device, params[n].dtype))
     model.delta_fingerprint = delta.fingerprint
 
@@ -131,9 +121,8 @@ def trained_weights(model: VideoModel, delta: Optional[Delta] = None):
 
 
 def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, prompt: str = "",
-                  config: TuneConfig = TuneConfig(), host: Host = Host()) -> Delta:
+                  options: TuneOptions = TuneOptions(), host: Host = Host()) -> Delta:
     """Tune ``model`` in place on one clip. latents [F,C,h,w] (already scaled), text [1,L,D]."""
-    config.validate()
     if latents.dim() != 4:
         raise VP2PInputError(f"latents: expected [frames, channels, h, w], got shape {tuple(latents.shape)}")
     unet = model.unet
@@ -149,21 +138,21 @@ def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, 
         for n, p in params.items():
             p.requires_grad_(n in names)
         trainable = [params[n] for n in names]
-        opt = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=config.betas,
-                                weight_decay=config.weight_decay, eps=config.eps)
+        opt = torch.optim.AdamW(trainable, lr=options.learning_rate, betas=options.betas,
+                                weight_decay=options.weight_decay, eps=options.eps)
         x0 = latents.clone().to(device, torch.float32)
         cond = text.clone().to(device, next(unet.parameters()).dtype)
-        gen = torch.Generator().manual_seed(config.seed)
-        ac_dtype = AUTOCAST[config.autocast]
+        gen = torch.Generator().manual_seed(options.seed)
+        ac_dtype = AUTOCAST[options.precision]
         scaler = torch.amp.GradScaler(device.type) if ac_dtype == torch.float16 and device.type == "cuda" else None
         was_training = unet.training
-        if config.gradient_checkpointing:
+        if options.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         unet.train()
         losses: list[float] = []
-        loop = host.loop(config.steps, "tuning")
+        loop = host.loop(options.steps, "tuning")
         try:
-            for step in range(config.steps):
+            for step in range(options.steps):
                 noise = torch.randn(x0.shape, generator=gen).to(device)
                 t = torch.randint(0, model.schedule.num_train_timesteps, (1,), generator=gen).to(device)
                 noisy = schedule.add_noise(x0, noise, t.expand(f))
@@ -177,7 +166,7 @@ def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, 
                     scaler.unscale_(opt)
                 else:
                     loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(trainable, options.max_grad_norm)
                 if scaler is not None:
                     scaler.step(opt)
                     scaler.update()
@@ -189,12 +178,12 @@ def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, 
         finally:
             for n, p in params.items():
                 p.requires_grad_(flags[n])
-            if config.gradient_checkpointing:
+            if options.gradient_checkpointing:
                 unet.disable_gradient_checkpointing()
             unet.train(was_training)
             del opt
     delta = Delta(tensors={n: params[n].detach().cpu().clone() for n in names},
-                  base_fingerprint=model.base_fingerprint, num_frames=f, prompt=prompt, steps=config.steps,
-                  config={k: v for k, v in asdict(config).items()}, losses=losses)
+                  base_fingerprint=model.base_fingerprint, num_frames=f, prompt=prompt, steps=options.steps,
+                  config=options.cache_key(), losses=losses)
     model.delta_fingerprint = delta.fingerprint
     return delta

@@ -23,11 +23,14 @@ from typing import Optional
 
 import torch
 
-from vp2p_core import TuneConfig, invert, one_shot_tune, sample_edit, trained_weights
+from vp2p_core import (EditOptions, InversionOptions, SamplerOptions, TuneOptions, invert, one_shot_tune, sample_edit,
+                       trained_weights)
+from vp2p_core.errors import VP2PInputError
 from vp2p_core.pipeline import Components
 
 from . import metrics
 from .render import Scene, render
+from .settings import add_option_flags, options_from_args
 
 log = logging.getLogger("vp2p_world.benchmark")
 WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -106,18 +109,23 @@ def measure(case: Case, source_clip, edited: torch.Tensor, recon: torch.Tensor) 
     return row
 
 
-def run_case(comps: Components, case: Case, method: str, steps: int, guidance: float, delta, latents,
-             null_text: Optional[dict] = None, self_replace_on: str = "both", control: Optional[dict] = None) -> dict:
-    """One method on one case; ``control`` holds P2P's cross_replace / self_replace / threshold (else defaults)."""
+def case_edit(case: Case, edit: EditOptions) -> EditOptions:
+    """The edit options with the case's own words (blend, reweight)."""
+    rw = case.reweight or {}
+    return edit.replace(blend_words=case.blend or "", blend_target_words=case.blend_target or "",
+                        reweight_words=" ".join(rw), reweight_values=" ".join(f"{v:g}" for v in rw.values()))
+
+
+def run_case(comps: Components, case: Case, method: str, delta, latents, inversion: InversionOptions,
+             edit: EditOptions, sampler: SamplerOptions) -> dict:
+    """One method on one case. Tune-A-Video has no attention control; every method inverts with ``inversion``'s
+    steps and guidance (null-text settings where it inverts with null-text)."""
     model = comps.model
     src = render(case.scene)
     source_prompt = src.caption
     target_prompt = render(case.target_scene).caption
-    opts = dict(blend_words=case.blend, blend_target_words=case.blend_target, reweight=case.reweight,
-                self_replace_on=self_replace_on, **(control or {}))
-    if method == "tune_a_video":
-        opts = dict(mode="none")
-    plan = comps.plan(source_prompt, target_prompt, **opts)
+    edit = EditOptions(edit_mode="none") if method == "tune_a_video" else case_edit(case, edit)
+    plan = comps.plan(source_prompt, target_prompt, options=edit)
     state = model.state
     e0, t0 = state.forward_clips, time.perf_counter()
     if method == "p2p_per_frame":
@@ -125,8 +133,8 @@ def run_case(comps: Components, case: Case, method: str, steps: int, guidance: f
         with trained_weights(model, None):
             for j in range(latents.shape[0]):
                 inv = invert(model, latents[j:j + 1], plan.source_embedding, plan.empty_embedding, source_prompt,
-                             mode="null_text", num_steps=steps, guidance=guidance, **(null_text or {}))
-                res = sample_edit(model, inv, plan, guidance=guidance)
+                             options=inversion.replace(mode="null_text"))
+                res = sample_edit(model, inv, plan, options=sampler)
                 edited.append(res.edited[0])
                 recon.append(res.source)
         edited_lat, recon_lat = torch.cat(edited), torch.cat(recon)
@@ -134,9 +142,9 @@ def run_case(comps: Components, case: Case, method: str, steps: int, guidance: f
         mode = {"tune_a_video": "fast", "videop2p_null_text": "null_text", "videop2p_fast": "fast",
                 "videop2p_negative_prompt": "negative_prompt"}[method]
         with trained_weights(model, delta):
-            inv = invert(model, latents, plan.source_embedding, plan.empty_embedding, source_prompt, mode=mode,
-                         num_steps=steps, guidance=guidance, **((null_text or {}) if mode == "null_text" else {}))
-            res = sample_edit(model, inv, plan, guidance=guidance)
+            inv = invert(model, latents, plan.source_embedding, plan.empty_embedding, source_prompt,
+                         options=inversion.replace(mode=mode))
+            res = sample_edit(model, inv, plan, options=sampler)
         edited_lat, recon_lat = res.edited[0], res.source
     seconds = time.perf_counter() - t0
     evals = state.forward_clips - e0
@@ -171,8 +179,8 @@ def markdown(summary: dict, rows: list[dict], command: str, meta: dict) -> str:
              f"{meta['steps']} DDIM steps, guidance {meta['guidance']}, null-text {meta['inner_steps']} inner steps at "
              f"{meta['lr_scale']:g}x the reference's learning rate, tuning {meta['tune_steps']} steps per clip "
              f"(shared by Tune-A-Video and the Video-P2P variants; its time is not in the rows: "
-             f"{meta['tune_seconds']:.0f} s for all clips); self-attention replaced on: {meta.get('self_replace_on', 'temporal')}; "
-             f"{control_text(meta.get('control'))}{noise_text(meta.get('frame_noise', 0.0))}. "
+             f"{meta['tune_seconds']:.0f} s for all clips); self-attention replaced on: {meta['edit']['self_replace_on']}; "
+             f"{control_text(meta['edit'])}{noise_text(meta.get('frame_noise', 0.0))}. "
              "Accuracy = share of frames with the target attribute; "
              "PSNR in dB; colour/background change = mean frame-to-frame change (lower is steadier); "
              "background PSNR excludes the background-change cases.", "", head,
@@ -208,10 +216,9 @@ def markdown(summary: dict, rows: list[dict], command: str, meta: dict) -> str:
 SUCCESS = 0.75
 
 
-def control_text(control: Optional[dict]) -> str:
-    c = {"cross_replace": 0.2, "self_replace": 0.5, "threshold": 0.3, **(control or {})}
-    return (f"attention control: source cross-attention maps for {c['cross_replace']:.0%} of the steps, "
-            f"self-attention for {c['self_replace']:.0%}, local-blend threshold {c['threshold']:g}")
+def control_text(edit: dict) -> str:
+    return (f"attention control: source cross-attention maps for {edit['cross_replace']:.0%} of the steps, "
+            f"self-attention for {edit['self_replace']:.0%}, local-blend threshold {edit['mask_threshold']:g}")
 
 
 def noise_text(sigma: float) -> str:
@@ -252,33 +259,31 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", type=int, default=0, help="run only the first N cases (0: all)")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--tune-steps", type=int, default=100)
+    add_option_flags(p, TuneOptions, prefix="tune-")
+    add_option_flags(p, InversionOptions, skip=("mode",))  # each method has its inversion mode
+    add_option_flags(p, EditOptions, skip=("edit_mode", "blend_words", "blend_target_words", "reweight_words",
+                                           "reweight_values"))  # each case has its words
+    add_option_flags(p, SamplerOptions, skip=("guidance",))
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--inner-steps", type=int, default=10, help="null-text Adam steps per DDIM step (reference 10)")
-    p.add_argument("--lr-scale", type=float, default=1.0, help="factor on the null-text learning rate (reference 1)")
-    p.add_argument("--self-replace-on", default="both", choices=["temporal", "frame", "both", "none"],
-                   help="self-attention the target takes from the source: both (P2P's spatial and Video-P2P's "
-                        "temporal; default) or temporal only (the Video-P2P reference)")
-    p.add_argument("--cross-replace", type=float, default=0.2, help="P2P: fraction of steps with the source's "
-                   "cross-attention maps (0.2: the Video-P2P reference; python -m vp2p_world.sweep chooses for a model)")
-    p.add_argument("--self-replace", type=float, default=0.5, help="P2P: fraction of steps with the source's "
-                   "self-attention (0.5: the reference)")
-    p.add_argument("--threshold", type=float, default=0.3, help="local-blend mask threshold (0.3: the reference)")
     p.add_argument("--frame-noise", type=float, default=0.0,
                    help="std of independent Gaussian noise added to every source frame (0: clean renders)")
     p.add_argument("--json", default="", help="also write the rows as JSON here")
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     a = p.parse_args(argv)
+    try:
+        tune = options_from_args(a, TuneOptions, prefix="tune-")
+        inversion = options_from_args(a, InversionOptions)
+        edit = options_from_args(a, EditOptions)
+        sampler = options_from_args(a, SamplerOptions, guidance=inversion.guidance)
+    except VP2PInputError as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
     logging.basicConfig(level=logging.WARNING)
     if a.threads:
         torch.set_num_threads(a.threads)
     comps = Components.from_folder(WEIGHTS)
     cases = suite(a.frames)[: a.cases or None]
     methods = [m for m in a.methods.split(",") if m]
-    control = dict(cross_replace=a.cross_replace, self_replace=a.self_replace, threshold=a.threshold)
     rows, tune_seconds = [], 0.0
     for ci, case in enumerate(cases):
         src = render(case.scene)
@@ -288,12 +293,10 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             with trained_weights(comps.model, None):
                 delta = one_shot_tune(comps.model, latents, comps.encode_prompts([src.caption]), src.caption,
-                                      TuneConfig(steps=a.tune_steps, seed=33))
+                                      options=tune)
             tune_seconds += time.perf_counter() - t0
         for m in methods:
-            row = run_case(comps, case, m, a.steps, a.guidance, delta, latents,
-                           null_text=dict(inner_steps=a.inner_steps, lr_scale=a.lr_scale),
-                           self_replace_on=a.self_replace_on, control=control)
+            row = run_case(comps, case, m, delta, latents, inversion=inversion, edit=edit, sampler=sampler)
             row.update(method=m, case=case.name, kind=case.kind)
             rows.append(row)
             print(f"[{ci + 1}/{len(cases)}] {case.name:28s} {m:26s} acc {row['accuracy']:.2f} "
@@ -302,9 +305,9 @@ def main(argv=None) -> int:
     summary = summarise(rows)
     command = "python -m vp2p_world.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = dict(machine=f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {torch.get_num_threads()} threads",
-                cases=len(cases), frames=a.frames, steps=a.steps, guidance=a.guidance, tune_steps=a.tune_steps,
-                tune_seconds=tune_seconds, inner_steps=a.inner_steps, lr_scale=a.lr_scale,
-                self_replace_on=a.self_replace_on, control=control, frame_noise=a.frame_noise)
+                cases=len(cases), frames=a.frames, steps=inversion.steps, guidance=inversion.guidance,
+                tune_steps=tune.steps, tune_seconds=tune_seconds, inner_steps=inversion.inner_steps,
+                lr_scale=inversion.lr_scale, edit=edit.cache_key(), frame_noise=a.frame_noise)
     md = markdown(summary, rows, command.strip(), meta)
     print(md)
     if a.json:

@@ -1,8 +1,8 @@
 """The README's main command: a whole Video-P2P edit on the shipped small model and a rendered clip.
 
     python -m vp2p_world.demo                      # red ball -> blue ball, word swap + local blend
-    python -m vp2p_world.demo --target "a red square bouncing on green grass" --blend ball
-    python -m vp2p_world.demo --model /path/to/sd15-diffusers-folder --clip frames_dir --source ... --target ...
+    python -m vp2p_world.demo --target-prompts "a red square bouncing on green grass" --blend-words ball
+    python -m vp2p_world.demo --model path/to/sd15-folder --clip frames_dir --source-prompt ... --target-prompts ...
 
 Writes the edited clip (GIF), a side-by-side PNG (source | reconstruction | edit | blend-word attention)
 and prints the quality figures measured against the rendered ground truth of the edit.
@@ -46,6 +46,8 @@ class BarProgress:
 
 def load_clip(spec: str, frames: int, resolution: int):
     """A named rendered scene ('red ball bounce green grass') or a folder of frames / a GIF or MP4 file."""
+    from vp2p_core import VP2PInputError
+
     from .render import Scene, render
 
     path = Path(spec)
@@ -55,11 +57,14 @@ def load_clip(spec: str, frames: int, resolution: int):
         files = sorted(path.iterdir(), key=lambda p: (len(p.stem), p.stem)) if path.is_dir() else [path]
         imgs = [im for f in files for im in (iio.imread(f) if f.suffix.lower() in (".gif", ".mp4") else [iio.imread(f)])]
         if len(imgs) < frames:
-            raise SystemExit(f"--clip: {spec} has {len(imgs)} frames, fewer than --frames {frames}")
+            raise VP2PInputError(f"--clip: {spec} has {len(imgs)} frames, fewer than --frames {frames}")
         x = torch.from_numpy(np.stack(imgs[:frames])[..., :3]).float() / 255.0
         x = torch.nn.functional.interpolate(x.permute(0, 3, 1, 2), size=(resolution, resolution), mode="bilinear",
                                             antialias=True).permute(0, 2, 3, 1).clamp(0, 1)
         return x, None, None
+    if "/" in spec or path.suffix:
+        raise VP2PInputError(f"--clip: {spec} does not exist; give a frames folder, a GIF or MP4 file, or rendered "
+                             "scene words such as 'red ball bounce green grass'")
     from .render import BACKGROUNDS, COLOURS, PATHS, SHAPES
 
     kw, text = {}, f" {spec} "
@@ -78,7 +83,8 @@ def load_clip(spec: str, frames: int, resolution: int):
         else:
             rest.append(w)
     if rest:
-        raise SystemExit(f"--clip: unknown words {' '.join(rest)!r}; colours {list(COLOURS)}, shapes {list(SHAPES)}, "
+        raise VP2PInputError(f"--clip: {spec!r} is neither a file or folder nor a rendered scene: unknown words "
+                             f"{' '.join(rest)!r}; colours {list(COLOURS)}, shapes {list(SHAPES)}, "
                          f"paths {list(PATHS)}, backgrounds {list(BACKGROUNDS)}")
     scene = Scene(frames=frames, resolution=resolution, **kw)
     return render(scene).frames, scene, render(scene)
@@ -149,38 +155,75 @@ def quality(source, recon, edited, clip, truth) -> dict:
     return q
 
 
-def main(argv=None) -> int:
+def fail(parser: argparse.ArgumentParser, message: str):
+    """Bad input: one line naming the flag, exit code 2 (argparse's own code for a bad flag)."""
+    parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+
+def parse_args(argv):
+    """Every flag, checked before any work starts: bad input exits with code 2 and names the flag."""
+    from vp2p_core import EditOptions, InversionOptions, SamplerOptions, TuneOptions
+
+    from .settings import add_option_flags
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(WEIGHTS), help="diffusers-format SD folder or single-file .safetensors")
     p.add_argument("--clip", default="red ball bounce green grass",
                    help="rendered scene words (colour shape path background) or a frames folder / GIF / MP4")
-    p.add_argument("--source", default=None, help="source prompt (default: the scene's caption)")
-    p.add_argument("--target", default=None,
-                   help="target prompt (default for a rendered clip: its caption with the colour swapped, red -> blue "
-                        "or, for a blue object, blue -> red)")
-    p.add_argument("--mode", default="auto", choices=["auto", "replace", "refine", "none"], help="edit mode")
-    p.add_argument("--blend", default=None,
-                   help="local-blend words of the source prompt ('' for none; default for a rendered clip: its shape)")
-    p.add_argument("--blend-target", default="", help="local-blend words of the target prompt (default: --blend)")
-    p.add_argument("--reweight", default="", help="word=value pairs, e.g. 'blue=2'")
-    p.add_argument("--inversion", default="null_text", choices=["null_text", "fast", "negative_prompt"])
-    p.add_argument("--tune-steps", type=int, default=60, help="one-shot tuning steps (the paper: 300-500)")
-    p.add_argument("--learning-rate", type=float, default=3e-5)
-    p.add_argument("--steps", type=int, default=25, help="DDIM steps (the paper: 50)")
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--cross-replace", type=float, default=0.2)
-    p.add_argument("--self-replace", type=float, default=0.5)
-    p.add_argument("--self-replace-on", default="both", choices=["temporal", "frame", "both", "none"],
-                   help="self-attention the target takes from the source: both = P2P's spatial (frame) attention "
-                        "and Video-P2P's temporal attention; temporal = the Video-P2P reference only")
-    p.add_argument("--threshold", type=float, default=0.3, help="LocalBlend mask threshold")
+    p.add_argument("--source-prompt", default=None, help="what the clip shows (default: the scene's caption)")
+    p.add_argument("--target-prompts", default=None,
+                   help="the edited prompt (default for a rendered clip: its caption with the colour swapped, red -> "
+                        "blue or, for a blue object, blue -> red)")
+    add_option_flags(p, TuneOptions, prefix="tune-")
+    add_option_flags(p, InversionOptions)
+    add_option_flags(p, EditOptions, defaults={"blend_words": None})
+    add_option_flags(p, SamplerOptions, skip=("guidance",))  # one --guidance for the inversion and the sampler
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--resolution", type=int, default=64)
-    p.add_argument("--seed", type=int, default=33)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--json", action="store_true", help="print the figures as JSON only")
     a = p.parse_args(argv)
+    if a.frames < 1:
+        fail(p, f"--frames: expected 1 or more frames, got {a.frames}")
+    if a.resolution < 64 or a.resolution % 64:
+        fail(p, f"--resolution: expected a multiple of 64 pixels, got {a.resolution}")
+    if a.threads < 0:
+        fail(p, f"--threads: expected 0 or more, got {a.threads}")
+    model = Path(a.model)
+    if not model.exists():
+        fail(p, f"--model: {a.model} does not exist; give a diffusers SD folder or a .safetensors file")
+    return p, a
+
+
+def main(argv=None) -> int:
+    from vp2p_core import EditOptions, Host, InversionOptions, SamplerOptions, TuneOptions, VP2PInputError
+    from vp2p_core.pipeline import Components, run
+
+    from .settings import options_from_args
+
+    p, a = parse_args(argv)
+    try:
+        tune = options_from_args(a, TuneOptions, prefix="tune-")
+        inversion = options_from_args(a, InversionOptions)
+        sampler = options_from_args(a, SamplerOptions, guidance=inversion.guidance)
+        frames, scene, clip = load_clip(a.clip, a.frames, a.resolution)
+        source = a.source_prompt or (clip.caption if clip is not None else None)
+        if source is None:
+            raise VP2PInputError("--source-prompt: give the prompt that describes your clip")
+        if a.target_prompts:
+            target = a.target_prompts
+        elif scene is not None:
+            swap = "red" if scene.colour == "blue" else "blue"
+            target = source.replace(f" {scene.colour} ", f" {swap} ", 1)
+        else:
+            raise VP2PInputError("--target-prompts: give the edited prompt for your clip")
+        if target.strip() == source.strip():
+            raise VP2PInputError(f"--target-prompts: the edited prompt is the source prompt {source!r}; give the edit")
+        blend = a.blend_words if a.blend_words is not None else (scene.shape if scene is not None else "")
+        edit = options_from_args(a, EditOptions, blend_words=blend)
+    except VP2PInputError as e:
+        fail(p, str(e))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import diffusers
     import transformers
@@ -191,49 +234,23 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
 
-    from vp2p_core import Host, TuneConfig, VP2PInputError
-    from vp2p_core.pipeline import Components, run
-
     t0 = time.perf_counter()
     try:
         model_path = Path(a.model)
-        if model_path.is_file():
-            comps = Components.from_single_file(model_path, WEIGHTS / "tokenizer")  # SD's CLIP tokenizer
-        else:
-            comps = Components.from_folder(model_path)
-        frames, scene, clip = load_clip(a.clip, a.frames, a.resolution)
-        source = a.source or (clip.caption if clip is not None else None)
-        if source is None:
-            raise SystemExit("--source: give the prompt that describes your clip")
-        if a.target:
-            target = a.target
-        elif scene is not None:
-            swap = "red" if scene.colour == "blue" else "blue"
-            target = source.replace(f" {scene.colour} ", f" {swap} ", 1)
-        else:
-            raise SystemExit("--target: give the edited prompt for your clip")
-        if target.strip() == source.strip():
-            raise SystemExit(f"--target: the edited prompt is the source prompt {source!r}; give the edit")
-        blend = a.blend if a.blend is not None else (scene.shape if scene is not None else "")
-        reweight = {k: float(v) for k, v in (kv.split("=") for kv in a.reweight.replace(",", " ").split())}
-        bar = BarProgress((["tune"] if a.tune_steps else []) + ["DDIM inversion"]
-                          + (["null-text"] if a.inversion == "null_text" else []) + ["edit"])
-        host = Host(progress=bar)
-        res = run(comps, frames, source, target, tune=TuneConfig(steps=a.tune_steps, learning_rate=a.learning_rate,
-                                                                 seed=a.seed),
-                  inversion_mode=a.inversion, steps=a.steps, guidance=a.guidance, host=host, mode=a.mode,
-                  blend_words=blend or None, blend_target_words=a.blend_target or None, reweight=reweight or None,
-                  cross_replace=a.cross_replace, self_replace=a.self_replace, threshold=a.threshold,
-                  self_replace_on=a.self_replace_on)
+        comps = (Components.from_single_file(model_path, WEIGHTS / "tokenizer")  # SD's CLIP tokenizer
+                 if model_path.is_file() else Components.from_folder(model_path))
+        bar = BarProgress((["tune"] if tune.steps else []) + ["DDIM inversion"]
+                          + (["null-text"] if inversion.mode == "null_text" else []) + ["edit"])
+        res = run(comps, frames, source, target, tune=tune, inversion=inversion, edit=edit, sampler=sampler,
+                  host=Host(progress=bar))
         bar.close()
     except VP2PInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        fail(p, str(e))
     from vp2p_core.text import word_token_indices
 
     attn = None
     if res.edit.attention_maps is not None:
-        words = (a.blend_target or blend or target.split()[-1]).replace(",", " ").split()
+        words = (edit.blend_target_words or edit.blend_words or target.split()[-1]).replace(",", " ").split()
         ids = sorted({i for w in words for i in word_token_indices(target, w, comps.tokenizer)})
         if ids:
             attn = attention_strip(res.edit.attention_maps[1], ids, a.resolution)

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import torch
 
-from vp2p_core import (StructureGuidance, TuneConfig, diffusers_controlnet, invert, one_shot_tune, sample_edit,
-                       trained_weights)
+from vp2p_core import (EditOptions, InversionOptions, SamplerOptions, StructureGuidance, StructureOptions,
+                       TuneOptions, diffusers_controlnet, invert, one_shot_tune, sample_edit, trained_weights)
+from vp2p_core.errors import VP2PInputError
 from vp2p_core.pipeline import Components
 
 from . import metrics
 from .benchmark import write_section
 from .render import Scene, render
+from .settings import add_option_flags, options_from_args
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 
@@ -35,32 +37,34 @@ COLOUR_CLIPS = [(Scene(colour="red", shape="ball", background="green grass", pat
                 (Scene(colour="green", shape="triangle", background="snow", path="circle", seed=33), "red")]
 
 
-def prepare(comps: Components, scene: Scene, steps: int, tune_steps: int, mode: str):
+def prepare(comps: Components, scene: Scene, tune: TuneOptions, inversion: InversionOptions):
     clip = render(scene)
     latents = comps.encode_frames(clip.frames)
     text = comps.encode_prompts([clip.caption])
     with trained_weights(comps.model):
-        delta = one_shot_tune(comps.model, latents, text, clip.caption, TuneConfig(steps=tune_steps))
+        delta = one_shot_tune(comps.model, latents, text, clip.caption, options=tune)
     with trained_weights(comps.model, delta):
-        inv = invert(comps.model, latents, text, comps.encode_prompts([""]), clip.caption, mode=mode,
-                     num_steps=steps)
+        inv = invert(comps.model, latents, text, comps.encode_prompts([""]), clip.caption, options=inversion)
     return clip, delta, inv
 
 
-def structure_rows(comps, controlnet, levels, steps, tune_steps, mode, self_replace_on="both") -> list[dict]:
+def structure_rows(comps, controlnet, levels, tune: TuneOptions, inversion: InversionOptions,
+                   edit: EditOptions) -> list[dict]:
     fn = diffusers_controlnet(controlnet)
     rows = []
     for scene in SHAPE_CLIPS:
-        clip, delta, inv = prepare(comps, scene, steps, tune_steps, mode)
+        clip, delta, inv = prepare(comps, scene, tune, inversion)
         truth = render(scene.replace(shape="square"))
-        plan = comps.plan(clip.caption, truth.caption, blend_words="ball", blend_target_words="square",
-                          self_replace_on=self_replace_on)
+        plan = comps.plan(clip.caption, truth.caption,
+                          options=edit.replace(blend_words="ball", blend_target_words="square"))
         masks = clip.masks.float()[..., None]
         h, w = inv.x_T.shape[-2:]
         for level in levels:
-            sg = StructureGuidance.from_images(fn, masks, (h, w), clip.frames.shape[0], blur=level)
+            sg = StructureGuidance.from_images(fn, masks, (h, w), clip.frames.shape[0],
+                                               options=StructureOptions(structure_blur=level))
             with trained_weights(comps.model, delta):
-                res = sample_edit(comps.model, inv, plan, structure=sg)
+                res = sample_edit(comps.model, inv, plan, options=SamplerOptions(guidance=inversion.guidance),
+                                  structure=sg)
             frames = comps.decode_latents(res.edited[0])
             seg = metrics.segment_object(frames, truth)
             rows.append({"clip": scene.caption, "t_s": level, "iou_source": metrics.mask_iou(seg, clip.masks),
@@ -69,16 +73,18 @@ def structure_rows(comps, controlnet, levels, steps, tune_steps, mode, self_repl
     return rows
 
 
-def temporal_rows(comps, weights, steps, tune_steps, mode, self_replace_on="both") -> list[dict]:
+def temporal_rows(comps, weights, tune: TuneOptions, inversion: InversionOptions,
+                  edit: EditOptions) -> list[dict]:
     rows = []
     for scene, colour in COLOUR_CLIPS:
-        clip, delta, inv = prepare(comps, scene, steps, tune_steps, mode)
+        clip, delta, inv = prepare(comps, scene, tune, inversion)
         truth = render(scene.replace(colour=colour))
-        plan = comps.plan(clip.caption, truth.caption, blend_words=scene.shape, self_replace_on=self_replace_on)
+        plan = comps.plan(clip.caption, truth.caption, options=edit.replace(blend_words=scene.shape))
         for wt in weights:
             t0 = time.perf_counter()
             with trained_weights(comps.model, delta):
-                res = sample_edit(comps.model, inv, plan, temporal_guidance=wt)
+                res = sample_edit(comps.model, inv, plan,
+                                  options=SamplerOptions(guidance=inversion.guidance, temporal_guidance=wt))
             frames = comps.decode_latents(res.edited[0])
             tc = metrics.temporal_consistency(frames, truth.masks)
             rows.append({"clip": scene.caption, "w_t": wt, "object_change": tc["object"],
@@ -99,15 +105,20 @@ def mean_by(rows, key, fields):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--tune-steps", type=int, default=100)
-    p.add_argument("--inversion", default="fast")
+    add_option_flags(p, TuneOptions, prefix="tune-")
+    add_option_flags(p, InversionOptions, defaults={"mode": "fast"})
     p.add_argument("--levels", default="0,2,4,8")
     p.add_argument("--weights", default="1,1.5,2")
-    p.add_argument("--self-replace-on", default="both", choices=["temporal", "frame", "both", "none"],
-                   help="self-attention the target takes from the source (as in the edit benchmark)")
+    add_option_flags(p, EditOptions, skip=("edit_mode", "blend_words", "blend_target_words", "reweight_words",
+                                           "reweight_values"))  # each clip has its words
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args(argv)
+    try:
+        tune = options_from_args(a, TuneOptions, prefix="tune-")
+        inversion = options_from_args(a, InversionOptions)
+        edit = options_from_args(a, EditOptions)
+    except VP2PInputError as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
     from diffusers import ControlNetModel
 
     comps = Components.from_folder(WEIGHTS)
@@ -115,14 +126,15 @@ def main(argv=None) -> int:
                                          torch_dtype=torch.float32).eval()
     levels = [float(x) for x in a.levels.split(",")]
     wts = [float(x) for x in a.weights.split(",")]
-    s_rows = structure_rows(comps, cn, levels, a.steps, a.tune_steps, a.inversion, a.self_replace_on)
-    t_rows = temporal_rows(comps, wts, a.steps, a.tune_steps, a.inversion, a.self_replace_on)
+    s_rows = structure_rows(comps, cn, levels, tune, inversion, edit)
+    t_rows = temporal_rows(comps, wts, tune, inversion, edit)
     s = mean_by(s_rows, "t_s", ["iou_source", "shape_accuracy"])
     t = mean_by(t_rows, "w_t", ["object_change", "background_change", "accuracy", "psnr_truth", "evaluations", "seconds"])
     cmd = "python -m vp2p_world.gen1_benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = ["## Gen-1 guidance in the small world", "", f"Command: `{cmd.strip()}`", "",
-             f"Tuned model ({a.tune_steps} steps) per clip, {a.inversion} inversion, {a.steps} DDIM steps, guidance 7.5, "
-             f"{torch.get_num_threads()} threads, self-attention replaced on: {a.self_replace_on}. Structure: the shipped mask ControlNet "
+             f"Tuned model ({tune.steps} steps) per clip, {inversion.mode} inversion, {inversion.steps} DDIM steps, "
+             f"guidance {inversion.guidance:g}, {torch.get_num_threads()} threads, self-attention replaced on: "
+             f"{edit.self_replace_on}. Structure: the shipped mask ControlNet "
              "(`vp2p_world/weights/controlnet`) fed the source clip's object masks, on "
              f"{len(SHAPE_CLIPS)} ball -> square clips (word swap + local blend on ball/square).", "",
              "| t_s | structure IoU with the source | shape accuracy (square) |", "|---|---|---|"]

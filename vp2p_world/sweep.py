@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 
-from vp2p_core import invert, sample_edit, trained_weights
+from vp2p_core import EditOptions, InversionOptions, invert, sample_edit, trained_weights
 from vp2p_core.pipeline import Components
 
-from .benchmark import Case, measure
+from .benchmark import Case, case_edit, measure
 from .render import Scene, render
+from .settings import world_options
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 
@@ -55,8 +56,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=str(WEIGHTS))
     p.add_argument("--cross-replace", default="0.2,0.5,0.8")
     p.add_argument("--self-replace", default="0.5,0.8")
-    p.add_argument("--threshold", default="0.3,0.5")
-    p.add_argument("--self-replace-on", default="both", choices=["temporal", "frame", "both", "none"])
+    p.add_argument("--mask-threshold", default="0.3,0.5")
+    p.add_argument("--self-replace-on", default=world_options(EditOptions).self_replace_on,
+                   choices=EditOptions.setting("self_replace_on").choices)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--frames", type=int, default=4)
     p.add_argument("--threads", type=int, default=0)
@@ -66,7 +68,7 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     floats = lambda s: [float(v) for v in s.split(",") if v]
-    grid = list(itertools.product(floats(a.cross_replace), floats(a.self_replace), floats(a.threshold)))
+    grid = list(itertools.product(floats(a.cross_replace), floats(a.self_replace), floats(a.mask_threshold)))
     comps = Components.from_folder(a.model)
     rows = []
     for ci, case in enumerate(validation_cases(a.frames)):
@@ -75,23 +77,23 @@ def main(argv=None) -> int:
         target = render(case.target_scene).caption
         with trained_weights(comps.model, None):
             inv = invert(comps.model, latents, comps.encode_prompts([src.caption]), comps.encode_prompts([""]),
-                         src.caption, mode="fast", num_steps=a.steps)
+                         src.caption, options=world_options(InversionOptions, mode="fast", steps=a.steps))
             for cross, self_, thr in grid:
-                plan = comps.plan(src.caption, target, blend_words=case.blend, blend_target_words=case.blend_target,
-                                  cross_replace=cross, self_replace=self_, threshold=thr,
-                                  self_replace_on=a.self_replace_on)
+                edit = world_options(EditOptions, cross_replace=cross, self_replace=self_, mask_threshold=thr,
+                                     self_replace_on=a.self_replace_on)
+                plan = comps.plan(src.caption, target, options=case_edit(case, edit))
                 res = sample_edit(comps.model, inv, plan)
                 row = measure(case, src, comps.decode_latents(res.edited[0]), comps.decode_latents(res.source))
-                row.update(case=case.name, cross_replace=cross, self_replace=self_, threshold=thr,
+                row.update(case=case.name, cross_replace=cross, self_replace=self_, mask_threshold=thr,
                            mask=float(res.blend_mask.float().mean()))
                 rows.append(row)
-                print(f"[{ci + 1}] {case.name:20s} cross {cross:.1f} self {self_:.1f} threshold {thr:.1f}: "
+                print(f"[{ci + 1}] {case.name:20s} cross {cross:.1f} self {self_:.1f} mask_threshold {thr:.1f}: "
                       f"acc {row['accuracy']:.2f} psnr {row['psnr_truth']:.2f} bg {row['bg_psnr']:.2f} "
                       f"mask {row['mask']:.2f}", flush=True)
-    print("\n| cross_replace | self_replace | threshold | PSNR to truth | accuracy | background PSNR | mask share |")
+    print("\n| cross_replace | self_replace | mask_threshold | PSNR to truth | accuracy | background PSNR | mask share |")
     print("|---|---|---|---|---|---|---|")
     mean = lambda rs, k: sum(r[k] for r in rs) / len(rs)
-    by_setting = {g: [r for r in rows if (r["cross_replace"], r["self_replace"], r["threshold"]) == g] for g in grid}
+    by_setting = {g: [r for r in rows if (r["cross_replace"], r["self_replace"], r["mask_threshold"]) == g] for g in grid}
     for g, rs in sorted(by_setting.items(), key=lambda item: -mean(item[1], "psnr_truth")):
         print(f"| {g[0]:.1f} | {g[1]:.1f} | {g[2]:.1f} | {mean(rs, 'psnr_truth'):.2f} | {mean(rs, 'accuracy'):.2f} | "
               f"{mean(rs, 'bg_psnr'):.2f} | {mean(rs, 'mask'):.2f} |")

@@ -9,6 +9,7 @@ tests/test_workflows.py checks the files are what this script writes and that th
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -39,25 +40,32 @@ WIDGET_KINDS = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
 
 def our_signature(cls) -> dict:
+    """Inputs in order, outputs, and the widget defaults (a workflow states only the values it changes)."""
     spec = cls.INPUT_TYPES()
-    inputs = []
+    inputs, defaults = [], {}
     for section in ("required", "optional"):
         for name, entry in spec.get(section, {}).items():
-            kind = entry[0]
-            if isinstance(kind, list) or kind in WIDGET_KINDS:
+            kind, opts = entry[0], entry[1] if len(entry) > 1 else {}
+            if kind == "COMBO" or kind in WIDGET_KINDS:
                 inputs.append((name, "W"))
+                if "default" in opts:
+                    defaults[name] = opts["default"]
             else:
                 inputs.append((name, kind + ("?" if section == "optional" else "")))
     names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
-    return {"inputs": inputs, "outputs": list(zip(names, cls.RETURN_TYPES))}
+    return {"inputs": inputs, "outputs": list(zip(names, cls.RETURN_TYPES)), "defaults": defaults}
 
 
 def signatures() -> dict:
+    """CORE and our nodes' signatures; our nodes come from ComfyUI's node API in the tree at COMFYUI_DIR
+    (default ../shared/comfyui beside the repository)."""
     sys.path.insert(0, str(REPO))
-    from nodes import NODE_CLASS_MAPPINGS
+    sys.path.append(os.environ.get("COMFYUI_DIR") or str(REPO.parent / "shared" / "comfyui"))
+    from nodes.extension import NODES
+    from nodes.schema import node_map
 
     sig = dict(CORE)
-    sig.update({name: our_signature(cls) for name, cls in NODE_CLASS_MAPPINGS.items()})
+    sig.update({name: our_signature(cls) for name, cls in node_map(NODES).items()})
     return sig
 
 
@@ -77,12 +85,18 @@ class Graph:
         self.nodes.append({"id": len(self.nodes) + 1, "type": "Note", "title": "Read me", "pos": list(pos),
                            "text": text})
 
+    @staticmethod
+    def values(n: dict, sig: dict) -> dict:
+        """The node's inputs: what the graph sets, the widget defaults for the rest."""
+        return {**sig[n["type"]].get("defaults", {}), **n["inputs"]}
+
     def api(self, sig: dict) -> dict:
         out = {}
         for n in self.nodes:
             if n["type"] == "Note":
                 continue
             s = sig[n["type"]]
+            n = dict(n, inputs=self.values(n, sig))
             inputs = {}
             for name, kind in s["inputs"]:
                 if name not in n["inputs"]:
@@ -120,6 +134,7 @@ class Graph:
                 order += 1
                 continue
             s = sig[n["type"]]
+            n = dict(n, inputs=self.values(n, sig))
             inputs, widgets = [], []
             for name, kind in s["inputs"]:
                 if kind == "W":
@@ -163,37 +178,33 @@ def clip_input(g: Graph, frames: int = 8, size: int = 512):
 
 
 def tune_and_invert(g: Graph, ckpt: int, latent: int):
-    vm = g.add("InflateUNet", pos=(COL[2], 0), model=(ckpt, 0), frame_attention="first", weight_dtype="fp32")
+    vm = g.add("InflateUNet", pos=(COL[2], 0), model=(ckpt, 0))
     tuned = g.add("OneShotTune", pos=(COL[2], 180), vp2p_model=(vm, 0), latent=(latent, 0), clip=(ckpt, 1),
-                  source_prompt=SOURCE, steps=500, learning_rate=3e-5, seed=33, gradient_checkpointing=True,
-                  precision="fp32", cache_dir="vp2p_cache")
+                  source_prompt=SOURCE)
     inv = g.add("NullTextVideoInvert", pos=(COL[2], 560), vp2p_model=(tuned, 0), latent=(latent, 0),
-                clip=(ckpt, 1), source_prompt=SOURCE, steps=50, guidance=7.5, mode="null_text", inner_steps=10,
-                early_stop=1e-5, cache_dir="vp2p_cache", lr_scale=1.0)
+                clip=(ckpt, 1), source_prompt=SOURCE)
     return tuned, inv
 
 
 def edit_node(g: Graph, ckpt: int, target: str, mode: str, blend: str = "", blend_target: str = "",
-              reweight: str = "", values: str = "", cross: float = 0.2, self_: float = 0.5) -> int:
+              reweight: str = "", values: str = "") -> int:
     return g.add("AttentionEditController", pos=(COL[3], 0), clip=(ckpt, 1), source_prompt=SOURCE,
-                 target_prompts=target, edit_mode=mode, cross_replace=cross, self_replace=self_,
-                 self_replace_on="temporal", blend_words=blend, blend_target_words=blend_target,
-                 reweight_words=reweight, reweight_values=values, mask_threshold=0.3, blend_start=0.2)
+                 target_prompts=target, edit_mode=mode, blend_words=blend, blend_target_words=blend_target,
+                 reweight_words=reweight, reweight_values=values)
 
 
 def sample_and_save(g: Graph, ckpt: int, tuned: int, inv: int, edit: int, prefix: str, latent: int | None,
-                    temporal_guidance: float = 1.0, structure: int | None = None):
+                    structure: int | None = None, **sampler_widgets):
     extra = {"latent": (latent, 0)} if latent is not None else {}
     if structure is not None:
         extra["structure"] = (structure, 0)
     sampler = g.add("VideoP2PSampler", pos=(COL[4], 0), vp2p_model=(tuned, 0), inversion=(inv, 0),
-                    edit=(edit, 0), guidance=7.5, decoupled_guidance=True, temporal_guidance=temporal_guidance,
-                    **extra)
-    frames = g.add("DecodeFrames", pos=(COL[4], 260), vae=(ckpt, 2), latent=(sampler, 0), frames_per_chunk=8)
+                    edit=(edit, 0), **sampler_widgets, **extra)
+    frames = g.add("DecodeFrames", pos=(COL[4], 260), vae=(ckpt, 2), latent=(sampler, 0))
     video = g.add("CreateVideo", pos=(COL[5], 0), images=(frames, 0), fps=8.0)
     g.add("SaveVideo", pos=(COL[5], 160), video=(video, 0), filename_prefix=f"video/{prefix}", format="auto",
           codec="auto")
-    maps = g.add("AttentionMaps", pos=(COL[4], 440), attention_maps=(sampler, 2), frame=-1, cell_size=96)
+    maps = g.add("AttentionMaps", pos=(COL[4], 440), attention_maps=(sampler, 2))
     g.add("PreviewImage", "Per-word attention (rows: source, target)", pos=(COL[5], 560), images=(maps, 0))
     return sampler
 
@@ -238,7 +249,7 @@ def reedit() -> Graph:
            "workflow saved to output/vp2p/. Use the same checkpoint (and LoRAs): a file made for another "
            "model, or for a clip of another length, is refused.", pos=(COL[0], -300))
     ckpt = g.add("CheckpointLoaderSimple", pos=(COL[0], 0), ckpt_name="v1-5-pruned-emaonly.safetensors")
-    vm = g.add("InflateUNet", pos=(COL[1], 0), model=(ckpt, 0), frame_attention="first", weight_dtype="fp32")
+    vm = g.add("InflateUNet", pos=(COL[1], 0), model=(ckpt, 0))
     tuned = g.add("LoadVP2PDelta", pos=(COL[2], 0), vp2p_model=(vm, 0), filename="vp2p/rabbit.delta.safetensors")
     inv = g.add("LoadVP2PInversion", pos=(COL[2], 200), vp2p_model=(tuned, 0),
                 filename="vp2p/rabbit.inversion.safetensors")
@@ -270,8 +281,7 @@ def structure_depth() -> Graph:
                   upscale_method="bilinear", width=512, height=512, crop="center")
     cnet = g.add("ControlNetLoader", pos=(COL[2], 820), control_net_name="control_v11f1p_sd15_depth.safetensors")
     structure = g.add("StructureGuidance", pos=(COL[3], 520), structure=(depth, 0), structure_blur=2.0,
-                      strength=1.0, start_percent=0.0, end_percent=1.0, control_net=(cnet, 0),
-                      diffusers_controlnet="")
+                      control_net=(cnet, 0))
     g.add("PreviewImage", "Structure as the ControlNet sees it", pos=(COL[3], 820), images=(structure, 1))
     tuned, inv = tune_and_invert(g, ckpt, latent)
     edit = edit_node(g, ckpt, "a fox is jumping on the grass", "replace", "rabbit", "fox")

@@ -1,0 +1,23 @@
+"""The extension ComfyUI loads (``comfy_entrypoint`` in the package's ``__init__``): every node, in menu order."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .nodes_decode import AttentionMaps, DecodeFrames
+from .nodes_edit import AttentionEditController
+from .nodes_files import LoadVP2PDelta, LoadVP2PInversion, SaveVP2PDelta, SaveVP2PInversion
+from .nodes_inflate import InflateUNet
+from .nodes_invert import NullTextVideoInvert
+from .nodes_sample import VideoP2PSampler
+from .nodes_structure import StructureGuidanceNode
+from .nodes_tune import OneShotTune
+
+NODES: list[type[io.ComfyNode]] = [
+    InflateUNet, OneShotTune, NullTextVideoInvert, AttentionEditController, VideoP2PSampler, StructureGuidanceNode,
+    DecodeFrames, AttentionMaps, SaveVP2PDelta, LoadVP2PDelta, SaveVP2PInversion, LoadVP2PInversion,
+]
+
+
+class VideoP2PExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)

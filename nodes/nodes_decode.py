@@ -1,0 +1,73 @@
+"""Decode Frames and Attention Maps: what the sampler made, as images."""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from vp2p_core import DecodeOptions, VP2PInputError
+
+from . import maps
+from .schema import CATEGORY, VP2PMapsIO, widgets
+from .types import VP2PMaps
+
+
+class DecodeFrames(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="DecodeFrames",
+            display_name="Decode Frames (Video-P2P)",
+            category=CATEGORY,
+            description="Decodes video latents to frames a few at a time, so long clips fit in memory.",
+            inputs=[io.Vae.Input("vae", tooltip="The checkpoint's VAE."),
+                    io.Latent.Input("latent", tooltip="Latents to decode (e.g. the sampler's edited output)."),
+                    *widgets(DecodeOptions, ["frames_per_chunk"])],
+            outputs=[io.Image.Output("images", display_name="images", tooltip="The frames, [frames, height, width, 3] in 0..1.")],
+        )
+
+    @classmethod
+    def execute(cls, vae, latent, **widget_values) -> io.NodeOutput:
+        options = DecodeOptions.from_values(widget_values)
+        if not isinstance(latent, dict) or "samples" not in latent:
+            raise VP2PInputError(f"latent: expected a LATENT, got {type(latent).__name__}")
+        samples = latent["samples"]
+        if samples.dim() != 4 or samples.shape[0] == 0:
+            raise VP2PInputError(f"latent: expected [frames, channels, h, w] latents, got {tuple(samples.shape)}")
+        k = options.frames_per_chunk
+        out = []
+        for i in range(0, samples.shape[0], k):
+            images = vae.decode(samples[i:i + k])
+            out.append(images.reshape(-1, *images.shape[-3:]).float().cpu())
+        return io.NodeOutput(torch.cat(out))
+
+
+class AttentionMaps(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="AttentionMaps",
+            display_name="Attention Maps (Video-P2P)",
+            category=CATEGORY,
+            description="Shows the cross-attention map of every word of the source and target prompts (rows) as heat "
+                        "maps, to choose blend words, and the local-blend mask.",
+            inputs=[
+                VP2PMapsIO.Input("attention_maps", tooltip="The attention_maps output of VideoP2PSampler."),
+                io.Int.Input("frame", default=-1, min=-1, max=4096, tooltip="Frame to show; -1 averages all frames."),
+                io.Int.Input("cell_size", default=96, min=16, max=512, step=8, tooltip="Size of each map in pixels."),
+            ],
+            outputs=[
+                io.Image.Output("maps", display_name="maps", tooltip="One image: a row per prompt, a column per token, brighter = more "
+                                                "attention."),
+                io.Mask.Output("blend_mask", display_name="blend_mask", tooltip="The last local-blend mask per output frame (all zero without "
+                                                     "local blend)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, attention_maps: VP2PMaps, frame: int, cell_size: int) -> io.NodeOutput:
+        if not isinstance(attention_maps, VP2PMaps):
+            raise VP2PInputError("attention_maps: expected the attention_maps output of VideoP2PSampler")
+        grid = maps.attention_grid(attention_maps.maps, attention_maps.token_labels, int(frame), int(cell_size))
+        mask = attention_maps.blend_mask
+        masks = maps.mask_images(mask) if mask is not None else torch.zeros(1, 64, 64)
+        return io.NodeOutput(grid, masks)

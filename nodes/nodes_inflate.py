@@ -1,0 +1,37 @@
+"""Inflate UNet: the checkpoint's image UNet as Video-P2P's video model (vp2p_core.inflation)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from vp2p_core import InflationOptions
+
+from . import convert
+from .schema import CATEGORY, VP2PModelIO, widgets
+from .types import vp2p_model_from_unet
+
+
+class InflateUNet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="InflateUNet",
+            display_name="Inflate UNet (Video-P2P)",
+            category=CATEGORY,
+            description="Turns the checkpoint's image UNet into Video-P2P's video model: frame attention (each frame "
+                        "looks at the first), temporal attention over frames and frame-shared normalisation. Weight "
+                        "patches such as LoRAs are kept. The MODEL itself is not changed.",
+            inputs=[io.Model.Input("model", tooltip="An SD 1.x or 2.x model from a checkpoint loader (LoRAs applied "
+                                                    "are kept).")]
+                   + widgets(InflationOptions, ["frame_attention", "weight_dtype"]),
+            outputs=[VP2PModelIO.Output("vp2p_model", display_name="vp2p_model", tooltip="The video model (untuned), for OneShotTune, "
+                                                              "NullTextVideoInvert or LoadVP2PDelta.")],
+        )
+
+    @classmethod
+    def execute(cls, model, **widget_values) -> io.NodeOutput:
+        options = InflationOptions.from_values(widget_values)
+        unet, prediction, scale, latent_format, info = convert.comfy_model_to_unet(model, options.weight_dtype)
+        vm = vp2p_model_from_unet(unet, prediction_type=prediction, latent_scale=scale,
+                                  frame_attention=options.frame_attention, patcher=convert.make_patcher(unet),
+                                  latent_format=latent_format, info=info)
+        return io.NodeOutput(vm)

@@ -1,0 +1,63 @@
+"""Null-Text Video Inversion: DDIM inversion and null-text optimisation of the clip (vp2p_core.inversion)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from vp2p_core import Inversion, InversionOptions, invert, trained_weights
+
+from . import files
+from .host import make_host
+from .schema import CATEGORY, VP2PInversionIO, VP2PModelIO, cache_input, source_prompt_input, widgets
+from .text import encode_text
+from .types import VP2PModel
+
+
+class NullTextVideoInvert(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="NullTextVideoInvert",
+            display_name="Null-Text Video Inversion (Video-P2P)",
+            category=CATEGORY,
+            description="Inverts the clip with DDIM under the source prompt and, in null_text mode, optimises one "
+                        "unconditional embedding per step so that guided sampling reproduces the clip exactly.",
+            inputs=[
+                VP2PModelIO.Input("vp2p_model", tooltip="The tuned video model (from OneShotTune or LoadVP2PDelta)."),
+                io.Latent.Input("latent", tooltip="The same clip latents the model was tuned on."),
+                io.Clip.Input("clip", tooltip="The checkpoint's CLIP, to encode the source prompt and the empty "
+                                              "prompt."),
+                source_prompt_input("What the clip shows; use the tuning prompt."),
+                *widgets(InversionOptions, ["steps", "guidance", "mode", "inner_steps", "early_stop"]),
+                cache_input(),
+                *widgets(InversionOptions, ["lr_scale"], optional=["lr_scale"]),
+            ],
+            outputs=[VP2PInversionIO.Output("inversion", display_name="inversion", tooltip="x_T, the per-step null embeddings and the source "
+                                                                 "trajectory, for VideoP2PSampler.")],
+        )
+
+    @classmethod
+    def execute(cls, vp2p_model: VP2PModel, latent, clip, source_prompt: str, cache_dir: str,
+                **widget_values) -> io.NodeOutput:
+        options = InversionOptions.from_values(widget_values)
+        latents = vp2p_model.latents(latent)
+        vp2p_model.check_frames(latents.shape[0], "latent")
+        src = encode_text(clip, source_prompt, "source_prompt")
+        empty = encode_text(clip, "", "empty prompt")
+        vp2p_model.video.check_text(src, "clip")
+        key = files.cache_key(kind="inversion", model=vp2p_model.fingerprint,
+                              frame_attention=vp2p_model.video.frame_attention, latents=files.tensor_hash(latents),
+                              text=files.tensor_hash(src), empty=files.tensor_hash(empty), prompt=source_prompt,
+                              options=options.cache_key())
+
+        def load(path) -> Inversion:
+            inv = Inversion.load(path)
+            inv.check_model(vp2p_model.fingerprint, f"cached inversion {path.name}")
+            return inv
+
+        def compute() -> Inversion:
+            with trained_weights(vp2p_model.video, vp2p_model.delta):
+                return invert(vp2p_model.video, latents, src, empty, source_prompt, options=options,
+                              host=make_host(vp2p_model))
+
+        inv, _ = files.cached_stage(cache_dir, "inversion", key, load=load, compute=compute)
+        return io.NodeOutput(inv)

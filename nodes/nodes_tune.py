@@ -1,0 +1,82 @@
+"""One-Shot Tune: Tune-A-Video's tuning of the video model on the clip (vp2p_core.tuning)."""
+from __future__ import annotations
+
+import time
+
+import torch
+from comfy_api.latest import io
+
+from vp2p_core import Delta, TuneOptions, VP2PInputError, one_shot_tune, trained_weights
+
+from . import files
+from .host import make_host
+from .schema import CATEGORY, VP2PModelIO, cache_input, source_prompt_input, widgets
+from .text import encode_text
+from .types import VP2PModel
+
+def loss_report(delta: Delta, seconds: float, cached: bool) -> str:
+    head = f"delta for {delta.num_frames} frames, {delta.steps} steps, prompt {delta.prompt!r}"
+    head = "loaded from cache: " + head if cached else head + f", {seconds:.1f}s"
+    losses = delta.losses
+    if not losses:
+        return head
+    k = max(1, len(losses) // 10)
+    marks = [f"{end}:{sum(losses[end - k:end]) / k:.4f}" for end in range(k, len(losses) + 1, k)]
+    return head + f"\nloss (mean of {k} steps, by step) " + " ".join(marks)
+
+
+class OneShotTune(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="OneShotTune",
+            display_name="One-Shot Tune (Video-P2P)",
+            category=CATEGORY,
+            description="Tunes the video model on the clip (Tune-A-Video / Video-P2P one-shot tuning): only the "
+                        "attention queries and the temporal attention learn. The result is a small weight delta on "
+                        "top of the shared model; the input model is unchanged.",
+            inputs=[
+                VP2PModelIO.Input("vp2p_model", tooltip="The video model from InflateUNet."),
+                io.Latent.Input("latent", tooltip="The clip's frames encoded with VAEEncode (8 frames at 512x512 is "
+                                                  "the reference setting)."),
+                io.Clip.Input("clip", tooltip="The checkpoint's CLIP, to encode the source prompt."),
+                source_prompt_input("What the clip shows, e.g. 'a rabbit is jumping on the grass'."),
+                *widgets(TuneOptions, ["steps", "learning_rate", "seed", "gradient_checkpointing", "precision"]),
+                cache_input(),
+            ],
+            outputs=[VP2PModelIO.Output("tuned_model", display_name="tuned_model", tooltip="The tuned video model (same base, plus the tuned "
+                                                               "delta)."),
+                     io.String.Output("log", display_name="log", tooltip="Tuning summary: steps, time and the loss curve.")],
+        )
+
+    @classmethod
+    def execute(cls, vp2p_model: VP2PModel, latent, clip, source_prompt: str, cache_dir: str,
+                **widget_values) -> io.NodeOutput:
+        options = TuneOptions.from_values(widget_values)
+        weights = next(vp2p_model.video.unet.parameters()).dtype
+        if weights != torch.float32:
+            raise VP2PInputError(f"vp2p_model: its weights are {str(weights).replace('torch.', '')}; tune with "
+                                 "InflateUNet's weight_dtype fp32 (this node's precision sets bf16/fp16 autocast)")
+        latents = vp2p_model.latents(latent)
+        text = encode_text(clip, source_prompt, "source_prompt")
+        vp2p_model.video.check_text(text, "clip")
+        key = files.cache_key(kind="delta", model=vp2p_model.fingerprint,
+                              frame_attention=vp2p_model.video.frame_attention, latents=files.tensor_hash(latents),
+                              text=files.tensor_hash(text), prompt=source_prompt, options=options.cache_key())
+
+        def load(path) -> Delta:
+            delta = Delta.load(path)
+            vp2p_model.check_delta_fits(delta, f"cached delta {path.name}")
+            return delta
+
+        def compute() -> Delta:
+            with trained_weights(vp2p_model.video, vp2p_model.delta):
+                delta = one_shot_tune(vp2p_model.video, latents, text, source_prompt, options=options,
+                                      host=make_host(vp2p_model, previews=False))
+            if vp2p_model.delta is not None:
+                delta.config["tuned_from"] = vp2p_model.delta.fingerprint
+            return delta
+
+        start = time.perf_counter()
+        delta, cached = files.cached_stage(cache_dir, "delta", key, load=load, compute=compute)
+        return io.NodeOutput(vp2p_model.tuned(delta), loss_report(delta, time.perf_counter() - start, cached))

@@ -1,0 +1,346 @@
+"""The settings of every stage, each in one home: name, default, allowed range or choices, tooltip and check.
+
+One frozen dataclass per stage (inflation, tuning, inversion, edit plan, sampling, structure guidance,
+decoding). The node layer builds its widgets (defaults, ranges, tooltips) from these fields, the core
+functions take the objects, the small world's command-line flags are the field names with dashes, and a
+cache key is the object's ``cache_key()``. A field's metadata is its ``Setting``; ``Options.__post_init__``
+checks every field against it, so a bad value is refused once, here, with one error text naming it.
+
+Defaults are Stable Diffusion's / the Video-P2P reference's (512 px, 50 DDIM steps, 500 tuning steps, P2P
+injection 0.2 / 0.5). The small world uses others for its tiny model; ``vp2p_world.settings`` holds them and
+says why.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Any, Optional, Sequence
+
+from .errors import VP2PInputError
+
+# Stable Diffusion 1.x/2.x's VAE scaling factor: the latents the UNet sees are the VAE's times this.
+SD_LATENT_SCALE = 0.18215
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one option is shown and checked. kind: int | float | bool | str | choice | fraction | any (not checked here)."""
+
+    name: str
+    kind: str
+    default: Any
+    tooltip: str
+    min: Optional[float] = None
+    max: Optional[float] = None
+    choices: tuple = ()
+    step: Optional[float] = None
+    round: Optional[float] = None
+    multiline: bool = False
+    widget: bool = True  # False: a core option with no node widget (reference constants, internals)
+
+    def check(self, value):
+        """The value, converted where harmless (int -> float); VP2PInputError naming the option otherwise."""
+        k = self.kind
+        if k == "bool":
+            if not isinstance(value, bool):
+                raise VP2PInputError(f"{self.name}: expected true or false, got {value!r}")
+            return value
+        if k == "any":
+            return value
+        if k == "str":
+            if not isinstance(value, str):
+                raise VP2PInputError(f"{self.name}: expected text, got {type(value).__name__}")
+            return value
+        if k == "choice":
+            if value not in self.choices:
+                raise VP2PInputError(f"{self.name}: expected one of {self.choices}, got {value!r}")
+            return value
+        if k == "fraction":  # a fraction of the steps, or a (start, end) pair of fractions
+            pair = (0.0, value) if _is_number(value) else tuple(value) if isinstance(value, (tuple, list)) else None
+            if pair is None or len(pair) != 2 or not all(_is_number(v) for v in pair) or \
+                    not 0.0 <= pair[0] <= pair[1] <= 1.0:
+                raise VP2PInputError(f"{self.name}: expected a fraction of the steps in [0, 1] (or a pair start <= "
+                                     f"end), got {value!r}")
+            return float(value) if _is_number(value) else (float(pair[0]), float(pair[1]))
+        if k == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)
+                else:
+                    raise VP2PInputError(f"{self.name}: expected a whole number, got {value!r}")
+        elif k == "float":
+            if not _is_number(value) or not math.isfinite(value):
+                raise VP2PInputError(f"{self.name}: expected a number, got {value!r}")
+            value = float(value)
+        else:
+            raise TypeError(f"unknown setting kind {k!r}")
+        if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
+            raise VP2PInputError(f"{self.name}: expected a value in [{_fmt(self.min)}, {_fmt(self.max)}], got {value!r}")
+        return value
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _fmt(v) -> str:
+    return "-inf" if v is None else f"{v:g}"
+
+
+def option(kind: str, default, tooltip: str, **spec):
+    """A dataclass field whose metadata is its Setting (the name is filled in by ``Options.settings``)."""
+    return field(default=default, metadata={"setting": dict(kind=kind, default=default, tooltip=tooltip, **spec)})
+
+
+@dataclass(frozen=True)
+class Options:
+    """Base of the per-stage options: checked on construction, hashable into a cache key."""
+
+    def __post_init__(self):
+        for s in self.settings(widgets_only=False):
+            value = s.check(getattr(self, s.name))
+            object.__setattr__(self, s.name, value)
+        self.check()
+
+    def check(self) -> None:
+        """Checks across fields (override)."""
+
+    @classmethod
+    def settings(cls, widgets_only: bool = True) -> list[Setting]:
+        out = []
+        for f in fields(cls):
+            meta = f.metadata.get("setting")
+            if meta is None:
+                continue
+            s = Setting(name=f.name, **meta)
+            if s.widget or not widgets_only:
+                out.append(s)
+        return out
+
+    @classmethod
+    def setting(cls, name: str) -> Setting:
+        for s in cls.settings(widgets_only=False):
+            if s.name == name:
+                return s
+        raise KeyError(f"{cls.__name__} has no option {name!r}")
+
+    @classmethod
+    def from_values(cls, values: dict, **overrides):
+        """The options from a dict of node-widget values (other keys are ignored), then ``overrides``."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names}, **overrides)
+
+    def replace(self, **changes):
+        return replace(self, **changes)
+
+    def cache_key(self) -> dict:
+        """The fields that change the result, for a cache key (every field, as plain values)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+# --------------------------------------------------------------------------------------------------------
+# inflation
+
+FRAME_ATTENTION = ("first", "first_prev")
+WEIGHT_DTYPES = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class InflationOptions(Options):
+    frame_attention: str = option(
+        "choice", "first", "What each frame's self-attention looks at: 'first' = the first frame (Video-P2P), "
+        "'first_prev' = the first and the previous frame (Tune-A-Video).", choices=FRAME_ATTENTION)
+    weight_dtype: str = option(
+        "choice", "fp32", "Precision of the video model's weights. fp32 is right for tuning and inversion; "
+        "fp16/bf16 halve memory for editing only.", choices=WEIGHT_DTYPES)
+
+
+# --------------------------------------------------------------------------------------------------------
+# one-shot tuning
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TuneOptions(Options):
+    """One-shot tuning (Tune-A-Video / Video-P2P): AdamW on the attention queries and temporal attention."""
+
+    steps: int = option("int", 500, "Tuning steps. The paper uses 500; 300 is also used. 0 skips tuning.",
+                         min=0, max=10000, step=1)
+    learning_rate: float = option("float", 3e-5, "AdamW learning rate (reference 3e-5).", min=1e-7, max=1e-2,
+                                   step=1e-6, round=1e-8)
+    seed: int = option("int", 33, "Seed of the noise and timesteps drawn during tuning.", min=0,
+                        max=0xFFFFFFFFFFFFFFFF)
+    gradient_checkpointing: bool = option(
+        "bool", True, "Recompute activations in the backward pass: much less memory, about 30% slower.")
+    precision: str = option(
+        "choice", "fp32", "Autocast precision of the forward pass while tuning (weights stay as they are). bf16 "
+        "roughly halves memory on recent GPUs.", choices=PRECISIONS)
+    # the reference's optimiser constants (no widgets)
+    betas: tuple = option("any", (0.9, 0.999), "AdamW betas.", widget=False)
+    weight_decay: float = option("float", 1e-2, "AdamW weight decay.", min=0.0, widget=False)
+    eps: float = option("float", 1e-8, "AdamW epsilon.", min=0.0, widget=False)
+    max_grad_norm: float = option("float", 1.0, "Gradient clipping norm.", min=0.0, widget=False)
+
+    def check(self) -> None:
+        b = self.betas
+        if not (isinstance(b, tuple) and len(b) == 2 and all(_is_number(v) and 0.0 <= v < 1.0 for v in b)):
+            raise VP2PInputError(f"betas: expected two numbers in [0, 1), got {b!r}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# inversion
+
+INVERSION_MODES = ("null_text", "fast", "negative_prompt")
+
+GUIDANCE = dict(min=1.0, max=30.0, step=0.1, round=0.01)
+
+
+@dataclass(frozen=True)
+class InversionOptions(Options):
+    """DDIM inversion and null-text optimisation (Mokady et al.; the Video-P2P reference's settings)."""
+
+    steps: int = option("int", 50, "DDIM steps; the sampler uses the same number.", min=1, max=1000)
+    guidance: float = option("float", 7.5, "Classifier-free guidance the null-text optimisation reproduces; use "
+                              "the sampler's.", **GUIDANCE)
+    mode: str = option(
+        "choice", "null_text", "null_text: exact reconstruction (reference, slowest). fast: no optimisation, the "
+        "source branch follows its conditional prediction. negative_prompt: the source prompt serves as the "
+        "negative prompt.", choices=INVERSION_MODES)
+    inner_steps: int = option("int", 10, "Null-text: at most this many Adam steps per DDIM step.", min=1, max=100)
+    early_stop: float = option("float", 1e-5, "Null-text: stop a step's optimisation once the loss is below this "
+                                "(+2e-5 per step).", min=0.0, max=1.0, step=1e-6, round=1e-8)
+    lr_scale: float = option(
+        "float", 1.0, "Null-text: factor on the reference's learning rate (1e-2 * (1 - i/100)). 5 with inner_steps 4 "
+        "reconstructs as well at about half the cost (BENCHMARKS.md, Null-text budget).", min=0.01, max=100.0,
+        step=0.1, round=0.01)
+
+
+# --------------------------------------------------------------------------------------------------------
+# the edit (Prompt-to-Prompt's attention control)
+
+EDIT_MODES = ("auto", "replace", "refine", "none")
+SELF_REPLACE_ON = ("temporal", "frame", "both", "none")
+
+
+@dataclass(frozen=True)
+class EditOptions(Options):
+    """How the target's attention follows the source's: word swap / refinement, reweighting, local blend."""
+
+    edit_mode: str = option(
+        "choice", "auto", "replace: word swap (same number of words). refine: words added or changed (aligned "
+        "token by token). none: no attention control. auto: replace when the word counts match, else refine.",
+        choices=EDIT_MODES)
+    cross_replace: float = option(
+        "fraction", 0.2, "Fraction of the steps during which the target's cross-attention maps come from the source "
+        "(reference 0.2; more keeps more of the layout).", min=0.0, max=1.0, step=0.01)
+    self_replace: float = option(
+        "fraction", 0.5, "Fraction of the steps during which the target's self-attention maps come from the source "
+        "(reference 0.5; more keeps more of the motion/shape).", min=0.0, max=1.0, step=0.01)
+    self_replace_on: str = option(
+        "choice", "temporal", "Which self-attention is replaced: temporal (the reference), frame attention (image "
+        "P2P's spatial self-attention), both, or none. Try both when the edit moves the object or loses the "
+        "layout.", choices=SELF_REPLACE_ON)
+    blend_words: str = option(
+        "str", "", "Local blend: words of the source prompt whose region may change (e.g. 'rabbit'); the rest of the "
+        "clip is kept. Empty: no local blend.")
+    blend_target_words: str = option(
+        "str", "", "Local blend: the matching words of the target prompt (e.g. 'cat'); empty: the same words as "
+        "blend_words.")
+    reweight_words: str = option(
+        "str", "", "Words of the target prompt whose attention is scaled, e.g. 'origami'. Empty: no reweighting.")
+    reweight_values: str = option(
+        "str", "", "Scale for the reweight words: one value for all (e.g. '2') or one per word ('2, 0.5').")
+    mask_threshold: float = option(
+        "float", 0.3, "Local blend: attention above this fraction of its maximum is inside the edited region "
+        "(reference 0.3).", min=0.01, max=0.99, step=0.01)
+    blend_start: float = option("float", 0.2, "Local blend starts after this fraction of the steps (reference 0.2).",
+                                 min=0.0, max=1.0, step=0.01)
+    frame_replace_max_tokens: int = option(
+        "int", 32 * 32, "Frame self-attention is replaced only in layers with at most this many tokens (memory).",
+        min=1, widget=False)
+
+    def check(self) -> None:
+        self.reweight()  # refuses unpaired words and values now, not at sampling
+        if self.blend_target_words.strip() and not self.blend_words.strip():
+            raise VP2PInputError("blend_words: target blend words were given without source blend words")
+
+    def reweight(self) -> dict[str, float]:
+        """reweight_words / reweight_values as {word: scale}: one value for all words, or one per word."""
+        from .text import parse_words
+
+        ws = parse_words(self.reweight_words)
+        vs_text = parse_words(self.reweight_values)
+        if not ws:
+            if vs_text:
+                raise VP2PInputError("reweight_values: values given without reweight_words")
+            return {}
+        try:
+            vs = [float(v) for v in vs_text]
+        except ValueError:
+            raise VP2PInputError(f"reweight_values: expected numbers such as '2' or '2, 0.5', got "
+                                 f"{self.reweight_values!r}") from None
+        if not vs:
+            raise VP2PInputError(f"reweight_values: give a value for the reweight words {ws} (e.g. '2')")
+        if len(vs) == 1:
+            vs = vs * len(ws)
+        if len(vs) != len(ws):
+            raise VP2PInputError(f"reweight_values: {len(vs)} values for {len(ws)} reweight words {ws}; give one "
+                                 "value, or one per word")
+        return dict(zip(ws, vs))
+
+
+# --------------------------------------------------------------------------------------------------------
+# sampling
+
+@dataclass(frozen=True)
+class SamplerOptions(Options):
+    """The editing loop: guidance, Video-P2P's decoupled guidance and Gen-1's temporal guidance."""
+
+    guidance: float = option("float", 7.5, "Classifier-free guidance (reference 7.5). With null-text inversion, "
+                              "the inversion's guidance reconstructs the source exactly.", **GUIDANCE)
+    decoupled_guidance: bool = option(
+        "bool", True, "The target branch uses the plain empty-prompt embedding as its unconditional one (Video-P2P's "
+        "decoupled guidance); off: it uses the optimised null embeddings too.")
+    temporal_guidance: float = option(
+        "float", 1.0, "Gen-1's temporal-consistency guidance w_t: 1 = the plain sampler at no extra cost; above 1 "
+        "trades edit strength for smoothness across frames, at one extra frame-independent UNet pass per step.",
+        min=0.0, max=4.0, step=0.05)
+    reuse_source_trajectory: bool = option(
+        "bool", True, "With null-text inversion at the same guidance, the source branch replays the inversion's "
+        "trajectory instead of computing it again.", widget=False)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Gen-1 structure guidance
+
+@dataclass(frozen=True)
+class StructureOptions(Options):
+    structure_blur: float = option(
+        "float", 0.0, "Gen-1's structure fidelity t_s: 0 keeps the source's shape exactly, larger values blur the "
+        "structure maps so only the coarse layout is kept (sigma = t_s pixels of a 64-pixel-wide copy).",
+        min=0.0, max=16.0, step=0.1)
+    strength: float = option("float", 1.0, "Scale of the ControlNet's residuals, as in Apply ControlNet (0: off).",
+                              min=0.0, max=10.0, step=0.01)
+    start_percent: float = option("float", 0.0, "The ControlNet acts from this fraction of the sampling steps on.",
+                                   min=0.0, max=1.0, step=0.001)
+    end_percent: float = option("float", 1.0, "The ControlNet stops at this fraction of the sampling steps.",
+                                 min=0.0, max=1.0, step=0.001)
+
+    def check(self) -> None:
+        if self.start_percent > self.end_percent:
+            raise VP2PInputError(f"start_percent / end_percent: expected 0 <= start <= end <= 1, got "
+                                 f"{self.start_percent}, {self.end_percent}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# decoding
+
+@dataclass(frozen=True)
+class DecodeOptions(Options):
+    frames_per_chunk: int = option("int", 8, "Frames decoded at once; lower it if decoding runs out of memory.",
+                                    min=1, max=256)
+
+
+STAGES: Sequence[type] = (InflationOptions, TuneOptions, InversionOptions, EditOptions, SamplerOptions,
+                          StructureOptions, DecodeOptions)

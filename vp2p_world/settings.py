@@ -1,0 +1,69 @@
+"""The small world's settings: where its tiny model needs other defaults than Stable Diffusion's, and why.
+
+Every option keeps its default from ``vp2p_core.options`` (SD's / the Video-P2P reference's) unless it is
+listed in ``WORLD_DEFAULTS``. The demo, the benchmarks and the sweep build their options here and their
+command-line flags from the same fields (``--cross-replace`` is ``EditOptions.cross_replace``), so a
+setting is spelled the same in the node widget, the core and every command.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Iterable, Optional
+
+from vp2p_core.errors import VP2PInputError
+from vp2p_core.options import EditOptions, InversionOptions, Options, SamplerOptions, TuneOptions
+
+WORLD_DEFAULTS: dict[type, dict] = {
+    # A 2-core CPU runs the whole demo in about a minute with 60 tuning steps and 25 DDIM steps (the paper:
+    # 500 and 50); the 16-MB model fits in memory without gradient checkpointing, which would cost ~30% time.
+    TuneOptions: dict(steps=60, gradient_checkpointing=False),
+    InversionOptions: dict(steps=25),
+    # Both self-attentions: the tiny model's frame attention carries the object's shape, and replacing only
+    # the temporal one (the reference) lets the target branch move the object (BENCHMARKS.md).
+    EditOptions: dict(self_replace_on="both"),
+}
+
+
+def world_options(cls: type[Options], **overrides) -> Options:
+    """``cls`` with the small world's defaults, then ``overrides``."""
+    return cls(**{**WORLD_DEFAULTS.get(cls, {}), **overrides})
+
+
+def flag(name: str, prefix: str = "") -> str:
+    return "--" + (prefix + name).replace("_", "-")
+
+
+def add_option_flags(parser: argparse.ArgumentParser, cls: type[Options], prefix: str = "",
+                     skip: Iterable[str] = (), defaults: Optional[dict] = None) -> None:
+    """One flag per widget option of ``cls``, named after the field (``prefix`` where two stages share a name),
+    with the small world's default and the option's tooltip as help. Values are checked by ``cls`` itself."""
+    base = {**WORLD_DEFAULTS.get(cls, {}), **(defaults or {})}
+    group = parser.add_argument_group(cls.__name__)
+    for s in cls.settings():
+        if s.name in skip:
+            continue
+        default = base.get(s.name, s.default)
+        kw = dict(dest=prefix.replace("-", "_") + s.name, default=default, help=f"{s.tooltip} (default: {default})")
+        if s.kind == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        elif s.kind == "choice":
+            kw["choices"] = list(s.choices)
+        else:
+            kw["type"] = {"int": int, "float": float, "fraction": float}.get(s.kind, str)
+        group.add_argument(flag(s.name, prefix), **kw)
+
+
+def options_from_args(args: argparse.Namespace, cls: type[Options], prefix: str = "", **overrides) -> Options:
+    """The options of ``cls`` from the flags ``add_option_flags`` made (VP2PInputError names a bad one)."""
+    values = {}
+    for s in cls.settings(widgets_only=False):
+        dest = prefix.replace("-", "_") + s.name
+        if hasattr(args, dest):
+            values[s.name] = getattr(args, dest)
+    try:
+        return world_options(cls, **{**values, **overrides})
+    except VP2PInputError as e:  # name the flag the user typed
+        name, _, rest = str(e).partition(":")
+        if name in values and name not in overrides:
+            raise VP2PInputError(flag(name, prefix) + ":" + rest) from None
+        raise
