@@ -189,7 +189,7 @@ def side_ours(d: str, name: str, repeats: int) -> None:
     noise = noise5[0].transpose(0, 1).contiguous()
 
     def forward():
-        return video_forward(unet, sample, t, text, f)
+        return video_forward(unet, sample, t, text, num_frames=f)
 
     with torch.no_grad():
         out = forward()
@@ -203,8 +203,8 @@ def side_ours(d: str, name: str, repeats: int) -> None:
             if n in saved:
                 p.copy_(saved[n])
     info, grads, t_fwd, t_step = _timed_work(forward, unet, noise, repeats)
-    info["null_iter_s"] = _null_iteration(lambda e: video_forward(unet, sample, t, e, f), unet, text, noise, False,
-                                          repeats)
+    info["null_iter_s"] = _null_iteration(lambda e: video_forward(unet, sample, t, e, num_frames=f), unet, text,
+                                          noise, False, repeats)
     _save({"out": out.transpose(0, 1).unsqueeze(0), "out_no_temp": out_no_temp.transpose(0, 1).unsqueeze(0)},
           os.path.join(d, "ours_out.safetensors"))
     _save(grads, os.path.join(d, "ours_grads.safetensors"))
