@@ -15,7 +15,7 @@ bound then, if building the prerequisites peaked higher).
 
 Evaluations are counted by the model (``state.forward_clips``: one prompt x one clip = 1). Backward
 passes: tuning 1 per step, null-text ``stats['null_backwards']``. The reference's cost for the same work
-comes from DESIGN.md's accounting: tuning 1 forward + 1 backward per step; DDIM inversion 1 forward per
+comes from the official code's accounting (docs/ARCHITECTURE.md): tuning 1 forward + 1 backward per step; DDIM inversion 1 forward per
 step; null-text per step 1 conditional forward + k x (forward + backward) + 2 forwards for the guided step,
 where k is the number of loss evaluations we made at that step (the reference steps before it tests the
 loss, so it stops at the same evaluation with one more Adam step; a step that ran out is 10 pairs);
@@ -128,7 +128,7 @@ def _texts(cfg: dict):
 
 
 def stage(name: str, cfg: dict, workdir: str, tuned: bool, steps: int) -> dict:
-    from vp2p_core import (EditOptions, InversionOptions, TuneOptions, build_edit_plan, invert, one_shot_tune,
+    from vp2p_core import (EditOptions, Host, InversionOptions, TuneOptions, build_edit_plan, invert, one_shot_tune,
                            sample_edit)
     from vp2p_core.inversion import Inversion
 
@@ -161,7 +161,8 @@ def stage(name: str, cfg: dict, workdir: str, tuned: bool, steps: int) -> dict:
         elif name == "ddim":
             with PeakRSS() as mem:
                 t0 = time.perf_counter()
-                inv = invert(model, latents, src, empty, SOURCE, options=InversionOptions(mode="fast", steps=steps))
+                inv = invert(model, latents, source_embedding=src, empty_embedding=empty, prompt=SOURCE,
+                             options=InversionOptions(mode="fast", steps=steps))
                 row["time_s"] = time.perf_counter() - t0
             inv.save(os.path.join(workdir, "inv_fast.safetensors"))
             row.update(steps=steps, backwards=0, ref_forwards=steps, ref_backwards=0)
@@ -175,11 +176,12 @@ def stage(name: str, cfg: dict, workdir: str, tuned: bool, steps: int) -> dict:
             ev0 = model.evaluations()
             with PeakRSS() as mem:
                 t0 = time.perf_counter()
-                nulls, traj, st = null_text_optimisation(model, ddim, src, empty, schedule, 7.5, REF_INNER, 1e-5,
-                                                         __import__("vp2p_core").Host())
+                options = InversionOptions(steps=steps, inner_steps=REF_INNER)  # the reference's settings
+                nulls, traj, st = null_text_optimisation(model, ddim, cond=src, empty=empty, schedule=schedule, options=options,
+                                                         host=Host())
                 row["time_s"] = time.perf_counter() - t0
             inv = Inversion(x_T=ddim[-1], source_embedding=src, timesteps=schedule.timesteps.clone(),
-                            mode="null_text", guidance=7.5, prompt=SOURCE, model_fingerprint=model.fingerprint,
+                            mode="null_text", guidance=options.guidance, prompt=SOURCE, model_fingerprint=model.fingerprint,
                             schedule=model.schedule, null_embeddings=nulls, trajectory=traj, stats=st)
             inv.save(os.path.join(workdir, "inv_null.safetensors"))
             k = st["inner_iterations"]

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
                                ("lr x10, 3 inner", 10.0, 3)]:
         t0 = time.perf_counter()
         with trained_weights(comps.model, delta):
-            inv = invert(comps.model, lat, txt, empty, clip.caption,
+            inv = invert(comps.model, lat, source_embedding=txt, empty_embedding=empty, prompt=clip.caption,
                          options=InversionOptions(steps=a.steps, inner_steps=inner, lr_scale=scale))
         # the reference's loop on the same steps, which run all 10 iterations here (see the first row):
         # DDIM inversion + per step 1 cond forward + 10 x (forward + backward) + a 2-forward guided step

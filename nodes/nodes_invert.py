@@ -56,8 +56,8 @@ class NullTextVideoInvert(io.ComfyNode):
 
         def compute() -> Inversion:
             with trained_weights(vp2p_model.video, vp2p_model.delta):
-                return invert(vp2p_model.video, latents, src, empty, source_prompt, options=options,
-                              host=make_host(vp2p_model))
+                return invert(vp2p_model.video, latents, source_embedding=src, empty_embedding=empty,
+                              prompt=source_prompt, options=options, host=make_host(vp2p_model))
 
         inv, _ = files.cached_stage(cache_dir, "inversion", key, load=load, compute=compute)
         return io.NodeOutput(inv)

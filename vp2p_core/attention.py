@@ -84,7 +84,7 @@ class FrameAttnProcessor:
     the token axis and attended in one call: K/V are projected for frame 0 only and never repeated.
     """
 
-    def __init__(self, state: FrameState, mode: str = "first"):
+    def __init__(self, state: FrameState, mode: str):
         if mode not in FRAME_MODES:
             raise ValueError(f"frame attention mode must be one of {FRAME_MODES}, got {mode!r}")
         self.state, self.mode = state, mode

@@ -1,6 +1,6 @@
 """Inflation of a diffusers UNet2DConditionModel into the text-to-set (T2S) model, in place.
 
-What changes (DESIGN.md, "Inflation"):
+What changes (docs/ARCHITECTURE.md, "Reference behaviour reproduced"):
 - every ``attn1`` gets a frame-attention processor (frame 0, or frames 0 and i-1, as keys/values);
 - every transformer block gets ``norm_temp`` + ``attn_temp`` (the reference's names, so weights map
   one to one) applied after its feed-forward through a forward hook; output projection zeroed;

@@ -180,8 +180,9 @@ def run(components: Components, frames: torch.Tensor, source: str, targets: str 
     if tune.steps > 0:
         delta = stage("tune", lambda: one_shot_tune(cm.model, latents, plan.source_embedding, source, options=tune,
                                                     host=host))
-    inv = stage("invert", lambda: invert(cm.model, latents, plan.source_embedding, plan.empty_embedding, source,
-                                         options=inversion, host=host))
+    inv = stage("invert", lambda: invert(cm.model, latents, source_embedding=plan.source_embedding,
+                                         empty_embedding=plan.empty_embedding, prompt=source, options=inversion,
+                                         host=host))
     res = stage("edit", lambda: sample_edit(cm.model, inv, plan, options=sampler, host=host))
     n, f = res.edited.shape[:2]
     edited = stage("decode", lambda: cm.decode_latents(res.edited.flatten(0, 1)).view(n, f, *frames.shape[1:]))

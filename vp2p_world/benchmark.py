@@ -3,7 +3,7 @@
     python -m vp2p_world.benchmark                 # the full suite, writes the table into BENCHMARKS.md
     python -m vp2p_world.benchmark --cases 2 --steps 10 --tune-steps 10 --no-write   # a quick look
 
-Methods (DESIGN.md / issue 4): per-frame image P2P (no inflation effect, no tuning: every frame its own
+Methods: per-frame image P2P (no inflation effect, no tuning: every frame its own
 image, its own null-text inversion), Tune-A-Video (inflate + tune + DDIM inversion + target prompt, no
 attention control), Video-P2P with null-text, fast and negative-prompt inversion. Each clip is tuned
 once; Tune-A-Video and the three Video-P2P variants share that delta.
@@ -132,7 +132,8 @@ def run_case(comps: Components, case: Case, method: str, delta, latents, inversi
         edited, recon = [], []
         with trained_weights(model, None):
             for j in range(latents.shape[0]):
-                inv = invert(model, latents[j:j + 1], plan.source_embedding, plan.empty_embedding, source_prompt,
+                inv = invert(model, latents[j:j + 1], source_embedding=plan.source_embedding,
+                             empty_embedding=plan.empty_embedding, prompt=source_prompt,
                              options=inversion.replace(mode="null_text"))
                 res = sample_edit(model, inv, plan, options=sampler)
                 edited.append(res.edited[0])
@@ -142,8 +143,8 @@ def run_case(comps: Components, case: Case, method: str, delta, latents, inversi
         mode = {"tune_a_video": "fast", "videop2p_null_text": "null_text", "videop2p_fast": "fast",
                 "videop2p_negative_prompt": "negative_prompt"}[method]
         with trained_weights(model, delta):
-            inv = invert(model, latents, plan.source_embedding, plan.empty_embedding, source_prompt,
-                         options=inversion.replace(mode=mode))
+            inv = invert(model, latents, source_embedding=plan.source_embedding, empty_embedding=plan.empty_embedding,
+                         prompt=source_prompt, options=inversion.replace(mode=mode))
             res = sample_edit(model, inv, plan, options=sampler)
         edited_lat, recon_lat = res.edited[0], res.source
     seconds = time.perf_counter() - t0

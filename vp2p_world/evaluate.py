@@ -1,7 +1,7 @@
 """Does the shipped tiny model follow prompts? Sample images for random captions and measure them.
 
     python -m vp2p_world.evaluate                       # 100 images, DDIM 50 steps, guidance 7.5
-    python -m vp2p_world.evaluate --n 40 --steps 20 --grid /tmp/samples.png
+    python -m vp2p_world.evaluate --n 40 --steps 20 --grid out/samples.png
 
 Why: the edit benchmark is only meaningful if the model generates what a prompt names (an edit to
 "blue" can only succeed if the model knows "blue"). Each sample is classified without any truth
@@ -26,6 +26,8 @@ from typing import Optional
 
 import numpy as np
 import torch
+
+from vp2p_core import InversionOptions, SamplerOptions
 
 from .metrics import OBJECT_DISTANCE, nearest_colour
 from .render import BACKGROUNDS, COLOURS, SHAPES, Scene, caption, random_scene, render, render_background, shape_coverage
@@ -62,8 +64,8 @@ def encode_text(model: dict, prompts: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(model: dict, prompts: list[str], steps: int = 50, guidance: float = 7.5, seed: int = 0,
-           chunk: int = 32) -> torch.Tensor:
+def sample(model: dict, prompts: list[str], steps: int = InversionOptions.steps,
+           guidance: float = SamplerOptions.guidance, seed: int = 0, chunk: int = 32) -> torch.Tensor:
     """Text-to-image with DDIM and classifier-free guidance; returns images [N,H,W,3] in 0..1."""
     unet, vae, sched = model["unet"], model["vae"], model["scheduler"]
     gen = torch.Generator().manual_seed(seed)
@@ -279,8 +281,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(WEIGHTS))
     p.add_argument("--n", type=int, default=100)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--steps", type=int, default=InversionOptions.steps)
+    p.add_argument("--guidance", type=float, default=SamplerOptions.guidance)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--verb", action="store_true", help="captions with the verb ('bouncing') as well")
     p.add_argument("--threads", type=int, default=1)

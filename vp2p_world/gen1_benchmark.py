@@ -44,7 +44,8 @@ def prepare(comps: Components, scene: Scene, tune: TuneOptions, inversion: Inver
     with trained_weights(comps.model):
         delta = one_shot_tune(comps.model, latents, text, clip.caption, options=tune)
     with trained_weights(comps.model, delta):
-        inv = invert(comps.model, latents, text, comps.encode_prompts([""]), clip.caption, options=inversion)
+        inv = invert(comps.model, latents, source_embedding=text, empty_embedding=comps.encode_prompts([""]),
+                     prompt=clip.caption, options=inversion)
     return clip, delta, inv
 
 

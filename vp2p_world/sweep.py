@@ -76,8 +76,9 @@ def main(argv=None) -> int:
         latents = comps.encode_frames(src.frames)
         target = render(case.target_scene).caption
         with trained_weights(comps.model, None):
-            inv = invert(comps.model, latents, comps.encode_prompts([src.caption]), comps.encode_prompts([""]),
-                         src.caption, options=world_options(InversionOptions, mode="fast", steps=a.steps))
+            inv = invert(comps.model, latents, source_embedding=comps.encode_prompts([src.caption]),
+                         empty_embedding=comps.encode_prompts([""]), prompt=src.caption,
+                         options=world_options(InversionOptions, mode="fast", steps=a.steps))
             for cross, self_, thr in grid:
                 edit = world_options(EditOptions, cross_replace=cross, self_replace=self_, mask_threshold=thr,
                                      self_replace_on=a.self_replace_on)
