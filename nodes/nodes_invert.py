@@ -50,7 +50,7 @@ class NullTextVideoInvert(io.ComfyNode):
                               options=options.cache_key())
 
         def load(path) -> Inversion:
-            inv = Inversion.load(path)
+            inv = Inversion.load(path, what="cache_dir")
             inv.check_model(vp2p_model.fingerprint, f"cached inversion {path.name}")
             return inv
 

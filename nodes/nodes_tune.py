@@ -65,7 +65,7 @@ class OneShotTune(io.ComfyNode):
                               text=files.tensor_hash(text), prompt=source_prompt, options=options.cache_key())
 
         def load(path) -> Delta:
-            delta = Delta.load(path)
+            delta = Delta.load(path, what="cache_dir")
             vp2p_model.check_delta_fits(delta, f"cached delta {path.name}")
             return delta
 

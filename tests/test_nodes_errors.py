@@ -181,3 +181,15 @@ def test_tuning_needs_fp32_weights():
     half = vp2p_model_from_unet(tiny_unet().to(torch.bfloat16))
     with pytest.raises(VP2PInputError, match="weight_dtype fp32"):
         tune(half, make_latent(), FakeClip(), steps=1, seed=1, cache_dir="")
+
+
+def test_corrupt_cache_file_names_cache_dir(setup):
+    """A cache file that no longer reads (a disk error, an interrupted copy) is reported as the cache's, not as a
+    file name the user typed."""
+    latent = make_latent(frames=3, seed=11)
+    tune(setup["model"], latent, setup["clip"], steps=1, seed=1, cache_dir="corrupt_cache")
+    cached = list((setup["base"] / "models" / "corrupt_cache").iterdir())
+    assert len(cached) == 1
+    cached[0].write_bytes(b"\x00" * 64)
+    with pytest.raises(VP2PInputError, match=r"^cache_dir: .*delta-"):
+        tune(setup["model"], latent, setup["clip"], steps=1, seed=1, cache_dir="corrupt_cache")

@@ -77,8 +77,9 @@ class Inversion:
         atomic_save(tensors, path, meta)
 
     @classmethod
-    def load(cls, path) -> "Inversion":
-        t, meta = load_checked(path, "inversion")
+    def load(cls, path, what: str = "filename") -> "Inversion":
+        """Read a file written by ``save``; ``what`` names the input the file came from in errors."""
+        t, meta = load_checked(path, "inversion", what)
         return cls(x_T=t["x_T"], source_embedding=t["source_embedding"], timesteps=t["timesteps"],
                    mode=meta["mode"], guidance=float(meta["guidance"]), prompt=meta["prompt"],
                    model_fingerprint=meta["model_fingerprint"],

@@ -50,8 +50,9 @@ class Delta:
         atomic_save(self.tensors, path, meta)
 
     @classmethod
-    def load(cls, path) -> "Delta":
-        tensors, meta = load_checked(path, "delta")
+    def load(cls, path, what: str = "filename") -> "Delta":
+        """Read a file written by ``save``; ``what`` names the input the file came from in errors."""
+        tensors, meta = load_checked(path, "delta", what)
         return cls(tensors=tensors, base_fingerprint=meta["base_fingerprint"], num_frames=int(meta["num_frames"]),
                    prompt=meta["prompt"], steps=int(meta["steps"]), config=meta_json(meta, "config", {}),
                    losses=meta_json(meta, "losses", []))
