@@ -22,7 +22,8 @@ class DecodeFrames(io.ComfyNode):
             inputs=[io.Vae.Input("vae", tooltip="The checkpoint's VAE."),
                     io.Latent.Input("latent", tooltip="Latents to decode (e.g. the sampler's edited output)."),
                     *widgets(DecodeOptions, ["frames_per_chunk"])],
-            outputs=[io.Image.Output("images", display_name="images", tooltip="The frames, [frames, height, width, 3] in 0..1.")],
+            outputs=[io.Image.Output("images", display_name="images",
+                                     tooltip="The frames, [frames, height, width, 3] in 0..1.")],
         )
 
     @classmethod
@@ -56,9 +57,11 @@ class AttentionMaps(io.ComfyNode):
                 io.Int.Input("cell_size", default=96, min=16, max=512, step=8, tooltip="Size of each map in pixels."),
             ],
             outputs=[
-                io.Image.Output("maps", display_name="maps", tooltip="One image: a row per prompt, a column per token, brighter = more "
+                io.Image.Output("maps", display_name="maps",
+                                tooltip="One image: a row per prompt, a column per token, brighter = more "
                                                 "attention."),
-                io.Mask.Output("blend_mask", display_name="blend_mask", tooltip="The last local-blend mask per output frame (all zero without "
+                io.Mask.Output("blend_mask", display_name="blend_mask",
+                               tooltip="The last local-blend mask per output frame (all zero without "
                                                      "local blend)."),
             ],
         )

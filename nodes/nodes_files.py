@@ -32,97 +32,113 @@ def _filename(default: str, tooltip: str) -> io.String.Input:
 
 SAVE_TOOLTIP = "File name under ComfyUI's output folder; an existing file is replaced."
 LOAD_TOOLTIP = "Name under models/vp2p or the output folder."
-DELTA_FILE = "vp2p/clip.delta.safetensors"
-INVERSION_FILE = "vp2p/clip.inversion.safetensors"
 
 
-class SaveVP2PDelta(io.ComfyNode):
+class SaveResult(io.ComfyNode):
+    """Save node pattern: one result object on ``INPUT``, written with its own ``save`` under ``output/``."""
+
+    NODE_ID = DISPLAY_NAME = DESCRIPTION_TEXT = DEFAULT_FILE = LOADER = ""
+    INPUT: io.Input = None
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="SaveVP2PDelta", display_name="Save Tuned Delta (Video-P2P)", category=CATEGORY,
-            description="Saves the tuned delta of a video model (safetensors) to re-edit later without tuning again.",
-            inputs=[VP2PModelIO.Input("vp2p_model", tooltip="A tuned video model (from OneShotTune)."),
-                    _filename(DELTA_FILE, SAVE_TOOLTIP)],
-            outputs=[io.String.Output("saved_filename", display_name="filename", tooltip="The name to give LoadVP2PDelta.")],
+            node_id=cls.NODE_ID, display_name=cls.DISPLAY_NAME, category=CATEGORY, description=cls.DESCRIPTION_TEXT,
+            inputs=[cls.INPUT, _filename(cls.DEFAULT_FILE, SAVE_TOOLTIP)],
+            outputs=[io.String.Output("saved_filename", display_name="filename",
+                                      tooltip=f"The name to give {cls.LOADER}.")],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, vp2p_model: VP2PModel, filename: str) -> io.NodeOutput:
-        if vp2p_model.delta is None:
+    def result(cls, value):
+        """The object to save, from the input (refuse what cannot be saved)."""
+        return value
+
+    @classmethod
+    def execute(cls, filename: str, **inputs) -> io.NodeOutput:
+        return _save(cls.result(inputs[cls.INPUT.id]), filename)
+
+
+class LoadResult(io.ComfyNode):
+    """Load node pattern: a file of ours from models/vp2p or output/, checked against the model and the clip."""
+
+    NODE_ID = DISPLAY_NAME = DESCRIPTION_TEXT = DEFAULT_FILE = ""
+    MODEL_TOOLTIP = LATENT_TOOLTIP = ""
+    OUTPUT: io.Output = None
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=cls.NODE_ID, display_name=cls.DISPLAY_NAME, category=CATEGORY, description=cls.DESCRIPTION_TEXT,
+            inputs=[VP2PModelIO.Input("vp2p_model", tooltip=cls.MODEL_TOOLTIP),
+                    _filename(cls.DEFAULT_FILE, LOAD_TOOLTIP),
+                    io.Latent.Input("latent", optional=True, tooltip=cls.LATENT_TOOLTIP)],
+            outputs=[cls.OUTPUT],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, filename: str = "", **_) -> str:
+        return _file_state(filename)
+
+    @classmethod
+    def execute(cls, vp2p_model: VP2PModel, filename: str, latent=None) -> io.NodeOutput:
+        path = files.load_path(filename, "filename")
+        return io.NodeOutput(cls.load(path, vp2p_model, latent, what=f"{cls.KIND} file {filename!r}"))
+
+
+class SaveVP2PDelta(SaveResult):
+    NODE_ID, DISPLAY_NAME = "SaveVP2PDelta", "Save Tuned Delta (Video-P2P)"
+    DESCRIPTION_TEXT = "Saves the tuned delta of a video model (safetensors) to re-edit later without tuning again."
+    DEFAULT_FILE, LOADER = "vp2p/clip.delta.safetensors", "LoadVP2PDelta"
+    INPUT = VP2PModelIO.Input("vp2p_model", tooltip="A tuned video model (from OneShotTune).")
+
+    @classmethod
+    def result(cls, value: VP2PModel) -> Delta:
+        if value.delta is None:
             raise VP2PInputError("vp2p_model: this model is not tuned; connect the output of OneShotTune")
-        return _save(vp2p_model.delta, filename)
+        return value.delta
 
 
-class LoadVP2PDelta(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="LoadVP2PDelta", display_name="Load Tuned Delta (Video-P2P)", category=CATEGORY,
-            description="Loads a saved tuned delta onto a video model of the same checkpoint; a delta made for "
-                        "another checkpoint or clip length is refused.",
-            inputs=[VP2PModelIO.Input("vp2p_model", tooltip="The untuned video model from InflateUNet (same "
-                                                            "checkpoint and LoRAs)."),
-                    _filename(DELTA_FILE, LOAD_TOOLTIP),
-                    io.Latent.Input("latent", optional=True, tooltip="Optional: the clip, to check the delta was "
-                                                                     "tuned on as many frames.")],
-            outputs=[VP2PModelIO.Output("tuned_model", display_name="tuned_model", tooltip="The tuned video model.")],
-        )
+class LoadVP2PDelta(LoadResult):
+    NODE_ID, DISPLAY_NAME, KIND = "LoadVP2PDelta", "Load Tuned Delta (Video-P2P)", "delta"
+    DESCRIPTION_TEXT = ("Loads a saved tuned delta onto a video model of the same checkpoint; a delta made for "
+                        "another checkpoint or clip length is refused.")
+    DEFAULT_FILE = SaveVP2PDelta.DEFAULT_FILE
+    MODEL_TOOLTIP = "The untuned video model from InflateUNet (same checkpoint and LoRAs)."
+    LATENT_TOOLTIP = "Optional: the clip, to check the delta was tuned on as many frames."
+    OUTPUT = VP2PModelIO.Output("tuned_model", display_name="tuned_model", tooltip="The tuned video model.")
 
     @classmethod
-    def fingerprint_inputs(cls, filename: str = "", **_) -> str:
-        return _file_state(filename)
-
-    @classmethod
-    def execute(cls, vp2p_model: VP2PModel, filename: str, latent=None) -> io.NodeOutput:
-        delta = Delta.load(files.load_path(filename, "filename"))
+    def load(cls, path, vp2p_model: VP2PModel, latent, what: str) -> VP2PModel:
+        delta = Delta.load(path)
         frames = None if latent is None else vp2p_model.latents(latent).shape[0]
-        vp2p_model.check_delta_fits(delta, f"delta file {filename!r}", num_frames=frames)
-        return io.NodeOutput(vp2p_model.tuned(delta))
+        vp2p_model.check_delta_fits(delta, what, num_frames=frames)
+        return vp2p_model.tuned(delta)
 
 
-class SaveVP2PInversion(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="SaveVP2PInversion", display_name="Save Inversion (Video-P2P)", category=CATEGORY,
-            description="Saves an inversion (x_T, null embeddings, source trajectory) to edit the clip again later.",
-            inputs=[VP2PInversionIO.Input("inversion", tooltip="From NullTextVideoInvert."),
-                    _filename(INVERSION_FILE, SAVE_TOOLTIP)],
-            outputs=[io.String.Output("saved_filename", display_name="filename", tooltip="The name to give LoadVP2PInversion.")],
-            is_output_node=True,
-        )
-
-    @classmethod
-    def execute(cls, inversion: Inversion, filename: str) -> io.NodeOutput:
-        return _save(inversion, filename)
+class SaveVP2PInversion(SaveResult):
+    NODE_ID, DISPLAY_NAME = "SaveVP2PInversion", "Save Inversion (Video-P2P)"
+    DESCRIPTION_TEXT = "Saves an inversion (x_T, null embeddings, source trajectory) to edit the clip again later."
+    DEFAULT_FILE, LOADER = "vp2p/clip.inversion.safetensors", "LoadVP2PInversion"
+    INPUT = VP2PInversionIO.Input("inversion", tooltip="From NullTextVideoInvert.")
 
 
-class LoadVP2PInversion(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="LoadVP2PInversion", display_name="Load Inversion (Video-P2P)", category=CATEGORY,
-            description="Loads a saved inversion; one made with another model or tuning, or from a clip of another "
-                        "length or size, is refused.",
-            inputs=[VP2PModelIO.Input("vp2p_model", tooltip="The tuned video model the inversion was made with."),
-                    _filename(INVERSION_FILE, LOAD_TOOLTIP),
-                    io.Latent.Input("latent", optional=True, tooltip="Optional: the clip, to check the frame count "
-                                                                     "and size.")],
-            outputs=[VP2PInversionIO.Output("inversion", display_name="inversion", tooltip="The inversion, for VideoP2PSampler.")],
-        )
+class LoadVP2PInversion(LoadResult):
+    NODE_ID, DISPLAY_NAME, KIND = "LoadVP2PInversion", "Load Inversion (Video-P2P)", "inversion"
+    DESCRIPTION_TEXT = ("Loads a saved inversion; one made with another model or tuning, or from a clip of another "
+                        "length or size, is refused.")
+    DEFAULT_FILE = SaveVP2PInversion.DEFAULT_FILE
+    MODEL_TOOLTIP = "The tuned video model the inversion was made with."
+    LATENT_TOOLTIP = "Optional: the clip, to check the frame count and size."
+    OUTPUT = VP2PInversionIO.Output("inversion", display_name="inversion",
+                                    tooltip="The inversion, for VideoP2PSampler.")
 
     @classmethod
-    def fingerprint_inputs(cls, filename: str = "", **_) -> str:
-        return _file_state(filename)
-
-    @classmethod
-    def execute(cls, vp2p_model: VP2PModel, filename: str, latent=None) -> io.NodeOutput:
-        inv = Inversion.load(files.load_path(filename, "filename"))
-        what = f"inversion file {filename!r}"
+    def load(cls, path, vp2p_model: VP2PModel, latent, what: str) -> Inversion:
+        inv = Inversion.load(path)
         inv.check_model(vp2p_model.fingerprint, what)
         vp2p_model.check_frames(inv.num_frames, what)
         if latent is not None:
             inv.check_latents(vp2p_model.latents(latent), what)
-        return io.NodeOutput(inv)
+        return inv

@@ -23,7 +23,8 @@ class InflateUNet(io.ComfyNode):
             inputs=[io.Model.Input("model", tooltip="An SD 1.x or 2.x model from a checkpoint loader (LoRAs applied "
                                                     "are kept).")]
                    + widgets(InflationOptions, ["frame_attention", "weight_dtype"]),
-            outputs=[VP2PModelIO.Output("vp2p_model", display_name="vp2p_model", tooltip="The video model (untuned), for OneShotTune, "
+            outputs=[VP2PModelIO.Output("vp2p_model", display_name="vp2p_model",
+                                        tooltip="The video model (untuned), for OneShotTune, "
                                                               "NullTextVideoInvert or LoadVP2PDelta.")],
         )
 

@@ -31,7 +31,8 @@ class NullTextVideoInvert(io.ComfyNode):
                 cache_input(),
                 *widgets(InversionOptions, ["lr_scale"], optional=["lr_scale"]),
             ],
-            outputs=[VP2PInversionIO.Output("inversion", display_name="inversion", tooltip="x_T, the per-step null embeddings and the source "
+            outputs=[VP2PInversionIO.Output("inversion", display_name="inversion",
+                                            tooltip="x_T, the per-step null embeddings and the source "
                                                                  "trajectory, for VideoP2PSampler.")],
         )
 

@@ -35,11 +35,14 @@ class VideoP2PSampler(io.ComfyNode):
                                       "reproducing the clip."),
             ],
             outputs=[
-                io.Latent.Output("edited", display_name="edited", tooltip="The edited clip(s): all frames of target 1, then target 2, ... "
+                io.Latent.Output("edited", display_name="edited",
+                                 tooltip="The edited clip(s): all frames of target 1, then target 2, ... "
                                                    "(decode with DecodeFrames)."),
-                io.Latent.Output("source", display_name="source", tooltip="The source branch's reconstruction of the clip (a check of the "
+                io.Latent.Output("source", display_name="source",
+                                 tooltip="The source branch's reconstruction of the clip (a check of the "
                                                    "inversion)."),
-                VP2PMapsIO.Output("attention_maps", display_name="attention_maps", tooltip="Per-word cross-attention maps of this edit, for "
+                VP2PMapsIO.Output("attention_maps", display_name="attention_maps",
+                                  tooltip="Per-word cross-attention maps of this edit, for "
                                                             "AttentionMaps."),
             ],
         )

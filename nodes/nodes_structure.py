@@ -38,9 +38,11 @@ class StructureGuidanceNode(io.ComfyNode):
                                 "+ safetensors weights), loaded offline. Empty: use control_net."),
             ],
             outputs=[
-                VP2PStructureIO.Output("structure_guidance", display_name="structure", tooltip="Structure guidance for VideoP2PSampler's structure "
+                VP2PStructureIO.Output("structure_guidance", display_name="structure",
+                                       tooltip="Structure guidance for VideoP2PSampler's structure "
                                                             "input."),
-                io.Image.Output("structure_preview", display_name="structure_preview", tooltip="The structure clip as the ControlNet sees it, blurred "
+                io.Image.Output("structure_preview", display_name="structure_preview",
+                                tooltip="The structure clip as the ControlNet sees it, blurred "
                                                              "at structure_blur."),
             ],
         )

@@ -44,9 +44,11 @@ class OneShotTune(io.ComfyNode):
                 *widgets(TuneOptions, ["steps", "learning_rate", "seed", "gradient_checkpointing", "precision"]),
                 cache_input(),
             ],
-            outputs=[VP2PModelIO.Output("tuned_model", display_name="tuned_model", tooltip="The tuned video model (same base, plus the tuned "
+            outputs=[VP2PModelIO.Output("tuned_model", display_name="tuned_model",
+                                        tooltip="The tuned video model (same base, plus the tuned "
                                                                "delta)."),
-                     io.String.Output("log", display_name="log", tooltip="Tuning summary: steps, time and the loss curve.")],
+                     io.String.Output("log", display_name="log",
+                                      tooltip="Tuning summary: steps, time and the loss curve.")],
         )
 
     @classmethod

@@ -88,8 +88,8 @@ class VP2PModel:
 
 
 def vp2p_model_from_unet(unet, prediction_type: str = "epsilon", latent_scale: float = SD_LATENT_SCALE,
-                         frame_attention: str = InflationOptions.frame_attention, patcher: Any = None, latent_format: Any = None,
-                         info: Optional[dict] = None) -> VP2PModel:
+                         frame_attention: str = InflationOptions.frame_attention, patcher: Any = None,
+                         latent_format: Any = None, info: Optional[dict] = None) -> VP2PModel:
     """Inflate a diffusers UNet2DConditionModel (in place) into a VP2P_MODEL."""
     with torch.inference_mode(False):
         video = VideoModel.from_unet(unet, prediction_type, latent_scale, frame_attention)

@@ -9,7 +9,7 @@ materialised only in the cross-attention layers a controller reads; everything e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F

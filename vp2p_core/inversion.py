@@ -27,7 +27,7 @@ from .files import atomic_save, load_checked, meta_json
 from .host import Host
 from .inflation import video_forward
 from .model import VideoModel
-from .options import INVERSION_MODES, InversionOptions
+from .options import InversionOptions
 from .schedule import DDIMConfig, DDIMSchedule
 from .tuning import make_trainable_copyable
 
@@ -136,7 +136,6 @@ def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Ten
     host.load_module(unet)
     dtype = next(unet.parameters()).dtype
     schedule = DDIMSchedule(model.schedule, num_steps)
-    f = latents.shape[0]
     evals0 = model.evaluations()
     with torch.inference_mode(False):
         x0 = latents.clone().to(host.device, dtype)

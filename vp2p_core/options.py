@@ -13,7 +13,7 @@ says why.
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Optional, Sequence
 
 from .errors import VP2PInputError
@@ -24,7 +24,10 @@ SD_LATENT_SCALE = 0.18215
 
 @dataclass(frozen=True)
 class Setting:
-    """How one option is shown and checked. kind: int | float | bool | str | choice | fraction | any (not checked here)."""
+    """How one option is shown and checked.
+
+    kind: int | float | bool | str | choice | fraction (of the steps, or a start/end pair) | any (not checked).
+    """
 
     name: str
     kind: str
@@ -75,7 +78,8 @@ class Setting:
         else:
             raise TypeError(f"unknown setting kind {k!r}")
         if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
-            raise VP2PInputError(f"{self.name}: expected a value in [{_fmt(self.min)}, {_fmt(self.max)}], got {value!r}")
+            raise VP2PInputError(f"{self.name}: expected a value in [{_fmt(self.min, '-inf')}, {_fmt(self.max, 'inf')}], "
+                                 f"got {value!r}")
         return value
 
 
@@ -83,8 +87,8 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _fmt(v) -> str:
-    return "-inf" if v is None else f"{v:g}"
+def _fmt(v, unbounded: str) -> str:
+    return unbounded if v is None else f"{v:g}"
 
 
 def option(kind: str, default, tooltip: str, **spec):

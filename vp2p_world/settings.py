@@ -11,7 +11,7 @@ import argparse
 from typing import Iterable, Optional
 
 from vp2p_core.errors import VP2PInputError
-from vp2p_core.options import EditOptions, InversionOptions, Options, SamplerOptions, TuneOptions
+from vp2p_core.options import EditOptions, InversionOptions, Options, TuneOptions
 
 WORLD_DEFAULTS: dict[type, dict] = {
     # A 2-core CPU runs the whole demo in about a minute with 60 tuning steps and 25 DDIM steps (the paper:

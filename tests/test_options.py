@@ -1,0 +1,81 @@
+"""The options objects: every setting's one home (default, range, check) for nodes, core and commands."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from vp2p_core import VP2PInputError
+from vp2p_core.options import STAGES, EditOptions, InversionOptions, StructureOptions, TuneOptions
+from vp2p_world.settings import WORLD_DEFAULTS, add_option_flags, options_from_args, world_options
+
+
+@pytest.mark.parametrize("cls", STAGES, ids=[c.__name__ for c in STAGES])
+def test_defaults_pass_their_own_checks_and_every_widget_has_a_tooltip(cls):
+    options = cls()
+    for s in cls.settings(widgets_only=False):
+        assert s.tooltip.strip(), s.name
+        assert s.check(getattr(options, s.name)) == getattr(options, s.name)
+        if s.kind in ("int", "float") and s.widget:
+            assert s.min is not None and s.max is not None and s.min <= s.default <= s.max, s.name
+        if s.kind == "choice":
+            assert s.default in s.choices
+
+
+@pytest.mark.parametrize("cls,field,value,message", [
+    (TuneOptions, "steps", -1, "steps: expected a value in [0, 10000], got -1"),
+    (TuneOptions, "precision", "fp8", "precision: expected one of"),
+    (TuneOptions, "gradient_checkpointing", 1, "gradient_checkpointing: expected true or false"),
+    (InversionOptions, "steps", 0, "steps: expected a value in [1, 1000]"),
+    (InversionOptions, "lr_scale", 0.0, "lr_scale: expected a value in [0.01, 100]"),
+    (InversionOptions, "mode", "exact", "mode: expected one of ('null_text', 'fast', 'negative_prompt')"),
+    (EditOptions, "cross_replace", 1.5, "cross_replace: expected a fraction of the steps"),
+    (EditOptions, "cross_replace", (0.6, 0.2), "cross_replace: expected a fraction of the steps"),
+    (EditOptions, "mask_threshold", 1.0, "mask_threshold: expected a value in [0.01, 0.99]"),
+    (EditOptions, "blend_start", "0.2", "blend_start: expected a number"),
+    (StructureOptions, "structure_blur", float("nan"), "structure_blur: expected a number"),
+])
+def test_bad_values_are_refused_naming_the_option(cls, field, value, message):
+    with pytest.raises(VP2PInputError) as e:
+        cls(**{field: value})
+    assert str(e.value).startswith(message)
+
+
+def test_checks_across_fields():
+    with pytest.raises(VP2PInputError, match="start_percent / end_percent"):
+        StructureOptions(start_percent=0.8, end_percent=0.2)
+    with pytest.raises(VP2PInputError, match="blend_words: target blend words were given without"):
+        EditOptions(blend_target_words="cat")
+    with pytest.raises(VP2PInputError, match="reweight_values: 3 values for 2 reweight words"):
+        EditOptions(reweight_words="a b", reweight_values="1, 2, 3")
+
+
+def test_widget_values_convert_and_unknown_keys_are_ignored():
+    o = InversionOptions.from_values({"steps": 4.0, "guidance": 7, "cache_dir": "x", "source_prompt": "p"})
+    assert o.steps == 4 and isinstance(o.steps, int) and o.guidance == 7.0 and isinstance(o.guidance, float)
+    assert EditOptions(cross_replace=(0.1, 0.4)).cross_replace == (0.1, 0.4)
+
+
+def test_cache_key_changes_with_any_value():
+    base = InversionOptions().cache_key()
+    for s in InversionOptions.settings(widgets_only=False):
+        if s.kind in ("int", "float"):
+            other = (s.min + s.max) / 2 if s.kind == "float" else int(s.min + s.max) // 2
+        else:
+            other = {"choice": "fast", "bool": False}[s.kind]
+        assert other != getattr(InversionOptions(), s.name)
+        assert InversionOptions(**{s.name: other}).cache_key() != base, s.name
+
+
+def test_world_defaults_and_flags_are_the_fields():
+    """The small world's commands: --field-name flags with the world's defaults, checked by the options."""
+    p = argparse.ArgumentParser()
+    add_option_flags(p, TuneOptions, prefix="tune-")
+    add_option_flags(p, EditOptions)
+    a = p.parse_args(["--cross-replace", "0.5", "--tune-steps", "7", "--no-tune-gradient-checkpointing"])
+    tune, edit = options_from_args(a, TuneOptions, prefix="tune-"), options_from_args(a, EditOptions)
+    assert tune.steps == 7 and tune.gradient_checkpointing is False
+    assert edit.cross_replace == 0.5 and edit.self_replace_on == WORLD_DEFAULTS[EditOptions]["self_replace_on"]
+    assert world_options(TuneOptions).steps == WORLD_DEFAULTS[TuneOptions]["steps"] != TuneOptions().steps
+    with pytest.raises(VP2PInputError, match="^--tune-steps: expected a value in"):
+        options_from_args(p.parse_args(["--tune-steps", "-3"]), TuneOptions, prefix="tune-")
