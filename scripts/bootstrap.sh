@@ -93,13 +93,16 @@ if [ ! -x "$VPY" ]; then
         [ -n "$info" ] || die "no Python >= 3.10 with the venv module found${seen:+ (found:$seen)}; install one, or set PYTHON=/path/to/python3.x"
     fi
     PY="${info#* }"
-    note "first run: making .venv with Python ${info%% *} ($PY). This takes a few minutes: it installs torch and about 55 other packages (about 1.4 GB in .venv with the CPU build)."
+    note "first run: making .venv with Python ${info%% *} ($PY)"
     reuse=""
     if [ "${VP2P_SYSTEM_TORCH:-1}" != 0 ] && sys_torch="$(torch_state "$PY")"; then
         note "$PY already has torch ${sys_torch% *} (${sys_torch#* } build), which satisfies $TORCH_SPEC: .venv will see it instead of installing its own (VP2P_SYSTEM_TORCH=0: install its own)"
         # a base interpreter: the standard flag; one inside a venv (e.g. ComfyUI's): --system-site-packages
         # would show the base interpreter's packages, not that venv's, so its site-packages go in a .pth file
         reuse="$("$PY" -c 'import sys; print("flag" if sys.prefix == sys.base_prefix else "pth")')"
+    fi
+    if [ -z "$reuse" ]; then
+        note "this takes a few minutes: torch and about 55 other packages, about 1.4 GB in .venv with the CPU build"
     fi
     if [ "$reuse" = flag ]; then "$PY" -m venv --system-site-packages .venv; else "$PY" -m venv .venv; fi
     if [ "$reuse" = pth ]; then
