@@ -239,8 +239,8 @@ def main(argv=None) -> int:
         model_path = Path(a.model)
         comps = (Components.from_single_file(model_path, WEIGHTS / "tokenizer")  # SD's CLIP tokenizer
                  if model_path.is_file() else Components.from_folder(model_path))
-        bar = BarProgress((["tune"] if tune.steps else []) + ["DDIM inversion"]
-                          + (["null-text"] if inversion.mode == "null_text" else []) + ["edit"])
+        inversion_bar = "DDIM + null-text inversion" if inversion.mode == "null_text" else "DDIM inversion"
+        bar = BarProgress((["tune"] if tune.steps else []) + [inversion_bar, "edit"])  # one bar per stage
         res = run(comps, frames, source, target, tune=tune, inversion=inversion, edit=edit, sampler=sampler,
                   host=Host(progress=bar))
         bar.close()
