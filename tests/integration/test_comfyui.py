@@ -1,18 +1,24 @@
-"""Our nodes inside a real ComfyUI server: listed in /object_info, and the shipped API workflows run.
+"""Our nodes inside a real ComfyUI server: the package loads, every node is listed in /object_info, and every
+shipped API workflow runs to the end, with its outputs checked.
 
-Runs when COMFYUI_DIR points at a ComfyUI checkout (python: COMFYUI_PYTHON, else
-$COMFYUI_DIR/../comfyvenv/bin/python, else this interpreter). Nothing is written into the checkout: the
-server gets a throwaway --base-directory whose custom_nodes/ links to this repository, a small random
-SD1.5-format checkpoint (make_checkpoint.py) and a 4-frame clip. Settings are small: 4 frames at 64x64,
-2 tuning steps, 5 inversion steps (2 null-text iterations each). It takes
-minutes on a 2-core CPU: the small checkpoint keeps SD's 320 channels.
+Runs when COMFYUI_DIR points at a ComfyUI source tree (python: COMFYUI_PYTHON, else
+$COMFYUI_DIR/../comfyvenv/bin/python, else this interpreter); `.ci/run` sets all of it up. Nothing is written
+into the tree (checked at the end): the server gets a throwaway --base-directory whose custom_nodes/ links to
+this repository, a small random SD1.5-format checkpoint (make_checkpoint.py), a ControlNet for it
+(make_controlnet.py) and a 6-frame clip; Python's bytecode goes to a folder of its own (PYTHONPYCACHEPREFIX).
 
-    COMFYUI_DIR=/work/comfyui .venv/bin/python -m pytest -q -s tests/integration
+The workflows keep their shipped settings (gradient checkpointing on, fp32, null-text inversion, local blend,
+guidance 7.5, ...); only their size shrinks: 4 frames at 64x64, 2 tuning steps, 5 inversion steps (2 null-text
+iterations each). Each run saves, besides what the workflow saves, the decoded frames, the sampler's edited and
+source latents and the local-blend mask, and the test checks their contents. It takes minutes on a 2-core CPU:
+the small checkpoint keeps SD's 320 channels.
+
+    COMFYUI_DIR=<ComfyUI tree> COMFYUI_PYTHON=<its venv>/bin/python .venv/bin/python -m pytest -q -s tests/integration
 """
 from __future__ import annotations
 
+import ast
 import copy
-import importlib.util
 import json
 import os
 import shutil
@@ -38,8 +44,42 @@ if not COMFYUI_DIR:
 CKPT = "vp2p_small_sd15.safetensors"
 CNET = "vp2p_small_sd15_controlnet.safetensors"
 CLIP = "vp2p_clip.mp4"
+FRAMES, SIZE = 4, 64                  # the test size of every workflow (shipped: 8 frames at 512x512)
+TUNE_STEPS, INVERT_STEPS, INNER_STEPS = 2, 5, 2
 START_TIMEOUT = 180
 RUN_TIMEOUT = 600
+
+# Our nodes as the server must list them: id -> (required inputs, optional inputs, output types, output node).
+# Saved workflows refer to nodes by these ids and input names, so they are fixed whatever nodes/ looks like inside.
+OUR_NODES = {
+    "InflateUNet": (["model", "frame_attention", "weight_dtype"], [], ["VP2P_MODEL"], False),
+    "OneShotTune": (["vp2p_model", "latent", "clip", "source_prompt", "steps", "learning_rate", "seed",
+                     "gradient_checkpointing", "precision", "cache_dir"], [], ["VP2P_MODEL", "STRING"], False),
+    "NullTextVideoInvert": (["vp2p_model", "latent", "clip", "source_prompt", "steps", "guidance", "mode",
+                             "inner_steps", "early_stop", "cache_dir"], ["lr_scale"], ["VP2P_INVERSION"], False),
+    "AttentionEditController": (["clip", "source_prompt", "target_prompts", "edit_mode", "cross_replace",
+                                 "self_replace", "self_replace_on", "blend_words", "blend_target_words",
+                                 "reweight_words", "reweight_values", "mask_threshold", "blend_start"], [],
+                                ["VP2P_EDIT"], False),
+    "VideoP2PSampler": (["vp2p_model", "inversion", "edit", "guidance", "decoupled_guidance"],
+                        ["latent", "temporal_guidance", "structure"], ["LATENT", "LATENT", "VP2P_MAPS"], False),
+    "StructureGuidance": (["structure", "structure_blur", "strength", "start_percent", "end_percent"],
+                          ["control_net", "diffusers_controlnet"], ["VP2P_STRUCTURE", "IMAGE"], False),
+    "DecodeFrames": (["vae", "latent", "frames_per_chunk"], [], ["IMAGE"], False),
+    "AttentionMaps": (["attention_maps", "frame", "cell_size"], [], ["IMAGE", "MASK"], False),
+    "SaveVP2PDelta": (["vp2p_model", "filename"], [], ["STRING"], True),
+    "LoadVP2PDelta": (["vp2p_model", "filename"], ["latent"], ["VP2P_MODEL"], False),
+    "SaveVP2PInversion": (["inversion", "filename"], [], ["STRING"], True),
+    "LoadVP2PInversion": (["vp2p_model", "filename"], ["latent"], ["VP2P_INVERSION"], False),
+}
+
+# Every file of workflows/api/ and the test that runs it (test_every_shipped_workflow_is_run keeps this complete).
+WORKFLOW_TESTS = {
+    "video_p2p_word_swap": "test_word_swap_workflow",
+    "video_p2p_refine_reweight": "test_refine_reweight_workflow",
+    "video_p2p_reedit": "test_reedit_workflow_from_saved_files",
+    "vp2p_structure_depth": "test_structure_depth_workflow",
+}
 
 
 def comfy_python() -> str:
@@ -71,29 +111,47 @@ def http(url: str, data=None, timeout: float = 30):
     return json.loads(body) if body else None
 
 
-def load_module(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem + "_for_integration", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def tree_state(root: str) -> dict:
+    """Every path under root with its type, size and modification time: to check nothing was written there."""
+    state = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            state[os.path.relpath(path, root)] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return state
+
+
+def core_signature_table() -> dict:
+    """tests/test_workflows.py's CORE_SIGNATURES, read from its source (without importing it or our nodes)."""
+    path = REPO / "tests" / "test_workflows.py"
+    ns: dict = {}
+    for stmt in ast.parse(path.read_text()).body:
+        if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id in ("FILES", "MAX_RES",
+                                                                                    "CORE_SIGNATURES")
+                                                for t in stmt.targets):
+            exec(compile(ast.Module(body=[stmt], type_ignores=[]), str(path), "exec"), ns)
+    return ns["CORE_SIGNATURES"]
 
 
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory):
     t0 = time.perf_counter()
     py = comfy_python()
+    tree_before = tree_state(COMFYUI_DIR)
     base = tmp_path_factory.mktemp("comfy_base")
     for d in ("custom_nodes", "models/checkpoints", "models/controlnet", "input", "output", "temp", "user"):
         (base / d).mkdir(parents=True, exist_ok=True)
     os.symlink(REPO, base / "custom_nodes" / "vp2p")
     env = dict(os.environ, COMFYUI_DIR=COMFYUI_DIR, PYTHONUNBUFFERED="1")
+    env.setdefault("PYTHONPYCACHEPREFIX", str(base / "pycache"))  # no __pycache__ inside the tree
     subprocess.run([py, str(HERE / "make_checkpoint.py"), str(base / "models" / "checkpoints" / CKPT), "--seed", "0"],
                    check=True, env=env, capture_output=True, timeout=600)
     subprocess.run([py, str(HERE / "make_controlnet.py"), str(base / "models" / "checkpoints" / CKPT),
                     str(base / "models" / "controlnet" / CNET), "--seed", "0"],
                    check=True, env=env, capture_output=True, timeout=600)
-    subprocess.run([py, str(HERE / "make_clip.py"), str(base / "input" / CLIP), "6", "64"], check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run([py, str(HERE / "make_clip.py"), str(base / "input" / CLIP), "6", str(SIZE)], check=True,
+                   env=env, capture_output=True, timeout=120)
     port = free_port()
     log_path = base / "comfyui.log"
     log = open(log_path, "w")
@@ -115,7 +173,8 @@ def comfy(tmp_path_factory):
                 raise AssertionError(f"ComfyUI did not start in {START_TIMEOUT}s:\n{log_path.read_text()[-4000:]}")
             time.sleep(1)
     setup_s = time.perf_counter() - t0
-    info = SimpleNamespace(url=url, base=base, log=log_path, version=comfy_version(), python=py, setup_s=setup_s)
+    info = SimpleNamespace(url=url, base=base, log=log_path, version=comfy_version(), python=py, env=env,
+                           setup_s=setup_s)
     try:
         yield info
     finally:
@@ -128,6 +187,9 @@ def comfy(tmp_path_factory):
         log.close()
         print(f"\nComfyUI {info.version} integration: setup (checkpoint, clip, server start) {setup_s:.1f}s, "
               f"total {time.perf_counter() - t0:.1f}s; server log {log_path}")
+        after = tree_state(COMFYUI_DIR)
+        changed = sorted(k for k in set(tree_before) | set(after) if tree_before.get(k) != after.get(k))
+        assert not changed, f"the run wrote into the ComfyUI tree {COMFYUI_DIR}: {changed[:20]}"
 
 
 def run_prompt(comfy, prompt: dict, timeout: float = RUN_TIMEOUT) -> dict:
@@ -148,12 +210,20 @@ def messages(entry: dict, kind: str) -> list:
     return [m[1] for m in entry["status"]["messages"] if m[0] == kind]
 
 
+def node_id(api: dict, class_type: str) -> str:
+    return next(k for k, v in api.items() if v["class_type"] == class_type)
+
+
+def shipped(name: str) -> dict:
+    return json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
+
+
 def small_prompt(name: str, prefix: str) -> dict:
-    """The shipped API workflow with test-sized settings, plus a SaveImage of the edited frames."""
-    api = json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
-    api = copy.deepcopy(api)
-    decode = None
-    for nid, node in api.items():
+    """The shipped API workflow at test size (frames, frame size, steps; every other setting as shipped), plus
+    output nodes that save the decoded frames (900), the sampler's edited (901) and source (902) latents and the
+    local-blend mask (904)."""
+    api = copy.deepcopy(shipped(name))
+    for node in api.values():
         ct, inp = node["class_type"], node["inputs"]
         if ct == "CheckpointLoaderSimple":
             inp["ckpt_name"] = CKPT
@@ -162,59 +232,152 @@ def small_prompt(name: str, prefix: str) -> dict:
         elif ct == "ControlNetLoader":
             inp["control_net_name"] = CNET
         elif ct == "ImageFromBatch":
-            inp["length"] = 4
+            inp["length"] = FRAMES
         elif ct == "ImageScale":
-            inp["width"] = inp["height"] = 64
+            inp["width"] = inp["height"] = SIZE
         elif ct == "OneShotTune":
-            inp["steps"], inp["gradient_checkpointing"] = 2, False
+            inp["steps"] = TUNE_STEPS
         elif ct == "NullTextVideoInvert":
-            inp["steps"], inp["inner_steps"] = 5, 2
+            inp["steps"], inp["inner_steps"] = INVERT_STEPS, INNER_STEPS
         elif ct == "SaveVideo":
             inp["filename_prefix"] = f"video/{prefix}"
-        elif ct == "DecodeFrames":
-            decode = nid
+    sampler, decode = node_id(api, "VideoP2PSampler"), node_id(api, "DecodeFrames")
+    assert api[decode]["inputs"]["latent"] == [sampler, 0], "DecodeFrames decodes the sampler's edited frames"
+    maps = next(k for k, v in api.items() if v["class_type"] == "AttentionMaps"
+                and v["inputs"]["attention_maps"] == [sampler, 2])
     api["900"] = {"class_type": "SaveImage", "inputs": {"images": [decode, 0], "filename_prefix": prefix}}
+    api["901"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0],
+                                                         "filename_prefix": f"latents/{prefix}_edited"}}
+    api["902"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 1],
+                                                         "filename_prefix": f"latents/{prefix}_source"}}
+    api["903"] = {"class_type": "MaskToImage", "inputs": {"mask": [maps, 1]}}
+    api["904"] = {"class_type": "SaveImage", "inputs": {"images": ["903", 0], "filename_prefix": f"masks/{prefix}"}}
     return api
 
 
-def node_id(api: dict, class_type: str) -> str:
-    return next(k for k, v in api.items() if v["class_type"] == class_type)
+def output_path(comfy, item: dict) -> Path:
+    assert item["type"] == "output", item
+    return comfy.base / "output" / item["subfolder"] / item["filename"]
 
 
-def check_frames(comfy, entry: dict, frames: int, size: int = 64) -> None:
+def load_images(comfy, items: list):
+    import numpy as np
     from PIL import Image
 
-    images = entry["outputs"]["900"]["images"]
-    assert len(images) == frames
-    for im in images:
-        path = comfy.base / "output" / im["subfolder"] / im["filename"]
-        with Image.open(path) as img:
-            assert img.size == (size, size)
+    out = []
+    for item in items:
+        with Image.open(output_path(comfy, item)) as img:
+            out.append(np.asarray(img.convert("RGB")))
+    return out
+
+
+def load_latent(comfy, items: list):
+    from safetensors.torch import load_file
+
+    assert len(items) == 1, items
+    return load_file(str(output_path(comfy, items[0])))["latent_tensor"]
+
+
+def video_info(comfy, path: Path) -> tuple:
+    """(frames, width, height) of a saved video, read with PyAV in ComfyUI's python."""
+    code = ("import av, json, sys\nwith av.open(sys.argv[1]) as c:\n    f = list(c.decode(video=0))\n"
+            "print(json.dumps([len(f), f[0].width, f[0].height]))")
+    r = subprocess.run([comfy.python, "-c", code, str(path)], capture_output=True, text=True, timeout=120,
+                       env=comfy.env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return tuple(json.loads(r.stdout.strip().splitlines()[-1]))
+
+
+def check_run(comfy, api: dict, entry: dict, targets: int = 1) -> SimpleNamespace:
+    """A run of small_prompt's graph finished, and what it saved has the right count, size and finite values.
+    Returns the decoded frames, the edited and source latents and the local-blend mask (at latent size)."""
+    import torch
+
+    assert entry["status"]["status_str"] == "success", messages(entry, "execution_error")
+    out = entry["outputs"]
+    h = w = SIZE // 8
+    frames = load_images(comfy, out["900"]["images"])
+    assert len(frames) == FRAMES * targets and all(f.shape == (SIZE, SIZE, 3) for f in frames)
+    edited, source = load_latent(comfy, out["901"]["latents"]), load_latent(comfy, out["902"]["latents"])
+    assert tuple(edited.shape) == (FRAMES * targets, 4, h, w) and tuple(source.shape) == (FRAMES, 4, h, w)
+    assert torch.isfinite(edited).all() and torch.isfinite(source).all(), "the sampler gave NaN or inf latents"
+    assert edited.abs().amax() > 0 and source.abs().amax() > 0
+    masks = load_images(comfy, out["904"]["images"])
+    assert len(masks) == FRAMES * targets and all(m.shape == (SIZE, SIZE, 3) for m in masks)
+    mask = torch.stack([torch.from_numpy(m[::8, ::8, 0].copy()) for m in masks])
+    assert set(mask.unique().tolist()) <= {0, 255}, "the local-blend mask is not 0/1"
+    video = out[node_id(api, "SaveVideo")]["images"]
+    assert len(video) == 1 and output_path(comfy, video[0]).stat().st_size > 0
+    assert video_info(comfy, output_path(comfy, video[0])) == (FRAMES * targets, SIZE, SIZE)
+    return SimpleNamespace(frames=frames, edited=edited, source=source, mask=mask > 127, entry=entry)
+
+
+def check_local_blend(run: SimpleNamespace, partial: bool = False) -> None:
+    """Local blend: outside the blend mask the edited latents are exactly the source branch's (the sampler's last
+    step puts the source there); inside it the edit changes them. partial: the mask must leave part of the clip out
+    (the small random model attends almost evenly, so at the shipped mask_threshold 0.3 its mask covers all of its
+    4x4 blend grid; mask_threshold 0.99 leaves part of it out)."""
+    targets = run.edited.shape[0] // FRAMES
+    diff = (run.edited - run.source.repeat(targets, 1, 1, 1)).abs().amax(dim=1)  # [targets*F, h, w]
+    inside = run.mask
+    assert inside.any(), "the local-blend mask is empty: nothing was edited"
+    if partial:
+        assert not inside.all(), "the local-blend mask covers the whole clip: nothing to check outside it"
+    assert (diff[~inside] == 0).all(), "outside the blend mask the edited frames differ from the source"
+    assert (diff[inside] > 0).float().mean() > 0.9, "inside the blend mask the edit left the source unchanged"
+
+
+def same(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())
 
 
 # ------------------------------------------------------------------------------------------------------------
 
-def test_object_info_lists_our_nodes(comfy):
-    sys.path.insert(0, str(REPO))
-    from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+def test_every_shipped_workflow_is_run():
+    """Every file of workflows/api/ has a test below that runs it: a new workflow cannot go unchecked."""
+    files = sorted(p.stem for p in (REPO / "workflows" / "api").glob("*.json"))
+    assert files == sorted(WORKFLOW_TESTS), f"workflows/api has {files}; WORKFLOW_TESTS names {sorted(WORKFLOW_TESTS)}"
+    for test in WORKFLOW_TESTS.values():
+        assert callable(globals().get(test)), test
+    for name in files:  # and each runs the shipped settings that matter: gradient checkpointing as shipped (on)
+        api = shipped(name)
+        for node in api.values():
+            if node["class_type"] == "OneShotTune":
+                assert node["inputs"]["gradient_checkpointing"] is True, name
+        assert {n["class_type"] for n in api.values()} & set(OUR_NODES), name
 
+
+def test_object_info_lists_our_nodes(comfy):
     info = http(comfy.url + "/object_info")
-    for name, cls in NODE_CLASS_MAPPINGS.items():
-        assert name in info, f"{name} not loaded; server log:\n{comfy.log.read_text()[-3000:]}"
+    log = comfy.log.read_text()
+    missing = [n for n in OUR_NODES if n not in info]
+    assert not missing, f"not loaded: {missing}; server log:\n{log[-3000:]}"
+    ours = sorted(n for n, v in info.items() if v.get("python_module") == "custom_nodes.vp2p")
+    assert ours == sorted(OUR_NODES), f"this package's nodes on the server: {ours}"
+    for name, (required, optional, outputs, output_node) in OUR_NODES.items():
         got = info[name]
-        assert got["category"] == "Video-P2P" and got["display_name"] == NODE_DISPLAY_NAME_MAPPINGS[name]
-        assert got["python_module"] == "custom_nodes.vp2p"
-        spec = cls.INPUT_TYPES()
-        for section in ("required", "optional"):
-            assert list(got["input"].get(section, {})) == list(spec.get(section, {})), f"{name} {section}"
-        assert got["output"] == list(cls.RETURN_TYPES) and got["output_name"] == list(cls.RETURN_NAMES)
-        assert got["output_node"] == bool(getattr(cls, "OUTPUT_NODE", False))
-    assert "IMPORT FAILED" not in "".join(l for l in comfy.log.read_text().splitlines() if "vp2p" in l)
+        assert got["category"] == "Video-P2P" and got["display_name"], name
+        order = got.get("input_order") or {s: list(got["input"].get(s, {})) for s in ("required", "optional")}
+        assert order.get("required", []) == required, f"{name} required: {order.get('required')}"
+        assert order.get("optional", []) == optional, f"{name} optional: {order.get('optional')}"
+        for section, names in (("required", required), ("optional", optional)):
+            assert list(got["input"].get(section, {})) == names, f"{name} {section}"
+        assert list(got["output"]) == outputs, f"{name} outputs: {got['output']}"
+        assert len(got["output_name"]) == len(outputs)
+        assert bool(got["output_node"]) == output_node, name
+    # shipped workflows use only nodes the server knows
+    for name in WORKFLOW_TESTS:
+        unknown = {n["class_type"] for n in shipped(name).values()} - set(info)
+        assert not unknown, f"{name}: {unknown}"
+    bad = [l for l in log.splitlines()
+           if (("IMPORT FAILED" in l or "Cannot import" in l) and "vp2p" in l)
+           or ("error occurred while retrieving information" in l and any(f"'{n}'" in l for n in OUR_NODES))]
+    assert not bad, "\n".join(bad)
 
 
 def test_core_signature_table_matches_server(comfy):
     """tests/test_workflows.py checks our workflows against a table of core nodes; check the table here."""
-    table = load_module(REPO / "tests" / "test_workflows.py").CORE_SIGNATURES
+    table = core_signature_table()
     info = http(comfy.url + "/object_info")
     for name, sig in table.items():
         assert name in info, name
@@ -239,34 +402,46 @@ def test_core_signature_table_matches_server(comfy):
         assert got["output"] == sig["outputs"], f"{name}: outputs {got['output']}"
 
 
-def test_word_swap_workflow(comfy):
+@pytest.fixture(scope="module")
+def word_swap(comfy):
+    """The shipped word swap at test size: it tunes, inverts, caches both and saves them for the re-edit."""
     api = small_prompt("video_p2p_word_swap", "vp2p_swap")
     t = time.perf_counter()
     entry = run_prompt(comfy, api)
     took = time.perf_counter() - t
-    assert entry["status"]["status_str"] == "success", messages(entry, "execution_error")
-    check_frames(comfy, entry, 4)
-    videos = list((comfy.base / "output" / "video").glob("vp2p_swap*.mp4"))
-    assert videos and videos[0].stat().st_size > 0
+    run = check_run(comfy, api, entry)
+    print(f"\nword swap (tune {TUNE_STEPS} steps with gradient checkpointing + invert {INVERT_STEPS} + edit "
+          f"{INVERT_STEPS} steps, {FRAMES} frames {SIZE}x{SIZE}): {took:.1f}s")
+    return SimpleNamespace(api=api, run=run, took=took)
+
+
+def test_word_swap_workflow(comfy, word_swap):
+    run = word_swap.run
+    check_local_blend(run)
     for f in ("rabbit.delta.safetensors", "rabbit.inversion.safetensors"):
         assert (comfy.base / "output" / "vp2p" / f).is_file()
     cache = list((comfy.base / "models" / "vp2p" / "vp2p_cache").glob("*.safetensors"))
     assert sorted(p.name.split("-")[0] for p in cache) == ["delta", "inversion"]
-    print(f"\nword swap (tune 2 + invert 5 + edit 5 steps, 4 frames 64x64): {took:.1f}s")
 
-    # a new target prompt: ComfyUI re-runs only the editor and what follows
-    api2 = copy.deepcopy(api)
+    # a new target prompt: ComfyUI re-runs only the editor and what follows; same inversion, other edit. A high
+    # mask_threshold makes the local-blend mask leave part of the clip out, where the frames must be the source's.
+    api2 = copy.deepcopy(word_swap.api)
     api2[node_id(api2, "AttentionEditController")]["inputs"].update(
-        target_prompts="a dog is jumping on the grass", blend_target_words="dog")
-    api2["900"]["inputs"]["filename_prefix"] = "vp2p_dog"
+        target_prompts="a dog is jumping on the grass", blend_target_words="dog", mask_threshold=0.99)
+    for nid, prefix in (("900", "vp2p_dog"), ("904", "masks/vp2p_dog"), ("901", "latents/vp2p_dog_edited"),
+                        ("902", "latents/vp2p_dog_source")):
+        api2[nid]["inputs"]["filename_prefix"] = prefix
     api2[node_id(api2, "SaveVideo")]["inputs"]["filename_prefix"] = "video/vp2p_dog"
     del api2[node_id(api2, "VideoP2PSampler")]["inputs"]["temporal_guidance"]  # as saved before Gen-1's guidance
     t = time.perf_counter()
     entry2 = run_prompt(comfy, api2)
     took2 = time.perf_counter() - t
-    assert entry2["status"]["status_str"] == "success", messages(entry2, "execution_error")
+    dog = check_run(comfy, api2, entry2)
     cached = set(messages(entry2, "execution_cached")[0]["nodes"])
     assert {node_id(api2, "OneShotTune"), node_id(api2, "NullTextVideoInvert"), node_id(api2, "InflateUNet")} <= cached
+    check_local_blend(dog, partial=True)
+    assert same(dog.source, run.source), "the same inversion gave another source branch"
+    assert not same(dog.edited, run.edited), "a new target prompt gave the same edit"
     print(f"re-edit with a new target (tuning and inversion cached by ComfyUI): {took2:.1f}s")
 
 
@@ -288,7 +463,7 @@ def test_controlnet_matches_comfyui(comfy):
     r = subprocess.run([comfy.python, str(HERE / "check_controlnet.py"), COMFYUI_DIR,
                         str(comfy.base / "models" / "checkpoints" / CKPT),
                         str(comfy.base / "models" / "controlnet" / CNET), str(REPO)],
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=600, env=comfy.env)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     print(f"\ncontrolnet: {out}")
@@ -301,44 +476,37 @@ def test_controlnet_matches_comfyui(comfy):
     assert out["controlnet_loaded"] and out["video_model_loaded"]
 
 
-def saved_frames(comfy, prefix):
-    import numpy as np
-    from PIL import Image
-
-    return [np.asarray(Image.open(f)) for f in sorted((comfy.base / "output").glob(f"{prefix}_[0-9]*_.png"))]
-
-
 def test_structure_depth_workflow(comfy):
     """Gen-1's guidance: ControlNetLoader -> StructureGuidance -> the sampler's structure, temporal_guidance 1.5."""
-    import numpy as np
-
     api = small_prompt("vp2p_structure_depth", "vp2p_structure")
     t = time.perf_counter()
     entry = run_prompt(comfy, api)
     took = time.perf_counter() - t
-    assert entry["status"]["status_str"] == "success", messages(entry, "execution_error")
-    check_frames(comfy, entry, 4)
+    steered = check_run(comfy, api, entry)
+    check_local_blend(steered)
     sg = node_id(api, "StructureGuidance")
     previews = [n for n, v in api.items() if v["class_type"] == "PreviewImage" and v["inputs"]["images"][0] == sg]
-    assert previews and len(entry["outputs"][previews[0]]["images"]) == 4  # the blurred structure clip
-    print(f"\nstructure + temporal guidance (edit 5 steps, w_t 1.5, depth ControlNet): {took:.1f}s")
+    assert previews and len(entry["outputs"][previews[0]]["images"]) == FRAMES  # the blurred structure clip
+    print(f"\nstructure + temporal guidance (edit {INVERT_STEPS} steps, w_t 1.5, depth ControlNet): {took:.1f}s")
 
     # strength 0 and w_t 1 give exactly the frames of the same graph without structure guidance
     sampler = node_id(api, "VideoP2PSampler")
     zero = copy.deepcopy(api)
     zero[sg]["inputs"]["strength"] = 0.0
     zero[sampler]["inputs"]["temporal_guidance"] = 1.0
-    zero["900"]["inputs"]["filename_prefix"] = "vp2p_structure_zero"
     none = copy.deepcopy(zero)
     del none[sampler]["inputs"]["structure"]
-    none["900"]["inputs"]["filename_prefix"] = "vp2p_structure_none"
-    for prompt in (zero, none):
-        e = run_prompt(comfy, prompt)
-        assert e["status"]["status_str"] == "success", messages(e, "execution_error")
-    a, b = saved_frames(comfy, "vp2p_structure_zero"), saved_frames(comfy, "vp2p_structure_none")
-    assert len(a) == len(b) == 4 and all(np.array_equal(x, y) for x, y in zip(a, b))
-    steered = saved_frames(comfy, "vp2p_structure")
-    assert len(steered) == 4 and not all(np.array_equal(x, y) for x, y in zip(steered, b))
+    runs = []
+    for prompt, prefix in ((zero, "vp2p_structure_zero"), (none, "vp2p_structure_none")):
+        for nid, p in (("900", prefix), ("904", f"masks/{prefix}"), ("901", f"latents/{prefix}_edited"),
+                       ("902", f"latents/{prefix}_source")):
+            prompt[nid]["inputs"]["filename_prefix"] = p
+        prompt[node_id(prompt, "SaveVideo")]["inputs"]["filename_prefix"] = f"video/{prefix}"
+        runs.append(check_run(comfy, prompt, run_prompt(comfy, prompt)))
+    a, b = runs
+    assert same(a.edited, b.edited) and all((x == y).all() for x, y in zip(a.frames, b.frames))
+    assert not same(steered.edited, b.edited), "structure guidance changed nothing"
+    assert same(steered.source, b.source), "structure guidance must steer the edited branch only"
 
     # a structure clip of another size stops the sampler with a message naming structure
     bad = copy.deepcopy(api)
@@ -361,28 +529,61 @@ def test_bad_blend_word_reaches_the_user(comfy):
     assert err["exception_type"].endswith("VP2PInputError")
 
 
-def test_refine_reweight_workflow(comfy):
+def test_refine_reweight_workflow(comfy, word_swap):
+    """Refinement ("an origami rabbit") with 'origami' reweighted by 2; tuning and inversion come from the
+    vp2p_cache files the word swap wrote (same clip, prompt and settings), so the source branch is the word swap's."""
+    cache_dir = comfy.base / "models" / "vp2p" / "vp2p_cache"
+    cached_before = sorted(p.name for p in cache_dir.glob("*.safetensors"))
     api = small_prompt("video_p2p_refine_reweight", "vp2p_refine")
     t = time.perf_counter()
-    entry = run_prompt(comfy, api)
-    assert entry["status"]["status_str"] == "success", messages(entry, "execution_error")
-    check_frames(comfy, entry, 4)
+    run = check_run(comfy, api, run_prompt(comfy, api))
     print(f"\nrefine + reweight (delta and inversion from the vp2p_cache files): {time.perf_counter() - t:.1f}s")
+    assert sorted(p.name for p in cache_dir.glob("*.safetensors")) == cached_before, "tuned or inverted again"
+    check_local_blend(run)
+    assert same(run.source, word_swap.run.source), "the cached inversion gave another source branch"
+    assert not same(run.edited, word_swap.run.edited)
+
+    # the same refinement without the reweight: the reweight changes the edit
+    plain = copy.deepcopy(api)
+    plain[node_id(plain, "AttentionEditController")]["inputs"].update(reweight_words="", reweight_values="")
+    for nid, p in (("900", "vp2p_refine_plain"), ("904", "masks/vp2p_refine_plain"),
+                   ("901", "latents/vp2p_refine_plain_edited"), ("902", "latents/vp2p_refine_plain_source")):
+        plain[nid]["inputs"]["filename_prefix"] = p
+    plain[node_id(plain, "SaveVideo")]["inputs"]["filename_prefix"] = "video/vp2p_refine_plain"
+    other = check_run(comfy, plain, run_prompt(comfy, plain))
+    assert same(other.source, run.source)
+    assert not same(other.edited, run.edited), "reweighting 'origami' by 2 changed nothing"
 
 
-def test_reedit_workflow_from_saved_files(comfy):
-    """Runs after test_word_swap_workflow, which saved output/vp2p/rabbit.{delta,inversion}.safetensors."""
-    if not (comfy.base / "output" / "vp2p" / "rabbit.delta.safetensors").is_file():
-        pytest.skip("needs the files test_word_swap_workflow saves")
+def test_reedit_workflow_from_saved_files(comfy, word_swap):
+    """Loads the word swap's saved delta and inversion (output/vp2p/rabbit.*): the source branch is the word
+    swap's, and the word swap's own edit gives the word swap's frames again."""
     api = small_prompt("video_p2p_reedit", "vp2p_reedit")
-    entry = run_prompt(comfy, api)
-    assert entry["status"]["status_str"] == "success", messages(entry, "execution_error")
-    check_frames(comfy, entry, 4)
+    t = time.perf_counter()
+    run = check_run(comfy, api, run_prompt(comfy, api))
+    print(f"\nre-edit from the saved delta and inversion: {time.perf_counter() - t:.1f}s")
+    check_local_blend(run)
+    assert same(run.source, word_swap.run.source), "the saved inversion gave another source branch"
+    assert not same(run.edited, word_swap.run.edited)
+
+    # the word swap's own edit from the saved files: exactly the word swap's frames (delta and inversion round-trip)
+    swap_edit = word_swap.api[node_id(word_swap.api, "AttentionEditController")]["inputs"]
+    again = copy.deepcopy(api)
+    again[node_id(again, "AttentionEditController")]["inputs"].update(
+        {k: swap_edit[k] for k in again[node_id(again, "AttentionEditController")]["inputs"] if k != "clip"})
+    for nid, p in (("900", "vp2p_reedit_again"), ("904", "masks/vp2p_reedit_again"),
+                   ("901", "latents/vp2p_reedit_again_edited"), ("902", "latents/vp2p_reedit_again_source")):
+        again[nid]["inputs"]["filename_prefix"] = p
+    again[node_id(again, "SaveVideo")]["inputs"]["filename_prefix"] = "video/vp2p_reedit_again"
+    rerun = check_run(comfy, again, run_prompt(comfy, again))
+    assert same(rerun.edited, word_swap.run.edited), "the saved delta and inversion do not reproduce the edit"
+    assert all((x == y).all() for x, y in zip(rerun.frames, word_swap.run.frames))
+
     # a delta from another checkpoint is refused with a message that says so
     other = comfy.base / "models" / "checkpoints" / "vp2p_other.safetensors"
     if not other.exists():
         subprocess.run([comfy.python, str(HERE / "make_checkpoint.py"), str(other), "--seed", "1"], check=True,
-                       env=dict(os.environ, COMFYUI_DIR=COMFYUI_DIR), capture_output=True, timeout=600)
+                       env=comfy.env, capture_output=True, timeout=600)
     api[node_id(api, "CheckpointLoaderSimple")]["inputs"]["ckpt_name"] = other.name
     entry = run_prompt(comfy, api)
     assert entry["status"]["status_str"] == "error"
@@ -390,12 +591,27 @@ def test_reedit_workflow_from_saved_files(comfy):
     assert err["node_type"] == "LoadVP2PDelta" and "another checkpoint" in err["exception_message"]
 
 
-def test_stop_button_interrupts_tuning(comfy):
-    # warm ComfyUI's cache with this graph (an earlier test may have left another checkpoint loaded), so that
-    # OneShotTune is the first node that runs; its tuning and inversion load from the vp2p_cache files
-    warm = run_prompt(comfy, small_prompt("video_p2p_word_swap", "vp2p_stop_warm"))
-    assert warm["status"]["status_str"] == "success", messages(warm, "execution_error")
+def upstream(api: dict, outputs: list) -> dict:
+    """The part of an API prompt that the given output nodes depend on."""
+    keep, todo = set(), list(outputs)
+    while todo:
+        nid = todo.pop()
+        if nid not in keep:
+            keep.add(nid)
+            todo += [v[0] for v in api[nid]["inputs"].values() if isinstance(v, list) and len(v) == 2]
+    return {k: copy.deepcopy(v) for k, v in api.items() if k in keep}
+
+
+def test_stop_button_interrupts_tuning(comfy, word_swap):
     api = small_prompt("video_p2p_word_swap", "vp2p_stop")
+    # warm ComfyUI's cache with this graph up to the tuning and inversion, which load from the vp2p_cache files
+    # (an earlier test may have left another checkpoint loaded), so that OneShotTune is the first node that runs
+    savers = [k for k, v in api.items() if v["class_type"] in ("SaveVP2PDelta", "SaveVP2PInversion")]
+    warm = upstream(api, savers)
+    for k in savers:
+        warm[k]["inputs"]["filename"] = warm[k]["inputs"]["filename"].replace("rabbit", "stop_warm")
+    entry = run_prompt(comfy, warm)
+    assert entry["status"]["status_str"] == "success", messages(entry, "execution_error")
     api[node_id(api, "OneShotTune")]["inputs"].update(steps=10000, cache_dir="", seed=7)
     pid = http(comfy.url + "/prompt", {"prompt": api, "client_id": "vp2p-test"})["prompt_id"]
     deadline = time.time() + 120
@@ -418,18 +634,10 @@ def test_stop_button_interrupts_tuning(comfy):
     stopped_after = time.perf_counter() - t
     assert stopped_after < 30
     # the shared video model is intact: the word swap gives exactly its first frames again
-    entry = run_prompt(comfy, small_prompt("video_p2p_word_swap", "vp2p_after_stop"))
-    assert entry["status"]["status_str"] == "success", messages(entry, "execution_error")
-    import numpy as np
-    from PIL import Image
-
-    def frames(prefix):
-        files = sorted((comfy.base / "output").glob(f"{prefix}_*.png"))
-        return [np.asarray(Image.open(f)) for f in files]
-
-    first, again = frames("vp2p_swap"), frames("vp2p_after_stop")
-    assert len(first) == len(again) == 4
-    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    api = small_prompt("video_p2p_word_swap", "vp2p_after_stop")
+    again = check_run(comfy, api, run_prompt(comfy, api))
+    assert same(again.edited, word_swap.run.edited) and same(again.source, word_swap.run.source)
+    assert all((a == b).all() for a, b in zip(again.frames, word_swap.run.frames))
     print(f"\nstop button: tuning stopped {stopped_after:.1f}s after /interrupt; the word swap then reproduced its frames")
 
 
@@ -437,7 +645,7 @@ def test_conversion_matches_comfyui(comfy):
     """nodes/convert.py's UNet gives ComfyUI's UNet output; a LoRA-style patch is applied; the MODEL is unchanged."""
     ckpt = comfy.base / "models" / "checkpoints" / CKPT
     r = subprocess.run([comfy.python, str(HERE / "check_conversion.py"), COMFYUI_DIR, str(ckpt), str(REPO)],
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=600, env=comfy.env)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     print(f"\nconversion: {out}")
@@ -462,6 +670,7 @@ def test_frontend_loads_ui_workflows(comfy, tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.loads(out.read_text())
+    assert sorted(results) == sorted(str(f) for f in files)
     for f in files:
         got = results[str(f)]
         assert got["unknown"] == [], f"{f.name}: the frontend does not know {got['unknown']}"
