@@ -31,6 +31,18 @@ def mask_images(masks: torch.Tensor, ci, fi) -> torch.Tensor:
     return masks[ci, fi].float()[:, None].expand(-1, 3, -1, -1).contiguous()
 
 
+def recorded_args(args: dict) -> dict:
+    """The command's arguments for the training record, with paths inside the repository made relative to it
+    (a record names no machine's folders)."""
+    repo = HERE.parent
+    out = {}
+    for k, v in args.items():
+        if isinstance(v, str) and Path(v).is_absolute() and Path(v).resolve().is_relative_to(repo):
+            v = str(Path(v).resolve().relative_to(repo))
+        out[k] = v
+    return out
+
+
 def main(argv=None) -> int:
     from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -94,7 +106,7 @@ def main(argv=None) -> int:
     try:
         cn.eval().half().save_pretrained(tmp, safe_serialization=True)  # fp16 keeps the shipped folder small
         (tmp / "training.json").write_text(json.dumps({"loss": ema, "seconds": time.perf_counter() - t0,
-                                                       "args": vars(a), "condition": "object mask"}, indent=1))
+                                                       "args": recorded_args(vars(a)), "condition": "object mask"}, indent=1))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
