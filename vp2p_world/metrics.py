@@ -46,8 +46,12 @@ def mask_iou(a, b) -> float:
 
 
 def segment_object(frames, truth: Clip) -> torch.Tensor:
-    """Object pixels of edited frames: far in colour from the truth scene's background (no object)."""
-    bg = torch.from_numpy(np.asarray(render_background(truth.scene), dtype=np.float32))
+    """Object pixels of edited frames: far in colour from the truth's frames without the object (its background
+    under the camera and light, and the occluder)."""
+    if truth.scene.still:
+        bg = torch.from_numpy(np.asarray(render_background(truth.scene), dtype=np.float32))
+    else:
+        bg = truth.plates
     return (_t(frames).float() - bg).norm(dim=-1) > OBJECT_DISTANCE
 
 
