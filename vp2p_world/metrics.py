@@ -1,7 +1,10 @@
 """Edit-quality figures measured against the rendered truth (frames [F,H,W,3] in 0..1, masks [F,H,W] bool).
 
 Because the world is rendered, every figure has an exact reference: the edit's ground-truth clip, the
-object's masks in source and truth, the backgrounds without the object.
+object's masks in source and truth, the backgrounds without the object, and the known motion and light
+between frames (``Clip.flow`` / ``Clip.warp``), so that temporal figures count only what the truth does not do:
+``warp_error`` / ``normalised_warp_error`` (every pixel against the previous frame moved by the known motion)
+and ``flicker`` (the object's colour and the background's mean, with the known light undone).
 """
 from __future__ import annotations
 
@@ -15,6 +18,10 @@ from .render import BACKGROUNDS, COLOURS, Clip, render_background
 
 MAX_PSNR = 100.0
 OBJECT_DISTANCE = 0.25  # RGB distance from the background above which a pixel is the object
+
+
+def _mean(values: list) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
 def _t(x) -> torch.Tensor:
@@ -116,5 +123,74 @@ def temporal_consistency(frames, masks) -> dict:
         out = ~(a | b)
         if out.any():
             bg.append(float((frames[i][out] - frames[i - 1][out]).norm(dim=-1).mean()))
-    mean = lambda v: sum(v) / len(v) if v else float("nan")
-    return {"object": mean(obj), "background": mean(bg)}
+    return {"object": _mean(obj), "background": _mean(bg)}
+
+
+def _warp_terms(frames, clip: Clip, region: str) -> tuple[float, float]:
+    """Over ``clip.valid(region=region)`` of every pair: the mean squared residual of ``clip.warp(frames)`` against
+    ``frames[1:]``, and the warp's mean noise gain (how much independent per-frame noise of unit variance adds to
+    that mean: 1 + r^2 * sum of the squared bilinear weights, r the change of light). nan where nothing is valid."""
+    frames = _t(frames).float()
+    valid = clip.valid(region=region)
+    if not valid.any():
+        return float("nan"), float("nan")
+    residual = (clip.warp(frames) - frames[1:])[valid]
+    grid = clip.flow()
+    frac = grid - grid.floor()
+    w2 = ((1 - frac) ** 2 + frac ** 2).prod(-1)  # sum of the squared weights of a bilinear sample
+    ratio = clip.gains[1:] / clip.gains[:-1]
+    gain = 1 + ratio[:, None, None, :] ** 2 * w2[..., None]
+    return float(residual.pow(2).mean()), float(gain[valid].mean())
+
+
+def warp_error(frames, truth: Clip, region: str = "frame", relative: bool = True) -> float:
+    """Temporal error under the known motion: the RMS difference (0..1 units) between each frame t+1 of ``frames``
+    and its frame t moved onto it by ``truth``'s motion and light (``Clip.warp``), over the pixels where that move is
+    exact (``Clip.valid``; ``region`` "frame", "background" or "object"), all pairs pooled. ``truth`` is the
+    edit's rendered truth, which moves as the source does.
+
+    ``relative`` (default): only what exceeds the truth's own error on the same pixels (the warp's interpolation
+    of a textured background), sqrt(max(0, e(frames)^2 - e(truth)^2)): 0 for the truth however its camera and
+    light move; independent per-frame noise of sigma s gives about s * sqrt(2) (exactly that where the motion is
+    whole pixels and the light steady; ``normalised_warp_error`` gives s). nan with one frame or no valid pixel."""
+    mse, _ = _warp_terms(frames, truth, region)
+    if relative and not math.isnan(mse):
+        mse = max(0.0, mse - _warp_terms(truth.frames, truth, region)[0])
+    return math.sqrt(mse)
+
+
+def normalised_warp_error(frames, truth: Clip, region: str = "frame") -> float:
+    """``warp_error`` (relative) as the sigma of independent per-frame noise that would cause it: the excess mean
+    squared error divided by the warp's noise gain (1 + r^2 * sum of squared bilinear weights, 1.25 to 2), so
+    per-frame noise of sigma s gives s under any camera motion and light. 0 for the truth."""
+    mse, gain = _warp_terms(frames, truth, region)
+    if math.isnan(mse):
+        return mse
+    return math.sqrt(max(0.0, mse - _warp_terms(truth.frames, truth, region)[0]) / gain)
+
+
+def flicker(frames, truth: Clip) -> dict:
+    """Frame-to-frame flicker beyond the truth's own change, with the known motion and light compensated (RGB L2,
+    mean over pairs; 0 for the truth, and for any clip that changes as the truth does).
+
+    - ``object``: the change of the object's unlit mean colour (``frames / truth.gains`` over the pixels that are
+      wholly the object in the truth, coverage 1) minus the truth's change of the same.
+    - ``background``: the mean over the background pixels that the known motion maps exactly
+      (``truth.valid(t, "background")``) of ``warp(frames)[t] - frames[t+1]``, unlit (over frame t+1's gains),
+      minus the truth's same mean: a flash or a colour shift of the whole background, not per-pixel noise
+      (which ``warp_error`` counts).
+    """
+    frames, ref = _t(frames).float(), truth.frames
+    gains = truth.gains
+    region = truth.coverage == 1
+    colours = [(frames[i][m].mean(0) - ref[i][m].mean(0)) / gains[i] if m.any() else None
+               for i, m in enumerate(region)]
+    obj = [float((b - a).norm()) for a, b in zip(colours, colours[1:]) if a is not None and b is not None]
+    bg = []
+    if frames.shape[0] > 1:
+        valid = truth.valid(region="background")
+        residual = (truth.warp(frames) - frames[1:]) - (truth.warp(ref) - ref[1:])
+        for i, m in enumerate(valid):
+            if m.any():
+                bg.append(float((residual[i][m].mean(0) / gains[i + 1]).norm()))
+    return {"object": _mean(obj), "background": _mean(bg)}
