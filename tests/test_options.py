@@ -6,7 +6,7 @@ import argparse
 import pytest
 
 from vp2p_core import VP2PInputError
-from vp2p_core.options import STAGES, EditOptions, InversionOptions, StructureOptions, TuneOptions
+from vp2p_core.options import STAGES, CompositeOptions, EditOptions, InversionOptions, StructureOptions, TuneOptions
 from vp2p_world.settings import WORLD_DEFAULTS, add_option_flags, options_from_args, world_options
 
 
@@ -33,6 +33,12 @@ def test_defaults_pass_their_own_checks_and_every_widget_has_a_tooltip(cls):
     (EditOptions, "cross_replace", (0.6, 0.2), "cross_replace: expected a fraction of the steps"),
     (EditOptions, "mask_threshold", 1.0, "mask_threshold: expected a value in [0.01, 0.99]"),
     (EditOptions, "blend_start", "0.2", "blend_start: expected a number"),
+    (EditOptions, "blend_dilation", -1, "blend_dilation: expected a value in [0, 256]"),
+    (EditOptions, "blend_dilation", 1.5, "blend_dilation: expected a whole number"),
+    (EditOptions, "blend_smoothing", 9, "blend_smoothing: expected a value in [0, 8]"),
+    (CompositeOptions, "mask_dilation", -1, "mask_dilation: expected a value in [0, 512]"),
+    (CompositeOptions, "feather", 300, "feather: expected a value in [0, 256]"),
+    (CompositeOptions, "composite", 1, "composite: expected true or false"),
     (StructureOptions, "structure_blur", float("nan"), "structure_blur: expected a number"),
 ])
 def test_bad_values_are_refused_naming_the_option(cls, field, value, message):

@@ -16,8 +16,9 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from .composite import dilate_mask, latent_pixels, smooth_mask_frames
 from .errors import VP2PInputError
-from .options import EditOptions
+from .options import SD_VAE_FACTOR, EditOptions
 from .seq_aligner import refinement_mapper, replacement_mapper
 from .text import (MAX_TOKENS, TokenizerLike, check_prompt_length, parse_words, prompt_words,
                    word_token_indices, words_token_indices)
@@ -33,6 +34,8 @@ class BlendSpec:
     target_tokens: list[list[int]]
     threshold: float
     start: float
+    dilation: int = 0  # pixels of the image
+    smoothing: int = 0  # frames on each side of the majority vote over time
 
 
 @dataclass
@@ -141,7 +144,8 @@ def build_edit_plan(tokenizer: TokenizerLike, source_prompt: str, target_prompts
             source_tokens=words_token_indices(source_prompt, src_words, tokenizer, "blend_words (source prompt)"),
             target_tokens=[words_token_indices(t, tgt_words, tokenizer, tgt_what)
                            for t in targets],
-            threshold=options.mask_threshold, start=options.blend_start)
+            threshold=options.mask_threshold, start=options.blend_start, dilation=options.blend_dilation,
+            smoothing=options.blend_smoothing)
     return plan
 
 
@@ -170,9 +174,11 @@ class AttentionController:
     """Applies an EditPlan during one sampling run of ``num_steps`` steps."""
 
     def __init__(self, plan: EditPlan, num_steps: int, num_frames: int, latent_hw: tuple[int, int],
-                 blend_layers: Sequence[str], device=None):
+                 blend_layers: Sequence[str], device=None, vae_factor: int = SD_VAE_FACTOR):
+        """``vae_factor``: image pixels per latent pixel (the VAE's downsampling), for the blend mask's dilation."""
         self.plan, self.num_steps, self.num_frames = plan, num_steps, num_frames
         self.latent_hw = latent_hw
+        self.vae_factor = int(vae_factor)
         self.source_index = 0
         self.target_indices = list(range(1, plan.num_targets + 1))
         self.controlled_clips = plan.num_targets + 1
@@ -246,13 +252,15 @@ class AttentionController:
         blend = self.plan.blend
         if blend is None or step < self.blend_start or self.map_sum is None:
             return latents
-        mask = self.blend_mask(blend.threshold)
+        mask = self.blend_mask(blend.threshold, dilation=blend.dilation, smoothing=blend.smoothing)
         self.last_mask = mask[1:]
         src = latents[:1]
         return src + mask * (latents - src)
 
-    def blend_mask(self, threshold: float) -> torch.Tensor:
-        """[1+n, F, 1, h, w] float: union of the source-word and target-word masks (row 0: source's own)."""
+    def blend_mask(self, threshold: float, dilation: int = 0, smoothing: int = 0) -> torch.Tensor:
+        """[1+n, F, 1, h, w] float: union of the source-word and target-word masks (row 0: source's own), then
+        the majority vote over ``smoothing`` frames on each side, then grown by ``dilation`` image pixels (whole
+        latent pixels, rounded up)."""
         c, f, n, _ = self.map_sum.shape
         hb, wb = self._map_hw(n)
         maps = (self.map_sum * self.blend_words[:, None, None, :]).sum(-1).view(c, f, hb, wb)
@@ -260,8 +268,13 @@ class AttentionController:
         mask = F.interpolate(maps, size=self.latent_hw)
         mask = mask / mask.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
         mask = mask.gt(threshold)
-        mask = mask[:1] | mask
-        return mask.unsqueeze(2).float()
+        mask = mask[:1] | mask  # a triangle that replaces a ball needs both regions
+        mask = mask.unsqueeze(2).float()
+        if smoothing:
+            mask = smooth_mask_frames(mask, smoothing, frame_dim=1)
+        if dilation:
+            mask = dilate_mask(mask, latent_pixels(dilation, self.vae_factor))
+        return mask
 
     def _map_hw(self, n: int) -> tuple[int, int]:
         h, w = self.latent_hw

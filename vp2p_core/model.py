@@ -9,7 +9,7 @@ import torch
 from .errors import VP2PInputError
 from .files import combine_fingerprints, state_fingerprint
 from .inflation import TEMPORAL_PREFIXES, frame_state, inflate_unet
-from .options import SD_LATENT_SCALE, InflationOptions
+from .options import SD_LATENT_SCALE, SD_VAE_FACTOR, InflationOptions
 from .schedule import DDIMConfig
 
 
@@ -30,16 +30,17 @@ class VideoModel:
     delta_fingerprint: str = ""
     frame_attention: str = InflationOptions.frame_attention
     info: dict = field(default_factory=dict)
+    vae_factor: int = SD_VAE_FACTOR  # image pixels per latent pixel (the VAE's downsampling)
 
     @classmethod
     def from_unet(cls, unet, prediction_type: str = "epsilon", latent_scale: float = SD_LATENT_SCALE,
                   frame_attention: str = InflationOptions.frame_attention,
-                  schedule: Optional[DDIMConfig] = None) -> "VideoModel":
+                  schedule: Optional[DDIMConfig] = None, vae_factor: int = SD_VAE_FACTOR) -> "VideoModel":
         sched = schedule or DDIMConfig(prediction_type=prediction_type)
         fp = base_fingerprint(unet)
         inflate_unet(unet, frame_attention)
         return cls(unet=unet, schedule=sched, latent_scale=latent_scale, base_fingerprint=fp,
-                   frame_attention=frame_attention)
+                   frame_attention=frame_attention, vae_factor=int(vae_factor))
 
     @property
     def fingerprint(self) -> str:

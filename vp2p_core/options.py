@@ -1,7 +1,7 @@
 """The settings of every stage, each in one home: name, default, allowed range or choices, tooltip and check.
 
 One frozen dataclass per stage (inflation, tuning, inversion, edit plan, sampling, structure guidance,
-decoding). The node layer builds its widgets (defaults, ranges, tooltips) from these fields, the core
+decoding, compositing). The node layer builds its widgets (defaults, ranges, tooltips) from these fields, the core
 functions take the objects, the small world's command-line flags are the field names with dashes, and a
 cache key is the object's ``cache_key()``. A field's metadata is its ``Setting``; ``Options.__post_init__``
 checks every field against it, so a bad value is refused once, here, with one error text naming it.
@@ -20,6 +20,8 @@ from .errors import VP2PInputError
 
 # Stable Diffusion 1.x/2.x's VAE scaling factor: the latents the UNet sees are the VAE's times this.
 SD_LATENT_SCALE = 0.18215
+# ... and its downsampling: one latent pixel covers 8x8 pixels of the image.
+SD_VAE_FACTOR = 8
 
 
 @dataclass(frozen=True)
@@ -263,6 +265,13 @@ class EditOptions(Options):
     frame_replace_max_tokens: int = option(
         "int", 32 * 32, "Frame self-attention is replaced only in layers with at most this many tokens (memory).",
         min=1, widget=False)
+    blend_dilation: int = option(
+        "int", 0, "Local blend: grow the mask by this many pixels of the image on every side (rounded up to whole "
+        "latent pixels: 8 px in SD), so the edit may reach a little past the words' attention; 0: off.",
+        min=0, max=256, step=1)
+    blend_smoothing: int = option(
+        "int", 0, "Local blend: a frame's mask is the majority vote of itself and this many frames on each side, "
+        "so a frame the attention missed is filled and a one-frame speck is dropped; 0: off.", min=0, max=8, step=1)
 
     def check(self) -> None:
         self.reweight()  # refuses unpaired words and values now, not at sampling
@@ -346,5 +355,24 @@ class DecodeOptions(Options):
                                     min=1, max=256)
 
 
+# --------------------------------------------------------------------------------------------------------
+# compositing
+
+@dataclass(frozen=True)
+class CompositeOptions(Options):
+    """The decoded edit pasted over the source frames through the local-blend mask (``vp2p_core.composite``)."""
+
+    composite: bool = option(
+        "bool", False, "Paste the decoded edit over the source frames through the local-blend mask, so every pixel "
+        "outside the (dilated) mask is the source's own pixel rather than its VAE round trip. Needs local blend.")
+    mask_dilation: int = option(
+        "int", 16, "Grow the blend mask by this many pixels of the image on every side before compositing: room "
+        "for the feather and for an edit a little larger than the mask.", min=0, max=512, step=1)
+    feather: int = option(
+        "int", 8, "Soften the composite's edge over this many pixels inside the dilated mask's border (a linear "
+        "ramp); pixels outside the dilated mask stay the source's exactly. At most mask_dilation keeps the whole "
+        "undilated mask the edit's. 0: a hard edge.", min=0, max=256, step=1)
+
+
 STAGES: Sequence[type] = (InflationOptions, TuneOptions, InversionOptions, EditOptions, SamplerOptions,
-                          StructureOptions, DecodeOptions)
+                          StructureOptions, DecodeOptions, CompositeOptions)

@@ -12,13 +12,14 @@ from typing import Optional, Sequence
 
 import torch
 
+from .composite import composite_frames
 from .control import EditPlan, build_edit_plan
 from .errors import VP2PInputError
 from .host import Host
 from .inversion import Inversion, invert
 from .model import VideoModel
-from .options import (SD_LATENT_SCALE, EditOptions, InflationOptions, InversionOptions, SamplerOptions,
-                      TuneOptions)
+from .options import (SD_LATENT_SCALE, CompositeOptions, EditOptions, InflationOptions, InversionOptions,
+                      SamplerOptions, TuneOptions)
 from .sampling import EditResult, sample_edit
 from .schedule import DDIMConfig
 from .tuning import Delta, one_shot_tune
@@ -69,6 +70,12 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu",
     return FolderModels(tokenizer=tok, text_encoder=te, vae=vae, unet=unet, schedule=sched, latent_scale=scale)
 
 
+def vae_factor(vae) -> int:
+    """Image pixels per latent pixel of a diffusers AutoencoderKL: every encoder block but the last halves the
+    size (SD's four blocks: 8; the small world's three: 4)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 @dataclass
 class Components:
     """Tokenizer, text encoder, VAE and the inflated video model of one SD-style checkpoint."""
@@ -85,7 +92,7 @@ class Components:
         """Load a diffusers-format SD folder offline (see load_folder) and inflate its UNet."""
         m = load_folder(folder, device=device, dtype=dtype)
         model = VideoModel.from_unet(m.unet, latent_scale=m.latent_scale, frame_attention=frame_attention,
-                                     schedule=m.schedule)
+                                     schedule=m.schedule, vae_factor=vae_factor(m.vae))
         return cls(tokenizer=m.tokenizer, text_encoder=m.text_encoder, vae=m.vae, model=model,
                    device=torch.device(device))
 
@@ -102,7 +109,8 @@ class Components:
 
         m = load_single_file(path, prediction_type=prediction_type, dtype=dtype, device=device)
         model = VideoModel.from_unet(m.unet, latent_scale=m.latent_scale, frame_attention=frame_attention,
-                                     schedule=DDIMConfig(prediction_type=m.prediction_type))
+                                     schedule=DDIMConfig(prediction_type=m.prediction_type),
+                                     vae_factor=vae_factor(m.vae))
         if isinstance(tokenizer, (str, Path)):
             tokenizer = load_tokenizer(tokenizer)
         return cls(tokenizer=tokenizer, text_encoder=m.text_encoder, vae=m.vae, model=model,
@@ -149,20 +157,25 @@ class Components:
 
 @dataclass
 class RunResult:
-    edited: torch.Tensor  # frames [n,F,H,W,3]
+    edited: torch.Tensor  # frames [n,F,H,W,3]; composited over the source frames when that was asked for
     source: torch.Tensor  # reconstruction frames [F,H,W,3]
     edit: EditResult
     inversion: Inversion
     delta: Optional[Delta]
     timings: dict
     evaluations: dict
+    decoded: Optional[torch.Tensor] = None  # the decoded edit before compositing [n,F,H,W,3]
+    composited: bool = False
 
 
 def run(components: Components, frames: torch.Tensor, source: str, targets: str | Sequence[str],
         tune: TuneOptions = TuneOptions(), inversion: InversionOptions = InversionOptions(),
         edit: EditOptions = EditOptions(), sampler: SamplerOptions = SamplerOptions(),
-        host: Host = Host()) -> RunResult:
-    """Inflated model -> tune -> invert -> edit -> decode, on one clip (frames [F,H,W,3])."""
+        composite: CompositeOptions = CompositeOptions(), host: Host = Host()) -> RunResult:
+    """Inflated model -> tune -> invert -> edit -> decode (-> composite), on one clip (frames [F,H,W,3]).
+
+    With ``composite.composite`` on and local blend in the edit, the decoded edit is pasted over ``frames``
+    through the blend mask (vp2p_core.composite): outside the dilated mask, the result is the source's pixels."""
     timings, evals = {}, {}
     cm = components
     state = cm.model.state
@@ -185,7 +198,16 @@ def run(components: Components, frames: torch.Tensor, source: str, targets: str 
                                          host=host))
     res = stage("edit", lambda: sample_edit(cm.model, inv, plan, options=sampler, host=host))
     n, f = res.edited.shape[:2]
-    edited = stage("decode", lambda: cm.decode_latents(res.edited.flatten(0, 1)).view(n, f, *frames.shape[1:]))
+    decoded = stage("decode", lambda: cm.decode_latents(res.edited.flatten(0, 1)).view(n, f, *frames.shape[1:]))
+    edited, composited = decoded, False
+    if composite.composite:
+        if res.blend_mask is None:
+            log.warning("composite: the edit has no local-blend mask (no blend_words, or blend_start past the last "
+                        "step); the decoded edit is returned as it is")
+        else:
+            edited = stage("composite", lambda: composite_frames(edited=decoded, source=frames.to(decoded.dtype),
+                                                                 mask=res.blend_mask, options=composite))
+            composited = True
     recon = cm.decode_latents(res.source)
     return RunResult(edited=edited, source=recon, edit=res, inversion=inv, delta=delta, timings=timings,
-                     evaluations=evals)
+                     evaluations=evals, decoded=decoded, composited=composited)

@@ -116,7 +116,7 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
 
     h, w = inversion.x_T.shape[-2:]
     layers = cross_attention_layers(unet)
-    ctrl = AttentionController(plan, T, f, (h, w), blend_layer_names(unet, layers), dev)
+    ctrl = AttentionController(plan, T, f, (h, w), blend_layer_names(unet, layers), dev, vae_factor=model.vae_factor)
     state = frame_state(unet)
     evals0 = state.forward_clips
     x_T = inversion.x_T.to(dev, dtype)

@@ -1,0 +1,176 @@
+"""The local-blend mask (dilation, smoothing over frames, union of source and target words) and compositing the
+decoded edit over the source frames, on hand-made masks."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from vp2p_core import (AttentionController, CompositeOptions, EditOptions, VP2PInputError, build_edit_plan,
+                       composite_frames, composite_mask)
+from vp2p_core.composite import dilate_mask, feather_mask, smooth_mask_frames
+from vp2p_core.pipeline import vae_factor
+from vp2p_world.tiny import ToyTokenizer
+
+F_, H, W = 4, 16, 16
+
+
+def square(size=H, top=5, left=6, side=4, frames=1) -> torch.Tensor:
+    m = torch.zeros(frames, size, size)
+    m[:, top:top + side, left:left + side] = 1
+    return m
+
+
+@pytest.mark.parametrize("d", [0, 1, 3])
+def test_dilation_grows_a_square_by_exactly_d_on_each_side(d):
+    out = dilate_mask(square(), d)
+    assert torch.equal(out, square(top=5 - d, left=6 - d, side=4 + 2 * d))
+    assert torch.equal(dilate_mask(square(), 0), square())
+
+
+def test_dilation_stops_at_the_frame_and_the_feather_stays_inside_the_dilated_region():
+    edge = square(top=0, left=0, side=3)
+    assert torch.equal(dilate_mask(edge, 2), square(top=0, left=0, side=5))
+    grown = dilate_mask(square(), 3)
+    soft = feather_mask(grown, 2)
+    assert torch.equal(soft == 0, grown == 0), "the feather reaches past the dilated mask"
+    assert torch.equal(soft[grown.bool()].min(), torch.tensor(1 / 3))
+    assert soft[square().bool()].eq(1).all(), "feather <= dilation keeps the undilated mask whole"
+    assert torch.equal(feather_mask(grown, 0), grown)
+
+
+def test_temporal_smoothing_fills_a_one_frame_hole_and_drops_a_speck():
+    m = square(frames=5)
+    m[2] = 0  # the attention missed the object on one frame
+    m[3, 0, 0] = 1  # a one-frame speck
+    m[4, 15, 15] = 1  # a speck on the last frame: the last frame stands in for the frame past it
+    out = smooth_mask_frames(m, 1)
+    expected = square(frames=5)
+    expected[4, 15, 15] = 1
+    assert torch.equal(out, expected), "the hole is not filled or the speck not dropped"
+    assert torch.equal(smooth_mask_frames(m, 0), m)
+    clips = torch.stack([m, m])[:, :, None]  # [n, F, 1, h, w]: frames on dim 1
+    assert torch.equal(smooth_mask_frames(clips, 1, frame_dim=1)[1, :, 0], out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# LocalBlend's mask in the controller
+
+def controller(options: EditOptions, factor: int = 8, source="a red ball on grass", target="a blue cube on grass"):
+    """A controller whose summed maps are hand-made: the source word 'ball' attends to a square on the left,
+    the target word 'cube' to a square on the right (8x8 maps on a 16x16 latent)."""
+    tok = ToyTokenizer()
+    plan = build_edit_plan(tok, source, target, options=options)
+    ctrl = AttentionController(plan, num_steps=10, num_frames=F_, latent_hw=(H, W), blend_layers=[],
+                               vae_factor=factor)
+    maps = torch.zeros(2, F_, 8, 8, 77)
+    maps[0, :, 2:4, 1:3, plan.blend.source_tokens] = 1.0
+    maps[1, :, 2:4, 5:7, plan.blend.target_tokens[0]] = 1.0
+    ctrl.map_sum = maps.flatten(2, 3)
+    return ctrl
+
+
+def reference_mask(ctrl) -> torch.Tensor:
+    """The LocalBlend mask as it was before dilation and smoothing existed."""
+    c, f, n, _ = ctrl.map_sum.shape
+    maps = (ctrl.map_sum * ctrl.blend_words[:, None, None, :]).sum(-1).view(c, f, 8, 8)
+    maps = torch.nn.functional.max_pool2d(maps, (3, 3), (1, 1), padding=(1, 1))
+    mask = torch.nn.functional.interpolate(maps, size=(H, W))
+    mask = mask / mask.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+    mask = mask.gt(0.3)
+    return (mask[:1] | mask).unsqueeze(2).float()
+
+
+def blend(ctrl):
+    b = ctrl.plan.blend
+    return ctrl.blend_mask(b.threshold, dilation=b.dilation, smoothing=b.smoothing)
+
+
+def test_blend_mask_defaults_are_the_identity_and_the_union_of_both_words():
+    opts = EditOptions(blend_words="ball", blend_target_words="cube")
+    assert opts.blend_dilation == 0 and opts.blend_smoothing == 0
+    ctrl = controller(opts)
+    mask = blend(ctrl)
+    assert torch.equal(mask, reference_mask(ctrl))
+    # the cube's row covers the ball's region (where the ball must go) and the cube's (where it must appear)
+    assert mask[1, :, 0, 4:8, 2:6].eq(1).all() and mask[1, :, 0, 4:8, 10:14].eq(1).all()
+    assert mask[0, :, 0, :, 10:].eq(0).all(), "the source row is the source words' own mask"
+    # end_step blends with that mask, as before
+    ctrl.cur_step = ctrl.blend_start
+    lat = torch.randn(2, F_, 4, H, W)
+    out = ctrl.end_step(lat)
+    ref = reference_mask(ctrl)
+    assert torch.equal(out, lat[:1] + ref * (lat - lat[:1])) and torch.equal(ctrl.last_mask, ref[1:])
+
+
+@pytest.mark.parametrize("pixels,factor,latent", [(16, 8, 2), (9, 8, 2), (16, 4, 4), (1, 4, 1)])
+def test_blend_dilation_is_in_image_pixels(pixels, factor, latent):
+    opts = EditOptions(blend_words="ball", blend_target_words="cube", blend_dilation=pixels)
+    ctrl = controller(opts, factor=factor)
+    assert torch.equal(blend(ctrl), dilate_mask(reference_mask(ctrl), latent))
+
+
+def test_blend_smoothing_fills_a_frame_the_attention_missed():
+    opts = EditOptions(blend_words="ball", blend_target_words="cube", blend_smoothing=1)
+    ctrl = controller(opts)
+    full = reference_mask(ctrl)
+    ctrl.map_sum.view(2, F_, 8, 8, 77)[:, 1] = 0  # no attention on frame 1
+    assert reference_mask(ctrl)[:, 1].eq(0).all()
+    assert torch.equal(blend(ctrl), full)
+
+
+def test_vae_factor_from_the_vae_config():
+    vae = lambda blocks: SimpleNamespace(config=SimpleNamespace(block_out_channels=blocks))
+    assert vae_factor(vae([128, 256, 512, 512])) == 8  # SD
+    assert vae_factor(vae([16, 32, 64])) == 4  # the small world: 64 px -> 16
+
+
+# ---------------------------------------------------------------------------------------------------------
+# compositing
+
+ON = CompositeOptions(composite=True, mask_dilation=0, feather=0)
+
+
+def clip_pair(n=None, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lead = (F_,) if n is None else (n, F_)
+    edited = torch.rand(*lead, size, size, 3, generator=g)
+    source = torch.rand(F_, size, size, 3, generator=g)
+    mask = torch.zeros(*lead, 1, size // 4, size // 4)  # latent size, factor 4
+    mask[..., 2:5, 3:6] = 1
+    return edited, source, mask
+
+
+@pytest.mark.parametrize("dilation,feather", [(0, 0), (4, 0), (4, 4), (8, 3)])
+def test_composite_keeps_the_source_outside_and_the_edit_inside(dilation, feather):
+    edited, source, mask = clip_pair()
+    options = CompositeOptions(composite=True, mask_dilation=dilation, feather=feather)
+    out = composite_frames(edited=edited, source=source, mask=mask, options=options)
+    alpha = composite_mask(mask, (32, 32), options)
+    inside = torch.zeros(F_, 32, 32, dtype=torch.bool)
+    inside[:, 8:20, 12:24] = True  # the mask's latent pixels 2:5, 3:6 at 4 px each
+    region = dilate_mask(inside, dilation).bool()
+    assert torch.equal(alpha > 0, region)
+    assert torch.equal(out[~region], source[~region]), "a pixel outside the dilated mask is not the source's"
+    assert torch.equal(out[inside], edited[inside]), "a pixel of the mask is not the edit's"
+    ramp = (alpha > 0) & (alpha < 1)
+    assert ramp.any() == (feather > 0)
+
+
+def test_composite_of_several_targets_and_off():
+    edited, source, mask = clip_pair(n=2)
+    mask[1] = 0
+    out = composite_frames(edited=edited, source=source, mask=mask, options=ON)
+    assert out.shape == edited.shape
+    assert torch.equal(out[1], source) and not torch.equal(out[0], source)
+    assert composite_frames(edited=edited, source=source, mask=mask, options=CompositeOptions()) is edited
+
+
+def test_composite_refuses_other_frames_and_masks():
+    """(Options out of range: tests/test_options.py.)"""
+    edited, source, mask = clip_pair()
+    for bad in (source[:-1], source[:, :16, :16], torch.rand(F_, 32, 32)):
+        with pytest.raises(VP2PInputError, match="^source: "):
+            composite_frames(edited=edited, source=bad, mask=mask, options=ON)
+    for bad in (mask[:-1], mask[:, 0], torch.zeros(F_, 1, 5, 5), torch.zeros(F_, 1, 8, 4)):
+        with pytest.raises(VP2PInputError, match="^mask: "):
+            composite_frames(edited=edited, source=source, mask=bad, options=ON)
