@@ -9,8 +9,8 @@ from typing import Any, Optional
 
 import torch
 
-from vp2p_core import (SD_LATENT_SCALE, Delta, EditPlan, InflationOptions, StructureGuidance, StructureOptions,
-                       VideoModel, VP2PInputError)
+from vp2p_core import (SD_LATENT_SCALE, SD_VAE_FACTOR, Delta, EditPlan, InflationOptions, StructureGuidance,
+                       StructureOptions, VideoModel, VP2PInputError)
 from vp2p_core.files import combine_fingerprints
 from vp2p_core.tuning import check_delta
 
@@ -92,7 +92,8 @@ def vp2p_model_from_unet(unet, prediction_type: str = "epsilon", latent_scale: f
                          latent_format: Any = None, info: Optional[dict] = None) -> VP2PModel:
     """Inflate a diffusers UNet2DConditionModel (in place) into a VP2P_MODEL."""
     with torch.inference_mode(False):
-        video = VideoModel.from_unet(unet, prediction_type, latent_scale, frame_attention)
+        # ComfyUI's SD 1.x/2.x VAE downsamples by 8 (the local blend's dilation is in pixels of the image)
+        video = VideoModel.from_unet(unet, prediction_type, latent_scale, frame_attention, vae_factor=SD_VAE_FACTOR)
     return VP2PModel(video=video, patcher=patcher, latent_format=latent_format, info=dict(info or {}))
 
 

@@ -6,6 +6,7 @@ Node functions run under torch.inference_mode(), as ComfyUI runs them.
 """
 from __future__ import annotations
 
+import ast
 import importlib.util
 import asyncio
 import inspect
@@ -19,6 +20,7 @@ import torch
 
 from comfy_nodes import NODE_MAP, latest, run
 from nodes import files as node_files
+from nodes.nodes_composite import BlendMask
 from nodes.nodes_decode import AttentionMaps, DecodeFrames
 from nodes.nodes_edit import AttentionEditController
 from nodes.nodes_files import LoadVP2PDelta, LoadVP2PInversion, SaveVP2PDelta, SaveVP2PInversion
@@ -27,7 +29,8 @@ from nodes.nodes_invert import NullTextVideoInvert
 from nodes.nodes_sample import VideoP2PSampler
 from nodes.nodes_tune import OneShotTune
 from nodes.types import VP2PEdit, VP2PMaps, VP2PModel, vp2p_model_from_unet
-from vp2p_core import SD_LATENT_SCALE, Delta, EditOptions, Inversion, VP2PInputError
+from vp2p_core import (SD_LATENT_SCALE, CompositeOptions, Delta, EditOptions, Inversion, VP2PInputError,
+                       composite_frames, composite_mask)
 from vp2p_world.tiny import ToyTokenizer, tiny_unet, toy_embed
 
 torch.set_num_threads(1)
@@ -162,11 +165,11 @@ def test_node_definition_well_formed(name, cls):
     assert set(required) <= set(spec["required"]), f"{name}: optional inputs need defaults"
 
 
-def test_twelve_nodes_with_their_saved_ids():
+def test_thirteen_nodes_with_their_saved_ids():
     assert sorted(NODE_MAP) == sorted([
         "InflateUNet", "OneShotTune", "NullTextVideoInvert", "AttentionEditController", "VideoP2PSampler",
-        "StructureGuidance", "DecodeFrames", "AttentionMaps", "SaveVP2PDelta", "LoadVP2PDelta", "SaveVP2PInversion",
-        "LoadVP2PInversion"])
+        "StructureGuidance", "DecodeFrames", "AttentionMaps", "BlendMask", "SaveVP2PDelta", "LoadVP2PDelta",
+        "SaveVP2PInversion", "LoadVP2PInversion"])
 
 
 def test_helper_modules_import_without_comfyui():
@@ -317,6 +320,52 @@ def test_sampler_outputs_and_leaves_inputs_unchanged(chain):
     assert tuple(images.shape) == (2 * FRAMES, 128, 128, 3)
     assert vae.chunks == [4, 2]
     assert float(images.min()) >= 0 and float(images.max()) <= 1
+
+
+def comfyui_image_composite_masked():
+    """ComfyUI's ImageCompositeMasked from its source in the ComfyUI tree (its module imports ComfyUI's nodes.py,
+    which our ``nodes`` package shadows here, so only the class and its ``composite`` function are loaded)."""
+    import comfy.utils  # noqa: F401
+    import node_helpers
+
+    path = Path(sys.modules["comfy.utils"].__file__).parents[1] / "comfy_extras" / "nodes_mask.py"
+    tree = ast.parse(path.read_text())
+    keep = [n for n in tree.body if getattr(n, "name", None) in ("composite", "ImageCompositeMasked")]
+    assert len(keep) == 2, f"{path}: composite or ImageCompositeMasked not found"
+    namespace = {"torch": torch, "comfy": sys.modules["comfy"], "node_helpers": node_helpers, "MAX_RESOLUTION": 16384}
+    exec(compile(ast.Module(body=keep, type_ignores=[]), str(path), "exec"), namespace)
+    return namespace["ImageCompositeMasked"]()
+
+
+def test_blend_mask_composites_through_comfyui_image_composite_masked(chain):
+    """BlendMask's per-frame masks at image size into ComfyUI's ImageCompositeMasked (destination = the source
+    frames, source = the decoded edit): the source's pixels where the mask is 0, the edit's where it is 1, as the
+    core's composite_frames makes them."""
+    e = edit(chain.clip, SRC, TGT, blend_words="ball", mask_threshold=0.9)
+    edited, _, maps = sample(chain.tuned, chain.inv, e)
+    images = run(DecodeFrames, vae=FakeVAE(), latent=edited)[0]  # [F,128,128,3]
+    frames = torch.rand(FRAMES, 128, 128, 3, generator=torch.Generator().manual_seed(1))
+    options = CompositeOptions(composite=True, mask_dilation=8, feather=4)
+    mask = run(BlendMask, attention_maps=maps, images=images, mask_dilation=8, feather=4)[0]
+    assert tuple(mask.shape) == (FRAMES, 128, 128)
+    assert torch.equal(mask, composite_mask(maps.blend_mask, (128, 128), options).flatten(0, 1))
+    assert 0 < float(mask.mean()) < 1 and ((mask > 0) & (mask < 1)).any(), "the test needs a mask with a feather"
+    assert [float(m.sum()) for m in mask] != [float(mask[0].sum())] * FRAMES, "the test needs masks per frame"
+    out = comfyui_image_composite_masked().composite(destination=frames, source=images, x=0, y=0,
+                                                    resize_source=False, mask=mask)[0]
+    outside, inside = mask == 0, mask == 1
+    assert torch.equal(out[outside], frames[outside]) and torch.equal(out[inside], images[inside])
+    core = composite_frames(edited=images, source=frames, mask=maps.blend_mask[0], options=options)
+    assert torch.allclose(out, core, atol=1e-6)
+    # the source frames give the same mask; other frame counts or sizes are refused naming images
+    assert torch.equal(run(BlendMask, attention_maps=maps, images=frames, mask_dilation=8, feather=4)[0], mask)
+    for bad, message in [(images[:2], "images: 2 frames, but the edit has 3 frames"),
+                         (torch.rand(FRAMES, 100, 100, 3), "images: a 16x16 mask does not fit frames of 100x100")]:
+        with pytest.raises(VP2PInputError, match=message):
+            run(BlendMask, attention_maps=maps, images=bad)
+    # without local blend the whole frame is the edit
+    plain = sample(chain.tuned, chain.inv, edit(chain.clip, SRC, TGT))[2]
+    assert torch.equal(run(BlendMask, attention_maps=plain, images=images)[0], torch.ones(FRAMES, 128, 128))
 
 
 def test_untuned_model_runs_fast_inversion_and_edit(roots):

@@ -2,7 +2,8 @@
 values are in range, and each UI-format file has an API-format twin that says the same.
 
 Core node signatures are the table below, read off ComfyUI 0.3.64 (nodes.py, comfy_extras/nodes_video.py,
-comfy_extras/nodes_images.py); tests/integration/test_comfyui.py checks the table against a running ComfyUI.
+comfy_extras/nodes_images.py, comfy_extras/nodes_mask.py); tests/integration/test_comfyui.py checks the table
+against a running ComfyUI.
 """
 from __future__ import annotations
 
@@ -45,6 +46,11 @@ CORE_SIGNATURES = {
     "PreviewImage": {"inputs": [("images", "IMAGE", {}, False)], "outputs": []},
     "ControlNetLoader": {"inputs": [("control_net_name", "COMBO", {"choices": FILES}, False)],
                          "outputs": ["CONTROL_NET"]},
+    "ImageCompositeMasked": {"inputs": [("destination", "IMAGE", {}, False), ("source", "IMAGE", {}, False),
+                                        ("x", "INT", {"min": 0, "max": MAX_RES}, False),
+                                        ("y", "INT", {"min": 0, "max": MAX_RES}, False),
+                                        ("resize_source", "BOOLEAN", {}, False), ("mask", "MASK", {}, True)],
+                             "outputs": ["IMAGE"]},
 }
 VIRTUAL = {"Note", "MarkdownNote"}  # frontend-only nodes: never in the API format
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -258,6 +264,40 @@ def test_structure_depth_workflow():
         other = json.loads((WF / "api" / f"{name}.json").read_text())
         s = next(n for n in other.values() if n["class_type"] == "VideoP2PSampler")["inputs"]
         assert s["temporal_guidance"] == 1.0 and "structure" not in s
+
+
+def test_local_blend_workflows_composite_over_the_source_frames():
+    """Every workflow with local blend saves the decoded edit pasted over the clip's frames through BlendMask's
+    mask (ComfyUI's ImageCompositeMasked, at 0, 0): destination = the frames the clip was encoded from (or, with no
+    encoding, the same chain of clip nodes), source = DecodeFrames' images, mask = BlendMask on the sampler's maps."""
+    composited = set()
+    for path in UI_FILES:
+        api = json.loads((WF / "api" / path.name).read_text())
+        edits = [n for n in api.values() if n["class_type"] == "AttentionEditController"]
+        if not any(n["inputs"].get("blend_words") for n in edits):
+            continue
+        where = f"api/{path.name}"
+        video = next(n for n in api.values() if n["class_type"] == "CreateVideo")
+        comp = api[video["inputs"]["images"][0]]
+        assert comp["class_type"] == "ImageCompositeMasked", f"{where}: the saved video is not composited"
+        inp = comp["inputs"]
+        assert (inp["x"], inp["y"], inp["resize_source"]) == (0, 0, False), where
+        decode, mask = api[inp["source"][0]], api[inp["mask"][0]]
+        assert decode["class_type"] == "DecodeFrames" and mask["class_type"] == "BlendMask", where
+        sampler = api[decode["inputs"]["latent"][0]]
+        assert sampler["class_type"] == "VideoP2PSampler" and decode["inputs"]["latent"][1] == 0, where
+        assert mask["inputs"]["attention_maps"] == [decode["inputs"]["latent"][0], 2], where
+        assert mask["inputs"]["images"] == inp["source"], where
+        dest = api[inp["destination"][0]]
+        assert dest["class_type"] == "ImageScale", f"{where}: the destination is not the clip's frames"
+        encode = [n for n in api.values() if n["class_type"] == "VAEEncode"]
+        if encode:
+            assert encode[0]["inputs"]["pixels"] == inp["destination"], f"{where}: not the frames that were edited"
+        loader = api[api[api[dest["inputs"]["image"][0]]["inputs"]["image"][0]]["inputs"]["video"][0]]
+        assert loader["class_type"] == "LoadVideo" and loader["inputs"]["file"] == "rabbit.mp4", where
+        composited.add(path.stem)
+    assert composited >= {"video_p2p_word_swap", "video_p2p_refine_reweight", "video_p2p_reedit",
+                          "vp2p_structure_depth"}
 
 
 def test_files_are_what_the_generator_writes():

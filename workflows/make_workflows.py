@@ -35,6 +35,8 @@ CORE = {
                   "outputs": []},
     "PreviewImage": {"inputs": [("images", "IMAGE")], "outputs": []},
     "ControlNetLoader": {"inputs": [("control_net_name", "W")], "outputs": [("CONTROL_NET", "CONTROL_NET")]},
+    "ImageCompositeMasked": {"inputs": [("destination", "IMAGE"), ("source", "IMAGE"), ("x", "W"), ("y", "W"),
+                                        ("resize_source", "W"), ("mask", "MASK?")], "outputs": [("IMAGE", "IMAGE")]},
 }
 WIDGET_KINDS = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
@@ -80,6 +82,10 @@ class Graph:
         nid = len(self.nodes) + 1
         self.nodes.append({"id": nid, "type": type_, "title": title, "pos": list(pos), "inputs": inputs})
         return nid
+
+    def connect(self, nid: int, name: str, source: tuple[int, int]) -> None:
+        """Link input ``name`` of node ``nid`` to ``source`` (node, output index), replacing its link."""
+        self.nodes[nid - 1]["inputs"][name] = source
 
     def note(self, text: str, pos=(0, 0)) -> None:
         self.nodes.append({"id": len(self.nodes) + 1, "type": "Note", "title": "Read me", "pos": list(pos),
@@ -163,18 +169,23 @@ SOURCE = "a rabbit is jumping on the grass"
 COL = [0, 380, 760, 1140, 1520, 1900]
 
 
-def clip_input(g: Graph, frames: int = 8, size: int = 512):
-    """Checkpoint + video -> first `frames` frames at size x size -> latents."""
-    ckpt = g.add("CheckpointLoaderSimple", pos=(COL[0], 0), ckpt_name="v1-5-pruned-emaonly.safetensors")
+def clip_frames(g: Graph, frames: int = 8, size: int = 512) -> int:
+    """Video -> its first `frames` frames at size x size (the ImageScale node)."""
     video = g.add("LoadVideo", "Load the source clip (put it in ComfyUI/input)", pos=(COL[0], 220),
                   file="rabbit.mp4")
     parts = g.add("GetVideoComponents", pos=(COL[0], 600), video=(video, 0))
     first = g.add("ImageFromBatch", "First 8 frames", pos=(COL[1], 220), image=(parts, 0), batch_index=0,
                   length=frames)
-    scaled = g.add("ImageScale", "Resize to 512x512", pos=(COL[1], 420), image=(first, 0),
-                   upscale_method="lanczos", width=size, height=size, crop="center")
+    return g.add("ImageScale", "Resize to 512x512", pos=(COL[1], 420), image=(first, 0),
+                 upscale_method="lanczos", width=size, height=size, crop="center")
+
+
+def clip_input(g: Graph, frames: int = 8, size: int = 512):
+    """Checkpoint + video -> first `frames` frames at size x size -> latents; also returns the frames."""
+    ckpt = g.add("CheckpointLoaderSimple", pos=(COL[0], 0), ckpt_name="v1-5-pruned-emaonly.safetensors")
+    scaled = clip_frames(g, frames, size)
     latent = g.add("VAEEncode", pos=(COL[1], 640), pixels=(scaled, 0), vae=(ckpt, 2))
-    return ckpt, latent
+    return ckpt, latent, scaled
 
 
 def tune_and_invert(g: Graph, ckpt: int, latent: int):
@@ -206,7 +217,19 @@ def sample_and_save(g: Graph, ckpt: int, tuned: int, inv: int, edit: int, prefix
           codec="auto")
     maps = g.add("AttentionMaps", pos=(COL[4], 440), attention_maps=(sampler, 2))
     g.add("PreviewImage", "Per-word attention (rows: source, target)", pos=(COL[5], 560), images=(maps, 0))
-    return sampler
+    return sampler, frames, video
+
+
+def composite(g: Graph, sampler: int, frames: int, video: int, source_frames: int) -> int:
+    """The decoded edit over the source frames through the local-blend mask, into the saved video: outside the
+    (dilated) mask the video has the clip's own pixels, not their VAE round trip. Added after every other node,
+    so the nodes of workflows saved before keep their ids."""
+    mask = g.add("BlendMask", "Local-blend mask at the frames' size", pos=(COL[4], 660),
+                 attention_maps=(sampler, 2), images=(frames, 0))
+    comp = g.add("ImageCompositeMasked", "Edit over the source frames", pos=(COL[4], 880),
+                 destination=(source_frames, 0), source=(frames, 0), x=0, y=0, resize_source=False, mask=(mask, 0))
+    g.connect(video, "images", (comp, 0))
+    return comp
 
 
 def word_swap() -> Graph:
@@ -215,16 +238,19 @@ def word_swap() -> Graph:
            "1. Put an SD 1.5 checkpoint in models/checkpoints and your clip in input/ (8 frames are used).\n"
            "2. Queue. Tuning (500 steps) and null-text inversion take most of the time; both are cached in "
            "models/vp2p/vp2p_cache, and ComfyUI re-runs only the edit when you change the target prompt.\n"
-           "3. The tuned delta and the inversion are also saved to output/vp2p/ for the re-edit workflow.\n\n"
+           "3. The tuned delta and the inversion are also saved to output/vp2p/ for the re-edit workflow.\n"
+           "4. Blend Mask and Image Composite Masked paste the edit over the clip's frames: outside the local-blend "
+           "mask (grown by mask_dilation, softened by feather) the video keeps the clip's own pixels.\n\n"
            "Blend words must be words of the prompts; the Attention Maps preview shows each word's region.",
            pos=(COL[0], -300))
-    ckpt, latent = clip_input(g)
+    ckpt, latent, scaled = clip_input(g)
     tuned, inv = tune_and_invert(g, ckpt, latent)
     edit = edit_node(g, ckpt, "a cat is jumping on the grass", "replace", "rabbit", "cat")
-    sample_and_save(g, ckpt, tuned, inv, edit, "vp2p_word_swap", latent)
+    outputs = sample_and_save(g, ckpt, tuned, inv, edit, "vp2p_word_swap", latent)
     g.add("SaveVP2PDelta", pos=(COL[3], 520), vp2p_model=(tuned, 0), filename="vp2p/rabbit.delta.safetensors")
     g.add("SaveVP2PInversion", pos=(COL[3], 660), inversion=(inv, 0),
           filename="vp2p/rabbit.inversion.safetensors")
+    composite(g, *outputs, scaled)
     return g
 
 
@@ -233,13 +259,14 @@ def refine_reweight() -> Graph:
     g.note("Video-P2P refinement with reweighting: 'a rabbit' -> 'an origami rabbit', the word 'origami' "
            "weighted x2.\n\nRefine aligns the prompts token by token, so words can be added; reweight_words / "
            "reweight_values scale a word's attention (below 1 weakens it). Local blend on 'rabbit' keeps the "
-           "background.\nWith the same clip and settings as the word-swap workflow, tuning and inversion load "
-           "from the cache.", pos=(COL[0], -300))
-    ckpt, latent = clip_input(g)
+           "background, and the edit is pasted over the clip's frames through its mask (Blend Mask, Image "
+           "Composite Masked).\nWith the same clip and settings as the word-swap workflow, tuning and inversion "
+           "load from the cache.", pos=(COL[0], -300))
+    ckpt, latent, scaled = clip_input(g)
     tuned, inv = tune_and_invert(g, ckpt, latent)
     edit = edit_node(g, ckpt, "an origami rabbit is jumping on the grass", "refine", "rabbit", "rabbit",
                      "origami", "2")
-    sample_and_save(g, ckpt, tuned, inv, edit, "vp2p_refine", latent)
+    composite(g, *sample_and_save(g, ckpt, tuned, inv, edit, "vp2p_refine", latent), scaled)
     return g
 
 
@@ -247,14 +274,16 @@ def reedit() -> Graph:
     g = Graph("Video-P2P re-edit from a saved delta and inversion")
     g.note("Re-edit without tuning or inverting again: loads the delta and the inversion the word-swap "
            "workflow saved to output/vp2p/. Use the same checkpoint (and LoRAs): a file made for another "
-           "model, or for a clip of another length, is refused.", pos=(COL[0], -300))
+           "model, or for a clip of another length, is refused. The clip itself is loaded too: its frames are "
+           "kept outside the edit's local-blend mask.", pos=(COL[0], -300))
     ckpt = g.add("CheckpointLoaderSimple", pos=(COL[0], 0), ckpt_name="v1-5-pruned-emaonly.safetensors")
     vm = g.add("InflateUNet", pos=(COL[1], 0), model=(ckpt, 0))
     tuned = g.add("LoadVP2PDelta", pos=(COL[2], 0), vp2p_model=(vm, 0), filename="vp2p/rabbit.delta.safetensors")
     inv = g.add("LoadVP2PInversion", pos=(COL[2], 200), vp2p_model=(tuned, 0),
                 filename="vp2p/rabbit.inversion.safetensors")
     edit = edit_node(g, ckpt, "a tiger is jumping on the grass", "replace", "rabbit", "tiger")
-    sample_and_save(g, ckpt, tuned, inv, edit, "vp2p_reedit", None)
+    outputs = sample_and_save(g, ckpt, tuned, inv, edit, "vp2p_reedit", None)
+    composite(g, *outputs, clip_frames(g))  # the clip's frames, for the pixels outside the edit
     return g
 
 
@@ -270,9 +299,10 @@ def structure_depth() -> Graph:
            "the fox may change shape. The structure preview shows what the ControlNet sees.\n"
            "3. temporal_guidance (Gen-1's w_t) 1.5 smooths flicker between frames at one extra UNet pass per step; "
            "1 turns it off.\n"
-           "Tuning and inversion are the same as in the word-swap workflow and load from its cache.",
+           "Tuning and inversion are the same as in the word-swap workflow and load from its cache; the edit is "
+           "pasted over the clip's frames through its local-blend mask.",
            pos=(COL[0], -300))
-    ckpt, latent = clip_input(g)
+    ckpt, latent, scaled = clip_input(g)
     depth_video = g.add("LoadVideo", "Load the depth clip (white = near)", pos=(COL[0], 820), file="rabbit_depth.mp4")
     depth_parts = g.add("GetVideoComponents", pos=(COL[0], 1200), video=(depth_video, 0))
     depth_first = g.add("ImageFromBatch", "First 8 depth frames", pos=(COL[1], 820), image=(depth_parts, 0),
@@ -285,8 +315,9 @@ def structure_depth() -> Graph:
     g.add("PreviewImage", "Structure as the ControlNet sees it", pos=(COL[3], 820), images=(structure, 1))
     tuned, inv = tune_and_invert(g, ckpt, latent)
     edit = edit_node(g, ckpt, "a fox is jumping on the grass", "replace", "rabbit", "fox")
-    sample_and_save(g, ckpt, tuned, inv, edit, "vp2p_structure_depth", latent, temporal_guidance=1.5,
-                    structure=structure)
+    outputs = sample_and_save(g, ckpt, tuned, inv, edit, "vp2p_structure_depth", latent, temporal_guidance=1.5,
+                              structure=structure)
+    composite(g, *outputs, scaled)
     return g
 
 

@@ -1,0 +1,62 @@
+"""Blend Mask: the edit's local-blend mask at image size, to composite the decoded edit over the source frames.
+
+The compositing itself is ComfyUI's Image Composite Masked (destination = the source frames, source = Decode
+Frames' images, mask = this node's mask, x = y = 0): with a mask of one frame per image it blends frame by
+frame, and where the mask is 0 it keeps the destination's pixel exactly (0 * edit + 1 * source). It pairs the
+batches one to one; with several target prompts, repeat the source frames once per target (Repeat Image
+Batch) so each target's frames meet the clip's.
+"""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from vp2p_core import CompositeOptions, VP2PInputError, composite_mask
+
+from .schema import CATEGORY, VP2PMapsIO, widgets
+from .types import VP2PMaps
+
+COMPOSITE_WIDGETS = ["mask_dilation", "feather"]
+
+
+class BlendMask(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="BlendMask",
+            display_name="Blend Mask (Video-P2P)",
+            category=CATEGORY,
+            description="The edit's local-blend mask per frame at the frames' size, dilated and feathered, for Image "
+                        "Composite Masked: the decoded edit over the source frames, so every pixel outside the mask "
+                        "is the source's own (the VAE's round trip changes them otherwise).",
+            inputs=[
+                VP2PMapsIO.Input("attention_maps", tooltip="The attention_maps output of VideoP2PSampler."),
+                io.Image.Input("images", tooltip="The frames the mask is for (DecodeFrames' images, or the source "
+                                                 "frames): they set its size, a whole multiple of the latent size."),
+                *widgets(CompositeOptions, COMPOSITE_WIDGETS),
+            ],
+            outputs=[io.Mask.Output("mask", display_name="mask",
+                                    tooltip="One mask per edited frame (all frames of target 1, then target 2, ...) "
+                                            "at the frames' size: 1 = the edit, 0 = the source, between = the "
+                                            "feather. All ones without local blend (the whole frame is the edit).")],
+        )
+
+    @classmethod
+    def execute(cls, attention_maps: VP2PMaps, images, **widget_values) -> io.NodeOutput:
+        options = CompositeOptions.from_values(widget_values)
+        if not isinstance(attention_maps, VP2PMaps):
+            raise VP2PInputError("attention_maps: expected the attention_maps output of VideoP2PSampler")
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise VP2PInputError(f"images: expected frames [frames, height, width, channels], got {shape}")
+        size = tuple(images.shape[1:3])
+        mask = attention_maps.blend_mask  # [n, F, 1, h, w] at latent size, or None without local blend
+        if mask is None:
+            return io.NodeOutput(torch.ones(images.shape[0], *size))
+        n, f = mask.shape[:2]
+        if images.shape[0] not in (f, n * f):
+            raise VP2PInputError(f"images: {images.shape[0]} frames, but the edit has {f} frames"
+                                 + (f" for each of {n} targets" if n > 1 else "")
+                                 + "; expected the decoded edit or the clip's frames")
+        alpha = composite_mask(mask, size, options, what="images")
+        return io.NodeOutput(alpha.flatten(0, 1).float().cpu())
