@@ -20,8 +20,11 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     for f in ("edit.gif", "side_by_side.png", "reconstruction.gif"):
         assert (tmp_path / f).stat().st_size > 0
     figures = report["figures"]
-    for key in ("inversion_psnr", "background_psnr", "psnr_to_truth", "object_colour_accuracy", "structure_iou"):
+    for key in ("inversion_psnr", "background_psnr", "background_psnr_decoded", "psnr_to_truth",
+                "object_colour_accuracy", "structure_iou"):
         assert key in figures
+    # composited by default: the background outside the blend mask is the source's own
+    assert figures["background_psnr"] >= figures["background_psnr_decoded"]
     assert report["unet_evaluations"]["edit"] == 4 * 3  # source cond + target cond/uncond per step
 
 
@@ -39,6 +42,7 @@ def test_demo_reports_bad_prompts_clearly(tmp_path, capsys):
     (["--steps", "0"], "--steps: expected a value in [1, 1000], got 0"),
     (["--tune-steps", "-1"], "--tune-steps: expected a value in [0, 10000], got -1"),
     (["--mask-threshold", "2"], "--mask-threshold: expected a value in [0.01, 0.99]"),
+    (["--feather", "-1"], "--feather: expected a value in [0, 256], got -1"),
     (["--clip", "nothere.gif"], "--clip: nothere.gif does not exist"),
     (["--clip", "red blob"], "unknown words 'blob'"),
     (["--reweight-words", "blue"], "--reweight-values: give a value"),

@@ -203,23 +203,35 @@ def test_shipped_model_word_maps_mark_the_object(model):
 def test_shipped_model_word_swap_recolours_the_object_and_keeps_the_clip():
     """The demo's edit in small: red -> blue ball with local blend changes the ball's colour, keeps where it is
     and keeps the grass (no tuning, few steps, so the figures sit below the demo's)."""
-    from vp2p_core import EditOptions, InversionOptions, TuneOptions
+    from vp2p_core import CompositeOptions, EditOptions, InversionOptions, TuneOptions, composite_mask
     from vp2p_core.pipeline import Components, run
     from vp2p_world import metrics
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     comps = Components.from_folder(WEIGHTS)
+    assert comps.model.vae_factor == 4  # 64 px frames, 16 px latents
     clip = render(Scene(colour="red", shape="ball", background="green grass", path="bounce", frames=4))
     truth = render(Scene(colour="blue", shape="ball", background="green grass", path="bounce", frames=4))
+    composite = CompositeOptions(composite=True, mask_dilation=2, feather=2)
     res = run(comps, clip.frames, clip.caption, clip.caption.replace("red", "blue"), tune=TuneOptions(steps=0),
               inversion=InversionOptions(mode="fast", steps=12),
-              edit=EditOptions(blend_words="ball", self_replace_on="both"))
-    edited = res.edited[0]
-    assert metrics.object_hue_accuracy(edited, truth.masks, "blue") >= 0.75
-    assert metrics.mask_iou(metrics.segment_object(edited, truth), clip.masks) > 0.8  # 0.92; 0.10 temporal-only
-    assert metrics.background_psnr(edited, clip.frames, clip.masks | truth.masks) > 22  # 25.3 dB
+              edit=EditOptions(blend_words="ball", self_replace_on="both"), composite=composite)
+    decoded, edited = res.decoded[0], res.edited[0]
+    assert metrics.object_hue_accuracy(decoded, truth.masks, "blue") >= 0.75
+    assert metrics.mask_iou(metrics.segment_object(decoded, truth), clip.masks) > 0.8  # 0.92; 0.10 temporal-only
+    background = clip.masks | truth.masks
+    assert metrics.background_psnr(decoded, clip.frames, background) > 22  # 25.3 dB
     mask = res.edit.blend_mask
     assert mask is not None and 0.05 < mask.float().mean() < 0.6  # 0.43: the ball, not the frame (1.0 before)
+    # composited: the source's own pixels outside the dilated mask, the decoded edit's inside the mask
+    assert res.composited
+    alpha = composite_mask(mask[0], clip.frames.shape[1:3], composite)
+    outside, inside = alpha == 0, alpha == 1
+    assert outside.any() and torch.equal(edited[outside], clip.frames[outside])
+    assert torch.equal(edited[inside], decoded[inside])
+    assert metrics.object_hue_accuracy(edited, truth.masks, "blue") >= 0.75
+    assert metrics.background_psnr(edited, clip.frames, background) > \
+        metrics.background_psnr(decoded, clip.frames, background)
 
 
 @needs_model

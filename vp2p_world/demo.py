@@ -5,7 +5,9 @@
     python -m vp2p_world.demo --model path/to/sd15-folder --clip frames_dir --source-prompt ... --target-prompts ...
 
 Writes the edited clip (GIF), a side-by-side PNG (source | reconstruction | edit | blend-word attention)
-and prints the quality figures measured against the rendered ground truth of the edit.
+and prints the quality figures measured against the rendered ground truth of the edit. The edit is pasted over
+the source frames through its local-blend mask (--no-composite: the decoded edit as it is), so the figures
+include the background PSNR before compositing too.
 """
 from __future__ import annotations
 
@@ -135,8 +137,9 @@ def save_outputs(out: Path, source, recon, edited, attn, fps: int = 8) -> dict:
     return {"gif": str(gif), "png": str(png)}
 
 
-def quality(source, recon, edited, clip, truth) -> dict:
-    """Figures against the rendered truth; only inversion PSNR for a clip that was not rendered."""
+def quality(source, recon, edited, clip, truth, decoded=None) -> dict:
+    """Figures against the rendered truth; only inversion PSNR for a clip that was not rendered. ``decoded``: the
+    edit before compositing, when ``edited`` is composited (its background PSNR is reported beside)."""
     from . import metrics
 
     q = {"inversion_psnr": metrics.psnr(recon, source)}
@@ -145,6 +148,8 @@ def quality(source, recon, edited, clip, truth) -> dict:
     masks = clip.masks | truth.masks if truth is not None else clip.masks
     if truth is None or truth.scene.background == clip.scene.background:  # kept background: compare with the source
         q["background_psnr"] = metrics.background_psnr(edited, source, masks)
+        if decoded is not None:
+            q["background_psnr_decoded"] = metrics.background_psnr(decoded, source, masks)
     ref = truth if truth is not None else clip
     if truth is not None:
         q["psnr_to_truth"] = metrics.psnr(edited, truth.frames)
@@ -162,7 +167,7 @@ def fail(parser: argparse.ArgumentParser, message: str):
 
 def parse_args(argv):
     """Every flag, checked before any work starts: bad input exits with code 2 and names the flag."""
-    from vp2p_core import EditOptions, InversionOptions, SamplerOptions, TuneOptions
+    from vp2p_core import CompositeOptions, EditOptions, InversionOptions, SamplerOptions, TuneOptions
 
     from .settings import add_option_flags
 
@@ -178,6 +183,7 @@ def parse_args(argv):
     add_option_flags(p, InversionOptions)
     add_option_flags(p, EditOptions, defaults={"blend_words": None})
     add_option_flags(p, SamplerOptions, skip=("guidance",))  # one --guidance for the inversion and the sampler
+    add_option_flags(p, CompositeOptions)
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -197,7 +203,8 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    from vp2p_core import EditOptions, Host, InversionOptions, SamplerOptions, TuneOptions, VP2PInputError
+    from vp2p_core import (CompositeOptions, EditOptions, Host, InversionOptions, SamplerOptions, TuneOptions,
+                           VP2PInputError)
     from vp2p_core.pipeline import Components, run
 
     from .settings import options_from_args
@@ -222,6 +229,8 @@ def main(argv=None) -> int:
             raise VP2PInputError(f"--target-prompts: the edited prompt is the source prompt {source!r}; give the edit")
         blend = a.blend_words if a.blend_words is not None else (scene.shape if scene is not None else "")
         edit = options_from_args(a, EditOptions, blend_words=blend)
+        no_mask = {} if edit.blend_words.strip() else {"composite": False}  # no blend words: no mask to composite
+        composite = options_from_args(a, CompositeOptions, **no_mask)
     except VP2PInputError as e:
         fail(p, str(e))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -242,7 +251,7 @@ def main(argv=None) -> int:
         inversion_bar = "DDIM + null-text inversion" if inversion.mode == "null_text" else "DDIM inversion"
         bar = BarProgress((["tune"] if tune.steps else []) + [inversion_bar, "edit"])  # one bar per stage
         res = run(comps, frames, source, target, tune=tune, inversion=inversion, edit=edit, sampler=sampler,
-                  host=Host(progress=bar))
+                  composite=composite, host=Host(progress=bar))
         bar.close()
     except VP2PInputError as e:
         fail(p, str(e))
@@ -256,7 +265,8 @@ def main(argv=None) -> int:
             attn = attention_strip(res.edit.attention_maps[1], ids, a.resolution)
     files = save_outputs(Path(a.out), frames, res.source, res.edited[0], attn)
     truth = ground_truth(scene, source, target)
-    figures = quality(frames, res.source, res.edited[0], clip, truth)
+    figures = quality(frames, res.source, res.edited[0], clip, truth,
+                      decoded=res.decoded[0] if res.composited else None)
     report = {"source": source, "target": target, "mode": res.edit.stats, "figures": figures,
               "seconds": {k: round(v, 2) for k, v in res.timings.items()} | {"total": round(time.perf_counter() - t0, 1)},
               "unet_evaluations": res.evaluations, "files": files}
