@@ -5,14 +5,22 @@
 
 Methods: per-frame image P2P (no inflation effect, no tuning: every frame its own
 image, its own null-text inversion), Tune-A-Video (inflate + tune + DDIM inversion + target prompt, no
-attention control), Video-P2P with null-text, fast and negative-prompt inversion. Each clip is tuned
-once; Tune-A-Video and the three Video-P2P variants share that delta.
+attention control), Video-P2P with null-text, fast and negative-prompt inversion, and Video-P2P null-text and
+fast with the decoded edit composited over the source frames through the local-blend mask (``+composite``:
+vp2p_core.composite with the small world's CompositeOptions defaults; edits without blend words, the background
+cases, stay as decoded). Each clip is tuned once; Tune-A-Video and the Video-P2P variants share that delta.
+
+The suite: the first 12 cases are the original still-world ones (kept as they were so older figures compare);
+the cases after them edit clips that move (camera pan / zoom, lighting drift / flicker, a growing object, an
+occluder, a textured background) and still clips at twice the frame count (16 with the default ``--frames 8``).
+No refinement case (a word added, "a red striped ball"): the renderer has no object pattern to render its truth.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -23,18 +31,32 @@ from typing import Optional
 
 import torch
 
-from vp2p_core import (EditOptions, InversionOptions, SamplerOptions, TuneOptions, invert, one_shot_tune, sample_edit,
+from vp2p_core import (CompositeOptions, EditOptions, InversionOptions, SamplerOptions, TuneOptions, invert, one_shot_tune, sample_edit,
                        trained_weights)
+from vp2p_core.composite import composite_frames, upsample_mask
 from vp2p_core.errors import VP2PInputError
 from vp2p_core.pipeline import Components
 
 from . import metrics
 from .render import Scene, render
-from .settings import add_option_flags, options_from_args
+from .settings import add_option_flags, options_from_args, world_options
 
 log = logging.getLogger("vp2p_world.benchmark")
 WEIGHTS = Path(__file__).resolve().parent / "weights"
-METHODS = ("p2p_per_frame", "tune_a_video", "videop2p_null_text", "videop2p_fast", "videop2p_negative_prompt")
+METHODS = ("p2p_per_frame", "tune_a_video", "videop2p_null_text", "videop2p_fast", "videop2p_negative_prompt",
+           "videop2p_null_text+composite", "videop2p_fast+composite")
+COMPOSITE = "+composite"
+# per-row figures: key -> (summary / per-case header, format)
+COLUMNS = {"accuracy": ("edit accuracy", ".2f"), "psnr_truth": ("PSNR to truth", ".2f"),
+           "bg_psnr": ("background PSNR", ".2f"), "iou": ("structure IoU", ".3f"),
+           "mask_iou": ("mask IoU", ".3f"), "mask_iou_worst": ("mask IoU worst frame", ".3f"),
+           "warp_error": ("warp error", ".4f"), "flicker_object": ("object flicker", ".4f"),
+           "flicker_background": ("background flicker", ".4f"),
+           "tc_object": ("object colour change", ".4f"), "tc_background": ("background change", ".4f"),
+           "recon_psnr": ("inversion PSNR", ".2f"), "seconds": ("seconds", ".1f"),
+           "evaluations": ("UNet evaluations", ".0f")}
+CASE_COLUMNS = ("accuracy", "psnr_truth", "bg_psnr", "iou", "mask_iou", "mask_iou_worst", "warp_error",
+                "flicker_object", "flicker_background", "tc_object", "tc_background", "recon_psnr")
 
 
 @dataclass
@@ -51,8 +73,20 @@ class Case:
     def target_scene(self) -> Scene:
         return self.scene.replace(**self.change)
 
+    @property
+    def moving(self) -> bool:
+        """Whether anything but the object's path moves or changes: camera, light, growth, occluder, texture."""
+        sc = self.scene
+        return not sc.still or sc.growth != 1.0 or sc.texture
+
 
 def suite(frames: int = 8) -> list[Case]:
+    """The original 12 still cases at ``frames`` frames, then the moving ones and longer still ones (some at
+    ``2 * frames``)."""
+    return original_cases(frames) + world_cases(frames)
+
+
+def original_cases(frames: int = 8) -> list[Case]:
     S = lambda **kw: Scene(frames=frames, **kw)
     return [
         Case("red->blue ball", "colour", S(colour="red", shape="ball", background="green grass", path="bounce", seed=1),
@@ -83,6 +117,56 @@ def suite(frames: int = 8) -> list[Case]:
     ]
 
 
+def world_cases(frames: int = 8) -> list[Case]:
+    """Edits in a world that moves (and still clips at twice the frames): each kind of edit under camera pan /
+    zoom, lighting drift / flicker, growth, an occluder and a textured background, at ``frames`` and
+    ``2 * frames``."""
+    S = lambda **kw: Scene(frames=frames, **kw)
+    L = lambda **kw: Scene(frames=2 * frames, **kw)
+    return [
+        Case("red->blue ball, pan", "colour", S(colour="red", shape="ball", background="green grass", path="bounce",
+                                                 camera="pan", seed=13), {"colour": "blue"}, blend="ball"),
+        Case("yellow->purple square, zoom, long", "colour",
+             L(colour="yellow", shape="square", background="sand", path="slide", camera="zoom", seed=14),
+             {"colour": "purple"}, blend="square"),
+        Case("green->red triangle, light drift", "colour",
+             S(colour="green", shape="triangle", background="snow", path="circle", lighting="drift", seed=15),
+             {"colour": "red"}, blend="triangle"),
+        Case("blue->yellow star, flicker, long", "colour",
+             L(colour="blue", shape="star", background="gray road", path="bounce", lighting="flicker", seed=16),
+             {"colour": "yellow"}, blend="star"),
+        Case("red->blue ball, still, long", "colour",
+             L(colour="red", shape="ball", background="water", path="slide", seed=17), {"colour": "blue"},
+             blend="ball"),
+        Case("ball->square, growing", "shape",
+             S(colour="red", shape="ball", background="sand", path="slide", size=0.18, growth=1.5, seed=18),
+             {"shape": "square"}, blend="ball", blend_target="square"),
+        Case("square->triangle, occluder, long", "shape",
+             L(colour="blue", shape="square", background="green grass", path="circle", occluder=True, seed=19),
+             {"shape": "triangle"}, blend="square", blend_target="triangle"),
+        Case("triangle->ball, pan+zoom", "shape",
+             S(colour="yellow", shape="triangle", background="water", path="bounce", camera="pan+zoom", seed=20),
+             {"shape": "ball"}, blend="triangle", blend_target="ball"),
+        Case("grass->sand, texture, pan", "background",
+             S(colour="red", shape="ball", background="green grass", path="slide", texture=True, camera="pan",
+               seed=21), {"background": "sand"}),
+        Case("sand->snow, zoom, light drift, long", "background",
+             L(colour="blue", shape="square", background="sand", path="bounce", camera="zoom", lighting="drift",
+               seed=22), {"background": "snow"}),
+        Case("water->gray road, still, long", "background",
+             L(colour="purple", shape="ball", background="water", path="circle", seed=23), {"background": "gray road"}),
+        Case("red->purple ball, purple x2, occluder, pan, long", "reweight",
+             L(colour="red", shape="ball", background="snow", path="bounce", occluder=True, camera="pan", seed=24),
+             {"colour": "purple"}, blend="ball", reweight={"purple": 2.0}),
+        Case("green->blue square, blue x2, growing, texture", "reweight",
+             S(colour="green", shape="square", background="gray road", path="slide", growth=1.4, texture=True,
+               seed=25), {"colour": "blue"}, blend="square", reweight={"blue": 2.0}),
+        Case("purple->green ball, all motion, long", "colour",
+             L(colour="purple", shape="ball", background="green grass", path="circle", camera="pan+zoom",
+               lighting="flicker", growth=1.3, occluder=True, texture=True, seed=26), {"colour": "green"}, blend="ball"),
+    ]
+
+
 def edit_accuracy(case: Case, edited: torch.Tensor, truth) -> float:
     """Share of frames where the edited attribute is right (hue / shape / background colour)."""
     ts = case.target_scene
@@ -93,7 +177,21 @@ def edit_accuracy(case: Case, edited: torch.Tensor, truth) -> float:
     return metrics.background_accuracy(edited, truth.masks, ts.background, case.scene.background)
 
 
-def measure(case: Case, source_clip, edited: torch.Tensor, recon: torch.Tensor) -> dict:
+def blend_mask_iou(blend_mask: Optional[torch.Tensor], object_masks: torch.Tensor) -> tuple[float, float]:
+    """The LocalBlend mask ([F,1,h,w] at latent size, or None) upsampled to frame size against the true object
+    region ([F,H,W] bool: the source's and the target's object masks together): (mean IoU over frames, worst
+    frame's IoU). nan, nan without a mask (no blend words, or no attention control)."""
+    if blend_mask is None:
+        return float("nan"), float("nan")
+    m = upsample_mask(blend_mask[:, 0].gt(0.5), object_masks.shape[-2:], "blend mask").bool()
+    ious = [metrics.mask_iou(m[i], object_masks[i]) for i in range(object_masks.shape[0])]
+    return sum(ious) / len(ious), min(ious)
+
+
+def measure(case: Case, source_clip, edited: torch.Tensor, recon: torch.Tensor,
+            blend_mask: Optional[torch.Tensor] = None) -> dict:
+    """The row's figures for one edit: ``edited`` and ``recon`` frames [F,H,W,3]; ``blend_mask`` the edit's
+    LocalBlend mask [F,1,h,w] (None: no mask, its columns nan)."""
     truth = render(case.target_scene)
     obj_masks = source_clip.masks | truth.masks
     row = {
@@ -104,6 +202,10 @@ def measure(case: Case, source_clip, edited: torch.Tensor, recon: torch.Tensor) 
         "iou": metrics.mask_iou(metrics.segment_object(edited, truth), source_clip.masks),
         "recon_psnr": metrics.psnr(recon, source_clip.frames),
     }
+    row["mask_iou"], row["mask_iou_worst"] = blend_mask_iou(blend_mask, obj_masks)
+    row["warp_error"] = metrics.normalised_warp_error(edited, truth)
+    fl = metrics.flicker(edited, truth)
+    row["flicker_object"], row["flicker_background"] = fl["object"], fl["background"]
     tc = metrics.temporal_consistency(edited, truth.masks)
     row["tc_object"], row["tc_background"] = tc["object"], tc["background"]
     return row
@@ -117,10 +219,14 @@ def case_edit(case: Case, edit: EditOptions) -> EditOptions:
 
 
 def run_case(comps: Components, case: Case, method: str, delta, latents, inversion: InversionOptions,
-             edit: EditOptions, sampler: SamplerOptions) -> dict:
+             edit: EditOptions, sampler: SamplerOptions, frames: Optional[torch.Tensor] = None,
+             composite: Optional[CompositeOptions] = None) -> dict:
     """One method on one case. Tune-A-Video has no attention control; every method inverts with ``inversion``'s
-    steps and guidance (null-text settings where it inverts with null-text)."""
+    steps and guidance (null-text settings where it inverts with null-text). A ``+composite`` method pastes the
+    decoded edit over ``frames`` (the source frames the latents were encoded from; default the clean render)
+    through its blend mask with ``composite`` (default the small world's CompositeOptions)."""
     model = comps.model
+    method, composited = (method[:-len(COMPOSITE)], True) if method.endswith(COMPOSITE) else (method, False)
     src = render(case.scene)
     source_prompt = src.caption
     target_prompt = render(case.target_scene).caption
@@ -128,8 +234,9 @@ def run_case(comps: Components, case: Case, method: str, delta, latents, inversi
     plan = comps.plan(source_prompt, target_prompt, options=edit)
     state = model.state
     e0, t0 = state.forward_clips, time.perf_counter()
+    blend_mask = None
     if method == "p2p_per_frame":
-        edited, recon = [], []
+        edited, recon, masks = [], [], []
         with trained_weights(model, None):
             for j in range(latents.shape[0]):
                 inv = invert(model, latents[j:j + 1], source_embedding=plan.source_embedding,
@@ -138,7 +245,10 @@ def run_case(comps: Components, case: Case, method: str, delta, latents, inversi
                 res = sample_edit(model, inv, plan, options=sampler)
                 edited.append(res.edited[0])
                 recon.append(res.source)
+                masks.append(res.blend_mask)
         edited_lat, recon_lat = torch.cat(edited), torch.cat(recon)
+        if all(m is not None for m in masks):
+            blend_mask = torch.cat([m[0] for m in masks])
     else:
         mode = {"tune_a_video": "fast", "videop2p_null_text": "null_text", "videop2p_fast": "fast",
                 "videop2p_negative_prompt": "negative_prompt"}[method]
@@ -147,69 +257,83 @@ def run_case(comps: Components, case: Case, method: str, delta, latents, inversi
                          prompt=source_prompt, options=inversion.replace(mode=mode))
             res = sample_edit(model, inv, plan, options=sampler)
         edited_lat, recon_lat = res.edited[0], res.source
+        blend_mask = None if res.blend_mask is None else res.blend_mask[0]
     seconds = time.perf_counter() - t0
     evals = state.forward_clips - e0
     edited_frames = comps.decode_latents(edited_lat)
     recon_frames = comps.decode_latents(recon_lat)
-    row = measure(case, src, edited_frames, recon_frames)
+    if composited and blend_mask is not None:  # no blend words (background cases): the edit as decoded
+        edited_frames = composite_frames(edited=edited_frames, source=(src.frames if frames is None else frames),
+                                         mask=blend_mask, options=composite or world_options(CompositeOptions))
+    row = measure(case, src, edited_frames, recon_frames, blend_mask)
     row.update(seconds=seconds, evaluations=evals)
     return row
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Mean per method over cases (NaN entries skipped; NaN where every case is NaN)."""
-    import math
-
+    """Mean per method over cases (NaN entries skipped, and rows that lack a figure; NaN where every case is NaN).
+    Methods in METHODS order, then any others in the rows' order."""
     def mean(values):
         kept = [v for v in values if not math.isnan(v)]
         return sum(kept) / len(kept) if kept else float("nan")
 
     out = {}
-    for m in METHODS:
+    order = list(dict.fromkeys([*METHODS, *(r["method"] for r in rows)]))
+    for m in order:
         rs = [r for r in rows if r["method"] == m]
         if rs:
-            out[m] = {k: mean([r[k] for r in rs]) for k in rs[0] if k not in ("method", "case", "kind")}
+            keys = dict.fromkeys(k for r in rs for k in r if k not in ("method", "case", "kind"))
+            out[m] = {k: mean([float(r.get(k, float("nan"))) for r in rs]) for k in keys}
     return out
 
 
+def cell(values: dict, key: str) -> str:
+    """One table cell: the figure in its column's format, "nan" where missing."""
+    v = values.get(key, float("nan"))
+    return format(float(v), COLUMNS[key][1])
+
+
 def markdown(summary: dict, rows: list[dict], command: str, meta: dict) -> str:
-    head = ("| method | edit accuracy | PSNR to truth | background PSNR | structure IoU | object colour change "
-            "| background change | inversion PSNR | seconds | UNet evaluations |")
+    keys = list(COLUMNS)
+    head = "| method | " + " | ".join(COLUMNS[k][0] for k in keys) + " |"
     lines = ["## Small-world edit benchmark", "", f"Command: `{command}`", "",
-             "Machine: " + meta["machine"] + f". {meta['cases']} cases, {meta['frames']} frames at 64x64, "
+             "Machine: " + meta["machine"] + f". {meta['cases']} cases, {meta['frames']} frames at 64x64 (the long cases "
+             f"{2 * meta['frames']}), "
              f"{meta['steps']} DDIM steps, guidance {meta['guidance']}, null-text {meta['inner_steps']} inner steps at "
              f"{meta['lr_scale']:g}x the reference's learning rate, tuning {meta['tune_steps']} steps per clip "
              f"(shared by Tune-A-Video and the Video-P2P variants; its time is not in the rows: "
              f"{meta['tune_seconds']:.0f} s for all clips); self-attention replaced on: {meta['edit']['self_replace_on']}; "
-             f"{control_text(meta['edit'])}{noise_text(meta.get('frame_noise', 0.0))}. "
+             f"{control_text(meta['edit'])}{noise_text(meta.get('frame_noise', 0.0))}{composite_text(meta.get('composite'))}. "
              "Accuracy = share of frames with the target attribute; "
              "PSNR in dB; colour/background change = mean frame-to-frame change (lower is steadier); "
-             "background PSNR excludes the background-change cases.", "", head,
-             "|" + "---|" * 10]
+             "background PSNR excludes the background-change cases; mask IoU = the local-blend mask at frame size "
+             "against the source's and target's object region, mean over frames and worst frame (nan without a "
+             "mask: Tune-A-Video, background cases); warp error = the per-frame noise sigma that would explain the "
+             "edit's error under the known motion and light beyond its rendered truth's "
+             "(metrics.normalised_warp_error); object / background flicker = frame-to-frame change beyond the "
+             "truth's, motion and light compensated (metrics.flicker). `+composite`: the decoded edit pasted over "
+             "the source frames through the blend mask.", "", head,
+             "|" + "---|" * (len(keys) + 1)]
     for m, s in summary.items():
-        lines.append(f"| {m} | {s['accuracy']:.2f} | {s['psnr_truth']:.2f} | {s['bg_psnr']:.2f} | {s['iou']:.3f} | "
-                     f"{s['tc_object']:.4f} | {s['tc_background']:.4f} | {s['recon_psnr']:.2f} | {s['seconds']:.1f} | "
-                     f"{s['evaluations']:.0f} |")
+        lines.append(f"| {m} | " + " | ".join(cell(s, k) for k in keys) + " |")
     kinds = list(dict.fromkeys(r["kind"] for r in rows))
     lines += ["", "Edit accuracy by kind of edit:", "", "| method | " + " | ".join(kinds) + " |",
               "|---|" + "---|" * len(kinds)]
     for m in summary:
         accs = [[r["accuracy"] for r in rows if r["method"] == m and r["kind"] == k] for k in kinds]
-        lines.append(f"| {m} | " + " | ".join(f"{sum(a) / len(a):.2f}" for a in accs) + " |")
+        lines.append(f"| {m} | " + " | ".join(f"{sum(a) / len(a):.2f}" if a else "nan" for a in accs) + " |")
     ok = successful_cases(rows)
     if ok:
         lines += ["", f"Temporal consistency on the {len(ok)} cases that every method edits in at least "
                   f"{SUCCESS:.0%} of frames ({', '.join(ok)}): a flicker figure not confounded by failed edits.", "",
                   "| method | object colour change | background change |", "|---|---|---|"]
         for m, s in summarise([r for r in rows if r["case"] in ok]).items():
-            lines.append(f"| {m} | {s['tc_object']:.4f} | {s['tc_background']:.4f} |")
+            lines.append(f"| {m} | {cell(s, 'tc_object')} | {cell(s, 'tc_background')} |")
     lines += ["", "<details><summary>Per case</summary>", "",
-              "| case | method | accuracy | PSNR truth | bg PSNR | IoU | object colour change | background change "
-              "| inversion PSNR |", "|---|---|---|---|---|---|---|---|---|"]
+              "| case | method | " + " | ".join(COLUMNS[k][0] for k in CASE_COLUMNS) + " |",
+              "|---|---|" + "---|" * len(CASE_COLUMNS)]
     for r in rows:
-        lines.append(f"| {r['case']} | {r['method']} | {r['accuracy']:.2f} | {r['psnr_truth']:.2f} | "
-                     f"{r['bg_psnr']:.2f} | {r['iou']:.3f} | {r['tc_object']:.4f} | {r['tc_background']:.4f} | "
-                     f"{r['recon_psnr']:.2f} |")
+        lines.append(f"| {r['case']} | {r['method']} | " + " | ".join(cell(r, k) for k in CASE_COLUMNS) + " |")
     lines += ["", "</details>", ""]
     return "\n".join(lines)
 
@@ -220,6 +344,10 @@ SUCCESS = 0.75
 def control_text(edit: dict) -> str:
     return (f"attention control: source cross-attention maps for {edit['cross_replace']:.0%} of the steps, "
             f"self-attention for {edit['self_replace']:.0%}, local-blend threshold {edit['mask_threshold']:g}")
+
+
+def composite_text(c: Optional[dict]) -> str:
+    return (f"; +composite: mask dilated {c['mask_dilation']} px, feathered {c['feather']} px" if c else "")
 
 
 def noise_text(sigma: float) -> str:
@@ -265,6 +393,7 @@ def main(argv=None) -> int:
     add_option_flags(p, EditOptions, skip=("edit_mode", "blend_words", "blend_target_words", "reweight_words",
                                            "reweight_values"))  # each case has its words
     add_option_flags(p, SamplerOptions, skip=("guidance",))
+    add_option_flags(p, CompositeOptions, skip=("composite",))  # for the +composite methods
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--frame-noise", type=float, default=0.0,
@@ -277,6 +406,7 @@ def main(argv=None) -> int:
         inversion = options_from_args(a, InversionOptions)
         edit = options_from_args(a, EditOptions)
         sampler = options_from_args(a, SamplerOptions, guidance=inversion.guidance)
+        composite = options_from_args(a, CompositeOptions, composite=True)  # the +composite methods composite
     except VP2PInputError as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
     logging.basicConfig(level=logging.WARNING)
@@ -285,10 +415,14 @@ def main(argv=None) -> int:
     comps = Components.from_folder(WEIGHTS)
     cases = suite(a.frames)[: a.cases or None]
     methods = [m for m in a.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        p.exit(2, f"{p.prog}: error: --methods: unknown {', '.join(unknown)}; expected some of {', '.join(METHODS)}\n")
     rows, tune_seconds = [], 0.0
     for ci, case in enumerate(cases):
         src = render(case.scene)
-        latents = comps.encode_frames(noisy(src.frames, a.frame_noise, 1000 + ci))
+        source_frames = noisy(src.frames, a.frame_noise, 1000 + ci)
+        latents = comps.encode_frames(source_frames)
         delta = None
         if any(m != "p2p_per_frame" for m in methods):
             t0 = time.perf_counter()
@@ -297,7 +431,8 @@ def main(argv=None) -> int:
                                       options=tune)
             tune_seconds += time.perf_counter() - t0
         for m in methods:
-            row = run_case(comps, case, m, delta, latents, inversion=inversion, edit=edit, sampler=sampler)
+            row = run_case(comps, case, m, delta, latents, inversion=inversion, edit=edit, sampler=sampler,
+                           frames=source_frames, composite=composite)
             row.update(method=m, case=case.name, kind=case.kind)
             rows.append(row)
             print(f"[{ci + 1}/{len(cases)}] {case.name:28s} {m:26s} acc {row['accuracy']:.2f} "
@@ -308,7 +443,8 @@ def main(argv=None) -> int:
     meta = dict(machine=f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {torch.get_num_threads()} threads",
                 cases=len(cases), frames=a.frames, steps=inversion.steps, guidance=inversion.guidance,
                 tune_steps=tune.steps, tune_seconds=tune_seconds, inner_steps=inversion.inner_steps,
-                lr_scale=inversion.lr_scale, edit=edit.cache_key(), frame_noise=a.frame_noise)
+                lr_scale=inversion.lr_scale, edit=edit.cache_key(), frame_noise=a.frame_noise,
+                composite=dict(mask_dilation=composite.mask_dilation, feather=composite.feather))
     md = markdown(summary, rows, command.strip(), meta)
     print(md)
     if a.json:

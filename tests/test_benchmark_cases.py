@@ -1,0 +1,153 @@
+"""The small world's edit benchmark in a world that moves: its suite, its new columns and methods, a tiny smoke run."""
+import math
+
+import pytest
+import torch
+
+from vp2p_core import EditOptions
+from vp2p_world import benchmark
+from vp2p_world.render import Scene, render
+
+# The original 12 cases, as they were before the moving ones came: name, kind, scene fields, change, blend words,
+# target blend words, reweight. Their figures in BENCHMARKS.md stay comparable only while these stay the same.
+ORIGINAL = [
+    ("red->blue ball", "colour", ("red", "ball", "green grass", "bounce", 1), {"colour": "blue"}, "ball", None, None),
+    ("yellow->purple square", "colour", ("yellow", "square", "sand", "slide", 2), {"colour": "purple"}, "square",
+     None, None),
+    ("green->red triangle", "colour", ("green", "triangle", "snow", "circle", 3), {"colour": "red"}, "triangle",
+     None, None),
+    ("blue->yellow star", "colour", ("blue", "star", "gray road", "bounce", 4), {"colour": "yellow"}, "star", None,
+     None),
+    ("ball->square", "shape", ("red", "ball", "sand", "slide", 5), {"shape": "square"}, "ball", "square", None),
+    ("square->triangle", "shape", ("blue", "square", "green grass", "circle", 6), {"shape": "triangle"}, "square",
+     "triangle", None),
+    ("triangle->ball", "shape", ("yellow", "triangle", "water", "bounce", 7), {"shape": "ball"}, "triangle", "ball",
+     None),
+    ("grass->sand", "background", ("red", "ball", "green grass", "slide", 8), {"background": "sand"}, None, None,
+     None),
+    ("sand->snow", "background", ("blue", "square", "sand", "bounce", 9), {"background": "snow"}, None, None, None),
+    ("water->gray road", "background", ("purple", "ball", "water", "circle", 10), {"background": "gray road"}, None,
+     None, None),
+    ("red->purple ball, purple x2", "reweight", ("red", "ball", "snow", "bounce", 11), {"colour": "purple"}, "ball",
+     None, {"purple": 2.0}),
+    ("green->blue square, blue x2", "reweight", ("green", "square", "gray road", "slide", 12), {"colour": "blue"},
+     "square", None, {"blue": 2.0}),
+]
+
+
+@pytest.mark.parametrize("frames", [8, 4])
+def test_first_twelve_cases_are_the_original_ones(frames):
+    cases = benchmark.suite(frames)[:12]
+    for case, (name, kind, (colour, shape, background, path, seed), change, blend, blend_target, rw) in zip(
+            cases, ORIGINAL):
+        assert (case.name, case.kind, case.change, case.blend, case.blend_target, case.reweight) == \
+               (name, kind, change, blend, blend_target, rw)
+        assert case.scene == Scene(colour=colour, shape=shape, background=background, path=path, seed=seed,
+                                   frames=frames)  # every motion option at its default
+        assert not case.moving
+
+
+def test_suite_covers_every_kind_still_and_moving_at_8_and_16_frames():
+    cases = benchmark.suite()
+    assert len(cases) >= 24
+    assert len({c.name for c in cases}) == len(cases)
+    assert len({c.scene.seed for c in cases}) == len(cases)  # every clip its own
+    kinds = {"colour", "shape", "background", "reweight"}
+    assert {c.kind for c in cases} == kinds
+    for kind in kinds:
+        of_kind = [c for c in cases if c.kind == kind]
+        assert any(c.moving for c in of_kind) and any(not c.moving for c in of_kind), kind
+    assert {c.scene.frames for c in cases} == {8, 16}
+    assert any(c.moving and c.scene.frames == 16 for c in cases)
+    assert any(not c.moving and c.scene.frames == 16 for c in cases)
+    moving = [c.scene for c in cases if c.moving]
+    assert {s.camera for s in moving} >= {"pan", "zoom", "pan+zoom"}
+    assert {s.lighting for s in moving} >= {"drift", "flicker"}
+    assert any(s.growth != 1.0 for s in moving) and any(s.occluder for s in moving) and any(s.texture for s in moving)
+    for c in cases:  # the edit changes the caption and nothing but the edited field
+        assert c.target_scene.caption != c.scene.caption
+        assert c.scene.replace(**{k: getattr(c.scene, k) for k in c.change}) == c.scene
+    assert len(benchmark.suite(4)) == len(cases) and {c.scene.frames for c in benchmark.suite(4)} == {4, 8}
+
+
+@pytest.mark.parametrize("index", [12, 15, 17, 18, 20, 25])
+def test_rendered_truth_scores_as_a_perfect_edit(index):
+    """The rendered truth as the edit: full accuracy, no warp error, no flicker beyond its own, on moving clips."""
+    case = benchmark.suite()[index]
+    src, truth = render(case.scene), render(case.target_scene)
+    row = benchmark.measure(case, src, truth.frames, src.frames)
+    assert row["accuracy"] == 1.0, case.name
+    assert row["warp_error"] < 1e-3 and row["flicker_object"] < 1e-3 and row["flicker_background"] < 1e-3, row
+    assert math.isnan(row["mask_iou"]) and math.isnan(row["mask_iou_worst"])  # no blend mask given
+
+
+def test_blend_mask_iou_upsamples_the_latent_mask_and_reports_the_worst_frame():
+    obj = torch.zeros(2, 64, 64, dtype=torch.bool)
+    obj[:, 8:24, 8:24] = True  # two latent pixels (8 px) each way
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[0, 0, 1:3, 1:3] = 1.0  # exactly the object
+    mask[1, 0, 1:3, 1:4] = 1.0  # half as large again
+    mean, worst = benchmark.blend_mask_iou(mask, obj)
+    assert worst == pytest.approx(2 / 3) and mean == pytest.approx((1 + 2 / 3) / 2)
+    assert all(math.isnan(v) for v in benchmark.blend_mask_iou(None, obj))
+
+
+def _row(method, case, kind, acc, **extra):
+    r = dict(method=method, case=case, kind=kind, accuracy=acc, psnr_truth=20.0, bg_psnr=25.0, iou=0.5,
+             recon_psnr=30.0, tc_object=0.01, tc_background=0.02, seconds=1.0, evaluations=10)
+    r.update(extra)
+    return r
+
+
+META = dict(machine="m", cases=2, frames=8, steps=2, guidance=7.5, inner_steps=1, lr_scale=1.0, tune_steps=0,
+            tune_seconds=0.0, edit=EditOptions().cache_key())
+
+
+def test_markdown_renders_the_new_columns_and_nan_for_rows_without_them():
+    new = dict(mask_iou=0.4, mask_iou_worst=0.25, warp_error=0.0123, flicker_object=0.0051, flicker_background=0.0007)
+    rows = [_row("videop2p_fast", "a", "colour", 1.0, **new),
+            _row("videop2p_fast+composite", "a", "colour", 1.0, **{**new, "mask_iou": 0.6}),
+            _row("videop2p_fast", "b", "shape", 0.5, **{**new, "mask_iou": float("nan")}),
+            _row("p2p_per_frame", "a", "colour", 0.75)]  # an old row: none of the new figures
+    summary = benchmark.summarise(rows)
+    assert list(summary) == ["p2p_per_frame", "videop2p_fast", "videop2p_fast+composite"]
+    assert summary["videop2p_fast"]["mask_iou"] == pytest.approx(0.4)  # nan skipped
+    assert benchmark.cell(summary["p2p_per_frame"], "warp_error") == "nan"
+    md = benchmark.markdown(summary, rows, "cmd", {**META, "composite": dict(mask_dilation=0, feather=4)})
+    for header in ("mask IoU", "mask IoU worst frame", "warp error", "object flicker", "background flicker",
+                   "edit accuracy", "background PSNR", "seconds", "UNet evaluations"):
+        assert f"| {header} |" in md, header
+    assert ("| videop2p_fast | 0.75 | 20.00 | 25.00 | 0.500 | 0.400 | 0.250 | 0.0123 | 0.0051 | 0.0007 | 0.0100 | "
+            "0.0200 | 30.00 | 1.0 | 10 |") in md
+    assert "| a | p2p_per_frame | 0.75 | 20.00 | 25.00 | 0.500 | nan | nan | nan | nan | nan | 0.0100 |" in md
+    assert "| a | videop2p_fast+composite | 1.00 | 20.00 | 25.00 | 0.500 | 0.600 | 0.250 |" in md
+    assert "feathered 4 px" in md
+    benchmark.markdown(summary, rows, "cmd", META)  # older meta without composite settings
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(["--methods", "videop2p_fast,videop2p_slow", "--no-write"])
+    assert e.value.code == 2
+
+
+def test_smoke_run_with_compositing(capsys, tmp_path):
+    """Two steps on the first case (4 frames): fast and fast+composite fill every column; the composite keeps the
+    source's pixels outside the blend mask, so its background is at least as close to the source."""
+    torch.manual_seed(0)
+    out = tmp_path / "rows.json"
+    assert benchmark.main(["--cases", "1", "--steps", "2", "--tune-steps", "1", "--frames", "4", "--no-write",
+                           "--methods", "videop2p_fast,videop2p_fast+composite", "--threads", "1",
+                           "--json", str(out)]) == 0
+    import json
+
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["videop2p_fast", "videop2p_fast+composite"]
+    for r in rows:
+        for k in benchmark.CASE_COLUMNS:
+            assert not math.isnan(r[k]), (r["method"], k)
+        assert 0.0 <= r["mask_iou_worst"] <= r["mask_iou"] <= 1.0
+    plain, comp = rows
+    assert comp["mask_iou"] == plain["mask_iou"] and comp["evaluations"] == plain["evaluations"]
+    assert comp["bg_psnr"] >= plain["bg_psnr"] - 1e-6
+    assert "| videop2p_fast+composite |" in capsys.readouterr().out
