@@ -168,8 +168,12 @@ def world_cases(frames: int = 8) -> list[Case]:
 
 
 def edit_accuracy(case: Case, edited: torch.Tensor, truth) -> float:
-    """Share of frames where the edited attribute is right (hue / shape / background colour)."""
+    """Share of frames where the edited attribute is right (hue / shape / background colour), judged on the frames
+    unlit by the truth's known light (frames / gains; the same frames where the light is steady), so that a
+    dimmed frame of the right colour counts as right."""
     ts = case.target_scene
+    if case.scene.lighting != "none":
+        edited = (edited / truth.gains[:, None, None, :]).clamp(0, 1)
     if case.kind in ("colour", "reweight"):
         return metrics.object_hue_accuracy(edited, truth.masks, ts.colour)
     if case.kind == "shape":
@@ -435,8 +439,9 @@ def main(argv=None) -> int:
                            frames=source_frames, composite=composite)
             row.update(method=m, case=case.name, kind=case.kind)
             rows.append(row)
-            print(f"[{ci + 1}/{len(cases)}] {case.name:28s} {m:26s} acc {row['accuracy']:.2f} "
+            print(f"[{ci + 1}/{len(cases)}] {case.name:28s} {m:28s} acc {row['accuracy']:.2f} "
                   f"psnr {row['psnr_truth']:.2f} bg {row['bg_psnr']:.2f} iou {row['iou']:.3f} "
+                  f"mask {row['mask_iou']:.3f} warp {row['warp_error']:.4f} "
                   f"{row['seconds']:.1f}s {row['evaluations']} evals", flush=True)
     summary = summarise(rows)
     command = "python -m vp2p_world.benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
