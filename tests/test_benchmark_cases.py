@@ -130,6 +130,12 @@ def test_markdown_renders_the_new_columns_and_nan_for_rows_without_them():
     assert "| a | p2p_per_frame | 0.75 | 20.00 | 25.00 | 0.500 | nan | nan | nan | nan | nan | 0.0100 |" in md
     assert "| a | videop2p_fast+composite | 1.00 | 20.00 | 25.00 | 0.500 | 0.600 | 0.250 |" in md
     assert "feathered 4 px" in md
+    assert "accuracy still" not in md  # rows without a motion label: no still / moving table
+    moving = [{**r, "motion": "moving" if r["case"] == "b" else "still"} for r in rows]
+    md = benchmark.markdown(benchmark.summarise(moving), moving, "cmd", META)
+    assert "| method | accuracy still | mask IoU still | warp error still | accuracy moving |" in md
+    assert "| videop2p_fast | 1.00 | 0.400 | 0.0123 | 0.50 | nan | 0.0123 |" in md
+    assert "| p2p_per_frame | 0.75 | nan | nan | nan | nan | nan |" in md
     benchmark.markdown(summary, rows, "cmd", META)  # older meta without composite settings
 
 

@@ -55,6 +55,7 @@ COLUMNS = {"accuracy": ("edit accuracy", ".2f"), "psnr_truth": ("PSNR to truth",
            "tc_object": ("object colour change", ".4f"), "tc_background": ("background change", ".4f"),
            "recon_psnr": ("inversion PSNR", ".2f"), "seconds": ("seconds", ".1f"),
            "evaluations": ("UNet evaluations", ".0f")}
+LABELS = ("method", "case", "kind", "motion")  # row fields that are not figures
 CASE_COLUMNS = ("accuracy", "psnr_truth", "bg_psnr", "iou", "mask_iou", "mask_iou_worst", "warp_error",
                 "flicker_object", "flicker_background", "tc_object", "tc_background", "recon_psnr")
 
@@ -286,7 +287,7 @@ def summarise(rows: list[dict]) -> dict:
     for m in order:
         rs = [r for r in rows if r["method"] == m]
         if rs:
-            keys = dict.fromkeys(k for r in rs for k in r if k not in ("method", "case", "kind"))
+            keys = dict.fromkeys(k for r in rs for k in r if k not in LABELS)
             out[m] = {k: mean([float(r.get(k, float("nan"))) for r in rs]) for k in keys}
     return out
 
@@ -326,6 +327,17 @@ def markdown(summary: dict, rows: list[dict], command: str, meta: dict) -> str:
     for m in summary:
         accs = [[r["accuracy"] for r in rows if r["method"] == m and r["kind"] == k] for k in kinds]
         lines.append(f"| {m} | " + " | ".join(f"{sum(a) / len(a):.2f}" if a else "nan" for a in accs) + " |")
+    motions = list(dict.fromkeys(r["motion"] for r in rows if "motion" in r))
+    if len(motions) > 1:
+        lines += ["", "Still clips (only the object moves) against moving ones (camera, light, growth, occluder or "
+                  "texture):", "", "| method | " + " | ".join(f"{k} {w}" for w in motions for k in
+                                                               ("accuracy", "mask IoU", "warp error")) + " |",
+                  "|---|" + "---|" * (3 * len(motions))]
+        for m in summary:
+            by = {w: summarise([r for r in rows if r["method"] == m and r.get("motion") == w]).get(m, {})
+                  for w in motions}
+            lines.append(f"| {m} | " + " | ".join(cell(by[w], k) for w in motions
+                                                   for k in ("accuracy", "mask_iou", "warp_error")) + " |")
     ok = successful_cases(rows)
     if ok:
         lines += ["", f"Temporal consistency on the {len(ok)} cases that every method edits in at least "
@@ -437,7 +449,7 @@ def main(argv=None) -> int:
         for m in methods:
             row = run_case(comps, case, m, delta, latents, inversion=inversion, edit=edit, sampler=sampler,
                            frames=source_frames, composite=composite)
-            row.update(method=m, case=case.name, kind=case.kind)
+            row.update(method=m, case=case.name, kind=case.kind, motion="moving" if case.moving else "still")
             rows.append(row)
             print(f"[{ci + 1}/{len(cases)}] {case.name:28s} {m:28s} acc {row['accuracy']:.2f} "
                   f"psnr {row['psnr_truth']:.2f} bg {row['bg_psnr']:.2f} iou {row['iou']:.3f} "
