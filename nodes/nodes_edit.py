@@ -10,7 +10,8 @@ from .text import encode_text, encode_texts, tokenizer_from_clip
 from .types import VP2PEdit
 
 EDIT_WIDGETS = ["edit_mode", "cross_replace", "self_replace", "self_replace_on", "blend_words", "blend_target_words",
-                "reweight_words", "reweight_values", "mask_threshold", "blend_start", "blend_dilation", "blend_smoothing"]
+                "reweight_words", "reweight_values", "mask_threshold", "blend_start", "blend_dilation", "blend_smoothing",
+                "blend_region"]
 
 
 class AttentionEditController(io.ComfyNode):

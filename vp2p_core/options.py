@@ -227,6 +227,7 @@ class InversionOptions(Options):
 
 EDIT_MODES = ("auto", "replace", "refine", "none")
 SELF_REPLACE_ON = ("temporal", "frame", "both", "none")
+BLEND_REGIONS = ("auto", "outline", "grown")
 
 
 @dataclass(frozen=True)
@@ -272,6 +273,11 @@ class EditOptions(Options):
     blend_smoothing: int = option(
         "int", 0, "Local blend: a frame's mask is the majority vote of itself and this many frames on each side, "
         "so a frame the attention missed is filled and a one-frame speck is dropped; 0: off.", min=0, max=8, step=1)
+    blend_region: str = option(
+        "choice", "auto", "Local blend: the mask's shape. outline: the words' attention, smoothly upsampled, follows "
+        "the object's outline (a recolour keeps every pixel around the object). grown: the reference's, grown by one "
+        "attention cell on every side (room for a new outline). auto: grown where the target's blend words differ "
+        "from the source's (a triangle that replaces a ball), else outline.", choices=BLEND_REGIONS)
 
     def check(self) -> None:
         self.reweight()  # refuses unpaired words and values now, not at sampling

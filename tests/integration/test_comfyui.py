@@ -60,7 +60,7 @@ OUR_NODES = {
     "AttentionEditController": (["clip", "source_prompt", "target_prompts", "edit_mode", "cross_replace",
                                  "self_replace", "self_replace_on", "blend_words", "blend_target_words",
                                  "reweight_words", "reweight_values", "mask_threshold", "blend_start",
-                                 "blend_dilation", "blend_smoothing"], [], ["VP2P_EDIT"], False),
+                                 "blend_dilation", "blend_smoothing", "blend_region"], [], ["VP2P_EDIT"], False),
     "VideoP2PSampler": (["vp2p_model", "inversion", "edit", "guidance", "decoupled_guidance"],
                         ["latent", "temporal_guidance", "structure"], ["LATENT", "LATENT", "VP2P_MAPS"], False),
     "StructureGuidance": (["structure", "structure_blur", "strength", "start_percent", "end_percent"],
