@@ -82,7 +82,7 @@ def reference_mask(ctrl) -> torch.Tensor:
 
 def blend(ctrl):
     b = ctrl.plan.blend
-    return ctrl.blend_mask(b.threshold, dilation=b.dilation, smoothing=b.smoothing)
+    return ctrl.blend_mask(b.threshold, dilation=b.dilation, smoothing=b.smoothing, region=b.region)
 
 
 def test_blend_mask_defaults_are_the_identity_and_the_union_of_both_words():

@@ -257,12 +257,14 @@ class AttentionController:
         blend = self.plan.blend
         if blend is None or step < self.blend_start or self.map_sum is None:
             return latents
-        mask = self.blend_mask(blend.threshold, dilation=blend.dilation, smoothing=blend.smoothing)
+        mask = self.blend_mask(blend.threshold, dilation=blend.dilation, smoothing=blend.smoothing,
+                               region=blend.region)
         self.last_mask = mask[1:]
         src = latents[:1]
         return src + mask * (latents - src)
 
-    def blend_mask(self, threshold: float, dilation: int = 0, smoothing: int = 0) -> torch.Tensor:
+    def blend_mask(self, threshold: float, dilation: int = 0, smoothing: int = 0,
+                   region: str = "grown") -> torch.Tensor:
         """[1+n, F, 1, h, w] float: union of the source-word and target-word masks (row 0: source's own), then
         the majority vote over ``smoothing`` frames on each side, then grown by ``dilation`` image pixels (whole
         latent pixels, rounded up).
@@ -276,7 +278,7 @@ class AttentionController:
         c, f, n, _ = self.map_sum.shape
         hb, wb = self._map_hw(n)
         maps = (self.map_sum * self.blend_words[:, None, None, :]).sum(-1).view(c, f, hb, wb)
-        if self.plan.blend is not None and self.plan.blend.region == "outline":
+        if region == "outline":
             mask = F.interpolate(maps, size=self.latent_hw, mode="bilinear", align_corners=False)
         else:
             maps = F.max_pool2d(maps, (3, 3), (1, 1), padding=(1, 1))
