@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .nodes_composite import BlendMask
+from .nodes_context import VideoP2PContextWindows
 from .nodes_decode import AttentionMaps, DecodeFrames
 from .nodes_edit import AttentionEditController
 from .nodes_files import LoadVP2PDelta, LoadVP2PInversion, SaveVP2PDelta, SaveVP2PInversion
@@ -14,7 +15,8 @@ from .nodes_structure import StructureGuidanceNode
 from .nodes_tune import OneShotTune
 
 NODES: list[type[io.ComfyNode]] = [
-    InflateUNet, OneShotTune, NullTextVideoInvert, AttentionEditController, VideoP2PSampler, StructureGuidanceNode,
+    InflateUNet, VideoP2PContextWindows, OneShotTune, NullTextVideoInvert, AttentionEditController, VideoP2PSampler,
+    StructureGuidanceNode,
     DecodeFrames, AttentionMaps, BlendMask, SaveVP2PDelta, LoadVP2PDelta, SaveVP2PInversion, LoadVP2PInversion,
 ]
 

@@ -7,9 +7,9 @@ from vp2p_core import Inversion, InversionOptions, invert, trained_weights
 
 from . import files
 from .host import make_host
-from .schema import CATEGORY, VP2PInversionIO, VP2PModelIO, cache_input, source_prompt_input, widgets
+from .schema import CATEGORY, VP2PInversionIO, VP2PModelIO, cache_input, context_input, source_prompt_input, widgets
 from .text import encode_text
-from .types import VP2PModel
+from .types import VP2PModel, check_context, context_key
 
 
 class NullTextVideoInvert(io.ComfyNode):
@@ -30,6 +30,7 @@ class NullTextVideoInvert(io.ComfyNode):
                 *widgets(InversionOptions, ["steps", "guidance", "mode", "inner_steps", "early_stop"]),
                 cache_input(),
                 *widgets(InversionOptions, ["lr_scale"], optional=["lr_scale"]),
+                context_input(),
             ],
             outputs=[VP2PInversionIO.Output("inversion", display_name="inversion",
                                             tooltip="x_T, the per-step null embeddings and the source "
@@ -37,9 +38,10 @@ class NullTextVideoInvert(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, vp2p_model: VP2PModel, latent, clip, source_prompt: str, cache_dir: str,
+    def execute(cls, vp2p_model: VP2PModel, latent, clip, source_prompt: str, cache_dir: str, context=None,
                 **widget_values) -> io.NodeOutput:
         options = InversionOptions.from_values(widget_values)
+        check_context(context)
         latents = vp2p_model.latents(latent)
         vp2p_model.check_frames(latents.shape[0], "latent")
         src = encode_text(clip, source_prompt, "source_prompt")
@@ -48,7 +50,7 @@ class NullTextVideoInvert(io.ComfyNode):
         key = files.cache_key(kind="inversion", model=vp2p_model.fingerprint,
                               frame_attention=vp2p_model.video.frame_attention, latents=files.tensor_hash(latents),
                               text=files.tensor_hash(src), empty=files.tensor_hash(empty), prompt=source_prompt,
-                              options=options.cache_key())
+                              options=options.cache_key(), **context_key(context))
 
         def load(path) -> Inversion:
             inv = Inversion.load(path, what="cache_dir")
@@ -58,7 +60,8 @@ class NullTextVideoInvert(io.ComfyNode):
         def compute() -> Inversion:
             with trained_weights(vp2p_model.video, vp2p_model.delta):
                 return invert(vp2p_model.video, latents, source_embedding=src, empty_embedding=empty,
-                              prompt=source_prompt, options=options, host=make_host(vp2p_model))
+                              prompt=source_prompt, options=options, host=make_host(vp2p_model),
+                              context=context)
 
         inv, _ = files.cached_stage(cache_dir, "inversion", key, load=load, compute=compute)
         return io.NodeOutput(inv)

@@ -6,8 +6,9 @@ from comfy_api.latest import io
 from vp2p_core import Inversion, SamplerOptions, VP2PInputError, sample_edit, trained_weights
 
 from .host import make_host
-from .schema import CATEGORY, VP2PEditIO, VP2PInversionIO, VP2PMapsIO, VP2PModelIO, VP2PStructureIO, widgets
-from .types import VP2PEdit, VP2PMaps, VP2PModel, VP2PStructure
+from .schema import (CATEGORY, VP2PEditIO, VP2PInversionIO, VP2PMapsIO, VP2PModelIO, VP2PStructureIO, context_input,
+                     widgets)
+from .types import VP2PEdit, VP2PMaps, VP2PModel, VP2PStructure, check_context
 
 
 class VideoP2PSampler(io.ComfyNode):
@@ -33,6 +34,7 @@ class VideoP2PSampler(io.ComfyNode):
                                       "StructureGuidance node (a ControlNet and a per-frame structure clip: depth, "
                                       "edges, masks); it steers the edited branch only, the source branch keeps "
                                       "reproducing the clip."),
+                context_input(),
             ],
             outputs=[
                 io.Latent.Output("edited", display_name="edited",
@@ -49,8 +51,9 @@ class VideoP2PSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, vp2p_model: VP2PModel, inversion: Inversion, edit: VP2PEdit, latent=None, structure=None,
-                **widget_values) -> io.NodeOutput:
+                context=None, **widget_values) -> io.NodeOutput:
         options = SamplerOptions.from_values(widget_values)
+        check_context(context)
         if not isinstance(edit, VP2PEdit):
             raise VP2PInputError(f"edit: expected the output of AttentionEditController, got {type(edit).__name__}")
         inversion.check_model(vp2p_model.fingerprint)
@@ -69,7 +72,7 @@ class VideoP2PSampler(io.ComfyNode):
             extra = [structure.control]
         with trained_weights(vm, vp2p_model.delta):
             res = sample_edit(vm, inversion, edit.plan, options=options, host=make_host(vp2p_model, extra=extra),
-                              structure=guide)
+                              structure=guide, context=context)
         maps = VP2PMaps(maps=res.attention_maps, prompts=edit.prompts, token_labels=edit.token_labels,
                         blend_mask=res.blend_mask)
         return io.NodeOutput(vp2p_model.comfy_latent(res.edited.flatten(0, 1)), vp2p_model.comfy_latent(res.source),

@@ -10,9 +10,9 @@ from vp2p_core import Delta, TuneOptions, VP2PInputError, one_shot_tune, trained
 
 from . import files
 from .host import make_host
-from .schema import CATEGORY, VP2PModelIO, cache_input, source_prompt_input, widgets
+from .schema import CATEGORY, VP2PModelIO, cache_input, context_input, source_prompt_input, widgets
 from .text import encode_text
-from .types import VP2PModel
+from .types import VP2PModel, check_context, context_key
 
 def loss_report(delta: Delta, seconds: float, cached: bool) -> str:
     head = f"delta for {delta.num_frames} frames, {delta.steps} steps, prompt {delta.prompt!r}"
@@ -43,6 +43,7 @@ class OneShotTune(io.ComfyNode):
                 source_prompt_input("What the clip shows, e.g. 'a rabbit is jumping on the grass'."),
                 *widgets(TuneOptions, ["steps", "learning_rate", "seed", "gradient_checkpointing", "precision"]),
                 cache_input(),
+                context_input(),
             ],
             outputs=[VP2PModelIO.Output("tuned_model", display_name="tuned_model",
                                         tooltip="The tuned video model (same base, plus the tuned "
@@ -52,9 +53,10 @@ class OneShotTune(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, vp2p_model: VP2PModel, latent, clip, source_prompt: str, cache_dir: str,
+    def execute(cls, vp2p_model: VP2PModel, latent, clip, source_prompt: str, cache_dir: str, context=None,
                 **widget_values) -> io.NodeOutput:
         options = TuneOptions.from_values(widget_values)
+        check_context(context)
         weights = next(vp2p_model.video.unet.parameters()).dtype
         if weights != torch.float32:
             raise VP2PInputError(f"vp2p_model: its weights are {str(weights).replace('torch.', '')}; tune with "
@@ -64,7 +66,8 @@ class OneShotTune(io.ComfyNode):
         vp2p_model.video.check_text(text, "clip")
         key = files.cache_key(kind="delta", model=vp2p_model.fingerprint,
                               frame_attention=vp2p_model.video.frame_attention, latents=files.tensor_hash(latents),
-                              text=files.tensor_hash(text), prompt=source_prompt, options=options.cache_key())
+                              text=files.tensor_hash(text), prompt=source_prompt, options=options.cache_key(),
+                              **context_key(context))
 
         def load(path) -> Delta:
             delta = Delta.load(path, what="cache_dir")
@@ -74,7 +77,7 @@ class OneShotTune(io.ComfyNode):
         def compute() -> Delta:
             with trained_weights(vp2p_model.video, vp2p_model.delta):
                 delta = one_shot_tune(vp2p_model.video, latents, text, source_prompt, options=options,
-                                      host=make_host(vp2p_model, previews=False))
+                                      host=make_host(vp2p_model, previews=False), context=context)
             if vp2p_model.delta is not None:
                 delta.config["tuned_from"] = vp2p_model.delta.fingerprint
             return delta

@@ -21,6 +21,7 @@ VP2PInversionIO = io.Custom(types.VP2P_INVERSION)
 VP2PEditIO = io.Custom(types.VP2P_EDIT)
 VP2PMapsIO = io.Custom(types.VP2P_MAPS)
 VP2PStructureIO = io.Custom(types.VP2P_STRUCTURE)
+VP2PContextIO = io.Custom(types.VP2P_CONTEXT)
 
 
 CACHE_TOOLTIP = ("Folder under models/vp2p where results are kept by a hash of the model, clip, prompt and "
@@ -35,6 +36,13 @@ def cache_input() -> io.String.Input:
 
 def source_prompt_input(tooltip: str) -> io.String.Input:
     return io.String.Input("source_prompt", multiline=True, default=DEFAULT_PROMPT, tooltip=tooltip)
+
+
+def context_input() -> io.Input:
+    """The optional context-windows socket of every node that runs the UNet on the clip."""
+    return VP2PContextIO.Input("context", optional=True, tooltip=(
+        "Optional: context windows from VideoP2PContextWindows, for clips longer than the model should see at "
+        "once. Use the same windows for tuning, inversion and sampling."))
 
 
 def widget(s: Setting, optional: bool = False) -> io.Input:

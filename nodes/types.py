@@ -1,6 +1,7 @@
 """The objects that travel on our node sockets (VP2P_MODEL, VP2P_EDIT, VP2P_MAPS, VP2P_STRUCTURE).
 
-VP2P_INVERSION is ``vp2p_core.Inversion`` as it is. None of these imports ComfyUI.
+VP2P_INVERSION is ``vp2p_core.Inversion`` and VP2P_CONTEXT ``vp2p_core.context.ContextWindows`` as they are.
+None of these imports ComfyUI.
 """
 from __future__ import annotations
 
@@ -19,6 +20,20 @@ VP2P_INVERSION = "VP2P_INVERSION"
 VP2P_EDIT = "VP2P_EDIT"
 VP2P_MAPS = "VP2P_MAPS"
 VP2P_STRUCTURE = "VP2P_STRUCTURE"
+VP2P_CONTEXT = "VP2P_CONTEXT"
+
+
+def check_context(context) -> None:
+    """The optional ``context`` input is VideoP2PContextWindows' output or nothing."""
+    from vp2p_core.context import ContextWindows
+
+    if context is not None and not isinstance(context, ContextWindows):
+        raise VP2PInputError(f"context: expected the output of VideoP2PContextWindows, got {type(context).__name__}")
+
+
+def context_key(context) -> dict:
+    """The context windows' part of a stage's cache key (nothing without windows, so old keys stay valid)."""
+    return {} if context is None else {"context": context.options.cache_key()}
 
 
 @dataclass(eq=False)

@@ -165,9 +165,9 @@ def test_node_definition_well_formed(name, cls):
     assert set(required) <= set(spec["required"]), f"{name}: optional inputs need defaults"
 
 
-def test_thirteen_nodes_with_their_saved_ids():
+def test_fourteen_nodes_with_their_saved_ids():
     assert sorted(NODE_MAP) == sorted([
-        "InflateUNet", "OneShotTune", "NullTextVideoInvert", "AttentionEditController", "VideoP2PSampler",
+        "InflateUNet", "VideoP2PContextWindows", "OneShotTune", "NullTextVideoInvert", "AttentionEditController", "VideoP2PSampler",
         "StructureGuidance", "DecodeFrames", "AttentionMaps", "BlendMask", "SaveVP2PDelta", "LoadVP2PDelta",
         "SaveVP2PInversion", "LoadVP2PInversion"])
 

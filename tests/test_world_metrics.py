@@ -106,3 +106,17 @@ def test_benchmark_frame_noise_is_per_frame_seeded_and_off_at_zero():
     diff = a - clip
     assert 0.02 < float(diff.std()) < 0.04
     assert not torch.allclose(diff[0], diff[1])  # every frame its own noise
+
+
+def test_seam_ratio_on_hand_made_clips():
+    from vp2p_core.context import ContextWindows
+    from vp2p_core.options import ContextOptions
+
+    ws = ContextWindows(ContextOptions(context_length=4, context_overlap=1)).windows(10)  # [0-3] [3-6] [6-9]
+    # windows change between frames 2|3, 3|4, 5|6, 6|7
+    assert metrics.boundary_pairs(ws, 10) == [False, False, True, True, False, True, True, False, False]
+    ramp = torch.arange(10.0).view(10, 1, 1) * torch.ones(10, 4, 4)  # steady motion: one unit per frame
+    assert metrics.seam_ratio(ramp, ws) == 1.0
+    jump = ramp.clone()
+    jump[4:] += 3.0  # a jump where the second window takes over: 4 units on one of 4 boundary pairs
+    assert metrics.seam_ratio(jump, ws) == (1 + 1 + 1 + 4) / 4

@@ -198,6 +198,9 @@ class AttentionController:
         self.map_sum: Optional[torch.Tensor] = None  # [1+n, F, N, 77] summed over steps and blend layers
         self.map_count = 0
         self.last_mask: Optional[torch.Tensor] = None
+        self._windowed = False  # this step sees the clip through context windows (vp2p_core.context)
+        self._window: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (clip frames, normalised weights)
+        self._first_window = True
         s, e = plan.self_replace
         self.self_steps = (int(num_steps * s), int(num_steps * e))
         if plan.blend is not None:
@@ -228,11 +231,19 @@ class AttentionController:
         return on in ("frame", "both") and tokens <= self.plan.frame_replace_max_tokens
 
     def cross(self, probs: torch.Tensor, name: str) -> torch.Tensor:
-        """probs [1+n, F, heads, N, 77] of the conditional rows; returns the edited maps."""
+        """probs [1+n, F, heads, N, 77] of the conditional rows (F: the window's rows); returns the edited maps."""
         if self.reads_blend and name in self.blend_layers:
             m = probs.mean(dim=2).detach()
-            self.map_sum = m if self.map_sum is None else self.map_sum + m
-            self.map_count += 1
+            if self._window is None:
+                self.map_sum = m if self.map_sum is None else self.map_sum + m
+                self.map_count += 1
+            else:  # each window adds its frames' maps at their fuse weights: a frame's weights sum to 1
+                frames, weights = self._window
+                if self.map_sum is None:
+                    self.map_sum = torch.zeros((m.shape[0], self.num_frames, *m.shape[2:]), device=m.device,
+                                               dtype=m.dtype)
+                self.map_sum.index_add_(1, frames, m * weights.to(m.dtype)[None, :, None, None])
+                self.map_count += int(self._first_window)
         if not self._cross_active():
             return probs
         base = probs[0]
@@ -250,6 +261,22 @@ class AttentionController:
         return out
 
     # -- called by the sampler ------------------------------------------------------------------
+    def set_windows(self, windows) -> None:
+        """The context windows of the coming step (vp2p_core.context.Window list)."""
+        self._windowed = not (len(windows) == 1 and windows[0].frames == tuple(range(self.num_frames)))
+        self._window, self._first_window = None, True
+
+    def enter_window(self, window, weights: torch.Tensor) -> None:
+        """The UNet call that follows sees ``window`` (its rows' normalised fuse weights ``weights``)."""
+        if not self._windowed:
+            return
+        if self._window is not None:
+            self._first_window = False
+        self._window = (window.index(weights.device), weights)
+
+    def leave_windows(self) -> None:
+        self._window = None
+
     def end_step(self, latents: torch.Tensor) -> torch.Tensor:
         """LocalBlend after a DDIM step; latents [1+n, F, C, h, w]. Advances the step counter."""
         step = self.cur_step

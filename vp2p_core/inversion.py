@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .context import ContextWindows, Window, fuse, is_whole_clip, normalised_weights, whole_clip
 from .errors import VP2PInputError
 from .files import atomic_save, load_checked, meta_json
 from .host import Host
@@ -108,16 +109,26 @@ def _eps(model: VideoModel, schedule: DDIMSchedule, x, t, text, f):
     return schedule.to_eps(video_forward(model.unet, x, t, text, f), t, x)
 
 
+def windowed_eps(model: VideoModel, schedule: DDIMSchedule, x: torch.Tensor, t, text: torch.Tensor,
+                 windows: list[Window]) -> torch.Tensor:
+    """eps of one clip x [F,C,h,w], the UNet called once per context window and the windows fused per frame."""
+    return fuse(lambda xw, w, _: _eps(model, schedule, xw[0], t, text, len(w)).unsqueeze(0), x.unsqueeze(0),
+                windows)[0]
+
+
 @torch.no_grad()
 def ddim_inversion(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, schedule: DDIMSchedule,
-                   host: Host = Host()) -> list[torch.Tensor]:
+                   host: Host = Host(), context: Optional[ContextWindows] = None) -> list[torch.Tensor]:
     """[x_0, x_1, ..., x_T] with the source prompt and no guidance (the reference's ``ddim_loop``)."""
     f = latents.shape[0]
     x = latents
     out = [x]
     loop = host.loop(schedule.num_steps, "DDIM inversion")
     for i, t in enumerate(schedule.timesteps.flip(0).tolist()):
-        x = schedule.next_step(_eps(model, schedule, x, t, text, f), t, x)
+        windows = context.windows(f, step=i) if context else whole_clip(f)
+        eps = (_eps(model, schedule, x, t, text, f) if is_whole_clip(windows, f)
+               else windowed_eps(model, schedule, x, t, text, windows))
+        x = schedule.next_step(eps, t, x)
         out.append(x)
         loop.step(i + 1, preview=x)
     return out
@@ -125,13 +136,17 @@ def ddim_inversion(model: VideoModel, latents: torch.Tensor, text: torch.Tensor,
 
 def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Tensor,
            empty_embedding: Optional[torch.Tensor] = None, prompt: str = "",
-           options: InversionOptions = InversionOptions(), host: Host = Host()) -> Inversion:
-    """Invert a clip (latents [F,C,h,w], scaled) with the source prompt."""
+           options: InversionOptions = InversionOptions(), host: Host = Host(),
+           context: Optional[ContextWindows] = None) -> Inversion:
+    """Invert a clip (latents [F,C,h,w], scaled) with the source prompt; ``context``: the UNet sees the clip
+    through these windows (None: all frames at once)."""
     mode, num_steps, guidance = options.mode, options.steps, options.guidance
     if latents.dim() != 4:
         raise VP2PInputError(f"latents: expected [frames, channels, h, w], got shape {tuple(latents.shape)}")
     if mode == "null_text" and empty_embedding is None:
         raise VP2PInputError("empty_embedding: null-text inversion starts from the empty prompt's embedding")
+    if context is not None:
+        context.check_clip(latents.shape[0])
     unet = model.unet
     host.load_module(unet)
     dtype = next(unet.parameters()).dtype
@@ -142,7 +157,7 @@ def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Ten
         cond = source_embedding.clone().to(host.device, dtype)
         steps = schedule.num_steps
         overall = 2 * steps if mode == "null_text" else steps  # one progress bar over both stages
-        ddim = ddim_inversion(model, x0, cond, schedule, host.stage(0, overall))
+        ddim = ddim_inversion(model, x0, cond, schedule, host.stage(0, overall), context=context)
         stats = {"ddim_forwards": model.evaluations() - evals0}
         inv = Inversion(x_T=ddim[-1].detach().cpu(), source_embedding=cond.detach().cpu(),
                         timesteps=schedule.timesteps.clone(), mode=mode, guidance=float(guidance), prompt=prompt,
@@ -150,7 +165,7 @@ def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Ten
         if mode == "null_text":
             nulls, traj, nstats = null_text_optimisation(model, ddim, cond,
                                                          empty_embedding.clone().to(host.device, dtype), schedule,
-                                                         options, host.stage(steps, overall))
+                                                         options, host.stage(steps, overall), context=context)
             inv.null_embeddings, inv.trajectory = nulls.cpu(), traj.cpu()
             stats.update(nstats)
     stats["forwards"] = model.evaluations() - evals0
@@ -159,7 +174,13 @@ def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Ten
 
 
 def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: torch.Tensor, empty: torch.Tensor,
-                           schedule: DDIMSchedule, options: InversionOptions, host: Host):
+                           schedule: DDIMSchedule, options: InversionOptions, host: Host,
+                           context: Optional[ContextWindows] = None):
+    """One null embedding per step for the whole clip. With context windows, each window's loss is its frames'
+    share of the clip's MSE (fuse weights normalised over the windows), so the losses sum to the clip's loss and
+    a model whose frames do not interact gets the whole clip's gradient; the gradients of all windows are summed
+    (one backward per window, so memory is one window's) and Adam takes one step per iteration. The stop test
+    needs every window's loss, so an iteration that stops has run its windows' backwards for nothing."""
     unet = model.unet
     f = ddim[0].shape[0]
     T = schedule.num_steps
@@ -177,29 +198,17 @@ def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: to
     try:
         for i, t in enumerate(schedule.timesteps.tolist()):
             target = ddim[T - 1 - i]
-            with torch.no_grad():
-                eps_c = _eps(model, schedule, x, t, cond, f)
+            windows = context.windows(f, step=i) if context else whole_clip(f)
             e = e.detach().clone().requires_grad_(True)  # a new tensor: Adam steps it in place
             opt = torch.optim.Adam([e], lr=lr_scale * 1e-2 * (1.0 - i / 100.0))
             bound = early_stop + i * 2e-5
-            rec, j, loss_v = None, 0, float("nan")
-            with torch.enable_grad():
-                for j in range(inner_steps):
-                    eps_u = _eps(model, schedule, x, t, e, f)
-                    rec = schedule.prev_step(eps_u + guidance * (eps_c - eps_u), t, x)
-                    loss = F.mse_loss(rec, target)
-                    loss_v = float(loss.detach())
-                    if loss_v < bound:
-                        break
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    backwards += 1
-                    opt.step()
-                    rec = None
-            if rec is None:  # never under the bound: step with the last embedding
-                with torch.no_grad():
-                    eps_u = _eps(model, schedule, x, t, e, f)
-                    rec = schedule.prev_step(eps_u + guidance * (eps_c - eps_u), t, x)
+            if is_whole_clip(windows, f):
+                rec, j, loss_v, b = _null_step_whole(model, schedule, x, t, cond, e, target, guidance, inner_steps,
+                                                     bound, opt)
+            else:
+                rec, j, loss_v, b = _null_step_windowed(model, schedule, x, t, cond, e, target, guidance,
+                                                        inner_steps, bound, opt, windows)
+            backwards += b
             x = rec.detach()
             e = e.detach()
             nulls.append(e[0])
@@ -212,3 +221,75 @@ def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: to
             p.requires_grad_(flag)
     stats = {"inner_iterations": iters, "losses": losses, "null_backwards": backwards}
     return torch.stack(nulls), torch.stack(traj), stats
+
+
+def _null_step_whole(model, schedule, x, t, cond, e, target, guidance, inner_steps, bound, opt):
+    """One DDIM step's optimisation with all frames in one UNet call."""
+    f = x.shape[0]
+    with torch.no_grad():
+        eps_c = _eps(model, schedule, x, t, cond, f)
+    rec, j, loss_v, backwards = None, 0, float("nan"), 0
+    with torch.enable_grad():
+        for j in range(inner_steps):
+            eps_u = _eps(model, schedule, x, t, e, f)
+            rec = schedule.prev_step(eps_u + guidance * (eps_c - eps_u), t, x)
+            loss = F.mse_loss(rec, target)
+            loss_v = float(loss.detach())
+            if loss_v < bound:
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            backwards += 1
+            opt.step()
+            rec = None
+    if rec is None:  # never under the bound: step with the last embedding
+        with torch.no_grad():
+            eps_u = _eps(model, schedule, x, t, e, f)
+            rec = schedule.prev_step(eps_u + guidance * (eps_c - eps_u), t, x)
+    return rec, j, loss_v, backwards
+
+
+def windowed_null_loss(rec: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """A window's share of the clip's MSE: rec, target [Fw,C,h,w]; weights [Fw] normalised over the windows."""
+    per_frame = (rec - target).pow(2).flatten(1).mean(1)
+    return (per_frame * weights.to(per_frame.dtype)).sum() / num_frames
+
+
+def _null_step_windowed(model, schedule, x, t, cond, e, target, guidance, inner_steps, bound, opt, windows):
+    """One DDIM step's optimisation with the clip seen through context windows (see null_text_optimisation)."""
+    f = x.shape[0]
+    norm = normalised_weights(windows, f, device=x.device)
+    parts = []
+    with torch.no_grad():
+        for w in windows:
+            idx = w.index(x.device)
+            parts.append((idx, x.index_select(0, idx), target.index_select(0, idx),
+                          _eps(model, schedule, x.index_select(0, idx), t, cond, len(w))))
+    def run_windows(grad: bool):
+        """The clip's guided step (windows fused) and loss; with ``grad``, each window's backward."""
+        rec, total, n_back = torch.zeros_like(x), 0.0, 0
+        for (idx, xw, tw, eps_c), wn in zip(parts, norm):
+            with torch.set_grad_enabled(grad):
+                eps_u = _eps(model, schedule, xw, t, e, len(idx))
+                rec_w = schedule.prev_step(eps_u + guidance * (eps_c - eps_u), t, xw)
+                loss = windowed_null_loss(rec_w, tw, wn, f)
+            total += float(loss.detach())
+            rec.index_add_(0, idx, rec_w.detach() * wn.to(rec_w.dtype).view(-1, 1, 1, 1))
+            if grad:
+                loss.backward()
+                n_back += 1
+        return rec, total, n_back
+
+    rec, j, loss_v, backwards = None, 0, float("nan"), 0
+    for j in range(inner_steps):
+        opt.zero_grad(set_to_none=True)
+        rec, loss_v, b = run_windows(grad=True)
+        backwards += b
+        if loss_v < bound:
+            break
+        opt.step()
+        rec = None
+    if rec is None:  # never under the bound: step with the last embedding
+        rec, _, _ = run_windows(grad=False)
+    opt.zero_grad(set_to_none=True)
+    return rec, j, loss_v, backwards

@@ -380,5 +380,39 @@ class CompositeOptions(Options):
         "undilated mask the edit's. 0: a hard edge.", min=0, max=256, step=1)
 
 
+# --------------------------------------------------------------------------------------------------------
+# context windows (clips of any length)
+
+# ComfyUI's names (comfy/context_windows.py, node ContextWindowsManual), so a ComfyUI user already knows them.
+CONTEXT_SCHEDULES = ("standard_static", "standard_uniform", "looped_uniform", "batched")
+FUSE_METHODS = ("pyramid", "relative", "flat", "overlap-linear")
+
+
+@dataclass(frozen=True)
+class ContextOptions(Options):
+    """Every stage that runs the UNet sees the clip through windows of ``context_length`` frames
+    (``vp2p_core.context``); a window as long as the clip or longer is the whole clip, as without windows."""
+
+    context_length: int = option("int", 16, "Frames the UNet sees at once. A clip this long or shorter is one "
+                                 "window (the whole clip).", min=1, max=4096)
+    context_overlap: int = option("int", 4, "Frames two neighbouring windows share; their predictions are blended "
+                                  "there. Must be smaller than context_length.", min=0, max=4095)
+    context_schedule: str = option(
+        "choice", "standard_static", "How windows are laid over the clip (ComfyUI's names): standard_static, the "
+        "same windows every step; standard_uniform / looped_uniform, windows that shift from step to step (ComfyUI "
+        "only); batched, no overlap.", choices=CONTEXT_SCHEDULES)
+    context_stride: int = option("int", 1, "Uniform schedules: also windows of every 2nd, 4th, ... frame up to "
+                                 "this stride.", min=1, max=16)
+    closed_loop: bool = option("bool", False, "looped_uniform: windows also wrap from the last frame to the first.")
+    fuse_method: str = option(
+        "choice", "pyramid", "Weights of a window's frames where windows overlap: pyramid (highest in the middle), "
+        "relative, flat, overlap-linear (a linear ramp over the overlap only).", choices=FUSE_METHODS)
+
+    def check(self) -> None:
+        if self.context_overlap >= self.context_length:
+            raise VP2PInputError(f"context_overlap: expected fewer frames than context_length "
+                                 f"({self.context_length}), got {self.context_overlap}")
+
+
 STAGES: Sequence[type] = (InflationOptions, TuneOptions, InversionOptions, EditOptions, SamplerOptions,
-                          StructureOptions, DecodeOptions, CompositeOptions)
+                          StructureOptions, DecodeOptions, CompositeOptions, ContextOptions)

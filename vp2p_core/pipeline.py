@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import torch
 
 from .composite import composite_frames
+from .context import ContextWindows
 from .control import EditPlan, build_edit_plan
 from .errors import VP2PInputError
 from .host import Host
@@ -171,8 +172,12 @@ class RunResult:
 def run(components: Components, frames: torch.Tensor, source: str, targets: str | Sequence[str],
         tune: TuneOptions = TuneOptions(), inversion: InversionOptions = InversionOptions(),
         edit: EditOptions = EditOptions(), sampler: SamplerOptions = SamplerOptions(),
-        composite: CompositeOptions = CompositeOptions(), host: Host = Host()) -> RunResult:
+        composite: CompositeOptions = CompositeOptions(), host: Host = Host(),
+        context: Optional[ContextWindows] = None) -> RunResult:
     """Inflated model -> tune -> invert -> edit -> decode (-> composite), on one clip (frames [F,H,W,3]).
+
+    ``context``: tuning, inversion and the edit see the clip through these windows (None: all frames at once);
+    the VAE encodes and decodes in chunks of frames either way.
 
     With ``composite.composite`` on and local blend in the edit, the decoded edit is pasted over ``frames``
     through the blend mask (vp2p_core.composite): outside the dilated mask, the result is the source's pixels."""
@@ -187,16 +192,19 @@ def run(components: Components, frames: torch.Tensor, source: str, targets: str 
         evals[name] = state.forward_clips - e0
         return out
 
+    if context is not None:
+        context.check_clip(frames.shape[0], what="frames")
     latents = stage("encode", lambda: cm.encode_frames(frames))
     plan = stage("plan", lambda: cm.plan(source, targets, options=edit))
     delta = None
     if tune.steps > 0:
         delta = stage("tune", lambda: one_shot_tune(cm.model, latents, plan.source_embedding, source, options=tune,
-                                                    host=host))
+                                                    host=host, context=context))
     inv = stage("invert", lambda: invert(cm.model, latents, source_embedding=plan.source_embedding,
                                          empty_embedding=plan.empty_embedding, prompt=source, options=inversion,
-                                         host=host))
-    res = stage("edit", lambda: sample_edit(cm.model, inv, plan, options=sampler, host=host))
+                                         host=host, context=context))
+    res = stage("edit", lambda: sample_edit(cm.model, inv, plan, options=sampler, host=host,
+                                                   context=context))
     n, f = res.edited.shape[:2]
     decoded = stage("decode", lambda: cm.decode_latents(res.edited.flatten(0, 1)).view(n, f, *frames.shape[1:]))
     edited, composited = decoded, False

@@ -18,6 +18,7 @@ from typing import Optional
 
 import torch
 
+from .context import ContextWindows, Window, fuse, is_whole_clip, whole_clip
 from .control import AttentionController, EditPlan, blend_layer_names
 from .errors import VP2PInputError
 from .host import Host
@@ -82,13 +83,17 @@ def _rows(extra: dict, start: int) -> dict:
 
 def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options: SamplerOptions = SamplerOptions(),
                 host: Host = Host(), structure: Optional[StructureGuidance] = None,
-                num_frames: Optional[int] = None) -> EditResult:
-    """Edit the inverted clip; ``structure`` steers the target branches through a ControlNet."""
+                num_frames: Optional[int] = None, context: Optional[ContextWindows] = None) -> EditResult:
+    """Edit the inverted clip; ``structure`` steers the target branches through a ControlNet; ``context``: the UNet
+    sees the clip through these windows (None: all frames at once). Local blend, its mask and the attention maps
+    work per frame over the whole clip: each window's maps go to its frames, weighted as its predictions are."""
     check_edit_inputs(model, inversion, plan)
     guidance, decoupled, temporal_guidance = options.guidance, options.decoupled_guidance, options.temporal_guidance
     f = inversion.num_frames
     if num_frames is not None and num_frames != f:
         raise VP2PInputError(f"latents: {num_frames} frames, but the inversion was made from {f}")
+    if context is not None:
+        context.check_clip(f)
     unet = model.unet
     host.load_module(unet)
     dev = host.device
@@ -134,25 +139,40 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
                     texts.append(inversion.uncond_for_step(i).to(dev, dtype))
                 clips.append(x_tgt)
                 texts.append(target_uncond(i))
-                x_in = torch.cat(clips).flatten(0, 1)
-                text = torch.cat(texts).repeat_interleave(f, dim=0)
-                n_clips = x_in.shape[0] // f
+                x_in = torch.cat(clips)  # [clips, F, C, h, w]
+                text = torch.cat(texts)
+                n_clips = x_in.shape[0]
                 target_rows = list(range(1, 1 + n)) + list(range(n_clips - n, n_clips))
-                extra = structure.unet_kwargs(i, T, x_in, t, text, target_rows, f) if structure else {}
-                out = video_forward(unet, x_in, t, text, f, **extra)
-                eps = schedule.to_eps(out, t, x_in).view(-1, f, *x_T.shape[1:])
-                eps_src_c, eps_tgt_c = eps[0], eps[1:1 + n]
-                eps_tgt_u = eps[-n:]
-                eps_tgt = eps_tgt_u + guidance * (eps_tgt_c - eps_tgt_u)
-                if temporal_guidance != 1.0:
-                    eps_img = independent_prediction(model, schedule, x_tgt, t, target_uncond(i),
-                                                     _rows(extra, (n_clips - n) * f))
-                    eps_tgt = eps_tgt + (temporal_guidance - 1.0) * (eps_tgt_u - eps_img)
+                windows = context.windows(f, step=i) if context is not None else whole_clip(f)
+                ctrl.set_windows(windows)
+
+                def predict(xw: torch.Tensor, w: Window, weights: torch.Tensor) -> torch.Tensor:
+                    """Guided target eps and the source's conditional/unconditional eps of one window."""
+                    fw = len(w)
+                    ctrl.enter_window(w, weights)
+                    flat = xw.flatten(0, 1)
+                    text_w = text.repeat_interleave(fw, dim=0)
+                    extra = (structure.unet_kwargs(i, T, flat, t, text_w, target_rows, fw, frame_index=list(w.frames))
+                             if structure else {})
+                    out = video_forward(unet, flat, t, text_w, fw, **extra)
+                    eps = schedule.to_eps(out, t, flat).view(-1, fw, *x_T.shape[1:])
+                    eps_tgt_c, eps_tgt_u = eps[1:1 + n], eps[-n:]
+                    eps_tgt = eps_tgt_u + guidance * (eps_tgt_c - eps_tgt_u)
+                    if temporal_guidance != 1.0:
+                        eps_img = independent_prediction(model, schedule, xw[-n:], t, target_uncond(i),
+                                                         _rows(extra, (n_clips - n) * fw))
+                        eps_tgt = eps_tgt + (temporal_guidance - 1.0) * (eps_tgt_u - eps_img)
+                    return torch.cat([eps[:1], eps[1 + n:1 + n + int(src_needs_uncond)], eps_tgt])
+
+                fused = fuse(predict, x_in, windows)
+                ctrl.leave_windows()
+                eps_src_c = fused[0]
+                eps_tgt = fused[-n:]
                 if trajectory is not None:
                     new_src = trajectory[i].to(dev, dtype)
                 else:
                     if src_needs_uncond:
-                        eps_src_u = eps[1 + n]
+                        eps_src_u = fused[1]
                         eps_src = eps_src_u + guidance * (eps_src_c - eps_src_u)
                     else:
                         eps_src = eps_src_c

@@ -85,12 +85,14 @@ class StructureGuidance:
         return self.strength != 0 and self.start <= step / num_steps < self.end
 
     def unet_kwargs(self, step: int, num_steps: int, x: torch.Tensor, timestep, text: torch.Tensor,
-                    rows: Sequence[int], frames: int) -> dict:
-        """Residuals for the whole batch x [(clips*F),C,h,w]; clips not in ``rows`` get zeros."""
+                    rows: Sequence[int], frames: int, frame_index: Optional[Sequence[int]] = None) -> dict:
+        """Residuals for the whole batch x [(clips*F),C,h,w]; clips not in ``rows`` get zeros. ``frame_index``:
+        the clip frames of the batch's F rows (a context window), default all frames in order."""
         if not rows or not self.active(step, num_steps):
             return {}
         idx = torch.tensor([c * frames + j for c in rows for j in range(frames)], device=x.device)
-        cond = self.structure.to(x.device, x.dtype).repeat(len(rows), 1, 1, 1)
+        maps = self.structure if frame_index is None else self.structure[list(frame_index)]
+        cond = maps.to(x.device, x.dtype).repeat(len(rows), 1, 1, 1)
         down, mid = self.residual_fn(x[idx], timestep, text[idx], cond)
 
         def scatter(r):

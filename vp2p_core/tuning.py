@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .context import ContextWindows
 from .errors import VP2PInputError
 from .files import atomic_save, load_checked, meta_json, state_fingerprint
 from .host import Host
@@ -122,10 +123,17 @@ def trained_weights(model: VideoModel, delta: Optional[Delta] = None):
 
 
 def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, prompt: str = "",
-                  options: TuneOptions = TuneOptions(), host: Host = Host()) -> Delta:
-    """Tune ``model`` in place on one clip. latents [F,C,h,w] (already scaled), text [1,L,D]."""
+                  options: TuneOptions = TuneOptions(), host: Host = Host(),
+                  context: Optional[ContextWindows] = None) -> Delta:
+    """Tune ``model`` in place on one clip. latents [F,C,h,w] (already scaled), text [1,L,D].
+
+    ``context``: on a clip longer than one window, each step trains on one window drawn at random from the
+    context windows (Tune-A-Video samples a few frames of the clip per step the same way), its anchor row
+    (the clip's first frame, vp2p_core.context) seen but left out of the loss."""
     if latents.dim() != 4:
         raise VP2PInputError(f"latents: expected [frames, channels, h, w], got shape {tuple(latents.shape)}")
+    if context is not None:
+        context.check_clip(latents.shape[0])
     unet = model.unet
     host.load_module(unet)
     device = host.device
@@ -154,13 +162,22 @@ def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, 
         loop = host.loop(options.steps, "tuning")
         try:
             for step in range(options.steps):
-                noise = torch.randn(x0.shape, generator=gen).to(device)
+                windows = context.windows(f, step=step) if context is not None else None
+                if windows is None or len(windows) == 1 and len(windows[0]) == f:
+                    xs, fw, rows = x0, f, None  # the whole clip (no draw: the same random stream as ever)
+                else:
+                    w = windows[int(torch.randint(0, len(windows), (1,), generator=gen))]
+                    xs, fw = x0[list(w.frames)], len(w)
+                    rows = [k for k, v in enumerate(w.weights) if v > 0]
+                noise = torch.randn(xs.shape, generator=gen).to(device)
                 t = torch.randint(0, model.schedule.num_train_timesteps, (1,), generator=gen).to(device)
-                noisy = schedule.add_noise(x0, noise, t.expand(f))
-                target = noise if model.schedule.prediction_type == "epsilon" else schedule.velocity(x0, noise, t.expand(f))
+                noisy = schedule.add_noise(xs, noise, t.expand(fw))
+                target = noise if model.schedule.prediction_type == "epsilon" else schedule.velocity(xs, noise, t.expand(fw))
                 ctx = torch.autocast(device.type, dtype=ac_dtype) if ac_dtype else contextlib.nullcontext()
                 with ctx:
-                    pred = video_forward(unet, noisy.to(cond.dtype), t, cond, f)
+                    pred = video_forward(unet, noisy.to(cond.dtype), t, cond, fw)
+                if rows is not None and len(rows) < fw:  # the anchor row is context, not a training target
+                    pred, target = pred[rows], target[rows]
                 loss = F.mse_loss(pred.float(), target.float())
                 if scaler is not None:
                     scaler.scale(loss).backward()

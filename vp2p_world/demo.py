@@ -168,6 +168,7 @@ def fail(parser: argparse.ArgumentParser, message: str):
 def parse_args(argv):
     """Every flag, checked before any work starts: bad input exits with code 2 and names the flag."""
     from vp2p_core import CompositeOptions, EditOptions, InversionOptions, SamplerOptions, TuneOptions
+    from vp2p_core.options import ContextOptions
 
     from .settings import add_option_flags
 
@@ -184,7 +185,9 @@ def parse_args(argv):
     add_option_flags(p, EditOptions, defaults={"blend_words": None})
     add_option_flags(p, SamplerOptions, skip=("guidance",))  # one --guidance for the inversion and the sampler
     add_option_flags(p, CompositeOptions)
-    p.add_argument("--frames", type=int, default=8)
+    add_option_flags(p, ContextOptions)
+    p.add_argument("--frames", type=int, default=8, help="frames of the clip; clips longer than --context-length "
+                   "are seen through context windows (default: 8)")
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default="out/demo")
@@ -205,6 +208,8 @@ def parse_args(argv):
 def main(argv=None) -> int:
     from vp2p_core import (CompositeOptions, EditOptions, Host, InversionOptions, SamplerOptions, TuneOptions,
                            VP2PInputError)
+    from vp2p_core.context import ContextWindows
+    from vp2p_core.options import ContextOptions
     from vp2p_core.pipeline import Components, run
 
     from .settings import options_from_args
@@ -214,6 +219,8 @@ def main(argv=None) -> int:
         tune = options_from_args(a, TuneOptions, prefix="tune-")
         inversion = options_from_args(a, InversionOptions)
         sampler = options_from_args(a, SamplerOptions, guidance=inversion.guidance)
+        context = ContextWindows(options_from_args(a, ContextOptions))
+        context.check_clip(a.frames, what="--frames")
         frames, scene, clip = load_clip(a.clip, a.frames, a.resolution)
         source = a.source_prompt or (clip.caption if clip is not None else None)
         if source is None:
@@ -251,7 +258,7 @@ def main(argv=None) -> int:
         inversion_bar = "DDIM + null-text inversion" if inversion.mode == "null_text" else "DDIM inversion"
         bar = BarProgress((["tune"] if tune.steps else []) + [inversion_bar, "edit"])  # one bar per stage
         res = run(comps, frames, source, target, tune=tune, inversion=inversion, edit=edit, sampler=sampler,
-                  composite=composite, host=Host(progress=bar))
+                  composite=composite, host=Host(progress=bar), context=context)
         bar.close()
     except VP2PInputError as e:
         fail(p, str(e))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import colorsys
 import math
+from typing import Optional
 
 import numpy as np
 import torch
@@ -194,3 +195,36 @@ def flicker(frames, truth: Clip) -> dict:
             if m.any():
                 bg.append(float((residual[i][m].mean(0) / gains[i + 1]).norm()))
     return {"object": _mean(obj), "background": _mean(bg)}
+
+
+def boundary_pairs(windows, num_frames: int) -> list[bool]:
+    """For each pair of neighbouring frames (t, t+1): True where the windows that predict them differ (a context
+    window starts or ends between them), from windows with ``frames`` and ``weights`` (vp2p_core.context)."""
+    cover = [set() for _ in range(num_frames)]
+    for k, w in enumerate(windows):
+        for f, wt in zip(w.frames, w.weights):
+            if wt > 0:
+                cover[f].add(k)
+    return [cover[t] != cover[t + 1] for t in range(num_frames - 1)]
+
+
+def pair_changes(frames, truth: Optional[Clip] = None) -> torch.Tensor:
+    """The mean absolute change from each frame to the next [F-1]; with ``truth``, of frame t moved onto frame t+1
+    by the known motion and light (``Clip.warp``) over the pixels where that move is exact, so a moving camera
+    does not count."""
+    x = _t(frames).float()
+    if truth is None:
+        return (x[1:] - x[:-1]).abs().flatten(1).mean(1)
+    residual = (truth.warp(x) - x[1:]).abs()
+    valid = truth.valid(region="frame")
+    return torch.stack([r[m].mean() if m.any() else r.mean() for r, m in zip(residual, valid)])
+
+
+def seam_ratio(frames, windows, truth: Optional[Clip] = None) -> float:
+    """Mean frame-to-frame change (``pair_changes``) across context-window boundaries over the mean change between
+    frames inside windows: about 1 for a clip without seams; frames [F, ...]."""
+    change = pair_changes(frames, truth)
+    at = torch.tensor(boundary_pairs(windows, change.shape[0] + 1))
+    if not at.any() or at.all():
+        raise ValueError("seam_ratio: needs frame pairs both at window boundaries and inside windows")
+    return float(change[at].mean() / change[~at].mean().clamp_min(1e-12))

@@ -174,7 +174,7 @@ def clip_frames(g: Graph, frames: int = 8, size: int = 512) -> int:
     video = g.add("LoadVideo", "Load the source clip (put it in ComfyUI/input)", pos=(COL[0], 220),
                   file="rabbit.mp4")
     parts = g.add("GetVideoComponents", pos=(COL[0], 600), video=(video, 0))
-    first = g.add("ImageFromBatch", "First 8 frames", pos=(COL[1], 220), image=(parts, 0), batch_index=0,
+    first = g.add("ImageFromBatch", f"First {frames} frames", pos=(COL[1], 220), image=(parts, 0), batch_index=0,
                   length=frames)
     return g.add("ImageScale", "Resize to 512x512", pos=(COL[1], 420), image=(first, 0),
                  upscale_method="lanczos", width=size, height=size, crop="center")
@@ -188,12 +188,13 @@ def clip_input(g: Graph, frames: int = 8, size: int = 512):
     return ckpt, latent, scaled
 
 
-def tune_and_invert(g: Graph, ckpt: int, latent: int):
+def tune_and_invert(g: Graph, ckpt: int, latent: int, context: int | None = None):
+    extra = {"context": (context, 0)} if context is not None else {}
     vm = g.add("InflateUNet", pos=(COL[2], 0), model=(ckpt, 0))
     tuned = g.add("OneShotTune", pos=(COL[2], 180), vp2p_model=(vm, 0), latent=(latent, 0), clip=(ckpt, 1),
-                  source_prompt=SOURCE)
+                  source_prompt=SOURCE, **extra)
     inv = g.add("NullTextVideoInvert", pos=(COL[2], 560), vp2p_model=(tuned, 0), latent=(latent, 0),
-                clip=(ckpt, 1), source_prompt=SOURCE)
+                clip=(ckpt, 1), source_prompt=SOURCE, **extra)
     return tuned, inv
 
 
@@ -205,10 +206,12 @@ def edit_node(g: Graph, ckpt: int, target: str, mode: str, blend: str = "", blen
 
 
 def sample_and_save(g: Graph, ckpt: int, tuned: int, inv: int, edit: int, prefix: str, latent: int | None,
-                    structure: int | None = None, **sampler_widgets):
+                    structure: int | None = None, context: int | None = None, **sampler_widgets):
     extra = {"latent": (latent, 0)} if latent is not None else {}
     if structure is not None:
         extra["structure"] = (structure, 0)
+    if context is not None:
+        extra["context"] = (context, 0)
     sampler = g.add("VideoP2PSampler", pos=(COL[4], 0), vp2p_model=(tuned, 0), inversion=(inv, 0),
                     edit=(edit, 0), **sampler_widgets, **extra)
     frames = g.add("DecodeFrames", pos=(COL[4], 260), vae=(ckpt, 2), latent=(sampler, 0))
@@ -321,8 +324,27 @@ def structure_depth() -> Graph:
     return g
 
 
+def long_clip() -> Graph:
+    g = Graph("Video-P2P on a long clip (context windows)")
+    g.note("Video-P2P word swap on 48 frames (6 s at 8 fps): 'rabbit' -> 'cat'.\n\n"
+           "Context Windows (Video-P2P) lets tuning, inversion and the sampler see the clip 16 frames at a time "
+           "(ComfyUI's ContextWindowsManual settings); every window also sees the clip's first frame, so all "
+           "windows follow one frame, and overlapping windows are blended (fuse_method). Time per frame and "
+           "memory stay those of a 16-frame clip. Connect the same Context Windows node to all three.\n"
+           "Raise ImageFromBatch's length for more frames (VAE Encode and Decode Frames work in chunks).",
+           pos=(COL[0], -300))
+    ckpt, latent, scaled = clip_input(g, frames=48)
+    context = g.add("VideoP2PContextWindows", pos=(COL[1], 900), context_length=16, context_overlap=4)
+    tuned, inv = tune_and_invert(g, ckpt, latent, context=context)
+    edit = edit_node(g, ckpt, "a cat is jumping on the grass", "replace", "rabbit", "cat")
+    outputs = sample_and_save(g, ckpt, tuned, inv, edit, "vp2p_long_clip", latent, context=context)
+    composite(g, *outputs, scaled)
+    return g
+
+
 WORKFLOWS = {"video_p2p_word_swap": word_swap, "video_p2p_refine_reweight": refine_reweight,
-             "video_p2p_reedit": reedit, "vp2p_structure_depth": structure_depth}
+             "video_p2p_reedit": reedit, "vp2p_structure_depth": structure_depth,
+             "video_p2p_long_clip": long_clip}
 
 
 def render() -> dict[str, str]:

@@ -11,35 +11,24 @@ count, channels and largest difference (in order), the UNet outputs' difference,
 the output, that zero residuals equal no ControlNet, and that the host loads the ControlNet through ComfyUI's
 model management together with the video model. Runs under torch.inference_mode(), as nodes do.
 """
-import importlib
-import importlib.util
 import json
-import os
 import sys
 import time
 
+import under_test
+
 
 def main(comfy_dir, ckpt, cn_path, repo):
-    sys.path.insert(0, comfy_dir)
+    module = under_test.load(comfy_dir, repo)
     import torch
-    import comfy.cli_args
-
-    if not torch.cuda.is_available():
-        comfy.cli_args.args.cpu = True
     import comfy.controlnet
     import comfy.model_management as mm
     import comfy.sd
 
-    name = "vp2p_under_test"
-    spec = importlib.util.spec_from_file_location(name, os.path.join(repo, "__init__.py"),
-                                                  submodule_search_locations=[repo])
-    pkg = importlib.util.module_from_spec(spec)
-    sys.modules[name] = pkg
-    spec.loader.exec_module(pkg)
-    convert = importlib.import_module(name + ".nodes.convert")
-    controlnet = importlib.import_module(name + ".nodes.controlnet")
-    host_mod = importlib.import_module(name + ".nodes.host")
-    types_mod = importlib.import_module(name + ".nodes.types")
+    convert = module("nodes.convert")
+    controlnet = module("nodes.controlnet")
+    host_mod = module("nodes.host")
+    types_mod = module("nodes.types")
 
     out = {}
     strength = 0.8

@@ -7,31 +7,20 @@ LoRA-style weight patch on the MODEL, whether the unpatched MODEL still gives it
 and whether ComfyUI's model management loads our ModelPatcher. Everything runs under
 torch.inference_mode(), as nodes run in the server.
 """
-import importlib
-import importlib.util
 import json
-import os
 import sys
 import time
 
+import under_test
+
 
 def main(comfy_dir, ckpt, repo):
-    sys.path.insert(0, comfy_dir)
+    module = under_test.load(comfy_dir, repo)
     import torch
-    import comfy.cli_args
-
-    if not torch.cuda.is_available():
-        comfy.cli_args.args.cpu = True
     import comfy.model_management as mm
     import comfy.sd
 
-    name = "vp2p_under_test"
-    spec = importlib.util.spec_from_file_location(name, os.path.join(repo, "__init__.py"),
-                                                  submodule_search_locations=[repo])
-    pkg = importlib.util.module_from_spec(spec)
-    sys.modules[name] = pkg
-    spec.loader.exec_module(pkg)
-    convert = importlib.import_module(name + ".nodes.convert")
+    convert = module("nodes.convert")
 
     torch.manual_seed(0)
     out = {}

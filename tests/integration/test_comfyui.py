@@ -5,7 +5,7 @@ Runs when COMFYUI_DIR points at a ComfyUI source tree (python: COMFYUI_PYTHON, e
 $COMFYUI_DIR/../comfyvenv/bin/python, else this interpreter); `.ci/run` sets all of it up. Nothing is written
 into the tree (checked at the end): the server gets a throwaway --base-directory whose custom_nodes/ links to
 this repository, a small random SD1.5-format checkpoint (make_checkpoint.py), a ControlNet for it
-(make_controlnet.py) and a 6-frame clip; Python's bytecode goes to a folder of its own (PYTHONPYCACHEPREFIX).
+(make_controlnet.py) and a 12-frame clip; Python's bytecode goes to a folder of its own (PYTHONPYCACHEPREFIX).
 
 The workflows keep their shipped settings (gradient checkpointing on, fp32, null-text inversion, local blend,
 guidance 7.5, ...); only their size shrinks: 4 frames at 64x64, 2 tuning steps, 5 inversion steps (2 null-text
@@ -53,16 +53,21 @@ RUN_TIMEOUT = 600
 # Saved workflows refer to nodes by these ids and input names, so they are fixed whatever nodes/ looks like inside.
 OUR_NODES = {
     "InflateUNet": (["model", "frame_attention", "weight_dtype"], [], ["VP2P_MODEL"], False),
+    "VideoP2PContextWindows": (["context_length", "context_overlap", "context_schedule", "context_stride",
+                                "closed_loop", "fuse_method"], [], ["VP2P_CONTEXT"], False),
     "OneShotTune": (["vp2p_model", "latent", "clip", "source_prompt", "steps", "learning_rate", "seed",
-                     "gradient_checkpointing", "precision", "cache_dir"], [], ["VP2P_MODEL", "STRING"], False),
+                     "gradient_checkpointing", "precision", "cache_dir"], ["context"], ["VP2P_MODEL", "STRING"],
+                    False),
     "NullTextVideoInvert": (["vp2p_model", "latent", "clip", "source_prompt", "steps", "guidance", "mode",
-                             "inner_steps", "early_stop", "cache_dir"], ["lr_scale"], ["VP2P_INVERSION"], False),
+                             "inner_steps", "early_stop", "cache_dir"], ["lr_scale", "context"], ["VP2P_INVERSION"],
+                            False),
     "AttentionEditController": (["clip", "source_prompt", "target_prompts", "edit_mode", "cross_replace",
                                  "self_replace", "self_replace_on", "blend_words", "blend_target_words",
                                  "reweight_words", "reweight_values", "mask_threshold", "blend_start",
                                  "blend_dilation", "blend_smoothing", "blend_region"], [], ["VP2P_EDIT"], False),
     "VideoP2PSampler": (["vp2p_model", "inversion", "edit", "guidance", "decoupled_guidance"],
-                        ["latent", "temporal_guidance", "structure"], ["LATENT", "LATENT", "VP2P_MAPS"], False),
+                        ["latent", "temporal_guidance", "structure", "context"], ["LATENT", "LATENT", "VP2P_MAPS"],
+                        False),
     "StructureGuidance": (["structure", "structure_blur", "strength", "start_percent", "end_percent"],
                           ["control_net", "diffusers_controlnet"], ["VP2P_STRUCTURE", "IMAGE"], False),
     "DecodeFrames": (["vae", "latent", "frames_per_chunk"], [], ["IMAGE"], False),
@@ -80,7 +85,9 @@ WORKFLOW_TESTS = {
     "video_p2p_refine_reweight": "test_refine_reweight_workflow",
     "video_p2p_reedit": "test_reedit_workflow_from_saved_files",
     "vp2p_structure_depth": "test_structure_depth_workflow",
+    "video_p2p_long_clip": "test_long_clip_workflow",
 }
+LONG_FRAMES, LONG_CONTEXT, LONG_OVERLAP = 10, 4, 1  # the long-clip workflow at test size: windows 0-3, 3-6, 6-9
 
 
 def comfy_python() -> str:
@@ -151,7 +158,8 @@ def comfy(tmp_path_factory):
     subprocess.run([py, str(HERE / "make_controlnet.py"), str(base / "models" / "checkpoints" / CKPT),
                     str(base / "models" / "controlnet" / CNET), "--seed", "0"],
                    check=True, env=env, capture_output=True, timeout=600)
-    subprocess.run([py, str(HERE / "make_clip.py"), str(base / "input" / CLIP), "6", str(SIZE)], check=True,
+    subprocess.run([py, str(HERE / "make_clip.py"), str(base / "input" / CLIP), str(LONG_FRAMES + 2),
+                    str(SIZE)], check=True,
                    env=env, capture_output=True, timeout=120)
     port = free_port()
     log_path = base / "comfyui.log"
@@ -219,7 +227,7 @@ def shipped(name: str) -> dict:
     return json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
 
 
-def small_prompt(name: str, prefix: str) -> dict:
+def small_prompt(name: str, prefix: str, frames: int = FRAMES) -> dict:
     """The shipped API workflow at test size (frames, frame size, steps; every other setting as shipped), plus
     output nodes that save the decoded frames (900), the sampler's edited (901) and source (902) latents and the
     local-blend mask (904)."""
@@ -233,7 +241,7 @@ def small_prompt(name: str, prefix: str) -> dict:
         elif ct == "ControlNetLoader":
             inp["control_net_name"] = CNET
         elif ct == "ImageFromBatch":
-            inp["length"] = FRAMES
+            inp["length"] = frames
         elif ct == "ImageScale":
             inp["width"] = inp["height"] = SIZE
         elif ct == "OneShotTune":
@@ -289,7 +297,7 @@ def video_info(comfy, path: Path) -> tuple:
     return tuple(json.loads(r.stdout.strip().splitlines()[-1]))
 
 
-def check_run(comfy, api: dict, entry: dict, targets: int = 1) -> SimpleNamespace:
+def check_run(comfy, api: dict, entry: dict, targets: int = 1, frames: int = FRAMES) -> SimpleNamespace:
     """A run of small_prompt's graph finished, and what it saved has the right count, size and finite values.
     Returns the decoded frames, the edited and source latents and the local-blend mask (at latent size)."""
     import torch
@@ -297,19 +305,20 @@ def check_run(comfy, api: dict, entry: dict, targets: int = 1) -> SimpleNamespac
     assert entry["status"]["status_str"] == "success", messages(entry, "execution_error")
     out = entry["outputs"]
     h = w = SIZE // 8
+    n = frames
     frames = load_images(comfy, out["900"]["images"])
-    assert len(frames) == FRAMES * targets and all(f.shape == (SIZE, SIZE, 3) for f in frames)
+    assert len(frames) == n * targets and all(f.shape == (SIZE, SIZE, 3) for f in frames)
     edited, source = load_latent(comfy, out["901"]["latents"]), load_latent(comfy, out["902"]["latents"])
-    assert tuple(edited.shape) == (FRAMES * targets, 4, h, w) and tuple(source.shape) == (FRAMES, 4, h, w)
+    assert tuple(edited.shape) == (n * targets, 4, h, w) and tuple(source.shape) == (n, 4, h, w)
     assert torch.isfinite(edited).all() and torch.isfinite(source).all(), "the sampler gave NaN or inf latents"
     assert edited.abs().amax() > 0 and source.abs().amax() > 0
     masks = load_images(comfy, out["904"]["images"])
-    assert len(masks) == FRAMES * targets and all(m.shape == (SIZE, SIZE, 3) for m in masks)
+    assert len(masks) == n * targets and all(m.shape == (SIZE, SIZE, 3) for m in masks)
     mask = torch.stack([torch.from_numpy(m[::8, ::8, 0].copy()) for m in masks])
     assert set(mask.unique().tolist()) <= {0, 255}, "the local-blend mask is not 0/1"
     video = out[node_id(api, "SaveVideo")]["images"]
     assert len(video) == 1 and output_path(comfy, video[0]).stat().st_size > 0
-    assert video_info(comfy, output_path(comfy, video[0])) == (FRAMES * targets, SIZE, SIZE)
+    assert video_info(comfy, output_path(comfy, video[0])) == (n * targets, SIZE, SIZE)
     return SimpleNamespace(frames=frames, edited=edited, source=source, mask=mask > 127, entry=entry)
 
 
@@ -318,7 +327,7 @@ def check_local_blend(run: SimpleNamespace, partial: bool = False) -> None:
     step puts the source there); inside it the edit changes them. partial: the mask must leave part of the clip out
     (the small random model attends almost evenly, so at the shipped mask_threshold 0.3 its mask covers all of its
     4x4 blend grid; mask_threshold 0.99 leaves part of it out)."""
-    targets = run.edited.shape[0] // FRAMES
+    targets = run.edited.shape[0] // run.source.shape[0]
     diff = (run.edited - run.source.repeat(targets, 1, 1, 1)).abs().amax(dim=1)  # [targets*F, h, w]
     inside = run.mask
     assert inside.any(), "the local-blend mask is empty: nothing was edited"
@@ -682,3 +691,33 @@ def test_frontend_loads_ui_workflows(comfy, tmp_path):
         strip = lambda d: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in d.items()}
         assert strip(got["output"]) == strip(api), f"{f.name}: the frontend queues something else than api/{f.name}"
     print(f"\nfrontend: {len(files)} UI workflows load and queue as their API twins")
+
+
+def test_long_clip_workflow(comfy):
+    """The long-clip workflow at test size: 10 frames through windows of 4 (overlap 1) in tuning, inversion and the
+    sampler. Local blend keeps the source outside its mask on every frame, across the windows."""
+    api = small_prompt("video_p2p_long_clip", "vp2p_long", frames=LONG_FRAMES)
+    api[node_id(api, "VideoP2PContextWindows")]["inputs"].update(context_length=LONG_CONTEXT,
+                                                                  context_overlap=LONG_OVERLAP)
+    ctx = node_id(api, "VideoP2PContextWindows")
+    for stage in ("OneShotTune", "NullTextVideoInvert", "VideoP2PSampler"):
+        assert api[node_id(api, stage)]["inputs"]["context"] == [ctx, 0], stage
+    api[node_id(api, "AttentionEditController")]["inputs"]["mask_threshold"] = 0.99  # leave part of the clip out
+    t = time.perf_counter()
+    entry = run_prompt(comfy, api)
+    took = time.perf_counter() - t
+    run = check_run(comfy, api, entry, frames=LONG_FRAMES)
+    check_local_blend(run, partial=True)
+    print(f"\nlong clip ({LONG_FRAMES} frames, windows of {LONG_CONTEXT}): {took:.1f}s")
+
+
+def test_context_windows_match_comfyui(comfy):
+    """Inside ComfyUI the windows and weights are comfy.context_windows' own; where the core has the same schedule
+    (standard_static, batched) they agree, and the uniform schedules cover the clip and shift between steps."""
+    r = subprocess.run([comfy.python, str(HERE / "check_context.py"), COMFYUI_DIR, str(REPO)],
+                       capture_output=True, text=True, timeout=300, env=comfy.env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    print(f"\ncontext windows: {out}")
+    assert out["compared"] >= 40 and out["mismatches"] == []
+    assert out["uniform_covers"] and out["uniform_shifts"]

@@ -1,0 +1,210 @@
+"""Context windows (vp2p_core.context): schedules and weights worked by hand, the one-window equivalence (bit for
+bit), the null-text gradient over windows, a long edit without seams, and the errors."""
+import pytest
+import torch
+
+import vp2p_core.inversion as inversion_mod
+from vp2p_core import (DDIMSchedule, EditOptions, InversionOptions, TuneOptions, VP2PInputError, VideoModel,
+                       build_edit_plan, invert, one_shot_tune, sample_edit, trained_weights, video_forward)
+from vp2p_core.context import (ContextWindows, fuse, fuse_weights, normalised_weights, standard_windows,
+                               whole_clip)
+from vp2p_core.options import ContextOptions
+from vp2p_world.metrics import seam_ratio
+from vp2p_world.tiny import ToyTokenizer, tiny_unet, toy_embed
+
+torch.set_num_threads(1)
+
+SRC, TGT = "a red ball on grass", "a blue ball on grass"
+
+
+def windows(length, overlap=0, **kw):
+    return ContextWindows(ContextOptions(context_length=length, context_overlap=overlap, **kw))
+
+
+# -- schedules and weights, by hand ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("frames,length,overlap,schedule,expected", [
+    (10, 4, 1, "standard_static", [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]),
+    (20, 16, 4, "standard_static", [list(range(16)), list(range(4, 20))]),
+    (28, 16, 4, "standard_static", [list(range(16)), list(range(12, 28))]),  # the last start is a regular one
+    (17, 16, 4, "standard_static", [list(range(16)), list(range(1, 17))]),
+    (10, 4, 1, "batched", [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]),
+    (8, 16, 4, "standard_static", [list(range(8))]),  # a window longer than the clip is the clip
+    (16, 16, 4, "batched", [list(range(16))]),
+])
+def test_core_schedules_by_hand(frames, length, overlap, schedule, expected):
+    assert standard_windows(frames, length, overlap, schedule) == expected
+
+
+def test_fuse_weights_by_hand():
+    assert fuse_weights("pyramid", range(4), 10, 1) == [1, 2, 2, 1]
+    assert fuse_weights("pyramid", range(5), 10, 1) == [1, 2, 3, 2, 1]
+    assert fuse_weights("flat", range(3), 10, 1) == [1, 1, 1]
+    rel = fuse_weights("relative", [4, 5, 6, 7, 8], 10, 1)  # middle 6, half-span (4 + 0.01) / 2
+    assert rel == pytest.approx([0.01, 1 - 1 / 2.005, 1.0, 1 - 1 / 2.005, 0.01])
+    first, middle, last = (fuse_weights("overlap-linear", f, 10, 2) for f in ([0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]))
+    assert first == pytest.approx([1, 1, 1, 1e-37]) and last == pytest.approx([1e-37, 1, 1, 1])
+    assert middle == pytest.approx([1e-37, 1, 1, 1e-37])
+    with pytest.raises(VP2PInputError, match="fuse_method"):
+        fuse_weights("median", range(4), 10, 1)
+
+
+def test_windows_carry_the_first_frame_as_a_weightless_anchor_and_weights_sum_to_one_per_frame():
+    ws = windows(4, 1).windows(10)
+    assert [w.frames for w in ws] == [(0, 1, 2, 3), (0, 3, 4, 5, 6), (0, 6, 7, 8, 9)]
+    assert [w.weights for w in ws] == [(1, 2, 2, 1), (0, 1, 2, 2, 1), (0, 1, 2, 2, 1)]
+    total = torch.zeros(10)
+    for w, n in zip(ws, normalised_weights(ws, 10)):
+        total.index_add_(0, w.index(), n)
+    assert torch.allclose(total, torch.ones(10))
+    assert normalised_weights(ws, 10)[0].tolist() == pytest.approx([1, 1, 1, 1 / 2])  # frame 3: 1 / (1 + 1)
+
+
+def test_fuse_of_a_frame_wise_function_is_that_function_and_one_window_is_the_function_itself():
+    x = torch.randn(2, 11, 3)
+    fn = lambda xw, w, wn: xw * 2 + 1  # frame-wise: every window agrees on every frame
+    assert torch.allclose(fuse(fn, x, windows(4, 2).windows(11)), x * 2 + 1, atol=1e-6)
+    calls = []
+    one = fuse(lambda xw, w, wn: calls.append(xw) or xw.sin(), x, whole_clip(11))
+    assert calls[0] is x and torch.equal(one, x.sin())
+
+
+def test_the_uniform_schedules_are_comfyuis_and_refused_outside_it():
+    """(tests/integration/check_context.py compares the node's ComfyUI windows with these inside ComfyUI.)"""
+    o = ContextOptions(context_length=16, context_overlap=4, context_schedule="standard_uniform")
+    with pytest.raises(VP2PInputError, match="context_schedule: 'standard_uniform'.*ComfyUI"):
+        ContextWindows(o).windows(64)
+    assert ContextWindows(o).windows(16)[0].frames == tuple(range(16))  # one window: no schedule needed
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: ContextOptions(context_length=8, context_overlap=8), "context_overlap: expected fewer frames than "
+                                                                   "context_length"),
+    (lambda: ContextOptions(context_length=0), "context_length: expected a value in"),
+    (lambda: windows(16, 4, context_schedule="looped_uniform").check_clip(12), "context_schedule: looped_uniform "
+                                                                               "needs a clip of at least one window"),
+    (lambda: windows(16, 4, context_schedule="standard_uniform").check_clip(40), "runs inside ComfyUI only"),
+])
+def test_bad_context_input_is_refused_naming_it(make, message):
+    with pytest.raises(VP2PInputError, match=message):
+        make()
+
+
+# -- the stages ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def world():
+    tok = ToyTokenizer()
+    emb = toy_embed(tok, [SRC, TGT, ""])
+    g = torch.Generator().manual_seed(3)
+    model = VideoModel.from_unet(tiny_unet())
+    with torch.no_grad():  # a non-trivial temporal path, as after tuning
+        for n, p in model.unet.named_parameters():
+            if "attn_temp.to_out" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    model.delta_fingerprint = "test"
+    return tok, emb, model
+
+
+def _plan(tok, emb, **kw):
+    plan = build_edit_plan(tok, SRC, [TGT], options=EditOptions(**kw))
+    plan.source_embedding, plan.target_embeddings, plan.empty_embedding = emb[:1], emb[1:2], emb[2:3]
+    return plan
+
+
+def test_one_window_covering_the_clip_is_bit_identical_in_every_stage(world):
+    tok, emb, model = world
+    latents = torch.randn(5, 4, 16, 16, generator=torch.Generator().manual_seed(5)) * 0.8
+    one = windows(5, 2)  # exactly the clip's length; a longer window is the same
+    opts = InversionOptions(mode="null_text", steps=4, inner_steps=3)
+    a = invert(model, latents, emb[:1], emb[2:3], SRC, options=opts)
+    b = invert(model, latents, emb[:1], emb[2:3], SRC, options=opts, context=one)
+    assert torch.equal(a.x_T, b.x_T) and torch.equal(a.null_embeddings, b.null_embeddings)
+    assert torch.equal(a.trajectory, b.trajectory)
+    plan = _plan(tok, emb, blend_words="ball")
+    ea, eb = sample_edit(model, a, plan), sample_edit(model, b, plan, context=windows(9, 2))
+    assert torch.equal(ea.edited, eb.edited) and torch.equal(ea.blend_mask, eb.blend_mask)
+    assert torch.equal(ea.attention_maps, eb.attention_maps)
+    with trained_weights(model):
+        da = one_shot_tune(model, latents, emb[:1], SRC, options=TuneOptions(steps=3))
+    with trained_weights(model):
+        db = one_shot_tune(model, latents, emb[:1], SRC, options=TuneOptions(steps=3), context=one)
+    assert da.losses == db.losses and all(torch.equal(da.tensors[k], db.tensors[k]) for k in da.tensors)
+
+
+def test_windowed_null_text_loss_gives_the_whole_clips_gradient_when_frames_do_not_interact(world, monkeypatch):
+    """With each frame on its own (no temporal attention, no shared frame, per-frame GroupNorm), the windows'
+    losses sum to the clip's MSE and their gradients to the clip's gradient; so do the whole optimisations."""
+    tok, emb, model = world
+
+    def independent_eps(model, schedule, x, t, text, f):
+        return schedule.to_eps(video_forward(model.unet, x, t, text, f, independent=True), t, x)
+
+    monkeypatch.setattr(inversion_mod, "_eps", independent_eps)
+    f = 11
+    x = torch.randn(f, 4, 16, 16, generator=torch.Generator().manual_seed(7))
+    target = x * 0.9
+    sched = DDIMSchedule(model.schedule, 4)
+    t = int(sched.timesteps[0])
+    cond = emb[:1]
+    with torch.no_grad():
+        eps_c = independent_eps(model, sched, x, t, cond, f)
+
+    def guided(e, xs, ec):
+        eu = independent_eps(model, sched, xs, t, e, xs.shape[0])
+        return sched.prev_step(eu + 7.5 * (ec - eu), t, xs)
+
+    e = emb[2:3].clone().requires_grad_(True)
+    whole = torch.nn.functional.mse_loss(guided(e, x, eps_c), target)
+    (g_whole,) = torch.autograd.grad(whole, e)
+    ws = windows(4, 1).windows(f)
+    e2 = emb[2:3].clone().requires_grad_(True)
+    total = 0.0
+    for w, wn in zip(ws, normalised_weights(ws, f)):
+        idx = w.index()
+        loss = inversion_mod.windowed_null_loss(guided(e2, x[idx], eps_c[idx]), target[idx], wn, f)
+        loss.backward()
+        total += float(loss.detach())
+    assert total == pytest.approx(float(whole.detach()), rel=1e-5)
+    assert torch.allclose(e2.grad, g_whole, rtol=1e-4, atol=1e-7 * float(g_whole.abs().max()))
+    opts = InversionOptions(mode="null_text", steps=3, inner_steps=2)
+    a = invert(model, x, cond, emb[2:3], SRC, options=opts)
+    b = invert(model, x, cond, emb[2:3], SRC, options=opts, context=windows(4, 1))
+    assert torch.allclose(a.x_T, b.x_T, atol=1e-5)
+    assert torch.allclose(a.null_embeddings, b.null_embeddings, atol=1e-4)
+
+
+def test_tuning_draws_one_window_per_step_and_leaves_the_anchor_out_of_the_loss(world, monkeypatch):
+    tok, emb, model = world
+    seen = []
+    real = video_forward
+
+    def spy(unet, sample, t, text, f, **kw):
+        seen.append(f)
+        return real(unet, sample, t, text, f, **kw)
+
+    import vp2p_core.tuning as tuning_mod
+    monkeypatch.setattr(tuning_mod, "video_forward", spy)
+    latents = torch.randn(20, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    with trained_weights(model):
+        d = one_shot_tune(model, latents, emb[:1], SRC, options=TuneOptions(steps=6), context=windows(8, 2))
+    assert d.num_frames == 20 and len(d.losses) == 6
+    assert set(seen) <= {8, 9} and 9 in seen  # a window (8 frames), with the clip's first frame where it lacks it
+
+
+def test_a_long_edit_through_windows_has_no_seams(world):
+    """24 frames of a slowly moving pattern, 8-frame windows: the frame-to-frame change where the windows change
+    is no larger than inside them."""
+    tok, emb, model = world
+    f = 24
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(4, 16, 40, generator=g) * 0.8
+    base = torch.nn.functional.avg_pool1d(base.flatten(0, 1)[:, None], 5, 1, 2)[:, 0].view(4, 16, 40) * 2
+    latents = torch.stack([base[:, :, k:k + 16] for k in range(f)])  # a pan, one latent pixel per frame
+    ctx = windows(8, 2)
+    inv = invert(model, latents, emb[:1], emb[2:3], SRC, options=InversionOptions(mode="fast", steps=6), context=ctx)
+    res = sample_edit(model, inv, _plan(tok, emb, blend_words="ball"), context=ctx)
+    clip = res.edited[0]
+    ratio = seam_ratio(clip, ctx.windows(f))
+    assert ratio <= 1.2, ratio
+    assert ratio > 0.5, ratio  # (not a clip that stands still)

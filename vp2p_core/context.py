@@ -1,0 +1,188 @@
+"""Context windows: the UNet sees a long clip through windows of frames, fused per frame where they overlap.
+
+Tuning, DDIM and null-text inversion and the edit all call the UNet on clips folded into the batch; on a long
+clip, time per step and memory grow with the clip. Here a stage calls the UNet once per window and blends the
+windows' predictions frame by frame with the fuse weights (AnimateDiff's / ComfyUI's context windows).
+
+The core takes windows as frame-index lists plus fuse weights (``Window``), so it never imports ComfyUI: inside
+ComfyUI the node layer builds them with ``comfy.context_windows``' own schedule and weight functions (see
+``nodes/context.py``); outside it, ``standard_windows`` and ``fuse_weights`` below give the static and batched
+schedules and the four fuse methods, written from their definitions. The uniform schedules shift their windows
+from step to step by ComfyUI's rule and are left to ComfyUI.
+
+Frame attention's anchor (frame 0 of the window: Video-P2P's ``first``, the first of Tune-A-Video's
+``first_prev``) must be the clip's first frame in every window, or each window would follow its own first
+frame and the clip would drift apart at every boundary. A window that does not start with frame 0 gets it
+prepended as an *anchor row*: the UNet sees it (frame attention, GroupNorm and temporal attention include it)
+but its output has fuse weight 0. Cost: one frame per window (1/16 more work at ComfyUI's default length).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .errors import VP2PInputError
+from .options import ContextOptions
+
+# (num_frames, step) -> windows as lists of clip frame indices
+WindowSchedule = Callable[[int, int], Sequence[Sequence[int]]]
+# (window frames, num_frames) -> one fuse weight per frame of the window
+WeightFunction = Callable[[Sequence[int], int], Sequence[float]]
+
+CORE_SCHEDULES = ("standard_static", "batched")
+
+
+@dataclass(frozen=True)
+class Window:
+    """The rows one UNet call sees: ``frames`` are clip frame indices (an anchor row first where one was
+    prepended), ``weights`` their fuse weights (0 for an anchor row)."""
+
+    frames: tuple[int, ...]
+    weights: tuple[float, ...]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def has_anchor_row(self) -> bool:
+        return len(self.frames) > 1 and self.frames[0] == 0 and self.weights[0] == 0.0 and 0 in self.frames[1:]
+
+    def index(self, device=None) -> torch.Tensor:
+        return torch.tensor(self.frames, dtype=torch.long, device=device)
+
+
+def whole_clip(num_frames: int) -> list[Window]:
+    """The one window that is the clip (what every stage does without context windows)."""
+    return [Window(frames=tuple(range(num_frames)), weights=(1.0,) * num_frames)]
+
+
+def is_whole_clip(windows: Sequence[Window], num_frames: int) -> bool:
+    return len(windows) == 1 and windows[0].frames == tuple(range(num_frames))
+
+
+def standard_windows(num_frames: int, length: int, overlap: int, schedule: str = "standard_static") -> list[list[int]]:
+    """``standard_static``: windows of ``length`` frames every ``length - overlap`` frames, the last one moved back
+    to end on the last frame; ``batched``: consecutive windows without overlap, the last one shorter. A clip of at
+    most ``length`` frames is one window."""
+    if num_frames <= length:
+        return [list(range(num_frames))]
+    if schedule == "batched":
+        return [list(range(s, min(s + length, num_frames))) for s in range(0, num_frames, length)]
+    if schedule != "standard_static":
+        raise VP2PInputError(f"context_schedule: {schedule!r} shifts its windows by ComfyUI's rule and runs inside "
+                             f"ComfyUI only; outside it expected one of {CORE_SCHEDULES}")
+    starts = list(range(0, num_frames - length, length - overlap)) + [num_frames - length]
+    return [list(range(s, s + length)) for s in dict.fromkeys(starts)]
+
+
+def fuse_weights(method: str, frames: Sequence[int], num_frames: int, overlap: int) -> list[float]:
+    """One weight per frame of a window (before normalising over the windows that share a frame).
+
+    pyramid: 1, 2, ... up to the middle and back down (FreeNoise's weighted average); relative: 1 at the window's
+    middle falling linearly to 0.01 at its ends, relative to the frame index; flat: 1; overlap-linear: 1, but a
+    linear ramp from ~0 to 1 over the first ``overlap`` frames (not in the clip's first window) and from 1 to ~0
+    over the last ones (not in its last window)."""
+    n = len(frames)
+    if method == "flat":
+        return [1.0] * n
+    if method == "pyramid":
+        half = (n + 1) // 2
+        up = list(range(1, half + 1))
+        return [float(v) for v in up + up[::-1][n % 2:]]
+    if method == "relative":
+        mid = (frames[0] + frames[-1]) / 2
+        span = (frames[-1] - frames[0] + 1e-2) / 2
+        return [max(1e-2, 1 - abs(i - mid) / span) for i in frames]
+    if method == "overlap-linear":
+        w = [1.0] * n
+        k = min(overlap, n)  # a window shorter than the overlap (batched's last) ramps over all of it
+        up, down = (torch.linspace(a, b, overlap).tolist() for a, b in ((1e-37, 1.0), (1.0, 1e-37)))
+        if min(frames) > 0 and k:
+            w[:k] = up[:k]
+        if max(frames) < num_frames - 1 and k:
+            w[n - k:] = down[overlap - k:]
+        return w
+    raise VP2PInputError(f"fuse_method: expected one of pyramid, relative, flat, overlap-linear, got {method!r}")
+
+
+@dataclass
+class ContextWindows:
+    """Which windows each step of a stage sees, for clips of any length.
+
+    ``schedule`` / ``weight_function`` default to the core's own (``standard_windows``, ``fuse_weights``); the
+    ComfyUI node passes ComfyUI's."""
+
+    options: ContextOptions = ContextOptions()
+    schedule: Optional[WindowSchedule] = None
+    weight_function: Optional[WeightFunction] = None
+
+    def check_clip(self, num_frames: int, what: str = "latents") -> None:
+        """Refuse, before anything runs, a clip these windows cannot cover."""
+        o = self.options
+        if num_frames < 1:
+            raise VP2PInputError(f"{what}: expected at least one frame")
+        if o.context_schedule == "looped_uniform" and num_frames < o.context_length:
+            raise VP2PInputError(f"context_schedule: looped_uniform needs a clip of at least one window "
+                                 f"(context_length {o.context_length}), but {what} has {num_frames} frames; "
+                                 "use standard_static or a shorter context_length")
+        if self.schedule is None and num_frames > o.context_length:
+            standard_windows(num_frames, o.context_length, o.context_overlap, o.context_schedule)  # raises if not core
+
+    def windows(self, num_frames: int, step: int = 0) -> list[Window]:
+        """The windows of step ``step`` over a clip of ``num_frames`` frames, anchor rows included."""
+        o = self.options
+        if num_frames <= o.context_length:
+            return whole_clip(num_frames)
+        if self.schedule is not None:
+            lists = [list(w) for w in self.schedule(num_frames, step)]
+        else:
+            lists = standard_windows(num_frames, o.context_length, o.context_overlap, o.context_schedule)
+        covered = set()
+        out = []
+        for frames in lists:
+            if not frames or min(frames) < 0 or max(frames) >= num_frames:
+                raise VP2PInputError(f"context windows: a window {frames} is not inside a clip of {num_frames} frames")
+            if self.weight_function is not None:
+                weights = [float(v) for v in self.weight_function(frames, num_frames)]
+            else:
+                weights = fuse_weights(o.fuse_method, frames, num_frames, o.context_overlap)
+            covered.update(f for f, w in zip(frames, weights) if w > 0)
+            if frames[0] != 0:  # the clip's first frame anchors frame attention in every window
+                frames, weights = [0] + frames, [0.0] + weights
+            out.append(Window(frames=tuple(frames), weights=tuple(weights)))
+        missing = sorted(set(range(num_frames)) - covered)
+        if missing:
+            raise VP2PInputError(f"context windows: frames {missing[:8]} of {num_frames} are in no window "
+                                 f"(context_length {o.context_length}, context_overlap {o.context_overlap})")
+        return out
+
+
+def normalised_weights(windows: Sequence[Window], num_frames: int, device=None) -> list[torch.Tensor]:
+    """Each window's row weights divided by the total weight of its frame over all windows (so they sum to 1)."""
+    total = torch.zeros(num_frames, dtype=torch.float64)
+    for w in windows:
+        total.index_add_(0, torch.tensor(w.frames), torch.tensor(w.weights, dtype=torch.float64))
+    out = []
+    for w in windows:
+        t = torch.tensor(w.weights, dtype=torch.float64) / total[list(w.frames)].clamp_min(1e-300)
+        out.append(t.to(device=device, dtype=torch.float32))
+    return out
+
+
+def fuse(fn: Callable[[torch.Tensor, Window, torch.Tensor], torch.Tensor], x: torch.Tensor,
+         windows: Sequence[Window]) -> torch.Tensor:
+    """Run ``fn(x_window, window, weights)`` on each window of x [B, F, ...] (frames on dim 1) and blend the outputs
+    [B, len(window), ...] per frame. One window that is the whole clip is ``fn(x, ...)`` itself, bit for bit."""
+    f = x.shape[1]
+    if is_whole_clip(windows, f):
+        return fn(x, windows[0], torch.ones(f, device=x.device))
+    out = None
+    for w, wn in zip(windows, normalised_weights(windows, f, device=x.device)):
+        idx = w.index(x.device)
+        y = fn(x.index_select(1, idx), w, wn)
+        if out is None:
+            out = torch.zeros((y.shape[0], f, *y.shape[2:]), device=y.device, dtype=y.dtype)
+        out.index_add_(1, idx, y * wn.to(y.dtype).view(1, -1, *[1] * (y.dim() - 2)))
+    return out
