@@ -35,11 +35,14 @@ class DecodeFrames(io.ComfyNode):
         if samples.dim() != 4 or samples.shape[0] == 0:
             raise VP2PInputError(f"latent: expected [frames, channels, h, w] latents, got {tuple(samples.shape)}")
         k = options.frames_per_chunk
-        out = []
+        out = None  # filled chunk by chunk: the frames exist once at full size, never as chunks plus a copy
         for i in range(0, samples.shape[0], k):
             images = vae.decode(samples[i:i + k])
-            out.append(images.reshape(-1, *images.shape[-3:]).float().cpu())
-        return io.NodeOutput(torch.cat(out))
+            images = images.reshape(-1, *images.shape[-3:])
+            if out is None:
+                out = torch.empty((samples.shape[0], *images.shape[1:]), dtype=torch.float32)
+            out[i:i + images.shape[0]] = images
+        return io.NodeOutput(out)
 
 
 class AttentionMaps(io.ComfyNode):

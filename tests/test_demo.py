@@ -48,6 +48,12 @@ def test_demo_reports_bad_prompts_clearly(tmp_path, capsys):
     (["--reweight-words", "blue"], "--reweight-values: give a value"),
     (["--target-prompts", "a red ball bouncing on green grass"], "--target-prompts: the edited prompt is the source"),
     (["--model", "no/such/model"], "--model: no/such/model does not exist"),
+    (["--context-length", "8", "--context-overlap", "8"], "--context-overlap: expected fewer frames than "
+                                                          "context_length (8), got 8"),
+    (["--context-length", "0"], "--context-length: expected a value in [1, 4096], got 0"),
+    (["--frames", "12", "--context-schedule", "looped_uniform"], "looped_uniform needs a clip of at least one "
+                                                                 "window (context_length 16), but --frames has 12"),
+    (["--frames", "40", "--context-schedule", "standard_uniform"], "runs inside ComfyUI only"),
 ])
 def test_demo_checks_every_argument_before_any_work(argv, message, capsys, monkeypatch):
     """Bad input exits with code 2 and names the flag, before the model is even loaded."""

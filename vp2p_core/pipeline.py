@@ -125,7 +125,8 @@ class Components:
 
     @torch.no_grad()
     def encode_frames(self, frames: torch.Tensor, chunk: int = 8) -> torch.Tensor:
-        """frames [F,H,W,3] in 0..1 -> scaled latents [F,C,h,w] (the posterior mean, as the reference)."""
+        """frames [F,H,W,3] in 0..1 -> scaled latents [F,C,h,w] (the posterior mean, as the reference), in chunks
+        of frames: a long clip is never in the VAE at once."""
         if frames.dim() != 4 or frames.shape[-1] != 3:
             raise VP2PInputError(f"frames: expected [F,H,W,3] in 0..1, got shape {tuple(frames.shape)}")
         out = []
@@ -137,14 +138,17 @@ class Components:
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, chunk: int = 4) -> torch.Tensor:
-        """scaled latents [F,C,h,w] -> frames [F,H,W,3] in 0..1, decoded in chunks to bound memory."""
-        out = []
+        """scaled latents [F,C,h,w] -> frames [F,H,W,3] in 0..1, decoded in chunks into one tensor (the frames exist
+        once at full size, never as chunks plus their concatenation)."""
+        out = None
         dtype = next(self.vae.parameters()).dtype
         for i in range(0, latents.shape[0], chunk):
             z = latents[i:i + chunk].to(self.device, dtype) / self.model.latent_scale
-            img = self.vae.decode(z).sample.float()
-            out.append(((img + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu())
-        return torch.cat(out)
+            img = ((self.vae.decode(z).sample.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+            if out is None:
+                out = torch.empty((latents.shape[0], *img.shape[1:]))
+            out[i:i + img.shape[0]] = img
+        return out
 
     def plan(self, source: str, targets: str | Sequence[str], options: EditOptions = EditOptions(),
              cross_replace_words: Optional[dict] = None) -> EditPlan:
