@@ -113,3 +113,38 @@ def test_temporal_guidance_reuses_the_controlnet_residuals(setup, controlnet):
     res = sample_edit(model, inv, plan, options=SamplerOptions(temporal_guidance=1.5), structure=sg)
     assert len(calls) == STEPS and all(c == 2 * F_ for c in calls)  # target cond + uncond rows, once per step
     assert torch.isfinite(res.edited).all()
+
+
+def test_structure_and_temporal_guidance_follow_each_context_window(controlnet):
+    """Through context windows, every ControlNet call gets the structure frames of its window's own frames (the
+    clip's first frame for the anchor row), and temporal guidance still steers every frame."""
+    from vp2p_core.context import ContextWindows
+    from vp2p_core.options import ContextOptions
+
+    tok = ToyTokenizer()
+    emb = toy_embed(tok, [SRC, TGT, ""])
+    f = 7
+    latents = torch.randn(f, 4, 16, 16, generator=torch.Generator().manual_seed(6))
+    model = VideoModel.from_unet(tiny_unet())
+    ctx = ContextWindows(ContextOptions(context_length=4, context_overlap=1))
+    inv = invert(model, latents, emb[:1], emb[2:3], SRC, options=InversionOptions(mode="fast", steps=3), context=ctx)
+    plan = build_edit_plan(tok, SRC, TGT, options=EditOptions(blend_words="ball"))
+    plan.source_embedding, plan.target_embeddings, plan.empty_embedding = emb[:1], emb[1:2], emb[2:3]
+    images = (torch.arange(f, dtype=torch.float32) / 10).view(f, 1, 1, 1).expand(f, 64, 64, 3)  # frame k: k/10
+    seen = []
+    inner = diffusers_controlnet(controlnet)
+
+    def spy(sample, timestep, text, cond):
+        seen.append(tuple(round(float(v) * 10) for v in cond[:, 0].mean((1, 2))))
+        return inner(sample, timestep, text, cond)
+
+    guide = StructureGuidance.from_images(spy, images, (16, 16), f)
+    plain = sample_edit(model, inv, plan, context=ctx)
+    res = sample_edit(model, inv, plan, context=ctx, structure=guide,
+                      options=SamplerOptions(temporal_guidance=2.0))
+    windows = [w.frames for w in ctx.windows(f)]
+    assert windows == [(0, 1, 2, 3), (0, 3, 4, 5, 6)]
+    per_call = [tuple(w) * 2 for w in windows]  # the target's conditional and unconditional rows
+    assert seen == per_call * 3  # every window of every step
+    assert res.edited.shape == plain.edited.shape == (1, f, 4, 16, 16) and torch.isfinite(res.edited).all()
+    assert ((res.edited - plain.edited).abs().flatten(2).amax(-1) > 1e-4).all()  # every frame steered
