@@ -45,10 +45,6 @@ class Window:
     def __len__(self) -> int:
         return len(self.frames)
 
-    @property
-    def has_anchor_row(self) -> bool:
-        return len(self.frames) > 1 and self.frames[0] == 0 and self.weights[0] == 0.0 and 0 in self.frames[1:]
-
     def index(self, device=None) -> torch.Tensor:
         return torch.tensor(self.frames, dtype=torch.long, device=device)
 

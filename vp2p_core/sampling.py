@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from .context import ContextWindows, Window, fuse, is_whole_clip, whole_clip
+from .context import ContextWindows, Window, fuse, whole_clip
 from .control import AttentionController, EditPlan, blend_layer_names
 from .errors import VP2PInputError
 from .host import Host

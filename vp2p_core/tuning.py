@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .context import ContextWindows
+from .context import ContextWindows, is_whole_clip
 from .errors import VP2PInputError
 from .files import atomic_save, load_checked, meta_json, state_fingerprint
 from .host import Host
@@ -163,7 +163,7 @@ def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, 
         try:
             for step in range(options.steps):
                 windows = context.windows(f, step=step) if context is not None else None
-                if windows is None or len(windows) == 1 and len(windows[0]) == f:
+                if windows is None or is_whole_clip(windows, f):
                     xs, fw, rows = x0, f, None  # the whole clip (no draw: the same random stream as ever)
                 else:
                     w = windows[int(torch.randint(0, len(windows), (1,), generator=gen))]
@@ -203,5 +203,7 @@ def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, 
     delta = Delta(tensors={n: params[n].detach().cpu().clone() for n in names},
                   base_fingerprint=model.base_fingerprint, num_frames=f, prompt=prompt, steps=options.steps,
                   config=options.cache_key(), losses=losses)
+    if context is not None and not is_whole_clip(context.windows(f), f):
+        delta.config["context"] = context.options.cache_key()
     model.delta_fingerprint = delta.fingerprint
     return delta
