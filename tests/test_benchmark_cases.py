@@ -145,6 +145,14 @@ def test_unknown_method_is_refused():
     assert e.value.code == 2
 
 
+def test_unknown_case_name_is_refused_naming_the_cases(capsys):
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(["--only", "red->blue ball;red->blue cube", "--no-write"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--only: no case named 'red->blue cube'" in err and "yellow->purple square" in err
+
+
 def test_smoke_run_with_compositing(capsys, tmp_path):
     """Two steps on the first case (4 frames): fast and fast+composite fill every column; the composite keeps the
     source's pixels outside the blend mask, so its background is at least as close to the source."""

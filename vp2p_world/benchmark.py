@@ -404,6 +404,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", type=int, default=0, help="run only the first N cases (0: all)")
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--only", default="", help="run only these cases, by name, separated by ';' "
+                   "(e.g. 'red->blue ball, pan;ball->square, growing')")
     add_option_flags(p, TuneOptions, prefix="tune-")
     add_option_flags(p, InversionOptions, skip=("mode",))  # each method has its inversion mode
     add_option_flags(p, EditOptions, skip=("edit_mode", "blend_words", "blend_target_words", "reweight_words",
@@ -430,6 +432,13 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     comps = Components.from_folder(WEIGHTS)
     cases = suite(a.frames)[: a.cases or None]
+    if a.only:
+        names = [n.strip() for n in a.only.split(";") if n.strip()]
+        unknown = [n for n in names if n not in {c.name for c in cases}]
+        if unknown:
+            p.exit(2, f"{p.prog}: error: --only: no case named {unknown[0]!r}; the cases: "
+                      f"{'; '.join(c.name for c in cases)}\n")
+        cases = [c for c in cases if c.name in names]
     methods = [m for m in a.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
