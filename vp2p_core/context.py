@@ -6,7 +6,7 @@ windows' predictions frame by frame with the fuse weights (AnimateDiff's / Comfy
 
 The core takes windows as frame-index lists plus fuse weights (``Window``), so it never imports ComfyUI: inside
 ComfyUI the node layer builds them with ``comfy.context_windows``' own schedule and weight functions (see
-``nodes/context.py``); outside it, ``standard_windows`` and ``fuse_weights`` below give the static and batched
+``nodes/nodes_context.py``); outside it, ``standard_windows`` and ``fuse_weights`` below give the static and batched
 schedules and the four fuse methods, written from their definitions. The uniform schedules shift their windows
 from step to step by ComfyUI's rule and are left to ComfyUI.
 
@@ -24,7 +24,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .errors import VP2PInputError
-from .options import ContextOptions
+from .options import FUSE_METHODS, ContextOptions
 
 # (num_frames, step) -> windows as lists of clip frame indices
 WindowSchedule = Callable[[int, int], Sequence[Sequence[int]]]
@@ -100,7 +100,7 @@ def fuse_weights(method: str, frames: Sequence[int], num_frames: int, overlap: i
         if max(frames) < num_frames - 1 and k:
             w[n - k:] = down[overlap - k:]
         return w
-    raise VP2PInputError(f"fuse_method: expected one of pyramid, relative, flat, overlap-linear, got {method!r}")
+    raise VP2PInputError(f"fuse_method: expected one of {', '.join(FUSE_METHODS)}, got {method!r}")
 
 
 @dataclass

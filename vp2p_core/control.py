@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .composite import dilate_mask, latent_pixels, smooth_mask_frames
+from .context import is_whole_clip
 from .errors import VP2PInputError
 from .options import SD_VAE_FACTOR, EditOptions
 from .seq_aligner import refinement_mapper, replacement_mapper
@@ -263,7 +264,7 @@ class AttentionController:
     # -- called by the sampler ------------------------------------------------------------------
     def set_windows(self, windows) -> None:
         """The context windows of the coming step (vp2p_core.context.Window list)."""
-        self._windowed = not (len(windows) == 1 and windows[0].frames == tuple(range(self.num_frames)))
+        self._windowed = not is_whole_clip(windows, self.num_frames)
         self._window, self._first_window = None, True
 
     def enter_window(self, window, weights: torch.Tensor) -> None:

@@ -126,9 +126,7 @@ def ddim_inversion(model: VideoModel, latents: torch.Tensor, text: torch.Tensor,
     loop = host.loop(schedule.num_steps, "DDIM inversion")
     for i, t in enumerate(schedule.timesteps.flip(0).tolist()):
         windows = context.windows(f, step=i) if context else whole_clip(f)
-        eps = (_eps(model, schedule, x, t, text, f) if is_whole_clip(windows, f)
-               else windowed_eps(model, schedule, x, t, text, windows))
-        x = schedule.next_step(eps, t, x)
+        x = schedule.next_step(windowed_eps(model, schedule, x, t, text, windows), t, x)
         out.append(x)
         loop.step(i + 1, preview=x)
     return out

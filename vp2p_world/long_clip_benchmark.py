@@ -67,6 +67,7 @@ def one_length(a: argparse.Namespace) -> dict:
     f = a.one
     windows = context.windows(f)
     rows = sum(len(w) for w in windows)
+    flicker = metrics.flicker(edited, truth)
     out = {
         "frames": f, "windows": len(windows), "unet_rows_per_step": rows,
         "seconds": round(seconds, 2), "seconds_per_frame": round(seconds / f, 4),
@@ -76,8 +77,8 @@ def one_length(a: argparse.Namespace) -> dict:
         "accuracy": metrics.object_hue_accuracy(edited, truth.masks, "blue"),
         "background_psnr": metrics.background_psnr(edited, clip.frames, clip.masks | truth.masks),
         "warp_error": metrics.warp_error(edited, truth),
-        "flicker_object": metrics.flicker(edited, truth)["object"],
-        "flicker_background": metrics.flicker(edited, truth)["background"],
+        "flicker_object": flicker["object"],
+        "flicker_background": flicker["background"],
         "inversion_psnr": metrics.psnr(res.source, clip.frames),
     }
     if len(windows) > 1:
