@@ -29,7 +29,7 @@ class NullTextVideoInvert(io.ComfyNode):
                 source_prompt_input("What the clip shows; use the tuning prompt."),
                 *widgets(InversionOptions, ["steps", "guidance", "mode", "inner_steps", "early_stop"]),
                 cache_input(),
-                *widgets(InversionOptions, ["lr_scale"], optional=["lr_scale"]),
+                *widgets(InversionOptions, ["lr_scale", "early_stop_ratio"], optional=["lr_scale", "early_stop_ratio"]),
                 context_input(),
             ],
             outputs=[VP2PInversionIO.Output("inversion", display_name="inversion",

@@ -213,12 +213,18 @@ class InversionOptions(Options):
         "choice", "null_text", "null_text: exact reconstruction (reference, slowest). fast: no optimisation, the "
         "source branch follows its conditional prediction. negative_prompt: the source prompt serves as the "
         "negative prompt.", choices=INVERSION_MODES)
-    inner_steps: int = option("int", 10, "Null-text: at most this many Adam steps per DDIM step.", min=1, max=100)
+    inner_steps: int = option("int", 4, "Null-text: at most this many Adam steps per DDIM step (reference 10).",
+                              min=1, max=100)
     early_stop: float = option("float", 1e-5, "Null-text: stop a step's optimisation once the loss is below this "
                                 "(+2e-5 per step).", min=0.0, max=1.0, step=1e-6, round=1e-8)
+    early_stop_ratio: float = option(
+        "float", 0.8, "Null-text: also stop a step's optimisation once its loss is below this fraction of the loss the "
+        "step started from (the previous step's embedding on this step's latent), before a large step overshoots; "
+        "0: off (the reference).", min=0.0, max=1.0, step=0.01)
     lr_scale: float = option(
-        "float", 1.0, "Null-text: factor on the reference's learning rate (1e-2 * (1 - i/100)). 5 with inner_steps 4 "
-        "reconstructs as well at about half the cost (BENCHMARKS.md, Null-text budget).", min=0.01, max=100.0,
+        "float", 10.0, "Null-text: factor on the reference's learning rate (1e-2 * (1 - i/100)). The defaults (10, 4 "
+        "inner steps, early_stop_ratio 0.8) reconstructed better than the reference's (1, 10, 0) on every clip "
+        "measured, with a third of its backward passes (BENCHMARKS.md, Null-text budget).", min=0.01, max=100.0,
         step=0.1, round=0.01)
 
 
@@ -357,8 +363,10 @@ class StructureOptions(Options):
 
 @dataclass(frozen=True)
 class DecodeOptions(Options):
-    frames_per_chunk: int = option("int", 8, "Frames decoded at once; lower it if decoding runs out of memory.",
-                                    min=1, max=256)
+    frames_per_chunk: int = option(
+        "int", 1, "Frames through the VAE at once. 1 keeps memory lowest: at image size the VAE's activations are the "
+        "largest tensors of an edit (8 frames at 512 px at once cost the CPU pipeline 1.4x its peak memory, "
+        "BENCHMARKS.md); more can be faster on a GPU with memory to spare.", min=1, max=256)
 
 
 # --------------------------------------------------------------------------------------------------------

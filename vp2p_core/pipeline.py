@@ -19,8 +19,8 @@ from .errors import VP2PInputError
 from .host import Host
 from .inversion import Inversion, invert
 from .model import VideoModel
-from .options import (SD_LATENT_SCALE, CompositeOptions, EditOptions, InflationOptions, InversionOptions,
-                      SamplerOptions, TuneOptions)
+from .options import (SD_LATENT_SCALE, CompositeOptions, DecodeOptions, EditOptions, InflationOptions,
+                      InversionOptions, SamplerOptions, TuneOptions)
 from .sampling import EditResult, sample_edit
 from .schedule import DDIMConfig
 from .tuning import Delta, one_shot_tune
@@ -124,7 +124,7 @@ class Components:
         return self.text_encoder(ids)[0].float()
 
     @torch.no_grad()
-    def encode_frames(self, frames: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    def encode_frames(self, frames: torch.Tensor, chunk: int = DecodeOptions.frames_per_chunk) -> torch.Tensor:
         """frames [F,H,W,3] in 0..1 -> scaled latents [F,C,h,w] (the posterior mean, as the reference), in chunks
         of frames: a long clip is never in the VAE at once."""
         if frames.dim() != 4 or frames.shape[-1] != 3:
@@ -137,7 +137,7 @@ class Components:
         return torch.cat(out)
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+    def decode_latents(self, latents: torch.Tensor, chunk: int = DecodeOptions.frames_per_chunk) -> torch.Tensor:
         """scaled latents [F,C,h,w] -> frames [F,H,W,3] in 0..1, decoded in chunks into one tensor (the frames exist
         once at full size, never as chunks plus their concatenation)."""
         out = None
@@ -192,6 +192,7 @@ def run(components: Components, frames: torch.Tensor, source: str, targets: str 
     def stage(name, fn):
         e0, t0 = state.forward_clips, time.perf_counter()
         out = fn()
+        host.release()
         timings[name] = time.perf_counter() - t0
         evals[name] = state.forward_clips - e0
         return out
@@ -220,6 +221,6 @@ def run(components: Components, frames: torch.Tensor, source: str, targets: str 
             edited = stage("composite", lambda: composite_frames(edited=decoded, source=frames.to(decoded.dtype),
                                                                  mask=res.blend_mask, options=composite))
             composited = True
-    recon = cm.decode_latents(res.source)
+    recon = stage("decode_source", lambda: cm.decode_latents(res.source))
     return RunResult(edited=edited, source=recon, edit=res, inversion=inv, delta=delta, timings=timings,
                      evaluations=evals, decoded=decoded, composited=composited)
