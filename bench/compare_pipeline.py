@@ -200,7 +200,7 @@ def reference_figures(work: Path) -> dict:
         stages["ddim_inversion"] = fig("ddim_inversion")
         stages["null_text"] = fig("null_text", "between_inversion_and_edit")
         stages["edit"] = fig("edit")
-        lat = torch.load(work / f"latents_{key}.pt", weights_only=False)
+        lat = torch.load(work / f"latents_{key}.pt", weights_only=True)
         x0 = lat["x0"][0].permute(1, 0, 2, 3)  # b c f h w -> f c h w
         rec = lat["final_latents"][0].permute(1, 0, 2, 3)
         out[path] = dict(side="reference", path=path, stages=stages,
@@ -274,6 +274,14 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     a.steps = a.steps or (25 if a.world else 50)
     a.tune_steps = a.tune_steps if a.tune_steps is not None else (60 if a.world else 20)
+    if a.inversion:
+        try:
+            extra = json.loads(a.inversion)
+            from vp2p_core.options import InversionOptions
+
+            InversionOptions(**extra)
+        except (ValueError, TypeError) as e:  # VP2PInputError is a ValueError
+            p.error(f"--inversion: expected InversionOptions fields as JSON, e.g. '{{\"inner_steps\": 4}}' ({e})")
     if a.child:
         return child(a)
     paths = [x for x in a.paths.split(",") if x]
