@@ -305,7 +305,8 @@ def markdown(summary: dict, rows: list[dict], command: str, meta: dict) -> str:
              "Machine: " + meta["machine"] + f". {meta['cases']} cases, {meta['frames']} frames at 64x64 (the long cases "
              f"{2 * meta['frames']}), "
              f"{meta['steps']} DDIM steps, guidance {meta['guidance']}, null-text {meta['inner_steps']} inner steps at "
-             f"{meta['lr_scale']:g}x the reference's learning rate, tuning {meta['tune_steps']} steps per clip "
+             f"{meta['lr_scale']:g}x the reference's learning rate{ratio_text(meta.get('early_stop_ratio', 0.0))}, "
+             f"tuning {meta['tune_steps']} steps per clip "
              f"(shared by Tune-A-Video and the Video-P2P variants; its time is not in the rows: "
              f"{meta['tune_seconds']:.0f} s for all clips); self-attention replaced on: {meta['edit']['self_replace_on']}; "
              f"{control_text(meta['edit'])}{noise_text(meta.get('frame_noise', 0.0))}{composite_text(meta.get('composite'))}. "
@@ -364,6 +365,10 @@ def control_text(edit: dict) -> str:
 
 def composite_text(c: Optional[dict]) -> str:
     return (f"; +composite: mask dilated {c['mask_dilation']} px, feathered {c['feather']} px" if c else "")
+
+
+def ratio_text(ratio: float) -> str:
+    return f", stopping a step below {ratio:g} of its first loss" if ratio else ""
 
 
 def noise_text(sigma: float) -> str:
@@ -469,7 +474,8 @@ def main(argv=None) -> int:
     meta = dict(machine=f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {torch.get_num_threads()} threads",
                 cases=len(cases), frames=a.frames, steps=inversion.steps, guidance=inversion.guidance,
                 tune_steps=tune.steps, tune_seconds=tune_seconds, inner_steps=inversion.inner_steps,
-                lr_scale=inversion.lr_scale, edit=edit.cache_key(), frame_noise=a.frame_noise,
+                lr_scale=inversion.lr_scale, early_stop_ratio=inversion.early_stop_ratio, edit=edit.cache_key(),
+                frame_noise=a.frame_noise,
                 composite=dict(mask_dilation=composite.mask_dilation, feather=composite.feather))
     md = markdown(summary, rows, command.strip(), meta)
     print(md)
