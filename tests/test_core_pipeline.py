@@ -384,3 +384,17 @@ def test_early_stop_ratio_stops_once_the_loss_has_fallen_that_far(world):
     ran_out = sum(1 for n in iters if n == opts["inner_steps"])
     assert cut.stats["forwards"] == 4 + 4 + sum(iters) + ran_out
     assert cut.stats["null_backwards"] == sum(iters) - (4 - ran_out)
+
+
+def test_fast_inversion_keeps_only_the_ends_of_the_ddim_trajectory(world):
+    """Fast inversion needs x_T alone: the DDIM loop keeps [x_0, x_T], bit-identical to the ends of the full list."""
+    from vp2p_core.inversion import ddim_inversion
+
+    tok, emb, latents, model = world
+    sched = DDIMSchedule(model.schedule, 4)
+    full = ddim_inversion(model, latents, emb[:1], sched)
+    ends = ddim_inversion(model, latents, emb[:1], sched, keep_all=False)
+    assert len(full) == 5 and len(ends) == 2
+    assert torch.equal(ends[0], full[0]) and torch.equal(ends[1], full[-1])
+    inv = invert(model, latents, emb[:1], emb[2:3], SRC, options=InversionOptions(steps=4, mode="fast"))
+    assert torch.equal(inv.x_T, full[-1])

@@ -120,8 +120,10 @@ def windowed_eps(model: VideoModel, schedule: DDIMSchedule, x: torch.Tensor, t, 
 
 @torch.no_grad()
 def ddim_inversion(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, schedule: DDIMSchedule,
-                   host: Host = Host(), context: Optional[ContextWindows] = None) -> list[torch.Tensor]:
-    """[x_0, x_1, ..., x_T] with the source prompt and no guidance (the reference's ``ddim_loop``)."""
+                   host: Host = Host(), context: Optional[ContextWindows] = None,
+                   keep_all: bool = True) -> list[torch.Tensor]:
+    """[x_0, x_1, ..., x_T] with the source prompt and no guidance (the reference's ``ddim_loop``); with
+    ``keep_all`` False only [x_0, x_T] (fast inversion needs no more, and a long clip's T latents add up)."""
     f = latents.shape[0]
     x = latents
     out = [x]
@@ -129,9 +131,10 @@ def ddim_inversion(model: VideoModel, latents: torch.Tensor, text: torch.Tensor,
     for i, t in enumerate(schedule.timesteps.flip(0).tolist()):
         windows = context.windows(f, step=i) if context else whole_clip(f)
         x = schedule.next_step(windowed_eps(model, schedule, x, t, text, windows), t, x)
-        out.append(x)
+        if keep_all:
+            out.append(x)
         loop.step(i + 1, preview=x)
-    return out
+    return out if keep_all else [latents, x]
 
 
 def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Tensor,
@@ -158,7 +161,8 @@ def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Ten
         steps = schedule.num_steps
         overall = 2 * steps if mode == "null_text" else steps  # one progress bar over both stages
         t0 = time.perf_counter()
-        ddim = ddim_inversion(model, x0, cond, schedule, host.stage(0, overall), context=context)
+        ddim = ddim_inversion(model, x0, cond, schedule, host.stage(0, overall), context=context,
+                              keep_all=mode == "null_text")
         stats = {"ddim_forwards": model.evaluations() - evals0, "ddim_seconds": time.perf_counter() - t0}
         inv = Inversion(x_T=ddim[-1].detach().cpu(), source_embedding=cond.detach().cpu(),
                         timesteps=schedule.timesteps.clone(), mode=mode, guidance=float(guidance), prompt=prompt,
