@@ -9,7 +9,7 @@
     .venv/bin/python -m bench.compare_pipeline --work ../cmp --threads 1
     # the small world (the shipped model, a rendered clip), where reconstruction means something: the official code
     # cannot run it (it resizes every frame to 512 px), so the reference's algorithm is ours at its settings, which
-    # keeps the reference's null embeddings step for step (tests/test_core_inversion.py)
+    # makes the official loop's null embeddings (tests/test_core_pipeline.py, the reference-budget test)
     .venv/bin/python -m bench.compare_pipeline --world --threads 2
 
 Per stage: seconds, UNet evaluations (clips: one prompt x one clip = 1; the reference's UNet samples over its
