@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
 import subprocess
 import sys
@@ -54,14 +53,10 @@ def peak_rss_mib() -> float:
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024.0
 
 
-def _psnr(a, b, peak: float) -> float:
-    mse = float((a.float() - b.float()).pow(2).mean())
-    return 10 * math.log10(peak ** 2 / mse) if mse > 0 else float("inf")
-
-
 def latent_psnr(rec, x0) -> float:
-    """The reference harness's figure: (x0.max - x0.min)^2 over the MSE."""
-    return _psnr(rec, x0, float(x0.max() - x0.min()))
+    """The reference harness's figure: (x0.max - x0.min)^2 over the MSE (pixels: vp2p_world.metrics.psnr, peak 1)."""
+    mse = float((rec.float() - x0.float()).pow(2).mean())
+    return 10 * math.log10(float(x0.max() - x0.min()) ** 2 / mse) if mse > 0 else float("inf")
 
 
 def read_clip(folder: Path, frames: int):
@@ -83,6 +78,7 @@ def run_ours(a, path: str, settings: str) -> dict:
     t_start = time.perf_counter()
     from vp2p_core import pipeline
     from vp2p_core.options import EditOptions, InversionOptions, SamplerOptions, TuneOptions
+    from vp2p_world import metrics
 
     inv_kw = dict(steps=a.steps, mode=path)
     if settings == "reference":
@@ -127,7 +123,7 @@ def run_ours(a, path: str, settings: str) -> dict:
     reedit = time_reedit(comps, res, source, target.replace(old_word, new_word),
                          replace(edit, reweight_words=new_word) if edit.reweight_words else edit)
     return dict(side="ours", path=path, settings=settings, whole_seconds=whole, stages=stages, reedit=reedit,
-                latent_psnr=latent_psnr(res.edit.source, x0), pixel_psnr=_psnr(res.source, frames, 1.0),
+                latent_psnr=latent_psnr(res.edit.source, x0), pixel_psnr=metrics.psnr(res.source, frames),
                 null_inner=st.get("inner_iterations"), threads=a.threads,
                 peak_rss_mib=peak)
 
@@ -216,10 +212,12 @@ def reference_pixel_psnr(work: Path, frames: int, rec_latents) -> float:
     import torch
     from diffusers import AutoencoderKL
 
+    from vp2p_world import metrics
+
     vae = AutoencoderKL.from_pretrained(work / "tiny_sd" / "vae", local_files_only=True).eval()
     with torch.no_grad():
         img = ((vae.decode(rec_latents / 0.18215).sample + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
-    return _psnr(img, read_clip(work / "clip", frames), 1.0)
+    return metrics.psnr(img, read_clip(work / "clip", frames))
 
 
 # ------------------------------------------------------------------------------------------------ report

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,8 @@ import torch
 
 from vp2p_core import InversionOptions, TuneOptions, invert, one_shot_tune, trained_weights
 from vp2p_core.pipeline import Components
+
+from .compare_pipeline import latent_psnr
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "vp2p_world" / "weights"
 REFERENCE, DEFAULTS = "1,10,0", "{},{},{}".format(InversionOptions.lr_scale, InversionOptions.inner_steps,
@@ -76,9 +77,8 @@ def main(argv=None) -> int:
             with trained_weights(comps.model, delta):
                 inv = invert(comps.model, lat, source_embedding=txt, empty_embedding=empty, prompt=clip.caption,
                              options=InversionOptions(steps=a.steps, **kw))
-            mse = (inv.trajectory[-1] - lat).pow(2).mean().item()
             print(json.dumps({"clip": i, "caption": clip.caption, "setting": name,
-                              "latent_psnr": round(10 * math.log10(float(lat.max() - lat.min()) ** 2 / mse), 2),
+                              "latent_psnr": round(latent_psnr(inv.trajectory[-1], lat), 2),
                               "forwards": inv.stats["forwards"], "backwards": inv.stats["null_backwards"],
                               "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
     return 0

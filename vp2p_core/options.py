@@ -366,7 +366,8 @@ class DecodeOptions(Options):
     frames_per_chunk: int = option(
         "int", 1, "Frames through the VAE at once. 1 keeps memory lowest: at image size the VAE's activations are the "
         "largest tensors of an edit (512 px, tiny model, whole CPU edit: 839 MiB peak encoding 8 and decoding 4 "
-        "frames at once, 686 one at a time; BENCHMARKS.md); more can be faster on a GPU with memory to spare.", min=1, max=256)
+        "frames at once, 686 one at a time; BENCHMARKS.md); more can be faster on a GPU with memory to spare.",
+        min=1, max=256)
 
 
 # --------------------------------------------------------------------------------------------------------
