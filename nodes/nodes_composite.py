@@ -4,19 +4,21 @@ The compositing itself is ComfyUI's Image Composite Masked (destination = the so
 Frames' images, mask = this node's mask, x = y = 0): with a mask of one frame per image it blends frame by
 frame, and where the mask is 0 it keeps the destination's pixel exactly (0 * edit + 1 * source). It pairs the
 batches one to one; with several target prompts, repeat the source frames once per target (Repeat Image
-Batch) so each target's frames meet the clip's.
+Batch) so each target's frames meet the clip's. With ``source_images`` connected and ``change_threshold`` above 0,
+the mask also hands back to the source the pixels the edit hardly changed (the VAE's halo and lost texture around
+the object; ``vp2p_core.composite.change_weight``).
 """
 from __future__ import annotations
 
 import torch
 from comfy_api.latest import io
 
-from vp2p_core import CompositeOptions, VP2PInputError, composite_mask
+from vp2p_core import CompositeOptions, VP2PInputError, change_weight, composite_mask
 
 from .schema import CATEGORY, VP2PMapsIO, widgets
 from .types import VP2PMaps
 
-COMPOSITE_WIDGETS = ["mask_dilation", "feather"]
+COMPOSITE_WIDGETS = ["mask_dilation", "feather", "change_threshold"]
 
 
 class BlendMask(io.ComfyNode):
@@ -32,7 +34,11 @@ class BlendMask(io.ComfyNode):
             inputs=[
                 VP2PMapsIO.Input("attention_maps", tooltip="The attention_maps output of VideoP2PSampler."),
                 io.Image.Input("images", tooltip="The frames the mask is for (DecodeFrames' images, or the source "
-                                                 "frames): they set its size, a whole multiple of the latent size."),
+                                                 "frames): they set its size, a whole multiple of the latent size. "
+                                                 "With change_threshold: DecodeFrames' images."),
+                io.Image.Input("source_images", optional=True,
+                               tooltip="The frames the edit was made from (Image Composite Masked's destination). "
+                                       "Needed by change_threshold: pixels the edit hardly changed keep the source's."),
                 *widgets(CompositeOptions, COMPOSITE_WIDGETS),
             ],
             outputs=[io.Mask.Output("mask", display_name="mask",
@@ -42,7 +48,7 @@ class BlendMask(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, attention_maps: VP2PMaps, images, **widget_values) -> io.NodeOutput:
+    def execute(cls, attention_maps: VP2PMaps, images, source_images=None, **widget_values) -> io.NodeOutput:
         options = CompositeOptions.from_values(widget_values)
         if not isinstance(attention_maps, VP2PMaps):
             raise VP2PInputError("attention_maps: expected the attention_maps output of VideoP2PSampler")
@@ -59,4 +65,25 @@ class BlendMask(io.ComfyNode):
                                  + (f" for each of {n} targets" if n > 1 else "")
                                  + "; expected the decoded edit or the clip's frames")
         alpha = composite_mask(mask, size, options, what="images")
+        if options.change_threshold > 0:
+            alpha = alpha * cls._change(images, source_images, n, f, options.change_threshold).to(alpha.device)
         return io.NodeOutput(alpha.flatten(0, 1).float().cpu())
+
+    @staticmethod
+    def _change(images: torch.Tensor, source_images, n: int, f: int, threshold: float) -> torch.Tensor:
+        """change_weight of the decoded edit ([n*F,H,W,C]) against the source frames ([F,H,W,C]): [n,F,H,W]."""
+        if source_images is None:
+            raise VP2PInputError("source_images: change_threshold > 0 compares the edit with the frames it was made "
+                                 "from; connect them (Image Composite Masked's destination) or set change_threshold "
+                                 "to 0")
+        if images.shape[0] != n * f:
+            raise VP2PInputError(f"images: {images.shape[0]} frames; with change_threshold, expected the decoded edit "
+                                 f"({n * f} frames: {f} for each of {n} targets)")
+        if not isinstance(source_images, torch.Tensor) or source_images.dim() != 4 or \
+                tuple(source_images.shape[:3]) != (f, *images.shape[1:3]):
+            shape = tuple(source_images.shape) if isinstance(source_images, torch.Tensor) else \
+                type(source_images).__name__
+            raise VP2PInputError(f"source_images: expected the edit's {f} frames of {images.shape[1]}x"
+                                 f"{images.shape[2]} ([frames, height, width, channels]), got {shape}")
+        edited = images[..., :3].reshape(n, f, *images.shape[1:3], -1)
+        return change_weight(edited, source_images[None, ..., :3], threshold).to(torch.float32)

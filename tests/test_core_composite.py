@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vp2p_core import (AttentionController, CompositeOptions, EditOptions, VP2PInputError, build_edit_plan,
-                       composite_frames, composite_mask)
+                       change_weight, composite_frames, composite_mask)
 from vp2p_core.composite import dilate_mask, feather_mask, smooth_mask_frames
 from vp2p_core.pipeline import vae_factor
 from vp2p_world.tiny import ToyTokenizer
@@ -201,3 +201,38 @@ def test_composite_refuses_other_frames_and_masks():
     for bad in (mask[:-1], mask[:, 0], torch.zeros(F_, 1, 5, 5), torch.zeros(F_, 1, 8, 4)):
         with pytest.raises(VP2PInputError, match="^mask: "):
             composite_frames(edited=edited, source=source, mask=bad, options=ON)
+
+
+def test_change_weight_is_the_ramp_between_half_and_one_and_a_half_thresholds():
+    source = torch.zeros(1, 1, 6, 3)
+    edited = source.clone()
+    edited[0, 0, :, 1] = torch.tensor([0.0, 0.05, 0.1, 0.2, 0.3, 0.6])  # the largest channel's difference
+    w = change_weight(edited, source, 0.2)
+    assert torch.allclose(w[0, 0], torch.tensor([0.0, 0.0, 0.0, 0.5, 1.0, 1.0]))
+    assert torch.equal(change_weight(edited, source, 0.0), torch.ones(1, 1, 6))
+
+
+@pytest.mark.parametrize("threshold", [0.1, 0.2, 0.5])
+def test_change_threshold_keeps_what_the_edit_left_and_stays_near_the_edit(threshold):
+    """Outside the dilated mask: the source, bit for bit, as without the option. Inside the whole mask: the
+    source's pixel where the edit moved it by less than half the threshold, the edit's own where it moved it by
+    1.5x or more, and never further than 9/16 of the threshold from the edit."""
+    edited, source, mask = clip_pair()
+    edited = (source + (edited - 0.5) * 2.0).clamp(0, 1)  # differences across the whole ramp
+    options = CompositeOptions(composite=True, mask_dilation=4, feather=0, change_threshold=threshold)
+    out = composite_frames(edited=edited, source=source, mask=mask, options=options)
+    plain = composite_frames(edited=edited, source=source, mask=mask, options=options.replace(change_threshold=0.0))
+    region = composite_mask(mask, (32, 32), options).bool()
+    assert torch.equal(out[~region], source[~region]) and torch.equal(plain[~region], source[~region])
+    d = (edited - source).abs().amax(-1)
+    small, large = region & (d <= threshold / 2), region & (d >= 1.5 * threshold)
+    assert small.any() and large.any() and (region & ~small & ~large).any(), "the test needs every part of the ramp"
+    assert torch.equal(out[small], source[small]), "a pixel the edit hardly changed is not the source's"
+    assert torch.equal(out[large], edited[large]), "a pixel the edit changed is not the edit's"
+    assert float((out - edited).abs()[region].max()) <= 9 / 16 * threshold + 1e-6
+
+
+def test_change_threshold_is_checked():
+    for bad in (-0.1, 1.5, "x"):
+        with pytest.raises(VP2PInputError, match="^change_threshold: "):
+            CompositeOptions(change_threshold=bad)

@@ -366,6 +366,22 @@ def test_blend_mask_composites_through_comfyui_image_composite_masked(chain):
     # without local blend the whole frame is the edit
     plain = sample(chain.tuned, chain.inv, edit(chain.clip, SRC, TGT))[2]
     assert torch.equal(run(BlendMask, attention_maps=plain, images=images)[0], torch.ones(FRAMES, 128, 128))
+    # change_threshold with the source frames: the core's composite, through ImageCompositeMasked
+    near = (frames + (images - frames) * torch.linspace(0, 1, 128)[None, None, :, None]).clamp(0, 1)
+    changed = options.replace(change_threshold=0.3)
+    mask = run(BlendMask, attention_maps=maps, images=near, source_images=frames, mask_dilation=8, feather=4,
+               change_threshold=0.3)[0]
+    out = comfyui_image_composite_masked().composite(destination=frames, source=near, x=0, y=0,
+                                                    resize_source=False, mask=mask)[0]
+    core = composite_frames(edited=near, source=frames, mask=maps.blend_mask[0], options=changed)
+    assert torch.allclose(out, core, atol=1e-6)
+    kept = (mask == 0) & (composite_mask(maps.blend_mask, (128, 128), options).flatten(0, 1) == 1)
+    assert kept.any(), "the test needs pixels of the mask that the edit hardly changed"
+    assert torch.equal(out[kept], frames[kept])
+    for kw, message in [(dict(), "source_images: change_threshold > 0 compares"),
+                        (dict(source_images=frames[:2]), "source_images: expected the edit's 3 frames of 128x128")]:
+        with pytest.raises(VP2PInputError, match=message):
+            run(BlendMask, **{"attention_maps": maps, "images": near, "change_threshold": 0.3, **kw})
 
 
 def test_untuned_model_runs_fast_inversion_and_edit(roots):

@@ -288,6 +288,8 @@ def test_local_blend_workflows_composite_over_the_source_frames():
         assert sampler["class_type"] == "VideoP2PSampler" and decode["inputs"]["latent"][1] == 0, where
         assert mask["inputs"]["attention_maps"] == [decode["inputs"]["latent"][0], 2], where
         assert mask["inputs"]["images"] == inp["source"], where
+        assert mask["inputs"]["source_images"] == inp["destination"], f"{where}: change_threshold needs the clip"
+        assert mask["inputs"]["change_threshold"] > 0, where
         dest = api[inp["destination"][0]]
         assert dest["class_type"] == "ImageScale", f"{where}: the destination is not the clip's frames"
         encode = [n for n in api.values() if n["class_type"] == "VAEEncode"]

@@ -120,3 +120,16 @@ def test_seam_ratio_on_hand_made_clips():
     jump = ramp.clone()
     jump[4:] += 3.0  # a jump where the second window takes over: 4 units on one of 4 boundary pairs
     assert metrics.seam_ratio(jump, ws) == (1 + 1 + 1 + 4) / 4
+
+
+def test_background_psnr_outside_the_object_region_scores_the_truth_exactly():
+    """The rendered truth of a recolour equals the source wherever no object touches a pixel, so measured outside
+    ``object_region`` it scores MAX_PSNR; outside the masks (coverage > 0.5) its anti-aliased rim counted."""
+    from vp2p_world.render import Scene, render
+    src = render(Scene(colour="red", shape="ball", frames=3, seed=4, camera="pan"))
+    blue = render(src.scene.replace(colour="blue"))
+    region = metrics.object_region(src, blue)
+    assert torch.equal(region, (src.coverage > 0) | (blue.coverage > 0)) and region.any()
+    assert (region & ~(src.masks | blue.masks)).any(), "the rim: touched, but outside the masks"
+    assert metrics.background_psnr(blue.frames, src.frames, region) == metrics.MAX_PSNR
+    assert metrics.background_psnr(blue.frames, src.frames, src.masks | blue.masks) < 45

@@ -387,6 +387,12 @@ class CompositeOptions(Options):
         "int", 8, "Soften the composite's edge over this many pixels inside the dilated mask's border (a linear "
         "ramp); pixels outside the dilated mask stay the source's exactly. At most mask_dilation keeps the whole "
         "undilated mask the edit's. 0: a hard edge.", min=0, max=256, step=1)
+    change_threshold: float = option(
+        "float", 0.0, "Inside the mask, keep the source's pixel where the decoded edit hardly changed it: a pixel "
+        "whose largest channel difference from the source frame (0..1) is below half this value is the source's, "
+        "above 1.5x it is the edit's, a linear ramp between; so where the mask is whole, the composite stays within "
+        "0.57x this value of the decoded edit. Removes the VAE's halo and lost texture around an edited object. "
+        "Needs the source frames (Blend Mask: source_images). 0: off (the whole mask is the edit's).", min=0.0, max=1.0, step=0.01)
 
 
 # --------------------------------------------------------------------------------------------------------

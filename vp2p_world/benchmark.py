@@ -202,8 +202,11 @@ def measure(case: Case, source_clip, edited: torch.Tensor, recon: torch.Tensor,
     row = {
         "accuracy": edit_accuracy(case, edited, truth),
         "psnr_truth": metrics.psnr(edited, truth.frames),
-        "bg_psnr": (metrics.background_psnr(edited, source_clip.frames, obj_masks)
+        "bg_psnr": (metrics.background_psnr(edited, source_clip.frames, metrics.object_region(source_clip, truth))
                     if case.kind != "background" else float("nan")),
+        # the older definition (outside the masks, so the anti-aliased rim counted), for comparison
+        "bg_psnr_masks": (metrics.background_psnr(edited, source_clip.frames, obj_masks)
+                          if case.kind != "background" else float("nan")),
         "iou": metrics.mask_iou(metrics.segment_object(edited, truth), source_clip.masks),
         "recon_psnr": metrics.psnr(recon, source_clip.frames),
     }
@@ -312,7 +315,8 @@ def markdown(summary: dict, rows: list[dict], command: str, meta: dict) -> str:
              f"{control_text(meta['edit'])}{noise_text(meta.get('frame_noise', 0.0))}{composite_text(meta.get('composite'))}. "
              "Accuracy = share of frames with the target attribute; "
              "PSNR in dB; colour/background change = mean frame-to-frame change (lower is steadier); "
-             "background PSNR excludes the background-change cases; mask IoU = the local-blend mask at frame size "
+             "background PSNR excludes the background-change cases and every pixel an object touches (in the source "
+             "or the truth: the anti-aliased rim changes colour in the truth too); mask IoU = the local-blend mask at frame size "
              "against the source's and target's object region, mean over frames and worst frame (nan without a "
              "mask: Tune-A-Video, background cases); warp error = the per-frame noise sigma that would explain the "
              "edit's error under the known motion and light beyond its rendered truth's "
@@ -364,7 +368,12 @@ def control_text(edit: dict) -> str:
 
 
 def composite_text(c: Optional[dict]) -> str:
-    return (f"; +composite: mask dilated {c['mask_dilation']} px, feathered {c['feather']} px" if c else "")
+    if not c:
+        return ""
+    change = c.get("change_threshold", 0.0)
+    return (f"; +composite: mask dilated {c['mask_dilation']} px, feathered {c['feather']} px"
+            + (f", pixels the edit changed by less than {change / 2:g} (ramp to {1.5 * change:g}) kept from the source"
+               if change else ""))
 
 
 def ratio_text(ratio: float) -> str:
@@ -476,7 +485,8 @@ def main(argv=None) -> int:
                 tune_steps=tune.steps, tune_seconds=tune_seconds, inner_steps=inversion.inner_steps,
                 lr_scale=inversion.lr_scale, early_stop_ratio=inversion.early_stop_ratio, edit=edit.cache_key(),
                 frame_noise=a.frame_noise,
-                composite=dict(mask_dilation=composite.mask_dilation, feather=composite.feather))
+                composite=dict(mask_dilation=composite.mask_dilation, feather=composite.feather,
+                               change_threshold=composite.change_threshold))
     md = markdown(summary, rows, command.strip(), meta)
     print(md)
     if a.json:

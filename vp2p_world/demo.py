@@ -145,11 +145,11 @@ def quality(source, recon, edited, clip, truth, decoded=None) -> dict:
     q = {"inversion_psnr": metrics.psnr(recon, source)}
     if clip is None:
         return q
-    masks = clip.masks | truth.masks if truth is not None else clip.masks
+    region = metrics.object_region(clip, truth) if truth is not None else metrics.object_region(clip)
     if truth is None or truth.scene.background == clip.scene.background:  # kept background: compare with the source
-        q["background_psnr"] = metrics.background_psnr(edited, source, masks)
+        q["background_psnr"] = metrics.background_psnr(edited, source, region)
         if decoded is not None:
-            q["background_psnr_decoded"] = metrics.background_psnr(decoded, source, masks)
+            q["background_psnr_decoded"] = metrics.background_psnr(decoded, source, region)
     ref = truth if truth is not None else clip
     if truth is not None:
         q["psnr_to_truth"] = metrics.psnr(edited, truth.frames)

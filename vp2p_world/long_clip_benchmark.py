@@ -75,7 +75,7 @@ def one_length(a: argparse.Namespace) -> dict:
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "unet_evaluations": res.evaluations,
         "accuracy": metrics.object_hue_accuracy(edited, truth.masks, "blue"),
-        "background_psnr": metrics.background_psnr(edited, clip.frames, clip.masks | truth.masks),
+        "background_psnr": metrics.background_psnr(edited, clip.frames, metrics.object_region(clip, truth)),
         "warp_error": metrics.warp_error(edited, truth),
         "flicker_object": flicker["object"],
         "flicker_background": flicker["background"],

@@ -166,6 +166,10 @@ class Graph:
 
 
 SOURCE = "a rabbit is jumping on the grass"
+# Blend Mask's change_threshold in the compositing workflows: inside the mask, pixels the edit changed by less than
+# 0.1 (ramp to 0.3) keep the clip's own, so the VAE's halo and lost texture around the object go. The small world's
+# value (vp2p_world/settings.py, chosen on held-out clips); not measured on SD footage: set 0 to paste the whole mask.
+CHANGE_THRESHOLD = 0.2
 COL = [0, 380, 760, 1140, 1520, 1900]
 
 
@@ -228,7 +232,8 @@ def composite(g: Graph, sampler: int, frames: int, video: int, source_frames: in
     (dilated) mask the video has the clip's own pixels, not their VAE round trip. Added after every other node,
     so the nodes of workflows saved before keep their ids."""
     mask = g.add("BlendMask", "Local-blend mask at the frames' size", pos=(COL[4], 660),
-                 attention_maps=(sampler, 2), images=(frames, 0))
+                 attention_maps=(sampler, 2), images=(frames, 0), source_images=(source_frames, 0),
+                 change_threshold=CHANGE_THRESHOLD)
     comp = g.add("ImageCompositeMasked", "Edit over the source frames", pos=(COL[4], 880),
                  destination=(source_frames, 0), source=(frames, 0), x=0, y=0, resize_source=False, mask=(mask, 0))
     g.connect(video, "images", (comp, 0))
@@ -243,7 +248,8 @@ def word_swap() -> Graph:
            "models/vp2p/vp2p_cache, and ComfyUI re-runs only the edit when you change the target prompt.\n"
            "3. The tuned delta and the inversion are also saved to output/vp2p/ for the re-edit workflow.\n"
            "4. Blend Mask and Image Composite Masked paste the edit over the clip's frames: outside the local-blend "
-           "mask (grown by mask_dilation, softened by feather) the video keeps the clip's own pixels.\n\n"
+           "mask (grown by mask_dilation, softened by feather) the video keeps the clip's own pixels, and inside "
+           "it so do the pixels the edit hardly changed (change_threshold).\n\n"
            "Blend words must be words of the prompts; the Attention Maps preview shows each word's region.",
            pos=(COL[0], -300))
     ckpt, latent, scaled = clip_input(g)
