@@ -6,7 +6,13 @@
    the structure, blurred at t_s = 0, 2, 4, 8: structure IoU against the source and shape accuracy move
    against each other (t_s = 0 keeps the ball's outline; larger t_s frees the shape).
 2. Colour swaps sampled with w_t = 1, 1.5, 2: frame-to-frame change of the object's colour and of the
-   background (lower is steadier), and the edit accuracy it costs.
+   background (lower is steadier), the warp error and flicker beyond the truth's (what motion does not
+   explain), and the edit accuracy it costs.
+
+    python -m vp2p_world.gen1_benchmark --moving   # the same clips under camera motion, changing light and growth
+
+w_t exists to steady an edit, and only clips that move can show it: with ``--moving`` each clip gets one kind of
+motion (``MOTIONS``) and the section "Gen-1 guidance on moving clips" is written instead.
 """
 from __future__ import annotations
 
@@ -36,6 +42,14 @@ COLOUR_CLIPS = [(Scene(colour="red", shape="ball", background="green grass", pat
                 (Scene(colour="yellow", shape="square", background="sand", path="slide", seed=32), "purple"),
                 (Scene(colour="green", shape="triangle", background="snow", path="circle", seed=33), "red")]
 
+# --moving: the clips above, each under one mix of the world's motions (camera, light, growth)
+MOTIONS = [dict(camera="pan"), dict(camera="zoom", lighting="drift"), dict(camera="pan+zoom", growth=1.3)]
+SECTIONS = {False: "## Gen-1 guidance in the small world", True: "## Gen-1 guidance on moving clips"}
+
+
+def moving(scenes: list[Scene]) -> list[Scene]:
+    return [s.replace(**m) for s, m in zip(scenes, MOTIONS)]
+
 
 def prepare(comps: Components, scene: Scene, tune: TuneOptions, inversion: InversionOptions):
     clip = render(scene)
@@ -50,10 +64,10 @@ def prepare(comps: Components, scene: Scene, tune: TuneOptions, inversion: Inver
 
 
 def structure_rows(comps, controlnet, levels, tune: TuneOptions, inversion: InversionOptions,
-                   edit: EditOptions) -> list[dict]:
+                   edit: EditOptions, scenes: list[Scene]) -> list[dict]:
     fn = diffusers_controlnet(controlnet)
     rows = []
-    for scene in SHAPE_CLIPS:
+    for scene in scenes:
         clip, delta, inv = prepare(comps, scene, tune, inversion)
         truth = render(scene.replace(shape="square"))
         plan = comps.plan(clip.caption, truth.caption,
@@ -75,9 +89,9 @@ def structure_rows(comps, controlnet, levels, tune: TuneOptions, inversion: Inve
 
 
 def temporal_rows(comps, weights, tune: TuneOptions, inversion: InversionOptions,
-                  edit: EditOptions) -> list[dict]:
+                  edit: EditOptions, clips: list[tuple[Scene, str]]) -> list[dict]:
     rows = []
-    for scene, colour in COLOUR_CLIPS:
+    for scene, colour in clips:
         clip, delta, inv = prepare(comps, scene, tune, inversion)
         truth = render(scene.replace(colour=colour))
         plan = comps.plan(clip.caption, truth.caption, options=edit.replace(blend_words=scene.shape))
@@ -88,8 +102,11 @@ def temporal_rows(comps, weights, tune: TuneOptions, inversion: InversionOptions
                                   options=SamplerOptions(guidance=inversion.guidance, temporal_guidance=wt))
             frames = comps.decode_latents(res.edited[0])
             tc = metrics.temporal_consistency(frames, truth.masks)
+            fl = metrics.flicker(frames, truth)
             rows.append({"clip": scene.caption, "w_t": wt, "object_change": tc["object"],
                          "background_change": tc["background"],
+                         "warp_error": metrics.normalised_warp_error(frames, truth),
+                         "flicker_object": fl["object"], "flicker_background": fl["background"],
                          "accuracy": metrics.object_hue_accuracy(frames, truth.masks, colour),
                          "psnr_truth": metrics.psnr(frames, truth.frames), "evaluations": res.stats["forwards"],
                          "seconds": time.perf_counter() - t0})
@@ -112,6 +129,8 @@ def main(argv=None) -> int:
     p.add_argument("--weights", default="1,1.5,2")
     add_option_flags(p, EditOptions, skip=("edit_mode", "blend_words", "blend_target_words", "reweight_words",
                                            "reweight_values"))  # each clip has its words
+    p.add_argument("--moving", action="store_true", help="the same clips under camera motion, changing light and "
+                   "growth (MOTIONS); writes the section on moving clips")
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args(argv)
     try:
@@ -127,29 +146,36 @@ def main(argv=None) -> int:
                                          torch_dtype=torch.float32).eval()
     levels = [float(x) for x in a.levels.split(",")]
     wts = [float(x) for x in a.weights.split(",")]
-    s_rows = structure_rows(comps, cn, levels, tune, inversion, edit)
-    t_rows = temporal_rows(comps, wts, tune, inversion, edit)
+    shape_clips = moving(SHAPE_CLIPS) if a.moving else SHAPE_CLIPS
+    colour_clips = list(zip(moving([c for c, _ in COLOUR_CLIPS]), [t for _, t in COLOUR_CLIPS])) if a.moving \
+        else COLOUR_CLIPS
+    s_rows = structure_rows(comps, cn, levels, tune, inversion, edit, shape_clips)
+    t_rows = temporal_rows(comps, wts, tune, inversion, edit, colour_clips)
     s = mean_by(s_rows, "t_s", ["iou_source", "shape_accuracy"])
-    t = mean_by(t_rows, "w_t", ["object_change", "background_change", "accuracy", "psnr_truth", "evaluations", "seconds"])
+    t = mean_by(t_rows, "w_t", ["object_change", "background_change", "warp_error", "flicker_object",
+                                "flicker_background", "accuracy", "psnr_truth", "evaluations", "seconds"])
     cmd = "python -m vp2p_world.gen1_benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = ["## Gen-1 guidance in the small world", "", f"Command: `{cmd.strip()}`", "",
+    motion = (" Motion per clip, in order: " + "; ".join(", ".join(f"{k} {v}" for k, v in m.items()) for m in MOTIONS)
+              + ".") if a.moving else ""
+    lines = [SECTIONS[a.moving], "", f"Command: `{cmd.strip()}`", "",
              f"Tuned model ({tune.steps} steps) per clip, {inversion.mode} inversion, {inversion.steps} DDIM steps, "
              f"guidance {inversion.guidance:g}, {torch.get_num_threads()} threads, self-attention replaced on: "
              f"{edit.self_replace_on}. Structure: the shipped mask ControlNet "
              "(`vp2p_world/weights/controlnet`) fed the source clip's object masks, on "
-             f"{len(SHAPE_CLIPS)} ball -> square clips (word swap + local blend on ball/square).", "",
+             f"{len(shape_clips)} ball -> square clips (word swap + local blend on ball/square).{motion}", "",
              "| t_s | structure IoU with the source | shape accuracy (square) |", "|---|---|---|"]
     lines += [f"| {k:g} | {v['iou_source']:.3f} | {v['shape_accuracy']:.2f} |" for k, v in s.items()]
-    lines += ["", f"Temporal-consistency guidance on {len(COLOUR_CLIPS)} colour swaps (word swap + local blend):", "",
-              "| w_t | object colour change | background change | colour accuracy | PSNR to truth | UNet evaluations | seconds |",
-              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {k:g} | {v['object_change']:.4f} | {v['background_change']:.4f} | {v['accuracy']:.2f} | "
+    lines += ["", f"Temporal-consistency guidance on {len(colour_clips)} colour swaps (word swap + local blend; "
+              "warp error and flicker as in the edit benchmark: beyond the truth's, motion and light compensated):",
+              "", "| w_t | object colour change | background change | warp error | object flicker | background flicker "
+              "| colour accuracy | PSNR to truth | UNet evaluations | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {k:g} | {v['object_change']:.4f} | {v['background_change']:.4f} | {v['warp_error']:.4f} | "
+              f"{v['flicker_object']:.4f} | {v['flicker_background']:.4f} | {v['accuracy']:.2f} | "
               f"{v['psnr_truth']:.2f} | {v['evaluations']:.0f} | {v['seconds']:.1f} |" for k, v in t.items()]
     md = "\n".join(lines) + "\n"
     print(md)
     if not a.no_write:
-        write_section(Path(__file__).resolve().parents[1] / "BENCHMARKS.md", md,
-                      heading="## Gen-1 guidance in the small world")
+        write_section(Path(__file__).resolve().parents[1] / "BENCHMARKS.md", md, heading=SECTIONS[a.moving])
     return 0
 
 
