@@ -11,7 +11,7 @@ from .types import VP2PEdit
 
 EDIT_WIDGETS = ["edit_mode", "cross_replace", "self_replace", "self_replace_on", "blend_words", "blend_target_words",
                 "reweight_words", "reweight_values", "mask_threshold", "blend_start", "blend_dilation", "blend_smoothing",
-                "blend_region"]
+                "blend_region", "blend_from"]
 
 
 class AttentionEditController(io.ComfyNode):

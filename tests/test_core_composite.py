@@ -82,7 +82,8 @@ def reference_mask(ctrl) -> torch.Tensor:
 
 def blend(ctrl):
     b = ctrl.plan.blend
-    return ctrl.blend_mask(b.threshold, dilation=b.dilation, smoothing=b.smoothing, region=b.region)
+    return ctrl.blend_mask(b.threshold, dilation=b.dilation, smoothing=b.smoothing, region=b.region,
+                           source_only=b.source_only)
 
 
 def test_blend_mask_defaults_are_the_identity_and_the_union_of_both_words():
@@ -129,6 +130,25 @@ def test_blend_region_auto_is_the_outline_for_a_recolour_and_grown_for_a_new_sha
     assert region("a blue cube on grass", blend_target_words="cube", blend_region="outline") == "outline"
     with pytest.raises(VP2PInputError, match="blend_region"):
         EditOptions(blend_words="ball", blend_region="box")
+
+
+def test_blend_from_auto_takes_the_source_words_alone_for_a_recolour_and_both_for_a_new_shape():
+    tok = ToyTokenizer()
+    only = lambda target, **kw: build_edit_plan(tok, "a red ball on grass", target,
+                                                options=EditOptions(blend_words="ball", **kw)).blend.source_only
+    assert only("a blue ball on grass") and only("a blue ball on grass", blend_target_words="BALL")
+    assert not only("a blue cube on grass", blend_target_words="cube")
+    assert not only("a blue ball on grass", blend_from="both")
+    assert only("a blue cube on grass", blend_target_words="cube", blend_from="source")
+    with pytest.raises(VP2PInputError, match="blend_from"):
+        EditOptions(blend_words="ball", blend_from="target")
+    # the target's attention lies beside the source's (a drifting target branch): with source_only every row is
+    # the source's mask, with both the target's row adds the drifted place
+    ctrl = controller(EditOptions(blend_words="ball", blend_target_words="cube", blend_from="source"))
+    mask = blend(ctrl)
+    both = ctrl.blend_mask(0.3, region=ctrl.plan.blend.region)
+    assert torch.equal(mask[1], mask[0]) and torch.equal(mask[0], both[0])
+    assert mask[1, :, 0, :, 10:].eq(0).all() and both[1, :, 0, :, 10:].eq(1).any()
 
 
 def test_outline_mask_is_exactly_the_attended_cells_and_grown_adds_a_cell_around_them():

@@ -38,6 +38,7 @@ class BlendSpec:
     dilation: int = 0  # pixels of the image
     smoothing: int = 0  # frames on each side of the majority vote over time
     region: str = "grown"  # outline | grown (EditOptions.blend_region, "auto" resolved)
+    source_only: bool = False  # the mask from the source's blend words alone (EditOptions.blend_from, resolved)
 
 
 @dataclass
@@ -142,16 +143,17 @@ def build_edit_plan(tokenizer: TokenizerLike, source_prompt: str, target_prompts
         tgt_words = parse_words(options.blend_target_words)
         tgt_what = "blend_target_words (target prompt)" if tgt_words else "blend_words (target prompt)"
         tgt_words = tgt_words or src_words
+        same = [w.lower() for w in tgt_words] == [w.lower() for w in src_words]
         region = options.blend_region
         if region == "auto":  # a new shape needs room beyond the old outline; a recolour does not
-            same = [w.lower() for w in tgt_words] == [w.lower() for w in src_words]
             region = "outline" if same else "grown"
+        source_only = options.blend_from == "source" or (options.blend_from == "auto" and same)
         plan.blend = BlendSpec(
             source_tokens=words_token_indices(source_prompt, src_words, tokenizer, "blend_words (source prompt)"),
             target_tokens=[words_token_indices(t, tgt_words, tokenizer, tgt_what)
                            for t in targets],
             threshold=options.mask_threshold, start=options.blend_start, dilation=options.blend_dilation,
-            smoothing=options.blend_smoothing, region=region)
+            smoothing=options.blend_smoothing, region=region, source_only=source_only)
     return plan
 
 
@@ -286,16 +288,21 @@ class AttentionController:
         if blend is None or step < self.blend_start or self.map_sum is None:
             return latents
         mask = self.blend_mask(blend.threshold, dilation=blend.dilation, smoothing=blend.smoothing,
-                               region=blend.region)
+                               region=blend.region, source_only=blend.source_only)
         self.last_mask = mask[1:]
         src = latents[:1]
         return src + mask * (latents - src)
 
     def blend_mask(self, threshold: float, dilation: int = 0, smoothing: int = 0,
-                   region: str = "grown") -> torch.Tensor:
-        """[1+n, F, 1, h, w] float: union of the source-word and target-word masks (row 0: source's own), then
-        the majority vote over ``smoothing`` frames on each side, then grown by ``dilation`` image pixels (whole
-        latent pixels, rounded up).
+                   region: str = "grown", source_only: bool = False) -> torch.Tensor:
+        """[1+n, F, 1, h, w] float: union of the source-word and target-word masks (row 0: source's own; with
+        ``source_only`` every row is the source's), then the majority vote over ``smoothing`` frames on each side,
+        then grown by ``dilation`` image pixels (whole latent pixels, rounded up).
+
+        ``source_only`` departs from the reference (which always takes the union) for edits that keep the object
+        in place: when a recolour's target branch drifts, the target's own attention follows the drift, and the
+        union let the edit paint the drifted object (benchmark recolours and reweights, fast inversion: accuracy
+        0.64 -> 0.78, mask IoU 0.58 -> 0.69, warp error 0.043 -> 0.035; BENCHMARKS.md).
 
         The blend words' maps are at the coarsest cross-attention resolution (a cell is 4 latent pixels at 512 px
         in SD, 2 in the small world). ``grown`` (the reference's): max-pooled over 3x3 cells, then each cell a
@@ -313,7 +320,8 @@ class AttentionController:
             mask = F.interpolate(maps, size=self.latent_hw)
         mask = mask / mask.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
         mask = mask.gt(threshold)
-        mask = mask[:1] | mask  # a triangle that replaces a ball needs both regions
+        mask = mask[:1].expand_as(mask) if source_only else mask[:1] | mask  # a triangle that replaces a ball
+        # needs both regions; a ball that changes colour stays in the source's
         mask = mask.unsqueeze(2).float()
         if smoothing:
             mask = smooth_mask_frames(mask, smoothing, frame_dim=1)

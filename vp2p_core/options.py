@@ -234,6 +234,7 @@ class InversionOptions(Options):
 EDIT_MODES = ("auto", "replace", "refine", "none")
 SELF_REPLACE_ON = ("temporal", "frame", "both", "none")
 BLEND_REGIONS = ("auto", "outline", "grown")
+BLEND_FROM = ("auto", "both", "source")
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,12 @@ class EditOptions(Options):
         "the object's outline (a recolour keeps every pixel around the object). grown: the reference's, grown by one "
         "attention cell on every side (room for a new outline). auto: grown where the target's blend words differ "
         "from the source's (a triangle that replaces a ball), else outline.", choices=BLEND_REGIONS)
+    blend_from: str = option(
+        "choice", "auto", "Local blend: whose attention to the blend words makes the mask. both (the reference): the "
+        "source's and the target's, so a new shape has room where it appears. source: the source's alone, for an "
+        "edit that keeps the object in place: where the target branch drifts, its own attention cannot pull the "
+        "mask (and the edit) after it. auto: source where the target's blend words are the source's (a recolour), "
+        "else both.", choices=BLEND_FROM)
 
     def check(self) -> None:
         self.reweight()  # refuses unpaired words and values now, not at sampling
