@@ -399,7 +399,8 @@ class CompositeOptions(Options):
         "whose largest channel difference from the source frame (0..1) is below half this value is the source's, "
         "above 1.5x it is the edit's, a linear ramp between; so where the mask is whole, the composite stays within "
         "0.57x this value of the decoded edit. Removes the VAE's halo and lost texture around an edited object. "
-        "Needs the source frames (Blend Mask: source_images). 0: off (the whole mask is the edit's).", min=0.0, max=1.0, step=0.01)
+        "Needs the source frames (Blend Mask: source_images). 0: off (the whole mask is the edit's).",
+        min=0.0, max=1.0, step=0.01)
 
 
 # --------------------------------------------------------------------------------------------------------

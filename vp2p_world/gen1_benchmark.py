@@ -168,7 +168,8 @@ def main(argv=None) -> int:
     lines += ["", f"Temporal-consistency guidance on {len(colour_clips)} colour swaps (word swap + local blend; "
               "warp error and flicker as in the edit benchmark: beyond the truth's, motion and light compensated):",
               "", "| w_t | object colour change | background change | warp error | object flicker | background flicker "
-              "| colour accuracy | PSNR to truth | UNet evaluations | seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "| colour accuracy | PSNR to truth | UNet evaluations | seconds |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {k:g} | {v['object_change']:.4f} | {v['background_change']:.4f} | {v['warp_error']:.4f} | "
               f"{v['flicker_object']:.4f} | {v['flicker_background']:.4f} | {v['accuracy']:.2f} | "
               f"{v['psnr_truth']:.2f} | {v['evaluations']:.0f} | {v['seconds']:.1f} |" for k, v in t.items()]
