@@ -37,8 +37,9 @@ class BlendMask(io.ComfyNode):
                                                  "frames): they set its size, a whole multiple of the latent size. "
                                                  "With change_threshold: DecodeFrames' images."),
                 io.Image.Input("source_images", optional=True,
-                               tooltip="The frames the edit was made from (Image Composite Masked's destination). "
-                                       "Needed by change_threshold: pixels the edit hardly changed keep the source's."),
+                               tooltip="The frames the edit was made from (Image Composite Masked's destination: the "
+                                       "clip's frames, or them repeated once per target). Needed by "
+                                       "change_threshold: pixels the edit hardly changed keep the source's."),
                 *widgets(CompositeOptions, COMPOSITE_WIDGETS),
             ],
             outputs=[io.Mask.Output("mask", display_name="mask",
@@ -71,7 +72,8 @@ class BlendMask(io.ComfyNode):
 
     @staticmethod
     def _change(images: torch.Tensor, source_images, n: int, f: int, threshold: float) -> torch.Tensor:
-        """change_weight of the decoded edit ([n*F,H,W,C]) against the source frames ([F,H,W,C]): [n,F,H,W]."""
+        """change_weight of the decoded edit ([n*F,H,W,C]) against the source frames ([F,H,W,C], or [n*F,H,W,C]
+        repeated per target for Image Composite Masked): [n,F,H,W]."""
         if source_images is None:
             raise VP2PInputError("source_images: change_threshold > 0 compares the edit with the frames it was made "
                                  "from; connect them (Image Composite Masked's destination) or set change_threshold "
@@ -80,10 +82,15 @@ class BlendMask(io.ComfyNode):
             raise VP2PInputError(f"images: {images.shape[0]} frames; with change_threshold, expected the decoded edit "
                                  f"({n * f} frames: {f} for each of {n} targets)")
         if not isinstance(source_images, torch.Tensor) or source_images.dim() != 4 or \
-                tuple(source_images.shape[:3]) != (f, *images.shape[1:3]):
+                source_images.shape[0] not in (f, n * f) or tuple(source_images.shape[1:3]) != tuple(images.shape[1:3]):
             shape = tuple(source_images.shape) if isinstance(source_images, torch.Tensor) else \
                 type(source_images).__name__
-            raise VP2PInputError(f"source_images: expected the edit's {f} frames of {images.shape[1]}x"
+            repeated = f" (or {n * f}: repeated per target)" if n > 1 else ""
+            raise VP2PInputError(f"source_images: expected the edit's {f} frames{repeated} of {images.shape[1]}x"
                                  f"{images.shape[2]} ([frames, height, width, channels]), got {shape}")
-        edited = images[..., :3].reshape(n, f, *images.shape[1:3], -1)
-        return change_weight(edited, source_images[None, ..., :3], threshold).to(torch.float32)
+        if images is source_images or torch.equal(images[..., :3], source_images[..., :3]):
+            raise VP2PInputError("images: the same frames as source_images; with change_threshold, expected "
+                                 "DecodeFrames' images (the edit), or the mask would be empty")
+        edited = images.reshape(n, f, *images.shape[1:])
+        source = source_images.reshape(-1, f, *source_images.shape[1:])  # [1 or n, F, H, W, C]
+        return change_weight(edited, source, threshold).to(torch.float32)

@@ -149,6 +149,11 @@ def test_blend_from_auto_takes_the_source_words_alone_for_a_recolour_and_both_fo
     both = ctrl.blend_mask(0.3, region=ctrl.plan.blend.region)
     assert torch.equal(mask[1], mask[0]) and torch.equal(mask[0], both[0])
     assert mask[1, :, 0, :, 10:].eq(0).all() and both[1, :, 0, :, 10:].eq(1).any()
+    # and the sampler's LocalBlend step uses it
+    ctrl.cur_step = ctrl.blend_start
+    lat = torch.randn(2, F_, 4, H, W)
+    out = ctrl.end_step(lat)
+    assert torch.equal(ctrl.last_mask, mask[1:]) and torch.equal(out, lat[:1] + mask * (lat - lat[:1]))
 
 
 def test_outline_mask_is_exactly_the_attended_cells_and_grown_adds_a_cell_around_them():
@@ -230,6 +235,9 @@ def test_change_weight_is_the_ramp_between_half_and_one_and_a_half_thresholds():
     w = change_weight(edited, source, 0.2)
     assert torch.allclose(w[0, 0], torch.tensor([0.0, 0.0, 0.0, 0.5, 1.0, 1.0]))
     assert torch.equal(change_weight(edited, source, 0.0), torch.ones(1, 1, 6))
+    # an alpha channel is not a change of the picture
+    rgba = torch.cat([edited, torch.ones(1, 1, 6, 1)], -1)
+    assert torch.equal(change_weight(rgba, torch.cat([source, torch.zeros(1, 1, 6, 1)], -1), 0.2), w)
 
 
 @pytest.mark.parametrize("threshold", [0.1, 0.2, 0.5])

@@ -379,7 +379,8 @@ def test_blend_mask_composites_through_comfyui_image_composite_masked(chain):
     assert kept.any(), "the test needs pixels of the mask that the edit hardly changed"
     assert torch.equal(out[kept], frames[kept])
     for kw, message in [(dict(), "source_images: change_threshold > 0 compares"),
-                        (dict(source_images=frames[:2]), "source_images: expected the edit's 3 frames of 128x128")]:
+                        (dict(source_images=frames[:2]), "source_images: expected the edit's 3 frames of 128x128"),
+                        (dict(source_images=near.clone()), "images: the same frames as source_images")]:
         with pytest.raises(VP2PInputError, match=message):
             run(BlendMask, **{"attention_maps": maps, "images": near, "change_threshold": 0.3, **kw})
 

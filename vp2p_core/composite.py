@@ -98,10 +98,15 @@ def composite_mask(mask: torch.Tensor, size: Sequence[int], options: CompositeOp
     return feather_mask(dilate_mask(m, options.mask_dilation), options.feather)
 
 
+# change_weight's ramp, in units of the threshold: the source's pixel below the first, the edit's above the second
+CHANGE_RAMP = (0.5, 1.5)
+
+
 def change_weight(edited: torch.Tensor, source: torch.Tensor, threshold: float) -> torch.Tensor:
     """How much of the edit to keep where it hardly changed the source: frames [..., H, W, C] in 0..1 ->
-    [..., H, W] in 0..1. With d the largest channel difference of a pixel, 0 where d <= threshold / 2, 1 where
-    d >= 1.5 * threshold, linear between; a threshold of 0 gives ones. Pasting the source with 1 minus this
+    [..., H, W] in 0..1. With d the largest difference of a pixel's colour channels (the first three; an alpha
+    channel does not count), 0 where d <= threshold / 2, 1 where d >= 1.5 * threshold, linear between
+    (``CHANGE_RAMP``); a threshold of 0 gives ones. Pasting the source with 1 minus this
     weight moves no pixel of the edit by more than (1 - w) * d <= 9/16 * threshold (the ramp's worst point, d =
     3/4 threshold), so the edit's own changes stay; what goes is the VAE's round trip (halo, lost texture) where
     the edit had nothing to change. Per pixel, no blur: a blurred difference would spread the object's change
@@ -109,8 +114,9 @@ def change_weight(edited: torch.Tensor, source: torch.Tensor, threshold: float) 
     t = float(threshold)
     if t <= 0:
         return torch.ones(edited.shape[:-1], dtype=edited.dtype, device=edited.device)
-    d = (edited - source.to(edited.device, edited.dtype)).abs().amax(-1)
-    return ((d - 0.5 * t) / t).clamp(0.0, 1.0)
+    d = (edited[..., :3] - source[..., :3].to(edited.device, edited.dtype)).abs().amax(-1)
+    low, high = CHANGE_RAMP
+    return ((d - low * t) / ((high - low) * t)).clamp(0.0, 1.0)
 
 
 def _image_shape(x, what: str) -> tuple[int, ...]:

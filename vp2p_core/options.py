@@ -398,7 +398,7 @@ class CompositeOptions(Options):
         "float", 0.0, "Inside the mask, keep the source's pixel where the decoded edit hardly changed it: a pixel "
         "whose largest channel difference from the source frame (0..1) is below half this value is the source's, "
         "above 1.5x it is the edit's, a linear ramp between; so where the mask is whole, the composite stays within "
-        "0.57x this value of the decoded edit. Removes the VAE's halo and lost texture around an edited object. "
+        "9/16 of this value of the decoded edit. Removes the VAE's halo and lost texture around an edited object. "
         "Needs the source frames (Blend Mask: source_images). 0: off (the whole mask is the edit's).",
         min=0.0, max=1.0, step=0.01)
 

@@ -33,7 +33,7 @@ import torch
 
 from vp2p_core import (CompositeOptions, EditOptions, InversionOptions, SamplerOptions, TuneOptions, invert, one_shot_tune, sample_edit,
                        trained_weights)
-from vp2p_core.composite import composite_frames, upsample_mask
+from vp2p_core.composite import CHANGE_RAMP, composite_frames, upsample_mask
 from vp2p_core.errors import VP2PInputError
 from vp2p_core.pipeline import Components
 
@@ -315,11 +315,11 @@ def markdown(summary: dict, rows: list[dict], command: str, meta: dict) -> str:
              f"{control_text(meta['edit'])}{noise_text(meta.get('frame_noise', 0.0))}{composite_text(meta.get('composite'))}. "
              "Accuracy = share of frames with the target attribute; "
              "PSNR in dB; colour/background change = mean frame-to-frame change (lower is steadier); "
-             "background PSNR excludes the background-change cases and every pixel an object touches (in the source "
-             "or the truth: the anti-aliased rim changes colour in the truth too); mask IoU = the local-blend mask at "
-             "frame size against the source's and target's object region, mean over frames and worst frame (nan without a "
-             "mask: Tune-A-Video, background cases); warp error = the per-frame noise sigma that would explain the "
-             "edit's error under the known motion and light beyond its rendered truth's "
+             "background PSNR excludes the background-change cases and every pixel an object touches (in the "
+             "source or the truth: the anti-aliased rim changes colour in the truth too); mask IoU = the local-blend "
+             "mask at frame size against the source's and target's object region, mean over frames and worst frame "
+             "(nan without a mask: Tune-A-Video, background cases); warp error = the per-frame noise sigma that "
+             "would explain the edit's error under the known motion and light beyond its rendered truth's "
              "(metrics.normalised_warp_error); object / background flicker = frame-to-frame change beyond the "
              "truth's, motion and light compensated (metrics.flicker). `+composite`: the decoded edit pasted over "
              "the source frames through the blend mask.", "", head,
@@ -371,9 +371,10 @@ def composite_text(c: Optional[dict]) -> str:
     if not c:
         return ""
     change = c.get("change_threshold", 0.0)
+    low, high = CHANGE_RAMP
     return (f"; +composite: mask dilated {c['mask_dilation']} px, feathered {c['feather']} px"
-            + (f", pixels the edit changed by less than {change / 2:g} (ramp to {1.5 * change:g}) kept from the source"
-               if change else ""))
+            + (f", pixels the edit changed by less than {low * change:g} (ramp to {high * change:g}) kept from the "
+               "source" if change else ""))
 
 
 def ratio_text(ratio: float) -> str:
@@ -405,7 +406,7 @@ def write_section(path: Path, section: str, heading: str = "## Small-world edit 
     start = text.find(heading)
     if start >= 0:
         nxt = text.find("\n## ", start + len(heading))
-        text = text[:start] + section + (text[nxt + 1:] if nxt >= 0 else "")
+        text = text[:start] + (section.rstrip("\n") + "\n\n" + text[nxt + 1:] if nxt >= 0 else section)
     else:
         text = text.rstrip() + "\n\n" + section
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -485,8 +486,7 @@ def main(argv=None) -> int:
                 tune_steps=tune.steps, tune_seconds=tune_seconds, inner_steps=inversion.inner_steps,
                 lr_scale=inversion.lr_scale, early_stop_ratio=inversion.early_stop_ratio, edit=edit.cache_key(),
                 frame_noise=a.frame_noise,
-                composite=dict(mask_dilation=composite.mask_dilation, feather=composite.feather,
-                               change_threshold=composite.change_threshold))
+                composite=composite.cache_key())
     md = markdown(summary, rows, command.strip(), meta)
     print(md)
     if a.json:

@@ -48,7 +48,7 @@ SECTIONS = {False: "## Gen-1 guidance in the small world", True: "## Gen-1 guida
 
 
 def moving(scenes: list[Scene]) -> list[Scene]:
-    return [s.replace(**m) for s, m in zip(scenes, MOTIONS)]
+    return [s.replace(**m) for s, m in zip(scenes, MOTIONS, strict=True)]
 
 
 def prepare(comps: Components, scene: Scene, tune: TuneOptions, inversion: InversionOptions):
