@@ -55,7 +55,10 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu",
     tok = CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77, local_files_only=True)
     kw = dict(local_files_only=True, torch_dtype=dtype)
     te = CLIPTextModel.from_pretrained(folder / "text_encoder", **kw).to(device).eval()
-    vae = AutoencoderKL.from_pretrained(folder / "vae", **kw).to(device).eval()
+    # channels_last: at image size the VAE's convolutions then take a kernel that needs no unfolded copy of their
+    # input on CPU (the tiny 512-px model, one frame: decode peak +88 instead of +117 MiB, 0.139 instead of 0.167 s;
+    # the same output within 6e-4), and tensor-core kernels in fp16 on a GPU
+    vae = AutoencoderKL.from_pretrained(folder / "vae", **kw).to(device, memory_format=torch.channels_last).eval()
     unet = UNet2DConditionModel.from_pretrained(folder / "unet", **kw).to(device).eval()
     sched = DDIMConfig()
     sched_file = folder / "scheduler" / "scheduler_config.json"
