@@ -175,16 +175,15 @@ def test_smoke_run_with_compositing(capsys, tmp_path):
     assert "| videop2p_fast+composite |" in capsys.readouterr().out
 
 
-def test_shape_swap_on_a_moving_clip_succeeds_and_keeps_the_background():
-    """The whole method at the demo's settings (world defaults: 60 tuning steps, fast inversion, both
-    self-attentions replaced, composite) turns a triangle into a ball under a camera that pans and zooms."""
+def tuned_at_demo_settings(case):
+    """The case's clip tuned at the demo's settings (world defaults: 60 tuning steps, fast inversion, both
+    self-attentions replaced, composite); returns edit(**edit_changes) -> the benchmark row of Video-P2P fast +
+    composite with those EditOptions changes."""
     from vp2p_core import InversionOptions, SamplerOptions, TuneOptions, one_shot_tune, trained_weights
     from vp2p_core.pipeline import Components
     from vp2p_world.settings import world_options
 
     torch.manual_seed(0)
-    case = next(c for c in benchmark.world_cases(8) if c.name == "triangle->ball, pan+zoom")
-    assert case.moving and case.kind == "shape"
     comps = Components.from_folder(benchmark.WEIGHTS)
     src = render(case.scene)
     latents = comps.encode_frames(src.frames)
@@ -192,9 +191,20 @@ def test_shape_swap_on_a_moving_clip_succeeds_and_keeps_the_background():
         delta = one_shot_tune(comps.model, latents, comps.encode_prompts([src.caption]), src.caption,
                               options=world_options(TuneOptions))
     inversion = world_options(InversionOptions, steps=20)
-    row = benchmark.run_case(comps, case, "videop2p_fast+composite", delta, latents, inversion=inversion,
-                             edit=world_options(EditOptions, cross_replace=0.5, self_replace=0.8),
-                             sampler=world_options(SamplerOptions, guidance=inversion.guidance))
+    edit = world_options(EditOptions, cross_replace=0.5, self_replace=0.8)
+
+    def run(**edit_changes) -> dict:
+        return benchmark.run_case(comps, case, "videop2p_fast+composite", delta, latents, inversion=inversion,
+                                  edit=edit.replace(**edit_changes),
+                                  sampler=world_options(SamplerOptions, guidance=inversion.guidance))
+    return run
+
+
+def test_shape_swap_on_a_moving_clip_succeeds_and_keeps_the_background():
+    """The whole method at the demo's settings turns a triangle into a ball under a camera that pans and zooms."""
+    case = next(c for c in benchmark.world_cases(8) if c.name == "triangle->ball, pan+zoom")
+    assert case.moving and case.kind == "shape"
+    row = tuned_at_demo_settings(case)()
     assert row["accuracy"] >= 0.75, row  # the benchmark: 1.00
     assert row["bg_psnr"] >= 27.0, row  # outside every pixel either object touches (the benchmark: 31.9 dB)
     assert row["mask_iou"] >= 0.25, row
@@ -204,24 +214,9 @@ def test_recolour_whose_target_branch_drifts_succeeds_with_the_source_words_mask
     """blue -> yellow star: this model's target branch draws the star away from the source's, and the reference's
     mask (the union of both branches' attention to "star") lets the edit follow it there; the mask from the
     source's words alone (blend_from auto, for a recolour) keeps the edit on the star, which turns yellow."""
-    from vp2p_core import InversionOptions, SamplerOptions, TuneOptions, one_shot_tune, trained_weights
-    from vp2p_core.pipeline import Components
-    from vp2p_world.settings import world_options
-
-    torch.manual_seed(0)
     case = next(c for c in benchmark.original_cases(8) if c.name == "blue->yellow star")
-    comps = Components.from_folder(benchmark.WEIGHTS)
-    src = render(case.scene)
-    latents = comps.encode_frames(src.frames)
-    with trained_weights(comps.model, None):
-        delta = one_shot_tune(comps.model, latents, comps.encode_prompts([src.caption]), src.caption,
-                              options=world_options(TuneOptions))
-    inversion = world_options(InversionOptions, steps=20)
-    edit = world_options(EditOptions, cross_replace=0.5, self_replace=0.8)
-    rows = {b: benchmark.run_case(comps, case, "videop2p_fast+composite", delta, latents, inversion=inversion,
-                                  edit=edit.replace(blend_from=b),
-                                  sampler=world_options(SamplerOptions, guidance=inversion.guidance))
-            for b in ("auto", "both")}
+    edit = tuned_at_demo_settings(case)
+    rows = {b: edit(blend_from=b) for b in ("auto", "both")}
     assert rows["auto"]["accuracy"] >= 0.75, rows["auto"]  # measured: 0.88
     assert rows["both"]["accuracy"] <= 0.25, rows["both"]  # measured: 0.00
     assert rows["auto"]["mask_iou"] > rows["both"]["mask_iou"] + 0.1  # measured: 0.578 against 0.334
