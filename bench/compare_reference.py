@@ -166,7 +166,7 @@ def side_ours(d: str, name: str, repeats: int) -> None:
     cfg = CONFIGS[name]
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**cfg["unet"]).eval()
-    model = VideoModel.from_unet(unet)
+    model = VideoModel.from_unet(unet, group_norm="clip")  # the reference normalises the 5-D tensor
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for n, p in unet.named_parameters():

@@ -18,11 +18,12 @@ class InflateUNet(io.ComfyNode):
             display_name="Inflate UNet (Video-P2P)",
             category=CATEGORY,
             description="Turns the checkpoint's image UNet into Video-P2P's video model: frame attention (each frame "
-                        "looks at the first), temporal attention over frames and frame-shared normalisation. Weight "
-                        "patches such as LoRAs are kept. The MODEL itself is not changed.",
+                        "looks at the first) and temporal attention over frames; normalisation per frame or shared "
+                        "by the clip (group_norm). Weight patches such as LoRAs are kept. The MODEL itself is not "
+                        "changed.",
             inputs=[io.Model.Input("model", tooltip="An SD 1.x or 2.x model from a checkpoint loader (LoRAs applied "
                                                     "are kept).")]
-                   + widgets(InflationOptions, ["frame_attention", "weight_dtype"]),
+                   + widgets(InflationOptions, ["frame_attention", "weight_dtype", "group_norm"]),
             outputs=[VP2PModelIO.Output("vp2p_model", display_name="vp2p_model",
                                         tooltip="The video model (untuned), for OneShotTune, "
                                                               "NullTextVideoInvert or LoadVP2PDelta.")],
@@ -33,6 +34,7 @@ class InflateUNet(io.ComfyNode):
         options = InflationOptions.from_values(widget_values)
         unet, prediction, scale, latent_format, info = convert.comfy_model_to_unet(model, options.weight_dtype)
         vm = vp2p_model_from_unet(unet, prediction_type=prediction, latent_scale=scale,
-                                  frame_attention=options.frame_attention, patcher=convert.make_patcher(unet),
+                                  frame_attention=options.frame_attention, group_norm=options.group_norm,
+                                  patcher=convert.make_patcher(unet),
                                   latent_format=latent_format, info=info)
         return io.NodeOutput(vm)

@@ -48,7 +48,8 @@ class NullTextVideoInvert(io.ComfyNode):
         empty = encode_text(clip, "", "empty prompt")
         vp2p_model.video.check_text(src, "clip")
         key = files.cache_key(kind="inversion", model=vp2p_model.fingerprint,
-                              frame_attention=vp2p_model.video.frame_attention, latents=files.tensor_hash(latents),
+                              frame_attention=vp2p_model.video.frame_attention, group_norm=vp2p_model.video.group_norm,
+                              latents=files.tensor_hash(latents),
                               text=files.tensor_hash(src), empty=files.tensor_hash(empty), prompt=source_prompt,
                               options=options.cache_key(), **context_key(context))
 

@@ -65,7 +65,8 @@ class OneShotTune(io.ComfyNode):
         text = encode_text(clip, source_prompt, "source_prompt")
         vp2p_model.video.check_text(text, "clip")
         key = files.cache_key(kind="delta", model=vp2p_model.fingerprint,
-                              frame_attention=vp2p_model.video.frame_attention, latents=files.tensor_hash(latents),
+                              frame_attention=vp2p_model.video.frame_attention, group_norm=vp2p_model.video.group_norm,
+                              latents=files.tensor_hash(latents),
                               text=files.tensor_hash(text), prompt=source_prompt, options=options.cache_key(),
                               **context_key(context))
 

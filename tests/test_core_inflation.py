@@ -1,4 +1,4 @@
-"""Inflation: equivalences with the 2D model, frame-attention dependencies, pooled GroupNorm, bad UNets."""
+"""Inflation: equivalences with the 2D model, frame-attention dependencies, GroupNorm per frame or clip, bad UNets."""
 import copy
 
 import pytest
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from vp2p_core import VP2PInputError, VideoModel, inflate_unet, trainable_parameter_names, video_forward
 from vp2p_core.attention import FrameAttnProcessor, FrameState
-from vp2p_core.inflation import FramePooledGroupNorm
+from vp2p_core.inflation import InflatedGroupNorm
 from vp2p_world.tiny import tiny_unet
 
 torch.set_num_threads(1)
@@ -91,9 +91,9 @@ def test_first_mode_matches_reference_formula():
     assert torch.allclose(out, ref, atol=1e-6)
 
 
-def test_groupnorm_pools_frames_in_resnets_only():
-    unet = inflate_unet(tiny_unet())
-    pooled = [n for n, m in unet.named_modules() if isinstance(m, FramePooledGroupNorm)]
+def test_groupnorm_pools_frames_in_resnets_only_with_clip():
+    unet = inflate_unet(tiny_unet(), group_norm="clip")
+    pooled = [n for n, m in unet.named_modules() if isinstance(m, InflatedGroupNorm)]
     assert "conv_norm_out" in pooled and all(".resnets." in n or n == "conv_norm_out" for n in pooled)
     assert not any(".attentions." in n for n in pooled)  # the transformer's GroupNorm stays per frame
     norm = unet.get_submodule(pooled[0])
@@ -101,6 +101,33 @@ def test_groupnorm_pools_frames_in_resnets_only():
     x = torch.randn(6, norm.num_channels, 5, 5)
     ref = F.group_norm(x.view(2, 3, -1, 5, 5).transpose(1, 2), norm.num_groups, norm.weight, norm.bias, norm.eps)
     assert torch.allclose(norm(x), ref.transpose(1, 2).reshape(x.shape), atol=1e-6)
+    # per frame (the default): each frame's own statistics, as the image model's GroupNorm
+    inflate_unet(unet, group_norm="frame")
+    per_frame = F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+    assert torch.allclose(norm(x), per_frame, atol=1e-6)
+    assert (per_frame - ref.transpose(1, 2).reshape(x.shape)).abs().max() > 1e-3
+
+
+def test_group_norm_frame_makes_each_frame_its_own_statistics():
+    """With per-frame GroupNorm and frame-0 attention, frame 0's output does not depend on the other frames'
+    content (causal); pooled statistics make it depend on every frame."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 4, 16, 16, generator=g)
+    y = x.clone()
+    y[1:] = 3.0 * torch.randn(2, 4, 16, 16, generator=g)  # other frames, other content and scale
+    txt = torch.randn(1, 77, 32, generator=g)
+    out = {}
+    for mode in ("frame", "clip"):
+        unet = inflate_unet(tiny_unet(), group_norm=mode)
+        with torch.no_grad():
+            out[mode] = (video_forward(unet, x, 10, txt, 3)[0], video_forward(unet, y, 10, txt, 3)[0])
+    assert torch.allclose(*out["frame"], atol=1e-5)
+    assert (out["clip"][0] - out["clip"][1]).abs().max() > 1e-3
+
+
+def test_group_norm_must_be_known():
+    with pytest.raises(VP2PInputError, match="group_norm"):
+        inflate_unet(tiny_unet(), group_norm="batch")
 
 
 def test_any_clip_length_and_independent_frames():

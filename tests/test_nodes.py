@@ -433,8 +433,9 @@ def test_inflate_node_wires_conversion(monkeypatch):
 
     monkeypatch.setattr(convert, "comfy_model_to_unet", fake_convert)
     monkeypatch.setattr(convert, "make_patcher", lambda unet: None)
-    vm = run(InflateUNet, model=object(), frame_attention="first_prev")[0]
+    vm = run(InflateUNet, model=object(), frame_attention="first_prev", group_norm="clip")[0]
     assert isinstance(vm, VP2PModel) and calls["dtype"] == "fp32"
     assert vm.video.schedule.prediction_type == "v_prediction" and vm.latent_scale == 0.13
     assert vm.video.frame_attention == "first_prev" and vm.latent_format == "LATENT_FORMAT"
+    assert vm.video.group_norm == "clip" and vm.video.state.group_norm == "clip"
     assert not any(p.is_inference() for p in vm.video.unet.parameters())

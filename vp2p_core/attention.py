@@ -25,6 +25,7 @@ class FrameState:
 
     num_frames: int = 1
     independent: bool = False  # frames as separate images (Gen-1's eps_img): no cross-frame anything
+    group_norm: str = "frame"  # InflationOptions.group_norm: ResNet GroupNorm statistics per frame or per clip
     controller: Any = None  # an AttentionController while editing, else None
     forward_clips: int = 0  # UNet evaluations, counted in clips (one prompt x one clip = 1)
     extra: dict = field(default_factory=dict)

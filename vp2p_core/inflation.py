@@ -4,7 +4,8 @@ What changes (docs/ARCHITECTURE.md, "Reference behaviour reproduced"):
 - every ``attn1`` gets a frame-attention processor (frame 0, or frames 0 and i-1, as keys/values);
 - every transformer block gets ``norm_temp`` + ``attn_temp`` (the reference's names, so weights map
   one to one) applied after its feed-forward through a forward hook; output projection zeroed;
-- GroupNorm in the resnets and ``conv_norm_out`` takes its statistics over all frames of a clip.
+- GroupNorm in the resnets and ``conv_norm_out`` takes its statistics per frame (``group_norm`` "frame", the
+  default) or, as in the reference, over all frames of a clip ("clip").
 The pseudo-3D 1x3x3 convolutions of Tune-A-Video are 2D convolutions with frames in the batch, so they
 need nothing. Frames are folded into the batch: a clip of F frames is F consecutive batch rows, and the
 number of frames is given at call time through ``video_forward``.
@@ -23,7 +24,7 @@ from einops import rearrange
 
 from .attention import CrossAttnProcessor, FrameAttnProcessor, FrameState, TemporalAttnProcessor
 from .errors import VP2PInputError
-from .options import InflationOptions
+from .options import GROUP_NORMS, InflationOptions
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +32,16 @@ TEMPORAL_PREFIXES = ("attn_temp.", "norm_temp.")
 TRAINABLE_SUFFIXES = ("attn1.to_q", "attn2.to_q", "attn_temp")
 
 
-class FramePooledGroupNorm(nn.GroupNorm):
-    """GroupNorm whose statistics cover all frames of a clip (the reference normalises the 5-D tensor)."""
+class InflatedGroupNorm(nn.GroupNorm):
+    """A ResNet GroupNorm of the video model: statistics per frame (``FrameState.group_norm`` "frame", the image
+    model's own; AnimateDiff's InflatedGroupNorm) or over all frames of a clip ("clip": the reference normalises
+    the 5-D tensor)."""
 
     frame_state: Optional[FrameState] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         st = self.frame_state
-        f = 1 if st is None or st.independent else st.num_frames
+        f = 1 if st is None or st.independent or st.group_norm != "clip" else st.num_frames
         if f == 1:
             return super().forward(x)
         bf, c = x.shape[:2]
@@ -108,13 +111,18 @@ def _make_temporal(block: nn.Module, name: str, state: FrameState) -> None:
     block._vp2p_hook = block.register_forward_hook(_temporal_hook)
 
 
-def inflate_unet(unet, frame_attention: str = InflationOptions.frame_attention):
-    """Inflate ``unet`` in place into the T2S model and return it. Idempotent."""
+def inflate_unet(unet, frame_attention: str = InflationOptions.frame_attention,
+                 group_norm: str = InflationOptions.group_norm):
+    """Inflate ``unet`` in place into the T2S model and return it. Idempotent (a second call sets
+    ``frame_attention`` and ``group_norm``)."""
+    if group_norm not in GROUP_NORMS:
+        raise VP2PInputError(f"group_norm: expected one of {', '.join(GROUP_NORMS)}, got {group_norm!r}")
     if is_inflated(unet):
         set_frame_attention(unet, frame_attention)
+        frame_state(unet).group_norm = group_norm
         return unet
     check_sd_unet(unet)
-    state = FrameState()
+    state = FrameState(group_norm=group_norm)
     unet.vp2p_state = state
     unet.vp2p_frame_attention = frame_attention
     for name, module in list(unet.named_modules()):
@@ -125,10 +133,10 @@ def inflate_unet(unet, frame_attention: str = InflationOptions.frame_attention):
     norms = [(n, m) for n, m in unet.named_modules()
              if isinstance(m, nn.GroupNorm) and (".resnets." in n or n == "conv_norm_out")]
     for _, m in norms:
-        m.__class__ = FramePooledGroupNorm
+        m.__class__ = InflatedGroupNorm
         m.frame_state = state
-    log.info("inflated UNet: %d transformer blocks, %d frame-pooled GroupNorms, frame attention %r",
-             len(cross_attention_layers(unet)), len(norms), frame_attention)
+    log.info("inflated UNet: %d transformer blocks, %d GroupNorms (statistics per %s), frame attention %r",
+             len(cross_attention_layers(unet)), len(norms), group_norm, frame_attention)
     return unet
 
 

@@ -29,18 +29,20 @@ class VideoModel:
     base_fingerprint: str = ""
     delta_fingerprint: str = ""
     frame_attention: str = InflationOptions.frame_attention
+    group_norm: str = InflationOptions.group_norm
     info: dict = field(default_factory=dict)
     vae_factor: int = SD_VAE_FACTOR  # image pixels per latent pixel (the VAE's downsampling)
 
     @classmethod
     def from_unet(cls, unet, prediction_type: str = "epsilon", latent_scale: float = SD_LATENT_SCALE,
                   frame_attention: str = InflationOptions.frame_attention,
-                  schedule: Optional[DDIMConfig] = None, vae_factor: int = SD_VAE_FACTOR) -> "VideoModel":
+                  schedule: Optional[DDIMConfig] = None, vae_factor: int = SD_VAE_FACTOR,
+                  group_norm: str = InflationOptions.group_norm) -> "VideoModel":
         sched = schedule or DDIMConfig(prediction_type=prediction_type)
         fp = base_fingerprint(unet)
-        inflate_unet(unet, frame_attention)
+        inflate_unet(unet, frame_attention, group_norm)
         return cls(unet=unet, schedule=sched, latent_scale=latent_scale, base_fingerprint=fp,
-                   frame_attention=frame_attention, vae_factor=int(vae_factor))
+                   frame_attention=frame_attention, group_norm=group_norm, vae_factor=int(vae_factor))
 
     @property
     def fingerprint(self) -> str:

@@ -148,6 +148,7 @@ class Options:
 # inflation
 
 FRAME_ATTENTION = ("first", "first_prev")
+GROUP_NORMS = ("frame", "clip")
 WEIGHT_DTYPES = ("fp32", "fp16", "bf16")
 
 
@@ -159,6 +160,12 @@ class InflationOptions(Options):
     weight_dtype: str = option(
         "choice", "fp32", "Precision of the video model's weights. fp32 is right for tuning and inversion; "
         "fp16/bf16 halve memory for editing only.", choices=WEIGHT_DTYPES)
+    group_norm: str = option(
+        "choice", "frame", "Statistics of the ResNet GroupNorms: 'frame' = each frame's own, as the image model was "
+        "trained (AnimateDiff's InflatedGroupNorm); 'clip' = pooled over all frames of the clip (Tune-A-Video / "
+        "Video-P2P, which normalise the 5-D tensor). Pooled statistics let one frame's content shift every other "
+        "frame's: in the small world 'clip' failed recolours that 'frame' makes (BENCHMARKS.md).",
+        choices=GROUP_NORMS)
 
 
 # --------------------------------------------------------------------------------------------------------

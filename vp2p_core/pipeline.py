@@ -92,18 +92,20 @@ class Components:
 
     @classmethod
     def from_folder(cls, folder: str | Path, frame_attention: str = InflationOptions.frame_attention,
-                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "Components":
+                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                    group_norm: str = InflationOptions.group_norm) -> "Components":
         """Load a diffusers-format SD folder offline (see load_folder) and inflate its UNet."""
         m = load_folder(folder, device=device, dtype=dtype)
         model = VideoModel.from_unet(m.unet, latent_scale=m.latent_scale, frame_attention=frame_attention,
-                                     schedule=m.schedule, vae_factor=vae_factor(m.vae))
+                                     schedule=m.schedule, vae_factor=vae_factor(m.vae), group_norm=group_norm)
         return cls(tokenizer=m.tokenizer, text_encoder=m.text_encoder, vae=m.vae, model=model,
                    device=torch.device(device))
 
     @classmethod
     def from_single_file(cls, path: str | Path, tokenizer, frame_attention: str = InflationOptions.frame_attention,
                          device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                         prediction_type: Optional[str] = None) -> "Components":
+                         prediction_type: Optional[str] = None,
+                         group_norm: str = InflationOptions.group_norm) -> "Components":
         """Load an original-layout SD 1.x/2.x `.safetensors` checkpoint offline (see vp2p_core.checkpoint);
         prediction_type None = guess (v_pred key / ComfyUI's SD2 heuristic, else epsilon).
 
@@ -114,7 +116,7 @@ class Components:
         m = load_single_file(path, prediction_type=prediction_type, dtype=dtype, device=device)
         model = VideoModel.from_unet(m.unet, latent_scale=m.latent_scale, frame_attention=frame_attention,
                                      schedule=DDIMConfig(prediction_type=m.prediction_type),
-                                     vae_factor=vae_factor(m.vae))
+                                     vae_factor=vae_factor(m.vae), group_norm=group_norm)
         if isinstance(tokenizer, (str, Path)):
             tokenizer = load_tokenizer(tokenizer)
         return cls(tokenizer=tokenizer, text_encoder=m.text_encoder, vae=m.vae, model=model,

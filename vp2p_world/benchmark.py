@@ -31,8 +31,8 @@ from typing import Optional
 
 import torch
 
-from vp2p_core import (CompositeOptions, EditOptions, InversionOptions, SamplerOptions, TuneOptions, invert, one_shot_tune, sample_edit,
-                       trained_weights)
+from vp2p_core import (CompositeOptions, EditOptions, InflationOptions, InversionOptions, SamplerOptions, TuneOptions,
+                       invert, one_shot_tune, sample_edit, trained_weights)
 from vp2p_core.composite import CHANGE_RAMP, composite_frames, upsample_mask
 from vp2p_core.errors import VP2PInputError
 from vp2p_core.pipeline import Components
@@ -311,7 +311,8 @@ def markdown(summary: dict, rows: list[dict], command: str, meta: dict) -> str:
              f"{meta['lr_scale']:g}x the reference's learning rate{ratio_text(meta.get('early_stop_ratio', 0.0))}, "
              f"tuning {meta['tune_steps']} steps per clip "
              f"(shared by Tune-A-Video and the Video-P2P variants; its time is not in the rows: "
-             f"{meta['tune_seconds']:.0f} s for all clips); self-attention replaced on: {meta['edit']['self_replace_on']}; "
+             f"{meta['tune_seconds']:.0f} s for all clips){inflation_text(meta.get('inflation'))}; "
+             f"self-attention replaced on: {meta['edit']['self_replace_on']}; "
              f"{control_text(meta['edit'])}{noise_text(meta.get('frame_noise', 0.0))}{composite_text(meta.get('composite'))}. "
              "Accuracy = share of frames with the target attribute; "
              "PSNR in dB; colour/background change = mean frame-to-frame change (lower is steadier); "
@@ -377,6 +378,11 @@ def composite_text(c: Optional[dict]) -> str:
                "source" if change else ""))
 
 
+def inflation_text(inflation: Optional[dict]) -> str:
+    return (f"; ResNet GroupNorm statistics per {inflation['group_norm']}, frame attention "
+            f"{inflation['frame_attention']}" if inflation else "")
+
+
 def ratio_text(ratio: float) -> str:
     return f", stopping a step below {ratio:g} of its first loss" if ratio else ""
 
@@ -421,6 +427,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--only", default="", help="run only these cases, by name, separated by ';' "
                    "(e.g. 'red->blue ball, pan;ball->square, growing')")
+    add_option_flags(p, InflationOptions, skip=("weight_dtype",))
     add_option_flags(p, TuneOptions, prefix="tune-")
     add_option_flags(p, InversionOptions, skip=("mode",))  # each method has its inversion mode
     add_option_flags(p, EditOptions, skip=("edit_mode", "blend_words", "blend_target_words", "reweight_words",
@@ -435,6 +442,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     a = p.parse_args(argv)
     try:
+        inflation = options_from_args(a, InflationOptions)
         tune = options_from_args(a, TuneOptions, prefix="tune-")
         inversion = options_from_args(a, InversionOptions)
         edit = options_from_args(a, EditOptions)
@@ -445,7 +453,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if a.threads:
         torch.set_num_threads(a.threads)
-    comps = Components.from_folder(WEIGHTS)
+    comps = Components.from_folder(WEIGHTS, frame_attention=inflation.frame_attention,
+                                   group_norm=inflation.group_norm)
     cases = suite(a.frames)[: a.cases or None]
     if a.only:
         names = [n.strip() for n in a.only.split(";") if n.strip()]
@@ -485,7 +494,7 @@ def main(argv=None) -> int:
                 cases=len(cases), frames=a.frames, steps=inversion.steps, guidance=inversion.guidance,
                 tune_steps=tune.steps, tune_seconds=tune_seconds, inner_steps=inversion.inner_steps,
                 lr_scale=inversion.lr_scale, early_stop_ratio=inversion.early_stop_ratio, edit=edit.cache_key(),
-                frame_noise=a.frame_noise,
+                frame_noise=a.frame_noise, inflation=inflation.cache_key(),
                 composite=composite.cache_key())
     md = markdown(summary, rows, command.strip(), meta)
     print(md)

@@ -167,7 +167,8 @@ def fail(parser: argparse.ArgumentParser, message: str):
 
 def parse_args(argv):
     """Every flag, checked before any work starts: bad input exits with code 2 and names the flag."""
-    from vp2p_core import CompositeOptions, EditOptions, InversionOptions, SamplerOptions, TuneOptions
+    from vp2p_core import (CompositeOptions, EditOptions, InflationOptions, InversionOptions, SamplerOptions,
+                           TuneOptions)
     from vp2p_core.options import ContextOptions
 
     from .settings import add_option_flags
@@ -180,6 +181,7 @@ def parse_args(argv):
     p.add_argument("--target-prompts", default=None,
                    help="the edited prompt (default for a rendered clip: its caption with the colour swapped, red -> "
                         "blue or, for a blue object, blue -> red)")
+    add_option_flags(p, InflationOptions, skip=("weight_dtype",))
     add_option_flags(p, TuneOptions, prefix="tune-")
     add_option_flags(p, InversionOptions)
     add_option_flags(p, EditOptions, defaults={"blend_words": None})
@@ -206,8 +208,8 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    from vp2p_core import (CompositeOptions, EditOptions, Host, InversionOptions, SamplerOptions, TuneOptions,
-                           VP2PInputError)
+    from vp2p_core import (CompositeOptions, EditOptions, Host, InflationOptions, InversionOptions, SamplerOptions,
+                           TuneOptions, VP2PInputError)
     from vp2p_core.context import ContextWindows
     from vp2p_core.options import ContextOptions
     from vp2p_core.pipeline import Components, run
@@ -216,6 +218,7 @@ def main(argv=None) -> int:
 
     p, a = parse_args(argv)
     try:
+        inflation = options_from_args(a, InflationOptions)
         tune = options_from_args(a, TuneOptions, prefix="tune-")
         inversion = options_from_args(a, InversionOptions)
         sampler = options_from_args(a, SamplerOptions, guidance=inversion.guidance)
@@ -253,8 +256,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     try:
         model_path = Path(a.model)
-        comps = (Components.from_single_file(model_path, WEIGHTS / "tokenizer")  # SD's CLIP tokenizer
-                 if model_path.is_file() else Components.from_folder(model_path))
+        inflate = dict(frame_attention=inflation.frame_attention, group_norm=inflation.group_norm)
+        comps = (Components.from_single_file(model_path, WEIGHTS / "tokenizer", **inflate)  # SD's CLIP tokenizer
+                 if model_path.is_file() else Components.from_folder(model_path, **inflate))
         inversion_bar = "DDIM + null-text inversion" if inversion.mode == "null_text" else "DDIM inversion"
         bar = BarProgress((["tune"] if tune.steps else []) + [inversion_bar, "edit"])  # one bar per stage
         res = run(comps, frames, source, target, tune=tune, inversion=inversion, edit=edit, sampler=sampler,

@@ -52,7 +52,7 @@ RUN_TIMEOUT = 600
 # Our nodes as the server must list them: id -> (required inputs, optional inputs, output types, output node).
 # Saved workflows refer to nodes by these ids and input names, so they are fixed whatever nodes/ looks like inside.
 OUR_NODES = {
-    "InflateUNet": (["model", "frame_attention", "weight_dtype"], [], ["VP2P_MODEL"], False),
+    "InflateUNet": (["model", "frame_attention", "weight_dtype", "group_norm"], [], ["VP2P_MODEL"], False),
     "VideoP2PContextWindows": (["context_length", "context_overlap", "context_schedule", "context_stride",
                                 "closed_loop", "fuse_method"], [], ["VP2P_CONTEXT"], False),
     "OneShotTune": (["vp2p_model", "latent", "clip", "source_prompt", "steps", "learning_rate", "seed",
