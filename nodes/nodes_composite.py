@@ -18,7 +18,7 @@ from vp2p_core import CompositeOptions, VP2PInputError, change_weight, composite
 from .schema import CATEGORY, VP2PMapsIO, widgets
 from .types import VP2PMaps
 
-COMPOSITE_WIDGETS = ["mask_dilation", "feather", "change_threshold"]
+COMPOSITE_WIDGETS = ["mask_dilation", "feather", "change_threshold", "refine_radius"]
 
 
 class BlendMask(io.ComfyNode):
@@ -65,22 +65,26 @@ class BlendMask(io.ComfyNode):
             raise VP2PInputError(f"images: {images.shape[0]} frames, but the edit has {f} frames"
                                  + (f" for each of {n} targets" if n > 1 else "")
                                  + "; expected the decoded edit or the clip's frames")
-        alpha = composite_mask(mask, size, options, what="images")
+        if options.change_threshold <= 0 and options.refine_radius <= 0:
+            return io.NodeOutput(composite_mask(mask, size, options, what="images").flatten(0, 1).float().cpu())
+        edited, source = cls._edit_and_source(images, source_images, n, f)
+        alpha = composite_mask(mask, size, options, what="images", guides=(source.expand_as(edited), edited))
         if options.change_threshold > 0:
-            alpha = alpha * cls._change(images, source_images, n, f, options.change_threshold).to(alpha.device)
+            alpha = alpha * change_weight(edited, source, options.change_threshold).to(alpha.device, torch.float32)
         return io.NodeOutput(alpha.flatten(0, 1).float().cpu())
 
     @staticmethod
-    def _change(images: torch.Tensor, source_images, n: int, f: int, threshold: float) -> torch.Tensor:
-        """change_weight of the decoded edit ([n*F,H,W,C]) against the source frames ([F,H,W,C], or [n*F,H,W,C]
-        repeated per target for Image Composite Masked): [n,F,H,W]."""
+    def _edit_and_source(images: torch.Tensor, source_images, n: int, f: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoded edit ([n*F,H,W,C]) as [n,F,H,W,C] and the source frames ([F,H,W,C], or [n*F,H,W,C] repeated
+        per target for Image Composite Masked) as [1 or n,F,H,W,C], checked: what change_threshold and
+        refine_radius compare."""
         if source_images is None:
-            raise VP2PInputError("source_images: change_threshold > 0 compares the edit with the frames it was made "
-                                 "from; connect them (Image Composite Masked's destination) or set change_threshold "
-                                 "to 0")
+            raise VP2PInputError("source_images: change_threshold > 0 and refine_radius > 0 compare the edit with the "
+                                 "frames it was made from; connect them (Image Composite Masked's destination) or set "
+                                 "both to 0")
         if images.shape[0] != n * f:
-            raise VP2PInputError(f"images: {images.shape[0]} frames; with change_threshold, expected the decoded edit "
-                                 f"({n * f} frames: {f} for each of {n} targets)")
+            raise VP2PInputError(f"images: {images.shape[0]} frames; with change_threshold or refine_radius, expected "
+                                 f"the decoded edit ({n * f} frames: {f} for each of {n} targets)")
         if not isinstance(source_images, torch.Tensor) or source_images.dim() != 4 or \
                 source_images.shape[0] not in (f, n * f) or tuple(source_images.shape[1:3]) != tuple(images.shape[1:3]):
             shape = tuple(source_images.shape) if isinstance(source_images, torch.Tensor) else \
@@ -89,8 +93,8 @@ class BlendMask(io.ComfyNode):
             raise VP2PInputError(f"source_images: expected the edit's {f} frames{repeated} of {images.shape[1]}x"
                                  f"{images.shape[2]} ([frames, height, width, channels]), got {shape}")
         if images is source_images or torch.equal(images[..., :3], source_images[..., :3]):
-            raise VP2PInputError("images: the same frames as source_images; with change_threshold, expected "
-                                 "DecodeFrames' images (the edit), or the mask would be empty")
+            raise VP2PInputError("images: the same frames as source_images; with change_threshold or refine_radius, "
+                                 "expected DecodeFrames' images (the edit), or the mask would be empty")
         edited = images.reshape(n, f, *images.shape[1:])
         source = source_images.reshape(-1, f, *source_images.shape[1:])  # [1 or n, F, H, W, C]
-        return change_weight(edited, source, threshold).to(torch.float32)
+        return edited, source

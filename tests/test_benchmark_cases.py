@@ -125,9 +125,10 @@ def test_markdown_renders_the_new_columns_and_nan_for_rows_without_them():
     for header in ("mask IoU", "mask IoU worst frame", "warp error", "object flicker", "background flicker",
                    "edit accuracy", "background PSNR", "seconds", "UNet evaluations"):
         assert f"| {header} |" in md, header
-    assert ("| videop2p_fast | 0.75 | 20.00 | 25.00 | 0.500 | 0.400 | 0.250 | 0.0123 | 0.0051 | 0.0007 | 0.0100 | "
-            "0.0200 | 30.00 | 1.0 | 10 |") in md
-    assert "| a | p2p_per_frame | 0.75 | 20.00 | 25.00 | 0.500 | nan | nan | nan | nan | nan | 0.0100 |" in md
+    assert ("| videop2p_fast | 0.75 | 20.00 | 25.00 | 0.500 | 0.400 | 0.250 | nan | nan | 0.0123 | 0.0051 | 0.0007 | "
+            "0.0100 | 0.0200 | 30.00 | 1.0 | 10 |") in md
+    assert ("| a | p2p_per_frame | 0.75 | 20.00 | 25.00 | 0.500 | nan | nan | nan | nan | nan | nan | nan | 0.0100 |"
+            in md)
     assert "| a | videop2p_fast+composite | 1.00 | 20.00 | 25.00 | 0.500 | 0.600 | 0.250 |" in md
     assert "feathered 4 px" in md
     assert "accuracy still" not in md  # rows without a motion label: no still / moving table
@@ -167,9 +168,11 @@ def test_smoke_run_with_compositing(capsys, tmp_path):
     assert [r["method"] for r in rows] == ["videop2p_fast", "videop2p_fast+composite"]
     for r in rows:
         for k in benchmark.CASE_COLUMNS:
-            assert not math.isnan(r[k]), (r["method"], k)
+            composite_only = k.startswith("image_mask") and not r["method"].endswith("+composite")
+            assert math.isnan(r[k]) == composite_only, (r["method"], k)
         assert 0.0 <= r["mask_iou_worst"] <= r["mask_iou"] <= 1.0
     plain, comp = rows
+    assert 0.0 <= comp["image_mask_iou_worst"] <= comp["image_mask_iou"] <= 1.0
     assert comp["mask_iou"] == plain["mask_iou"] and comp["evaluations"] == plain["evaluations"]
     assert comp["bg_psnr"] >= plain["bg_psnr"] - 1e-6
     assert "| videop2p_fast+composite |" in capsys.readouterr().out

@@ -7,7 +7,7 @@ import torch
 
 from vp2p_core import (AttentionController, CompositeOptions, EditOptions, VP2PInputError, build_edit_plan,
                        change_weight, composite_frames, composite_mask)
-from vp2p_core.composite import dilate_mask, feather_mask, smooth_mask_frames
+from vp2p_core.composite import dilate_mask, feather_mask, image_mask, refine_mask, smooth_mask_frames
 from vp2p_core.pipeline import vae_factor
 from vp2p_world.tiny import ToyTokenizer
 
@@ -264,3 +264,48 @@ def test_change_threshold_is_checked():
     for bad in (-0.1, 1.5, "x"):
         with pytest.raises(VP2PInputError, match="^change_threshold: "):
             CompositeOptions(change_threshold=bad)
+
+
+def disc_clip(size=64, centre=(30.0, 27.0), radius=11.0):
+    """A flat background with a disc of another colour, one frame per shift; the disc's true masks."""
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                            indexing="ij")
+    frames, masks = [], []
+    for shift in range(F_):
+        disc = (yy - centre[0]) ** 2 + (xx - centre[1] - 2 * shift) ** 2 <= radius ** 2
+        frame = torch.tensor([0.2, 0.5, 0.2]).expand(size, size, 3).clone()
+        frame[disc] = torch.tensor([0.9, 0.1, 0.1])
+        frames.append(frame)
+        masks.append(disc)
+    return torch.stack(frames), torch.stack(masks)
+
+
+def _iou(a, b):
+    return float((a & b).sum()) / float((a | b).sum())
+
+
+def test_refine_mask_moves_the_blocky_edge_onto_the_object():
+    """A mask of whole 4-px blocks (every cell of the attention grid the disc touches): snapped to the frame's
+    edges it is the disc itself, and it stays off far from the blocks."""
+    frames, discs = disc_clip()
+    blocks = torch.nn.functional.max_pool2d(discs.float()[:, None], 4)  # every latent cell the disc touches
+    coarse = image_mask(blocks, (64, 64))
+    refined = image_mask(blocks, (64, 64), CompositeOptions(refine_radius=8), guides=(frames, frames))
+    for c, r, d in zip(coarse.bool(), refined.bool(), discs):
+        assert _iou(r, d) > 0.95 and _iou(c, d) < 0.8, (_iou(r, d), _iou(c, d))  # measured: 1.00 against 0.71
+    far = dilate_mask(coarse, 8) == 0
+    assert not refined.bool()[far.bool()].any()
+    assert torch.equal(refine_mask(coarse, (frames,), 0), coarse)
+
+
+def test_refine_radius_needs_the_frames_and_keeps_the_source_outside():
+    edited, source, mask = clip_pair()
+    options = CompositeOptions(composite=True, mask_dilation=2, feather=0, refine_radius=4)
+    with pytest.raises(VP2PInputError, match="^mask: refine_radius > 0 snaps the mask"):
+        composite_mask(mask, (32, 32), options)
+    out = composite_frames(edited=edited, source=source, mask=mask, options=options)
+    region = composite_mask(mask, (32, 32), options, guides=(source, edited)).bool()
+    assert torch.equal(out[~region], source[~region])
+    for bad in (-1, 257, 1.5):
+        with pytest.raises(VP2PInputError, match="^refine_radius: "):
+            CompositeOptions(refine_radius=bad)

@@ -378,11 +378,21 @@ def test_blend_mask_composites_through_comfyui_image_composite_masked(chain):
     kept = (mask == 0) & (composite_mask(maps.blend_mask, (128, 128), options).flatten(0, 1) == 1)
     assert kept.any(), "the test needs pixels of the mask that the edit hardly changed"
     assert torch.equal(out[kept], frames[kept])
-    for kw, message in [(dict(), "source_images: change_threshold > 0 compares"),
+    # refine_radius: the mask snapped to the edges of the source and the edit, the core's composite again
+    refined = options.replace(change_threshold=0.3, refine_radius=6)
+    mask = run(BlendMask, attention_maps=maps, images=near, source_images=frames, mask_dilation=8, feather=4,
+               change_threshold=0.3, refine_radius=6)[0]
+    out = comfyui_image_composite_masked().composite(destination=frames, source=near, x=0, y=0,
+                                                    resize_source=False, mask=mask)[0]
+    core = composite_frames(edited=near, source=frames, mask=maps.blend_mask[0], options=refined)
+    assert torch.allclose(out, core, atol=1e-6)
+    for kw, message in [(dict(), "source_images: change_threshold > 0 and refine_radius > 0 compare"),
                         (dict(source_images=frames[:2]), "source_images: expected the edit's 3 frames of 128x128"),
                         (dict(source_images=near.clone()), "images: the same frames as source_images")]:
         with pytest.raises(VP2PInputError, match=message):
             run(BlendMask, **{"attention_maps": maps, "images": near, "change_threshold": 0.3, **kw})
+    with pytest.raises(VP2PInputError, match="source_images: change_threshold > 0 and refine_radius > 0"):
+        run(BlendMask, attention_maps=maps, images=near, refine_radius=6)
 
 
 def test_untuned_model_runs_fast_inversion_and_edit(roots):

@@ -5,13 +5,14 @@ LocalBlend keeps the source's *latents* outside the mask, but the VAE's round tr
 pixel outside the (dilated) mask the source's own. Masks here are binary float tensors (0 or 1) whose last
 two dimensions are height and width; dilation is by a square, so a square grows by exactly ``pixels`` on each
 side, and the feather is a linear ramp laid inside the dilated region's border, so it never reaches past it.
-Inside the mask, ``change_weight`` can hand back to the source the pixels the edit hardly changed: the VAE's halo
-and lost texture around an edited object.
+Before that, ``refine_mask`` can move the mask's blocky edge (one block per latent pixel of the attention grid) onto
+the edges of the frames; inside the mask, ``change_weight`` can hand back to the source the pixels the edit hardly
+changed: the VAE's halo and lost texture around an edited object.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -88,13 +89,52 @@ def upsample_mask(mask: torch.Tensor, size: Sequence[int], what: str = "mask") -
     return x.reshape(*lead, H, W)
 
 
-def composite_mask(mask: torch.Tensor, size: Sequence[int], options: CompositeOptions = CompositeOptions(),
-                   what: str = "mask") -> torch.Tensor:
-    """The blend mask [..., 1, h, w] at latent size -> the composite's weight [..., H, W] at image size:
-    upsampled, dilated by ``mask_dilation`` and feathered by ``feather`` pixels."""
+# the guided filter's regulariser, in squared colour units of frames in 0..1 (He et al.'s eps): edges weaker than
+# about 0.1 in colour do not hold the mask. Chosen with refine_radius on the small world (BENCHMARKS.md).
+REFINE_EPS = 1e-2
+
+
+def refine_mask(mask: torch.Tensor, guides: Sequence[torch.Tensor], radius: int,
+                eps: float = REFINE_EPS) -> torch.Tensor:
+    """A binary mask [..., H, W] snapped to the edges of ``guides`` (frames [..., H, W, C] in 0..1, the same
+    leading shape; their colour channels are stacked into one guide): kornia's guided filter (He et al.) of the
+    mask over (2r+1)-square windows, on where the result is above 1/2. Inside a window the filter is a linear
+    function of the guide's colour fitted to the mask, so a block edge that cuts an object moves to the object's
+    own edge. 0 returns the mask as float, unchanged."""
+    from kornia.filters import guided_blur  # kornia's filter (multi-channel guide), not a copy of it
+
+    r = int(radius)
+    m, lead = _planes(mask)
+    if r <= 0:
+        return m.reshape(*lead, *m.shape[-2:])
+    g = torch.cat([x[..., :3].reshape(-1, *x.shape[-3:-1], min(3, x.shape[-1])).to(m.device, torch.float32)
+                   for x in guides], dim=-1).permute(0, 3, 1, 2)
+    q = guided_blur(g, m.float(), 2 * r + 1, eps, border_type="replicate")
+    return q.gt(0.5).float().reshape(*lead, *m.shape[-2:])
+
+
+def image_mask(mask: torch.Tensor, size: Sequence[int], options: CompositeOptions = CompositeOptions(),
+               guides: Optional[Sequence[torch.Tensor]] = None, what: str = "mask") -> torch.Tensor:
+    """The blend mask [..., 1, h, w] at latent size -> a binary mask [..., H, W] at image size: upsampled, then
+    with ``options.refine_radius`` snapped to the edges of ``guides`` (the source frames and the decoded edit,
+    [..., H, W, C] each) by ``refine_mask``."""
     if mask.dim() < 3 or mask.shape[-3] != 1:
         raise VP2PInputError(f"{what}: expected a blend mask [..., 1, h, w], got {tuple(mask.shape)}")
     m = upsample_mask(mask[..., 0, :, :].gt(0.5), size, what)
+    if options.refine_radius > 0:
+        if not guides:
+            raise VP2PInputError(f"{what}: refine_radius > 0 snaps the mask to the frames' edges, so it needs the "
+                                 "source frames and the decoded edit; give them or set refine_radius to 0")
+        m = refine_mask(m, guides, options.refine_radius)
+    return m
+
+
+def composite_mask(mask: torch.Tensor, size: Sequence[int], options: CompositeOptions = CompositeOptions(),
+                   what: str = "mask", guides: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+    """The blend mask [..., 1, h, w] at latent size -> the composite's weight [..., H, W] at image size:
+    ``image_mask`` (upsampled; refined with ``guides`` where ``refine_radius`` asks), dilated by ``mask_dilation``
+    and feathered by ``feather`` pixels."""
+    m = image_mask(mask, size, options, guides=guides, what=what)
     return feather_mask(dilate_mask(m, options.mask_dilation), options.feather)
 
 
@@ -136,7 +176,8 @@ def composite_frames(*, edited: torch.Tensor, source: torch.Tensor, mask: torch.
     (``EditResult.blend_mask``). Returns frames shaped as ``edited``: exactly the source's where the composite
     mask is 0 (outside the dilated mask), exactly the edit's where it is 1, a blend on the feather; with
     ``options.change_threshold`` the mask is also weighed by ``change_weight`` (the source's pixel where the
-    edit hardly changed it). With ``options.composite`` off, ``edited`` as it is.
+    edit hardly changed it), and with ``options.refine_radius`` it is first snapped to the edges of the source and
+    the edit (``refine_mask``). With ``options.composite`` off, ``edited`` as it is.
     """
     e_shape = _image_shape(edited, "edited")
     s_shape = _image_shape(source, "source")
@@ -153,7 +194,7 @@ def composite_frames(*, edited: torch.Tensor, source: torch.Tensor, mask: torch.
         raise VP2PInputError(f"mask: expected the edit's blend mask [{', '.join(map(str, lead))}, 1, h, w], got "
                              f"{shape}")
     src = source.to(edited.device, edited.dtype)
-    alpha = composite_mask(mask, e_shape[-3:-1], options).to(edited.device)
+    alpha = composite_mask(mask, e_shape[-3:-1], options, guides=(src.expand(e_shape), edited)).to(edited.device)
     if options.change_threshold > 0:
         alpha = alpha * change_weight(edited, src, options.change_threshold)
     alpha = alpha[..., None]

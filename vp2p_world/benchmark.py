@@ -33,7 +33,7 @@ import torch
 
 from vp2p_core import (CompositeOptions, EditOptions, InflationOptions, InversionOptions, SamplerOptions, TuneOptions,
                        invert, one_shot_tune, sample_edit, trained_weights)
-from vp2p_core.composite import CHANGE_RAMP, composite_frames, upsample_mask
+from vp2p_core.composite import CHANGE_RAMP, composite_frames, image_mask, upsample_mask
 from vp2p_core.errors import VP2PInputError
 from vp2p_core.pipeline import Components
 
@@ -50,13 +50,15 @@ COMPOSITE = "+composite"
 COLUMNS = {"accuracy": ("edit accuracy", ".2f"), "psnr_truth": ("PSNR to truth", ".2f"),
            "bg_psnr": ("background PSNR", ".2f"), "iou": ("structure IoU", ".3f"),
            "mask_iou": ("mask IoU", ".3f"), "mask_iou_worst": ("mask IoU worst frame", ".3f"),
+           "image_mask_iou": ("image mask IoU", ".3f"), "image_mask_iou_worst": ("image mask IoU worst frame", ".3f"),
            "warp_error": ("warp error", ".4f"), "flicker_object": ("object flicker", ".4f"),
            "flicker_background": ("background flicker", ".4f"),
            "tc_object": ("object colour change", ".4f"), "tc_background": ("background change", ".4f"),
            "recon_psnr": ("inversion PSNR", ".2f"), "seconds": ("seconds", ".1f"),
            "evaluations": ("UNet evaluations", ".0f")}
 LABELS = ("method", "case", "kind", "motion")  # row fields that are not figures
-CASE_COLUMNS = ("accuracy", "psnr_truth", "bg_psnr", "iou", "mask_iou", "mask_iou_worst", "warp_error",
+CASE_COLUMNS = ("accuracy", "psnr_truth", "bg_psnr", "iou", "mask_iou", "mask_iou_worst", "image_mask_iou",
+                "image_mask_iou_worst", "warp_error",
                 "flicker_object", "flicker_background", "tc_object", "tc_background", "recon_psnr")
 
 
@@ -189,7 +191,12 @@ def blend_mask_iou(blend_mask: Optional[torch.Tensor], object_masks: torch.Tenso
     if blend_mask is None:
         return float("nan"), float("nan")
     m = upsample_mask(blend_mask[:, 0].gt(0.5), object_masks.shape[-2:], "blend mask").bool()
-    ious = [metrics.mask_iou(m[i], object_masks[i]) for i in range(object_masks.shape[0])]
+    return frame_ious(m, object_masks)
+
+
+def frame_ious(mask: torch.Tensor, object_masks: torch.Tensor) -> tuple[float, float]:
+    """(mean, worst) over frames of the IoU of a binary mask [F,H,W] with the true object region [F,H,W]."""
+    ious = [metrics.mask_iou(mask[i].bool(), object_masks[i]) for i in range(object_masks.shape[0])]
     return sum(ious) / len(ious), min(ious)
 
 
@@ -270,10 +277,16 @@ def run_case(comps: Components, case: Case, method: str, delta, latents, inversi
     evals = state.forward_clips - e0
     edited_frames = comps.decode_latents(edited_lat)
     recon_frames = comps.decode_latents(recon_lat)
+    image_ious = (float("nan"), float("nan"))
     if composited and blend_mask is not None:  # no blend words (background cases): the edit as decoded
-        edited_frames = composite_frames(edited=edited_frames, source=(src.frames if frames is None else frames),
-                                         mask=blend_mask, options=composite or world_options(CompositeOptions))
+        options = composite or world_options(CompositeOptions)
+        source_frames = src.frames if frames is None else frames
+        # the composite's own mask at frame size (refined, before its dilation): what Blend Mask hands ComfyUI
+        m = image_mask(blend_mask, edited_frames.shape[-3:-1], options, guides=(source_frames, edited_frames))
+        image_ious = frame_ious(m, src.masks | render(case.target_scene).masks)
+        edited_frames = composite_frames(edited=edited_frames, source=source_frames, mask=blend_mask, options=options)
     row = measure(case, src, edited_frames, recon_frames, blend_mask)
+    row["image_mask_iou"], row["image_mask_iou_worst"] = image_ious
     row.update(seconds=seconds, evaluations=evals)
     return row
 
@@ -319,7 +332,9 @@ def markdown(summary: dict, rows: list[dict], command: str, meta: dict) -> str:
              "background PSNR excludes the background-change cases and every pixel an object touches (in the "
              "source or the truth: the anti-aliased rim changes colour in the truth too); mask IoU = the local-blend "
              "mask at frame size against the source's and target's object region, mean over frames and worst frame "
-             "(nan without a mask: Tune-A-Video, background cases); warp error = the per-frame noise sigma that "
+             "(nan without a mask: Tune-A-Video, background cases); image mask IoU = the same for the composite's own "
+             "mask at frame size, before its dilation (refined to the frames' edges where refine_radius is set; "
+             "+composite rows only); warp error = the per-frame noise sigma that "
              "would explain the edit's error under the known motion and light beyond its rendered truth's "
              "(metrics.normalised_warp_error); object / background flicker = frame-to-frame change beyond the "
              "truth's, motion and light compensated (metrics.flicker). `+composite`: the decoded edit pasted over "
@@ -373,7 +388,9 @@ def composite_text(c: Optional[dict]) -> str:
         return ""
     change = c.get("change_threshold", 0.0)
     low, high = CHANGE_RAMP
-    return (f"; +composite: mask dilated {c['mask_dilation']} px, feathered {c['feather']} px"
+    refine = c.get("refine_radius", 0)
+    return (f"; +composite: mask{f' snapped to the frames edges over {refine} px,' if refine else ''} dilated "
+            f"{c['mask_dilation']} px, feathered {c['feather']} px"
             + (f", pixels the edit changed by less than {low * change:g} (ramp to {high * change:g}) kept from the "
                "source" if change else ""))
 

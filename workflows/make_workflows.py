@@ -226,14 +226,16 @@ def sample_and_save(g: Graph, ckpt: int, tuned: int, inv: int, edit: int, prefix
 def composite(g: Graph, sampler: int, frames: int, video: int, source_frames: int) -> int:
     """The decoded edit over the source frames through the local-blend mask, into the saved video: outside the
     (dilated) mask the video has the clip's own pixels, not their VAE round trip. Added after every other node,
-    so the nodes of workflows saved before keep their ids. Blend Mask's change_threshold is the small world's
-    (vp2p_world/settings.py, chosen on held-out clips; not measured on SD footage: 0 pastes the whole mask)."""
+    so the nodes of workflows saved before keep their ids. Blend Mask's change_threshold and refine_radius are the
+    small world's (vp2p_world/settings.py, chosen on held-out clips; not measured on SD footage: 0 pastes the whole
+    mask, and keeps the attention grid's blocks)."""
     from vp2p_core import CompositeOptions
     from vp2p_world.settings import WORLD_DEFAULTS
 
     mask = g.add("BlendMask", "Local-blend mask at the frames' size", pos=(COL[4], 660),
                  attention_maps=(sampler, 2), images=(frames, 0), source_images=(source_frames, 0),
-                 change_threshold=WORLD_DEFAULTS[CompositeOptions]["change_threshold"])
+                 change_threshold=WORLD_DEFAULTS[CompositeOptions]["change_threshold"],
+                 refine_radius=WORLD_DEFAULTS[CompositeOptions]["refine_radius"])
     comp = g.add("ImageCompositeMasked", "Edit over the source frames", pos=(COL[4], 880),
                  destination=(source_frames, 0), source=(frames, 0), x=0, y=0, resize_source=False, mask=(mask, 0))
     g.connect(video, "images", (comp, 0))

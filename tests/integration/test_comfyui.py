@@ -74,7 +74,7 @@ OUR_NODES = {
                           ["control_net", "diffusers_controlnet"], ["VP2P_STRUCTURE", "IMAGE"], False),
     "DecodeFrames": (["vae", "latent", "frames_per_chunk"], [], ["IMAGE"], False),
     "AttentionMaps": (["attention_maps", "frame", "cell_size"], [], ["IMAGE", "MASK"], False),
-    "BlendMask": (["attention_maps", "images", "mask_dilation", "feather", "change_threshold"], ["source_images"],
+    "BlendMask": (["attention_maps", "images", "mask_dilation", "feather", "change_threshold", "refine_radius"], ["source_images"],
                   ["MASK"], False),
     "SaveVP2PDelta": (["vp2p_model", "filename"], [], ["STRING"], True),
     "LoadVP2PDelta": (["vp2p_model", "filename"], ["latent"], ["VP2P_MODEL"], False),
