@@ -4,9 +4,10 @@ The compositing itself is ComfyUI's Image Composite Masked (destination = the so
 Frames' images, mask = this node's mask, x = y = 0): with a mask of one frame per image it blends frame by
 frame, and where the mask is 0 it keeps the destination's pixel exactly (0 * edit + 1 * source). It pairs the
 batches one to one; with several target prompts, repeat the source frames once per target (Repeat Image
-Batch) so each target's frames meet the clip's. With ``source_images`` connected and ``change_threshold`` above 0,
-the mask also hands back to the source the pixels the edit hardly changed (the VAE's halo and lost texture around
-the object; ``vp2p_core.composite.change_weight``).
+Batch) so each target's frames meet the clip's. With ``source_images`` connected, ``refine_radius`` above 0 snaps
+the mask's blocky edge to the edges of the clip and the edit (``vp2p_core.composite.refine_mask``), and
+``change_threshold`` above 0 hands back to the source the pixels the edit hardly changed (the VAE's halo and lost
+texture around the object; ``vp2p_core.composite.change_weight``).
 """
 from __future__ import annotations
 
@@ -35,11 +36,12 @@ class BlendMask(io.ComfyNode):
                 VP2PMapsIO.Input("attention_maps", tooltip="The attention_maps output of VideoP2PSampler."),
                 io.Image.Input("images", tooltip="The frames the mask is for (DecodeFrames' images, or the source "
                                                  "frames): they set its size, a whole multiple of the latent size. "
-                                                 "With change_threshold: DecodeFrames' images."),
+                                                 "With change_threshold or refine_radius: DecodeFrames' images."),
                 io.Image.Input("source_images", optional=True,
                                tooltip="The frames the edit was made from (Image Composite Masked's destination: the "
                                        "clip's frames, or them repeated once per target). Needed by "
-                                       "change_threshold: pixels the edit hardly changed keep the source's."),
+                                       "change_threshold (pixels the edit hardly changed keep the source's) and "
+                                       "refine_radius (the mask snaps to the frames' edges)."),
                 *widgets(CompositeOptions, COMPOSITE_WIDGETS),
             ],
             outputs=[io.Mask.Output("mask", display_name="mask",
@@ -67,14 +69,18 @@ class BlendMask(io.ComfyNode):
                                  + "; expected the decoded edit or the clip's frames")
         if options.change_threshold <= 0 and options.refine_radius <= 0:
             return io.NodeOutput(composite_mask(mask, size, options, what="images").flatten(0, 1).float().cpu())
-        edited, source = cls._edit_and_source(images, source_images, n, f)
-        alpha = composite_mask(mask, size, options, what="images", guides=(source.expand_as(edited), edited))
+        edited, source = cls._edit_and_source(images, source_images, n, f, options.change_threshold > 0)
+        guides = None
+        if options.refine_radius > 0:  # colour channels only: an RGBA or grey clip beside an RGB edit is fine
+            guides = (source[..., :3].expand(*edited.shape[:-1], -1), edited[..., :3])
+        alpha = composite_mask(mask, size, options, what="images", guides=guides)
         if options.change_threshold > 0:
             alpha = alpha * change_weight(edited, source, options.change_threshold).to(alpha.device, torch.float32)
         return io.NodeOutput(alpha.flatten(0, 1).float().cpu())
 
     @staticmethod
-    def _edit_and_source(images: torch.Tensor, source_images, n: int, f: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _edit_and_source(images: torch.Tensor, source_images, n: int, f: int,
+                         refuse_same: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoded edit ([n*F,H,W,C]) as [n,F,H,W,C] and the source frames ([F,H,W,C], or [n*F,H,W,C] repeated
         per target for Image Composite Masked) as [1 or n,F,H,W,C], checked: what change_threshold and
         refine_radius compare."""
@@ -92,9 +98,9 @@ class BlendMask(io.ComfyNode):
             repeated = f" (or {n * f}: repeated per target)" if n > 1 else ""
             raise VP2PInputError(f"source_images: expected the edit's {f} frames{repeated} of {images.shape[1]}x"
                                  f"{images.shape[2]} ([frames, height, width, channels]), got {shape}")
-        if images is source_images or torch.equal(images[..., :3], source_images[..., :3]):
-            raise VP2PInputError("images: the same frames as source_images; with change_threshold or refine_radius, "
-                                 "expected DecodeFrames' images (the edit), or the mask would be empty")
+        if refuse_same and (images is source_images or torch.equal(images[..., :3], source_images[..., :3])):
+            raise VP2PInputError("images: the same frames as source_images; with change_threshold, expected "
+                                 "DecodeFrames' images (the edit), or the mask would be empty")
         edited = images.reshape(n, f, *images.shape[1:])
         source = source_images.reshape(-1, f, *source_images.shape[1:])  # [1 or n, F, H, W, C]
         return edited, source

@@ -12,7 +12,6 @@ import torch
 
 from vp2p_core import (SD_LATENT_SCALE, SD_VAE_FACTOR, Delta, EditPlan, InflationOptions, StructureGuidance,
                        StructureOptions, VideoModel, VP2PInputError)
-from vp2p_core.files import combine_fingerprints
 from vp2p_core.tuning import check_delta
 
 VP2P_MODEL = "VP2P_MODEL"
@@ -56,10 +55,8 @@ class VP2PModel:
 
     @property
     def fingerprint(self) -> str:
-        """Base + delta: the fingerprint an inversion made with this model records."""
-        if self.delta is None:
-            return self.video.base_fingerprint
-        return combine_fingerprints(self.video.base_fingerprint, self.delta.fingerprint)
+        """Base + delta (+ per-frame GroupNorm): the fingerprint an inversion made with this model records."""
+        return self.video.fingerprint_with("" if self.delta is None else self.delta.fingerprint)
 
     @property
     def latent_scale(self) -> float:

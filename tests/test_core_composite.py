@@ -295,7 +295,9 @@ def test_refine_mask_moves_the_blocky_edge_onto_the_object():
         assert _iou(r, d) > 0.95 and _iou(c, d) < 0.8, (_iou(r, d), _iou(c, d))  # measured: 1.00 against 0.71
     far = dilate_mask(coarse, 8) == 0
     assert not refined.bool()[far.bool()].any()
-    assert torch.equal(refine_mask(coarse, (frames,), 0), coarse)
+    assert torch.equal(refine_mask(coarse, (frames,), radius=0), coarse)
+    with pytest.raises(VP2PInputError, match="^guides: "):
+        refine_mask(coarse, (frames[:, :32],), radius=4)
 
 
 def test_refine_radius_needs_the_frames_and_keeps_the_source_outside():
@@ -306,6 +308,6 @@ def test_refine_radius_needs_the_frames_and_keeps_the_source_outside():
     out = composite_frames(edited=edited, source=source, mask=mask, options=options)
     region = composite_mask(mask, (32, 32), options, guides=(source, edited)).bool()
     assert torch.equal(out[~region], source[~region])
-    for bad in (-1, 257, 1.5):
+    for bad in (-1, 65, 1.5):
         with pytest.raises(VP2PInputError, match="^refine_radius: "):
             CompositeOptions(refine_radius=bad)

@@ -186,3 +186,12 @@ def test_video_forward_checks_frames():
     model = VideoModel.from_unet(tiny_unet())
     with pytest.raises(VP2PInputError, match="whole number of clips"):
         video_forward(model.unet, torch.randn(5, 4, 16, 16), 1, torch.randn(1, 77, 32), 2)
+
+
+def test_an_inversion_made_with_pooled_statistics_does_not_fit_a_per_frame_model():
+    """group_norm changes every prediction, so per-frame statistics enter the fingerprint an inversion records;
+    pooled ones leave it as it was before the option (files saved then were made with pooled statistics)."""
+    frame = VideoModel.from_unet(tiny_unet(), group_norm="frame")
+    clip = VideoModel.from_unet(tiny_unet(), group_norm="clip")
+    assert clip.fingerprint == clip.base_fingerprint == frame.base_fingerprint != frame.fingerprint
+    assert frame.fingerprint_with("d") != clip.fingerprint_with("d")

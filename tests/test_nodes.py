@@ -386,6 +386,16 @@ def test_blend_mask_composites_through_comfyui_image_composite_masked(chain):
                                                     resize_source=False, mask=mask)[0]
     core = composite_frames(edited=near, source=frames, mask=maps.blend_mask[0], options=refined)
     assert torch.allclose(out, core, atol=1e-6)
+    unrefined = run(BlendMask, attention_maps=maps, images=near, source_images=frames, mask_dilation=8, feather=4,
+                    change_threshold=0.3)[0]
+    assert not torch.equal(mask, unrefined), "refine_radius did not move the mask"
+    # refinement alone reads colour channels only: an RGBA clip beside the RGB edit, and the clip itself as images
+    rgba = torch.cat([frames, torch.ones(FRAMES, 128, 128, 1)], -1)
+    alone = run(BlendMask, attention_maps=maps, images=near, source_images=rgba, mask_dilation=8, feather=4,
+                refine_radius=6)[0]
+    assert torch.equal(alone, composite_mask(maps.blend_mask, (128, 128), refined.replace(change_threshold=0.0),
+                                             guides=(frames.expand(1, *frames.shape), near[None])).flatten(0, 1))
+    run(BlendMask, attention_maps=maps, images=frames, source_images=frames, refine_radius=6)
     for kw, message in [(dict(), "source_images: change_threshold > 0 and refine_radius > 0 compare"),
                         (dict(source_images=frames[:2]), "source_images: expected the edit's 3 frames of 128x128"),
                         (dict(source_images=near.clone()), "images: the same frames as source_images")]:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .options import FRAME_ATTENTION
+from .options import FRAME_ATTENTION, InflationOptions
 
 FRAME_MODES = FRAME_ATTENTION
 
@@ -25,7 +25,7 @@ class FrameState:
 
     num_frames: int = 1
     independent: bool = False  # frames as separate images (Gen-1's eps_img): no cross-frame anything
-    group_norm: str = "frame"  # InflationOptions.group_norm: ResNet GroupNorm statistics per frame or per clip
+    group_norm: str = InflationOptions.group_norm  # ResNet GroupNorm statistics per frame or per clip
     controller: Any = None  # an AttentionController while editing, else None
     forward_clips: int = 0  # UNet evaluations, counted in clips (one prompt x one clip = 1)
     extra: dict = field(default_factory=dict)

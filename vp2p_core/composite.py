@@ -90,8 +90,12 @@ def upsample_mask(mask: torch.Tensor, size: Sequence[int], what: str = "mask") -
 
 
 # the guided filter's regulariser, in squared colour units of frames in 0..1 (He et al.'s eps): edges weaker than
-# about 0.1 in colour do not hold the mask. Chosen with refine_radius on the small world (BENCHMARKS.md).
+# about 0.1 in colour do not hold the mask. Chosen with refine_radius on the small world (BENCHMARKS.md); a constant
+# rather than a setting because frames in 0..1 give it the same meaning for any model and size.
 REFINE_EPS = 1e-2
+# frames through the guided filter at once: its window sums hold 3 x (C+1)^2 channels per frame (36 for two RGB
+# guides), about 38 MB per 512-px frame in float32
+REFINE_CHUNK = 8
 
 
 def refine_mask(mask: torch.Tensor, guides: Sequence[torch.Tensor], radius: int,
@@ -107,9 +111,14 @@ def refine_mask(mask: torch.Tensor, guides: Sequence[torch.Tensor], radius: int,
     m, lead = _planes(mask)
     if r <= 0:
         return m.reshape(*lead, *m.shape[-2:])
+    for x in guides:
+        if tuple(x.shape[:-1]) != tuple(mask.shape):
+            raise VP2PInputError(f"guides: frames {tuple(x.shape)} do not match the mask {tuple(mask.shape)}; expected "
+                                 "the source frames and the edit at the mask's size, one per mask frame")
     g = torch.cat([x[..., :3].reshape(-1, *x.shape[-3:-1], min(3, x.shape[-1])).to(m.device, torch.float32)
                    for x in guides], dim=-1).permute(0, 3, 1, 2)
-    q = guided_blur(g, m.float(), 2 * r + 1, eps, border_type="replicate")
+    q = torch.cat([guided_blur(g[i:i + REFINE_CHUNK], m[i:i + REFINE_CHUNK], 2 * r + 1, eps, border_type="replicate")
+                   for i in range(0, m.shape[0], REFINE_CHUNK)])
     return q.gt(0.5).float().reshape(*lead, *m.shape[-2:])
 
 
@@ -125,7 +134,7 @@ def image_mask(mask: torch.Tensor, size: Sequence[int], options: CompositeOption
         if not guides:
             raise VP2PInputError(f"{what}: refine_radius > 0 snaps the mask to the frames' edges, so it needs the "
                                  "source frames and the decoded edit; give them or set refine_radius to 0")
-        m = refine_mask(m, guides, options.refine_radius)
+        m = refine_mask(m, guides, radius=options.refine_radius)
     return m
 
 

@@ -29,7 +29,6 @@ class VideoModel:
     base_fingerprint: str = ""
     delta_fingerprint: str = ""
     frame_attention: str = InflationOptions.frame_attention
-    group_norm: str = InflationOptions.group_norm
     info: dict = field(default_factory=dict)
     vae_factor: int = SD_VAE_FACTOR  # image pixels per latent pixel (the VAE's downsampling)
 
@@ -40,16 +39,28 @@ class VideoModel:
                   group_norm: str = InflationOptions.group_norm) -> "VideoModel":
         sched = schedule or DDIMConfig(prediction_type=prediction_type)
         fp = base_fingerprint(unet)
-        inflate_unet(unet, frame_attention, group_norm)
+        inflate_unet(unet, frame_attention=frame_attention, group_norm=group_norm)
         return cls(unet=unet, schedule=sched, latent_scale=latent_scale, base_fingerprint=fp,
-                   frame_attention=frame_attention, group_norm=group_norm, vae_factor=int(vae_factor))
+                   frame_attention=frame_attention, vae_factor=int(vae_factor))
+
+    @property
+    def group_norm(self) -> str:
+        """InflationOptions.group_norm of the inflated UNet (its state holds the one copy)."""
+        return self.state.group_norm
 
     @property
     def fingerprint(self) -> str:
-        """Identifies base weights + tuned delta: inversions are only valid for the same fingerprint."""
-        if not self.delta_fingerprint:
-            return self.base_fingerprint
-        return combine_fingerprints(self.base_fingerprint, self.delta_fingerprint)
+        """Identifies base weights + tuned delta (+ per-frame GroupNorm): inversions are only valid for the same
+        fingerprint. Per-frame statistics change every prediction, so they enter it; pooled ones ("clip", the only
+        kind before the option) leave it as it was, so an inversion saved then still fits a "clip" model only."""
+        return self.fingerprint_with(self.delta_fingerprint)
+
+    def fingerprint_with(self, delta_fingerprint: str) -> str:
+        """``fingerprint`` with the tuned delta of that fingerprint ("": untuned)."""
+        parts = [self.base_fingerprint] + ([delta_fingerprint] if delta_fingerprint else [])
+        if self.group_norm != "clip":
+            parts.append(f"group_norm={self.group_norm}")
+        return parts[0] if len(parts) == 1 else combine_fingerprints(*parts)
 
     @property
     def state(self):

@@ -411,10 +411,11 @@ class CompositeOptions(Options):
     refine_radius: int = option(
         "int", 0, "Snap the blend mask to the edges of the frames before dilating it: a guided filter (He et al.) of "
         "the mask, upsampled from the attention grid, with the source frame and the decoded edit as its guide, "
-        "over windows of this radius in pixels of the image; where it keeps more than half, the mask is on. About "
-        "two latent pixels (8 px at the VAE's 4x, 16 px in SD) lets the mask's blocky edge move onto the object's. "
-        "Needs the source frames (Blend Mask: source_images). 0: off (the attention grid's blocks).",
-        min=0, max=256, step=1)
+        "over windows of this radius in pixels of the image; where it keeps more than half, the mask is on. At "
+        "least a latent pixel (8 px in SD; the small world uses 8, two of its 4-px latent pixels) lets the mask's "
+        "blocky edge move onto the object's; the cost grows with the radius squared. Needs the source frames (Blend "
+        "Mask: source_images). 0: off (the attention grid's blocks).",
+        min=0, max=64, step=1)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -389,7 +389,8 @@ def composite_text(c: Optional[dict]) -> str:
     change = c.get("change_threshold", 0.0)
     low, high = CHANGE_RAMP
     refine = c.get("refine_radius", 0)
-    return (f"; +composite: mask{f' snapped to the frames edges over {refine} px,' if refine else ''} dilated "
+    snapped = f" snapped to the frames' edges over {refine} px," if refine else ""
+    return (f"; +composite: mask{snapped} dilated "
             f"{c['mask_dilation']} px, feathered {c['feather']} px"
             + (f", pixels the edit changed by less than {low * change:g} (ramp to {high * change:g}) kept from the "
                "source" if change else ""))
