@@ -14,7 +14,8 @@ Frame attention's anchor (frame 0 of the window: Video-P2P's ``first``, the firs
 ``first_prev``) must be the clip's first frame in every window, or each window would follow its own first
 frame and the clip would drift apart at every boundary. A window that does not start with frame 0 gets it
 prepended as an *anchor row*: the UNet sees it (frame attention, GroupNorm and temporal attention include it)
-but its output has fuse weight 0 (GroupNorm includes it only with ``group_norm`` "clip"). Cost: one frame per window (1/16 more work at ComfyUI's default length).
+but its output has fuse weight 0 (GroupNorm includes it only with ``group_norm`` "clip"). Cost: one frame per
+window (1/16 more work at ComfyUI's default length).
 """
 from __future__ import annotations
 

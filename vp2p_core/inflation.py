@@ -24,7 +24,7 @@ from einops import rearrange
 
 from .attention import CrossAttnProcessor, FrameAttnProcessor, FrameState, TemporalAttnProcessor
 from .errors import VP2PInputError
-from .options import GROUP_NORMS, InflationOptions
+from .options import InflationOptions
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,7 @@ def inflate_unet(unet, frame_attention: str = InflationOptions.frame_attention,
                  group_norm: str = InflationOptions.group_norm):
     """Inflate ``unet`` in place into the T2S model and return it. Idempotent (a second call sets
     ``frame_attention`` and ``group_norm``)."""
-    if group_norm not in GROUP_NORMS:
-        raise VP2PInputError(f"group_norm: expected one of {', '.join(GROUP_NORMS)}, got {group_norm!r}")
+    InflationOptions(group_norm=group_norm)  # the option's own check (VP2PInputError naming group_norm)
     if is_inflated(unet):
         set_frame_attention(unet, frame_attention)
         frame_state(unet).group_norm = group_norm

@@ -201,9 +201,10 @@ def frame_ious(mask: torch.Tensor, object_masks: torch.Tensor) -> tuple[float, f
 
 
 def measure(case: Case, source_clip, edited: torch.Tensor, recon: torch.Tensor,
-            blend_mask: Optional[torch.Tensor] = None) -> dict:
+            blend_mask: Optional[torch.Tensor] = None, frame_mask: Optional[torch.Tensor] = None) -> dict:
     """The row's figures for one edit: ``edited`` and ``recon`` frames [F,H,W,3]; ``blend_mask`` the edit's
-    LocalBlend mask [F,1,h,w] (None: no mask, its columns nan)."""
+    LocalBlend mask [F,1,h,w] (None: no mask, its columns nan); ``frame_mask`` the composite's own binary mask
+    [F,H,W] at frame size (None: not composited, its columns nan)."""
     truth = render(case.target_scene)
     obj_masks = source_clip.masks | truth.masks
     row = {
@@ -218,6 +219,8 @@ def measure(case: Case, source_clip, edited: torch.Tensor, recon: torch.Tensor,
         "recon_psnr": metrics.psnr(recon, source_clip.frames),
     }
     row["mask_iou"], row["mask_iou_worst"] = blend_mask_iou(blend_mask, obj_masks)
+    row["image_mask_iou"], row["image_mask_iou_worst"] = (
+        (float("nan"), float("nan")) if frame_mask is None else frame_ious(frame_mask, obj_masks))
     row["warp_error"] = metrics.normalised_warp_error(edited, truth)
     fl = metrics.flicker(edited, truth)
     row["flicker_object"], row["flicker_background"] = fl["object"], fl["background"]
@@ -277,16 +280,14 @@ def run_case(comps: Components, case: Case, method: str, delta, latents, inversi
     evals = state.forward_clips - e0
     edited_frames = comps.decode_latents(edited_lat)
     recon_frames = comps.decode_latents(recon_lat)
-    image_ious = (float("nan"), float("nan"))
+    frame_mask = None
     if composited and blend_mask is not None:  # no blend words (background cases): the edit as decoded
         options = composite or world_options(CompositeOptions)
         source_frames = src.frames if frames is None else frames
         # the composite's own mask at frame size (refined, before its dilation): what Blend Mask hands ComfyUI
-        m = image_mask(blend_mask, edited_frames.shape[-3:-1], options, guides=(source_frames, edited_frames))
-        image_ious = frame_ious(m, src.masks | render(case.target_scene).masks)
+        frame_mask = image_mask(blend_mask, edited_frames.shape[-3:-1], options, guides=(source_frames, edited_frames))
         edited_frames = composite_frames(edited=edited_frames, source=source_frames, mask=blend_mask, options=options)
-    row = measure(case, src, edited_frames, recon_frames, blend_mask)
-    row["image_mask_iou"], row["image_mask_iou_worst"] = image_ious
+    row = measure(case, src, edited_frames, recon_frames, blend_mask, frame_mask)
     row.update(seconds=seconds, evaluations=evals)
     return row
 
