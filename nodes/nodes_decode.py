@@ -64,8 +64,9 @@ class AttentionMaps(io.ComfyNode):
                                 tooltip="One image: a row per prompt, a column per token, brighter = more "
                                                 "attention."),
                 io.Mask.Output("blend_mask", display_name="blend_mask",
-                               tooltip="The last local-blend mask per output frame (all zero without "
-                                                     "local blend)."),
+                               tooltip="Where the edit is, per output frame: the last local-blend mask, "
+                                                     "or for a shape swap the old and new objects' outlines (all "
+                                                     "zero without local blend)."),
             ],
         )
 

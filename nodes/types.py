@@ -130,7 +130,7 @@ class VP2PMaps:
     maps: Optional[torch.Tensor]  # [1+n, F, hb, wb, 77]
     prompts: list[str]
     token_labels: list[list[str]]
-    blend_mask: Optional[torch.Tensor] = None  # [n, F, 1, h, w] the last LocalBlend mask (latent size)
+    blend_mask: Optional[torch.Tensor] = None  # [n, F, 1, h, w] where the edit is (EditResult.blend_mask), latent size
 
 
 @dataclass(eq=False)

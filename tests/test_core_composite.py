@@ -170,6 +170,30 @@ def test_outline_mask_is_exactly_the_attended_cells_and_grown_adds_a_cell_around
     assert grown.sum() == 4 * block.sum()
 
 
+def test_edit_mask_of_a_grown_blend_is_the_two_outlines_and_of_an_outline_blend_the_blend():
+    # a ball that becomes a cube beside it: the blend is grown (room for the new shape), the exported mask the two
+    # objects' outlines, so the composite keeps the source in the rest of the grown box
+    ctrl = controller(EditOptions(blend_words="ball", blend_target_words="cube"))
+    assert ctrl.plan.blend.region == "grown" and ctrl.edit_mask() is None, "no mask before the blend has run"
+    ctrl.cur_step = ctrl.blend_start
+    ctrl.end_step(torch.randn(2, F_, 4, H, W))
+    outlines = torch.zeros(1, F_, 1, H, W)
+    outlines[..., 4:8, 2:6] = 1  # the ball's cells
+    outlines[..., 4:8, 10:14] = 1  # the cube's cells
+    assert torch.equal(ctrl.edit_mask(), outlines)
+    assert torch.equal(ctrl.last_mask, reference_mask(ctrl)[1:]) and ctrl.last_mask.sum() > 2 * outlines.sum()
+    # the options that shape the blend shape the exported outline too
+    ctrl = controller(EditOptions(blend_words="ball", blend_target_words="cube", blend_dilation=16))
+    ctrl.cur_step = ctrl.blend_start
+    ctrl.end_step(torch.randn(2, F_, 4, H, W))
+    assert torch.equal(ctrl.edit_mask(), dilate_mask(outlines, 2))
+    # a recolour's blend is already the outline: exported as it is
+    ctrl = controller(EditOptions(blend_words="ball"), target="a blue ball on grass")
+    ctrl.cur_step = ctrl.blend_start
+    ctrl.end_step(torch.randn(2, F_, 4, H, W))
+    assert ctrl.edit_mask() is ctrl.last_mask
+
+
 def test_vae_factor_from_the_vae_config():
     vae = lambda blocks: SimpleNamespace(config=SimpleNamespace(block_out_channels=blocks))
     assert vae_factor(vae([128, 256, 512, 512])) == 8  # SD
@@ -298,6 +322,26 @@ def test_refine_mask_moves_the_blocky_edge_onto_the_object():
     assert torch.equal(refine_mask(coarse, (frames,), radius=0), coarse)
     with pytest.raises(VP2PInputError, match="^guides: "):
         refine_mask(coarse, (frames[:, :32],), radius=4)
+
+
+def test_refine_mask_keeps_the_old_shape_and_the_new_one_of_a_shape_swap():
+    """Square -> disc: the blocks cover the disc and most of the square, not its corners. Each guide snaps the mask
+    on its own, so the square's corners (source: square, edit: background) join the mask and the composite cannot
+    leave them in the frame; nothing far from the blocks is added."""
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    square = ((yy - 31.5).abs() <= 10) & ((xx - 31.5).abs() <= 10)
+    disc = (yy - 31.5) ** 2 + (xx - 31.5) ** 2 <= 11.0 ** 2
+    background = torch.tensor([0.2, 0.5, 0.2])
+    source, edit = background.expand(64, 64, 3).clone(), background.expand(64, 64, 3).clone()
+    source[square], edit[disc] = torch.tensor([0.1, 0.2, 0.9]), torch.tensor([0.1, 0.2, 0.9])
+    blocks = torch.nn.functional.max_pool2d(disc.float()[None, None], 4)[0]  # latent cells the disc covers most of
+    coarse = image_mask(blocks.gt(0.5).float()[None], (64, 64))[0]
+    corners = square & ~disc
+    assert not coarse.bool()[corners].all(), "the test needs corners the blocks miss"
+    refined = refine_mask(coarse, (source, edit), radius=8).bool()
+    assert refined[corners].all() and refined[disc].all()
+    assert _iou(refined, square | disc) > 0.95
+    assert not refined[dilate_mask(coarse, 8) == 0].any()
 
 
 def test_refine_radius_needs_the_frames_and_keeps_the_source_outside():

@@ -70,6 +70,21 @@ def test_bad_scene_is_refused_by_name():
 # ---------------------------------------------------------------------------------------------- tokenizer
 
 
+def test_training_pool_adds_moving_clips_without_changing_its_scenes():
+    from vp2p_world.train import FramePool
+
+    still, moving = FramePool(3, clips=6, frames=2), FramePool(3, clips=6, frames=2, moving=1.0)
+    assert all(s.still and not s.texture and s.growth == 1.0 for s in still.scenes)
+    assert all(m.replace(camera="none", lighting="none", growth=1.0, occluder=False, texture=False) == s
+               for s, m in zip(still.scenes, moving.scenes)), "motion must not change the scenes it is added to"
+    assert any(not m.still for m in moving.scenes)
+    assert torch.equal(still.foreground, still.masks), "without an occluder the VAE weighs the object alone"
+    occluded = [i for i, m in enumerate(moving.scenes) if m.occluder]
+    assert all((moving.foreground[i] & ~moving.masks[i]).any() for i in occluded)
+    with pytest.raises(ValueError, match="moving"):
+        FramePool(3, clips=1, moving=1.5)
+
+
 def test_tokenizer_matches_sd_ids_offline():
     from transformers import CLIPTokenizer
 

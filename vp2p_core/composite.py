@@ -101,10 +101,13 @@ REFINE_CHUNK = 8
 def refine_mask(mask: torch.Tensor, guides: Sequence[torch.Tensor], radius: int,
                 eps: float = REFINE_EPS) -> torch.Tensor:
     """A binary mask [..., H, W] snapped to the edges of ``guides`` (frames [..., H, W, C] in 0..1, the same
-    leading shape; their colour channels are stacked into one guide): kornia's guided filter (He et al.) of the
-    mask over (2r+1)-square windows, on where the result is above 1/2. Inside a window the filter is a linear
-    function of the guide's colour fitted to the mask, so a block edge that cuts an object moves to the object's
-    own edge. 0 returns the mask as float, unchanged."""
+    leading shape): kornia's guided filter (He et al.) of the mask over (2r+1)-square windows, on where the result
+    is above 1/2. Inside a window the filter is a linear function of the guide's colour fitted to the mask, so a
+    block edge that cuts an object moves to the object's own edge. The guide is the frames' colours stacked; with
+    several frames the mask is also snapped to the first one's (the source's) edges alone, and is on where either
+    keeps it: with the stacked guide only, the old shape's corners that a shape swap's new shape leaves (source:
+    object, edit: background) fell outside the mask and stayed in the composite. 0 returns the mask as float,
+    unchanged."""
     from kornia.filters import guided_blur  # kornia's filter (multi-channel guide), not a copy of it
 
     r = int(radius)
@@ -115,11 +118,15 @@ def refine_mask(mask: torch.Tensor, guides: Sequence[torch.Tensor], radius: int,
         if tuple(x.shape[:-1]) != tuple(mask.shape):
             raise VP2PInputError(f"guides: frames {tuple(x.shape)} do not match the mask {tuple(mask.shape)}; expected "
                                  "the source frames and the edit at the mask's size, one per mask frame")
-    g = torch.cat([x[..., :3].reshape(-1, *x.shape[-3:-1], min(3, x.shape[-1])).to(m.device, torch.float32)
-                   for x in guides], dim=-1).permute(0, 3, 1, 2)
-    q = torch.cat([guided_blur(g[i:i + REFINE_CHUNK], m[i:i + REFINE_CHUNK], 2 * r + 1, eps, border_type="replicate")
-                   for i in range(0, m.shape[0], REFINE_CHUNK)])
-    return q.gt(0.5).float().reshape(*lead, *m.shape[-2:])
+    on = torch.zeros(m.shape, dtype=torch.bool, device=m.device)
+    colours = [x[..., :3].reshape(-1, *x.shape[-3:-1], min(3, x.shape[-1])).to(m.device, torch.float32)
+               for x in guides]
+    for g in (torch.cat(colours, dim=-1), colours[0]) if len(colours) > 1 else colours:
+        g = g.permute(0, 3, 1, 2)
+        for i in range(0, m.shape[0], REFINE_CHUNK):
+            q = guided_blur(g[i:i + REFINE_CHUNK], m[i:i + REFINE_CHUNK], 2 * r + 1, eps, border_type="replicate")
+            on[i:i + REFINE_CHUNK] |= q.gt(0.5)
+    return on.float().reshape(*lead, *m.shape[-2:])
 
 
 def image_mask(mask: torch.Tensor, size: Sequence[int], options: CompositeOptions = CompositeOptions(),

@@ -35,7 +35,7 @@ class EditResult:
     edited: torch.Tensor  # [n,F,C,h,w]
     source: torch.Tensor  # [F,C,h,w]: the source branch's reconstruction
     attention_maps: Optional[torch.Tensor] = None  # [1+n,F,hb,wb,77] averaged over steps and blend layers
-    blend_mask: Optional[torch.Tensor] = None  # [n,F,1,h,w] last LocalBlend mask
+    blend_mask: Optional[torch.Tensor] = None  # [n,F,1,h,w] where the edit is (AttentionController.edit_mask)
     stats: dict = field(default_factory=dict)
 
 
@@ -185,6 +185,7 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
         state.controller = None
     stats = {"forwards": state.forward_clips - evals0, "source_uncond": src_needs_uncond,
              "reused_source_trajectory": trajectory is not None}
+    maps, mask = ctrl.attention_maps(), ctrl.edit_mask()
     return EditResult(edited=x_tgt.detach().cpu(), source=x_src.detach().cpu(),
-                      attention_maps=None if ctrl.attention_maps() is None else ctrl.attention_maps().cpu(),
-                      blend_mask=None if ctrl.last_mask is None else ctrl.last_mask.cpu(), stats=stats)
+                      attention_maps=None if maps is None else maps.cpu(),
+                      blend_mask=None if mask is None else mask.cpu(), stats=stats)

@@ -185,9 +185,9 @@ def edit_accuracy(case: Case, edited: torch.Tensor, truth) -> float:
 
 
 def blend_mask_iou(blend_mask: Optional[torch.Tensor], object_masks: torch.Tensor) -> tuple[float, float]:
-    """The LocalBlend mask ([F,1,h,w] at latent size, or None) upsampled to frame size against the true object
-    region ([F,H,W] bool: the source's and the target's object masks together): (mean IoU over frames, worst
-    frame's IoU). nan, nan without a mask (no blend words, or no attention control)."""
+    """The edit's mask (``EditResult.blend_mask``: [F,1,h,w] at latent size, or None) upsampled to frame size
+    against the true object region ([F,H,W] bool: the source's and the target's object masks together): (mean
+    IoU over frames, worst frame's IoU). nan, nan without a mask (no blend words, or no attention control)."""
     if blend_mask is None:
         return float("nan"), float("nan")
     m = upsample_mask(blend_mask[:, 0].gt(0.5), object_masks.shape[-2:], "blend mask").bool()
@@ -331,8 +331,9 @@ def markdown(summary: dict, rows: list[dict], command: str, meta: dict) -> str:
              "Accuracy = share of frames with the target attribute; "
              "PSNR in dB; colour/background change = mean frame-to-frame change (lower is steadier); "
              "background PSNR excludes the background-change cases and every pixel an object touches (in the "
-             "source or the truth: the anti-aliased rim changes colour in the truth too); mask IoU = the local-blend "
-             "mask at frame size against the source's and target's object region, mean over frames and worst frame "
+             "source or the truth: the anti-aliased rim changes colour in the truth too); mask IoU = the edit's mask "
+             "(the local-blend mask; a shape swap's two outlines) at frame size against the source's and target's "
+             "object region, mean over frames and worst frame "
              "(nan without a mask: Tune-A-Video, background cases); image mask IoU = the same for the composite's own "
              "mask at frame size, before its dilation (refined to the frames' edges where refine_radius is set; "
              "+composite rows only); warp error = the per-frame noise sigma that "

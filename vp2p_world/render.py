@@ -598,3 +598,14 @@ def random_scene(rng: np.random.Generator, frames: int = 8, resolution: int = 64
         resolution=resolution,
         **motion,
     )
+
+
+def random_motion(rng: np.random.Generator, size: float) -> dict:
+    """Random motion fields for a ``Scene`` of object half-extent ``size`` (uniform camera and lighting, growth
+    0.75-1.3 on a third of clips, an occluder on a third, texture on half): the moving world's distribution,
+    for training a model that has to reconstruct such clips."""
+    grows = rng.random() < 1 / 3
+    growth = float(rng.uniform(0.75, min(1.3, 0.3 / size))) if grows else 1.0
+    return dict(camera=CAMERAS[int(rng.integers(len(CAMERAS)))],
+                lighting=LIGHTINGS[int(rng.integers(len(LIGHTINGS)))],
+                growth=growth, occluder=bool(rng.random() < 1 / 3), texture=bool(rng.random() < 0.5))
