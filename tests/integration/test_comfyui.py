@@ -327,7 +327,8 @@ def check_run(comfy, api: dict, entry: dict, targets: int = 1, frames: int = FRA
 
 def check_local_blend(run: SimpleNamespace, partial: bool = False) -> None:
     """Local blend: outside the blend mask the edited latents are exactly the source branch's (the sampler's last
-    step puts the source there); inside it the edit changes them. partial: the mask must leave part of the clip out
+    step puts the source there); inside it the edit changes them. Exact where the mask handed on is the blend (an
+    outline blend, or a grown one that covers the clip). partial: the mask must leave part of the clip out
     (the small random model attends almost evenly, so at the shipped mask_threshold 0.3 its mask covers all of its
     4x4 blend grid; mask_threshold 0.99 leaves part of it out)."""
     targets = run.edited.shape[0] // run.source.shape[0]
@@ -438,9 +439,12 @@ def test_word_swap_workflow(comfy, word_swap):
 
     # a new target prompt: ComfyUI re-runs only the editor and what follows; same inversion, other edit. A high
     # mask_threshold makes the local-blend mask leave part of the clip out, where the frames must be the source's.
+    # blend_region outline: the mask handed on is then the blend itself (a new word's default, grown, blend hands on
+    # the two words' outlines, inside the box it blended in: tests/test_core_composite.py).
     api2 = copy.deepcopy(word_swap.api)
     api2[node_id(api2, "AttentionEditController")]["inputs"].update(
-        target_prompts="a dog is jumping on the grass", blend_target_words="dog", mask_threshold=0.99)
+        target_prompts="a dog is jumping on the grass", blend_target_words="dog", mask_threshold=0.99,
+        blend_region="outline")
     for nid, prefix in (("900", "vp2p_dog"), ("904", "masks/vp2p_dog"), ("901", "latents/vp2p_dog_edited"),
                         ("902", "latents/vp2p_dog_source")):
         api2[nid]["inputs"]["filename_prefix"] = prefix
@@ -705,7 +709,8 @@ def test_long_clip_workflow(comfy):
     ctx = node_id(api, "VideoP2PContextWindows")
     for stage in ("OneShotTune", "NullTextVideoInvert", "VideoP2PSampler"):
         assert api[node_id(api, stage)]["inputs"]["context"] == [ctx, 0], stage
-    api[node_id(api, "AttentionEditController")]["inputs"]["mask_threshold"] = 0.99  # leave part of the clip out
+    # leave part of the clip out; blend_region outline: the mask handed on is the blend itself (see the dog edit)
+    api[node_id(api, "AttentionEditController")]["inputs"].update(mask_threshold=0.99, blend_region="outline")
     t = time.perf_counter()
     entry = run_prompt(comfy, api)
     took = time.perf_counter() - t
