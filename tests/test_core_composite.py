@@ -325,16 +325,17 @@ def test_refine_mask_moves_the_blocky_edge_onto_the_object():
 
 
 def test_refine_mask_keeps_the_old_shape_and_the_new_one_of_a_shape_swap():
-    """Square -> disc: the blocks cover the disc and most of the square, not its corners. Each guide snaps the mask
-    on its own, so the square's corners (source: square, edit: background) join the mask and the composite cannot
-    leave them in the frame; nothing far from the blocks is added."""
+    """Square -> disc: the blocks cover the disc and most of the square, not its corners. The mask is snapped to the
+    source frame alone as well as to both frames' colours, so the square's corners (source: square, edit:
+    background) join it and the composite cannot leave them in the frame (with the stacked colours alone 70% of
+    the corners did); nothing far from the blocks is added."""
     yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
     square = ((yy - 31.5).abs() <= 10) & ((xx - 31.5).abs() <= 10)
     disc = (yy - 31.5) ** 2 + (xx - 31.5) ** 2 <= 11.0 ** 2
     background = torch.tensor([0.2, 0.5, 0.2])
     source, edit = background.expand(64, 64, 3).clone(), background.expand(64, 64, 3).clone()
     source[square], edit[disc] = torch.tensor([0.1, 0.2, 0.9]), torch.tensor([0.1, 0.2, 0.9])
-    blocks = torch.nn.functional.max_pool2d(disc.float()[None, None], 4)[0]  # latent cells the disc covers most of
+    blocks = torch.nn.functional.max_pool2d(disc.float()[None, None], 4)[0]  # every 4-px cell the disc touches
     coarse = image_mask(blocks.gt(0.5).float()[None], (64, 64))[0]
     corners = square & ~disc
     assert not coarse.bool()[corners].all(), "the test needs corners the blocks miss"
