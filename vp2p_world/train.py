@@ -159,14 +159,17 @@ def train_vae(pool: "FramePool", steps: int, batch: int, seed: int, object_weigh
         if step % 100 == 0 or step == steps - 1:
             log.info("vae %d/%d loss %.4f (%.0fs)", step + 1, steps, loss.item(), time.perf_counter() - t0)
     vae.eval()
-    with torch.no_grad():
-        x, _ = FramePool(seed + 3, clips=32).batch(256)
+
+    def round_trip(moving: float) -> tuple[torch.Tensor, float]:
+        """Latent means of 256 held-out frames and their round trip's PSNR (frames in -1..1)."""
+        x, _ = FramePool(seed + 3, clips=32, moving=moving).batch(256)
         z = vae.encode(x).latent_dist.mean
+        return z, float(10 * torch.log10(4.0 / F.mse_loss(vae.decode(z).sample.clamp(-1, 1), x)))
+
+    with torch.no_grad():
+        z, psnr = round_trip(moving=0.0)
         scale = float(1.0 / z.std())
-        psnr = float(10 * torch.log10(4.0 / F.mse_loss(vae.decode(z).sample.clamp(-1, 1), x)))
-        x, _ = FramePool(seed + 3, clips=32, moving=1.0).batch(256)
-        psnr_moving = float(10 * torch.log10(4.0 / F.mse_loss(
-            vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1), x)))
+        _, psnr_moving = round_trip(moving=1.0)
     vae.register_to_config(scaling_factor=scale)
     log.info("vae done: scaling factor %.4f, reconstruction PSNR %.2f dB (moving clips %.2f dB)", scale, psnr,
              psnr_moving)
