@@ -85,6 +85,26 @@ def test_training_pool_adds_moving_clips_without_changing_its_scenes():
         FramePool(3, clips=1, moving=1.5)
 
 
+def test_vae_finetune_holds_the_latents_the_unet_learned_and_leaves_the_callers_vae():
+    from diffusers import AutoencoderKL
+
+    from vp2p_world.train import FramePool, finetune_vae, vae_config
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**vae_config()).eval()
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    pool = FramePool(3, clips=4, frames=2)
+    free, s_free = finetune_vae(vae, pool, steps=12, batch=4, seed=3, anchor=0.0, moving_clips=4,
+                                 check_clips=2)
+    held, s_held = finetune_vae(vae, pool, steps=12, batch=4, seed=3, anchor=1e3, moving_clips=4,
+                                 check_clips=2)
+    assert all(torch.equal(v, before[k]) for k, v in vae.state_dict().items()), "the caller's VAE was changed"
+    assert not torch.equal(free.decoder.conv_out.weight, vae.decoder.conv_out.weight)
+    # the same steps without the anchor move the still world's latents several times further
+    assert s_held["latent_drift"] < 0.5 * s_free["latent_drift"], (s_held, s_free)
+    assert free.config.scaling_factor == vae.config.scaling_factor  # the UNet's latent scale is kept
+
+
 def test_tokenizer_matches_sd_ids_offline():
     from transformers import CLIPTokenizer
 
