@@ -23,9 +23,9 @@ WORLD_DEFAULTS: dict[type, dict] = {
     EditOptions: dict(self_replace_on="both"),
     # Composite the decoded edit over the rendered frames: outside the local-blend mask the clip keeps its own
     # pixels instead of the VAE's round trip. With the outline mask (EditOptions.blend_region) the mask hugs
-    # the object, so the composite grew it by 2 px and feathered 2 px (1 + 1 px now, below): on ten of the benchmark's recolours
-    # (background / to truth, dB) a hard edge gave 25.8 / 21.5, 2 + 2 px 25.3 / 21.6, a 4-px feather inside the
-    # mask 30.4 / 20.2 (the old colour bleeds into the object's rim), 8 + 8 px 23.7 / 20.8.
+    # the object, so the composite grew it by 2 px and feathered 2 px (1 + 1 px now, below): on ten of the
+    # benchmark's recolours (background / to truth, dB) a hard edge gave 25.8 / 21.5, 2 + 2 px 25.3 / 21.6, a 4-px
+    # feather inside the mask 30.4 / 20.2 (the old colour bleeds into the object's rim), 8 + 8 px 23.7 / 20.8.
     # Inside the mask, pixels the edit changed by less than 0.1 (ramp to 0.3) keep the source's: the VAE's dark
     # halo and lost texture around the object go. Chosen on six held-out clips (seeds 201-206, which no benchmark
     # uses; background PSNR outside every pixel an object touches / PSNR to the truth, mean dB): off 30.93 / 21.70,
