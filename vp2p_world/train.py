@@ -16,9 +16,10 @@ text, not the noise, sets the background. The VAE maps 64x64 frames to 16x16x4 l
 scaling factor is measured (1 / std of the latents), not assumed. The UNet has cross-attention at 16x16,
 8x8 and 4x4 with 16-dim heads, like SD's layout one level smaller. Written as a diffusers folder of
 safetensors, atomically; a stopped run resumes at the UNet with ``--vae-from W.vae``, at stage 2 with
-``--vae-from W.vae --resume W.stage1 --unet-steps 0``, and at the VAE fine-tune with ``--vae-from W/vae --resume W
---unet-steps 0 --grounding-steps 0`` (how the shipped model got its fine-tune: on the folder the three stages
-before it had written, so that its UNet and text encoder are those stages' files, bit for bit).
+``--vae-from W.vae --resume W.stage1 --unet-steps 0``, and at the VAE fine-tune with ``--vae-from W.stage2/vae
+--resume W.stage2 --unet-steps 0 --grounding-steps 0`` (bit for bit the whole run's result). The shipped model got
+its fine-tune that way, on the folder the three stages before it had written (``--vae-from vp2p_world/weights/vae
+--resume vp2p_world/weights``), so its UNet and text encoder are those stages' files, bit for bit.
 """
 from __future__ import annotations
 
@@ -578,6 +579,8 @@ def main(argv=None) -> int:
         if earlier.exists():
             stats = json.loads(earlier.read_text())
     if a.vae_tune_steps:
+        if not finetune_only:  # lets a stopped run resume at the VAE fine-tune (--resume W.stage2, see above)
+            save_folder(out.with_name(out.name + ".stage2"), vae, unet, te, stats)
         # the model folder stores the VAE in float16: fine-tune that one, anchored to its latents, so that a whole
         # run and a run resumed from the folder (see the docstring) fine-tune the same weights
         vae = vae.half().float()
