@@ -85,6 +85,15 @@ def test_training_pool_adds_moving_clips_without_changing_its_scenes():
         FramePool(3, clips=1, moving=1.5)
 
 
+def test_train_refuses_a_moving_share_out_of_range_by_its_flag_and_writes_nothing(tmp_path, capsys):
+    from vp2p_world.train import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--moving", "1.5", "--out", str(tmp_path / "W")])
+    assert exit_info.value.code == 2 and "--moving" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_vae_finetune_holds_the_latents_the_unet_learned_and_leaves_the_callers_vae():
     from diffusers import AutoencoderKL
 

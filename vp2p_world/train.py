@@ -538,7 +538,10 @@ def main(argv=None) -> int:
     out = Path(a.out)
     tok = CLIPTokenizer.from_pretrained(str(TOKENIZER), model_max_length=77)
     t0 = time.perf_counter()
-    pool = FramePool(a.seed, clips=a.clips, moving=a.moving)
+    try:
+        pool = FramePool(a.seed, clips=a.clips, moving=a.moving)
+    except ValueError as e:  # the pool checks its own settings; say it as a command-line error
+        p.error(f"--moving: {e}")
     log.info("rendered %d clips (%.0fs)", a.clips, time.perf_counter() - t0)
     if a.vae_from:
         from diffusers import AutoencoderKL
