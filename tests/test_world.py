@@ -85,9 +85,11 @@ def test_training_pool_adds_moving_clips_without_changing_its_scenes():
         FramePool(3, clips=1, moving=1.5)
 
 
-def test_train_refuses_a_moving_share_out_of_range_by_its_flag_and_writes_nothing(tmp_path, capsys):
-    from vp2p_world.train import main
+@pytest.mark.parametrize("command", ["train", "train_controlnet"])
+def test_train_refuses_a_moving_share_out_of_range_by_its_flag_and_writes_nothing(command, tmp_path, capsys):
+    import importlib
 
+    main = importlib.import_module(f"vp2p_world.{command}").main
     with pytest.raises(SystemExit) as exit_info:
         main(["--moving", "1.5", "--out", str(tmp_path / "W")])
     assert exit_info.value.code == 2 and "--moving" in capsys.readouterr().err

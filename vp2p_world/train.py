@@ -128,6 +128,15 @@ class FramePool:
         self.latents = torch.cat(out).view(*self.frames.shape[:2], *out[0].shape[1:])
 
 
+def command_line_pool(parser: argparse.ArgumentParser, seed: int, clips: int, moving: float) -> FramePool:
+    """The training pool of a command: FramePool checks its own settings, and a bad ``--moving`` becomes the
+    parser's error that names the flag (exit 2, nothing written) rather than a traceback."""
+    try:
+        return FramePool(seed, clips=clips, moving=moving)
+    except ValueError as e:
+        parser.error(f"--moving: {e}")
+
+
 def object_loss_weights(masks: torch.Tensor, size: int, weight: float, grow: int) -> torch.Tensor:
     """Per-pixel loss weights [N,1,size,size]: 1 + weight on the object and a rim of ``grow`` pixels.
 
@@ -173,10 +182,9 @@ def train_vae(pool: "FramePool", steps: int, batch: int, seed: int, object_weigh
         if step % 100 == 0 or step == steps - 1:
             log.info("vae %d/%d loss %.4f (%.0fs)", step + 1, steps, loss.item(), time.perf_counter() - t0)
     vae.eval()
-    with torch.no_grad():
-        z, psnr = round_trip(vae, seed, moving=0.0)
-        scale = float(1.0 / z.std())
-        _, psnr_moving = round_trip(vae, seed, moving=1.0)
+    z, psnr = round_trip(vae, seed, moving=0.0)
+    scale = float(1.0 / z.std())
+    _, psnr_moving = round_trip(vae, seed, moving=1.0)
     vae.register_to_config(scaling_factor=scale)
     log.info("vae done: scaling factor %.4f, reconstruction PSNR %.2f dB (moving clips %.2f dB)", scale, psnr,
              psnr_moving)
@@ -538,10 +546,7 @@ def main(argv=None) -> int:
     out = Path(a.out)
     tok = CLIPTokenizer.from_pretrained(str(TOKENIZER), model_max_length=77)
     t0 = time.perf_counter()
-    try:
-        pool = FramePool(a.seed, clips=a.clips, moving=a.moving)
-    except ValueError as e:  # the pool checks its own settings; say it as a command-line error
-        p.error(f"--moving: {e}")
+    pool = command_line_pool(p, a.seed, clips=a.clips, moving=a.moving)
     log.info("rendered %d clips (%.0fs)", a.clips, time.perf_counter() - t0)
     if a.vae_from:
         from diffusers import AutoencoderKL

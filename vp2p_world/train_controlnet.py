@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .train import MOVING_SHARE, FramePool, warmup_cosine
+from .train import MOVING_SHARE, command_line_pool, warmup_cosine
 
 log = logging.getLogger("vp2p_world.train_controlnet")
 HERE = Path(__file__).resolve().parent
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     factor = 64 // unet.config.sample_size
     steps_down = {4: (16, 32, 32), 8: (16, 32, 96, 256)}[factor]
     cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=steps_down)
-    pool = FramePool(a.seed, clips=a.clips, moving=a.moving)
+    pool = command_line_pool(p, a.seed, clips=a.clips, moving=a.moving)
     pool.encode_all(vae)
     scale = vae.config.scaling_factor
     noise_sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
