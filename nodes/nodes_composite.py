@@ -7,7 +7,8 @@ batches one to one; with several target prompts, repeat the source frames once p
 Batch) so each target's frames meet the clip's. With ``source_images`` connected, ``refine_radius`` above 0 snaps
 the mask's blocky edge to the edges of the clip and the edit (``vp2p_core.composite.refine_mask``), and
 ``change_threshold`` above 0 hands back to the source the pixels the edit hardly changed (the VAE's halo and lost
-texture around the object; ``vp2p_core.composite.change_weight``).
+texture around the object; ``vp2p_core.composite.change_weight``), and ``occluder_threshold`` above 0 those of
+something in front of the object (``vp2p_core.composite.occluder_mask``).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from vp2p_core import CompositeOptions, VP2PInputError, change_weight, composite
 from .schema import CATEGORY, VP2PMapsIO, widgets
 from .types import VP2PMaps
 
-COMPOSITE_WIDGETS = ["mask_dilation", "feather", "change_threshold", "refine_radius"]
+COMPOSITE_WIDGETS = ["mask_dilation", "feather", "change_threshold", "refine_radius", "occluder_threshold"]
 
 
 class BlendMask(io.ComfyNode):
@@ -36,12 +37,14 @@ class BlendMask(io.ComfyNode):
                 VP2PMapsIO.Input("attention_maps", tooltip="The attention_maps output of VideoP2PSampler."),
                 io.Image.Input("images", tooltip="The frames the mask is for (DecodeFrames' images, or the source "
                                                  "frames): they set its size, a whole multiple of the latent size. "
-                                                 "With change_threshold or refine_radius: DecodeFrames' images."),
+                                                 "With change_threshold, refine_radius or occluder_threshold: "
+                                                 "DecodeFrames' images."),
                 io.Image.Input("source_images", optional=True,
                                tooltip="The frames the edit was made from (Image Composite Masked's destination: the "
                                        "clip's frames, or them repeated once per target). Needed by "
-                                       "change_threshold (pixels the edit hardly changed keep the source's) and "
-                                       "refine_radius (the mask snaps to the frames' edges)."),
+                                       "change_threshold (pixels the edit hardly changed keep the source's), "
+                                       "refine_radius (the mask snaps to the frames' edges) and occluder_threshold "
+                                       "(what is in front of the object keeps the source's pixels)."),
                 *widgets(CompositeOptions, COMPOSITE_WIDGETS),
             ],
             outputs=[io.Mask.Output("mask", display_name="mask",
@@ -67,11 +70,12 @@ class BlendMask(io.ComfyNode):
             raise VP2PInputError(f"images: {images.shape[0]} frames, but the edit has {f} frames"
                                  + (f" for each of {n} targets" if n > 1 else "")
                                  + "; expected the decoded edit or the clip's frames")
-        if options.change_threshold <= 0 and options.refine_radius <= 0:
+        if options.change_threshold <= 0 and options.refine_radius <= 0 and options.occluder_threshold <= 0:
             return io.NodeOutput(composite_mask(mask, size, options, what="images").flatten(0, 1).float().cpu())
         edited, source = cls._edit_and_source(images, source_images, n, f, options.change_threshold > 0)
         guides = None
-        if options.refine_radius > 0:  # colour channels only: an RGBA or grey clip beside an RGB edit is fine
+        if options.refine_radius > 0 or options.occluder_threshold > 0:
+            # colour channels only: an RGBA or grey clip beside an RGB edit is fine
             guides = (source[..., :3].expand(*edited.shape[:-1], -1), edited[..., :3])
         alpha = composite_mask(mask, size, options, what="images", guides=guides)
         if options.change_threshold > 0:
@@ -83,13 +87,14 @@ class BlendMask(io.ComfyNode):
                          refuse_same: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoded edit ([n*F,H,W,C]) as [n,F,H,W,C] and the source frames ([F,H,W,C], or [n*F,H,W,C] repeated
         per target for Image Composite Masked) as [1 or n,F,H,W,C], checked: what change_threshold and
-        refine_radius compare."""
+        refine_radius and occluder_threshold compare."""
         if source_images is None:
-            raise VP2PInputError("source_images: change_threshold > 0 and refine_radius > 0 compare the edit with the "
-                                 "frames it was made from; connect them (Image Composite Masked's destination) or set "
-                                 "both to 0")
+            raise VP2PInputError("source_images: change_threshold, refine_radius and occluder_threshold above 0 "
+                                 "compare the edit with the frames it was made from; connect them (Image Composite "
+                                 "Masked's destination) or set them to 0")
         if images.shape[0] != n * f:
-            raise VP2PInputError(f"images: {images.shape[0]} frames; with change_threshold or refine_radius, expected "
+            raise VP2PInputError(f"images: {images.shape[0]} frames; with change_threshold, refine_radius or "
+                                 f"occluder_threshold, expected "
                                  f"the decoded edit ({n * f} frames: {f} for each of {n} targets)")
         if not isinstance(source_images, torch.Tensor) or source_images.dim() != 4 or \
                 source_images.shape[0] not in (f, n * f) or tuple(source_images.shape[1:3]) != tuple(images.shape[1:3]):

@@ -7,7 +7,8 @@ import torch
 
 from vp2p_core import (AttentionController, CompositeOptions, EditOptions, VP2PInputError, build_edit_plan,
                        change_weight, composite_frames, composite_mask)
-from vp2p_core.composite import dilate_mask, feather_mask, image_mask, refine_mask, smooth_mask_frames
+from vp2p_core.composite import (dilate_mask, feather_mask, image_mask, occluder_mask, refine_mask,
+                                  smooth_mask_frames)
 from vp2p_core.pipeline import vae_factor
 from vp2p_world.tiny import ToyTokenizer
 
@@ -348,7 +349,7 @@ def test_refine_mask_keeps_the_old_shape_and_the_new_one_of_a_shape_swap():
 def test_refine_radius_needs_the_frames_and_keeps_the_source_outside():
     edited, source, mask = clip_pair()
     options = CompositeOptions(composite=True, mask_dilation=2, feather=0, refine_radius=4)
-    with pytest.raises(VP2PInputError, match="^mask: refine_radius > 0 snaps the mask"):
+    with pytest.raises(VP2PInputError, match="^mask: refine_radius > 0 compares the mask with the frames"):
         composite_mask(mask, (32, 32), options)
     out = composite_frames(edited=edited, source=source, mask=mask, options=options)
     region = composite_mask(mask, (32, 32), options, guides=(source, edited)).bool()
@@ -356,3 +357,51 @@ def test_refine_radius_needs_the_frames_and_keeps_the_source_outside():
     for bad in (-1, 65, 1.5):
         with pytest.raises(VP2PInputError, match="^refine_radius: "):
             CompositeOptions(refine_radius=bad)
+
+
+def occluded_disc_clip(size=64, centre=(32.0, 30.0), radius=12.0):
+    """A red disc on textured grass with an anti-aliased rim, a dark post 4 px wide passing in front of it (across
+    the disc in frames 1 and 2, beside it in 0 and 3), and the edit a recolour that paints the whole disc blue,
+    post included. Returns source, edited [F,H,W,3], the disc's coverage [F,H,W] and the post [F,H,W]."""
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32) + 0.5,
+                            torch.arange(size, dtype=torch.float32) + 0.5, indexing="ij")
+    cover = (radius + 0.5 - ((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2).sqrt()).clamp(0, 1)
+    grass = torch.tensor([0.22, 0.45, 0.15]) + 0.05 * (torch.rand(F_, size, size, 1, generator=g) - 0.5)
+    red, blue, dark = torch.tensor([0.9, 0.1, 0.1]), torch.tensor([0.15, 0.3, 0.95]), torch.tensor([0.12, 0.08, 0.06])
+    posts = torch.zeros(F_, size, size, dtype=torch.bool)
+    for f, left in enumerate((8, 24, 34, 50)):
+        posts[f, :, left:left + 4] = True
+    c = cover[None, ..., None]
+    source = c * red + (1 - c) * grass
+    source = torch.where(posts[..., None], dark.expand_as(source), source)
+    edited = c * blue + (1 - c) * grass
+    return source, edited, cover.expand(F_, size, size), posts
+
+
+def test_occluder_threshold_keeps_what_passes_in_front_of_the_object_and_nothing_else():
+    source, edited, cover, posts = occluded_disc_clip()
+    mask = torch.zeros(F_, 1, 16, 16)
+    mask[..., 4:12, 4:12] = 1  # the attention grid's blocks over the disc (4 px each), post and all
+    options = CompositeOptions(composite=True, mask_dilation=2, feather=1, occluder_threshold=0.3)
+    inside = image_mask(mask, (64, 64), options.replace(occluder_threshold=0.0)).bool()
+    found = occluder_mask(source, inside.float(), 0.3).bool()
+    assert torch.equal(found, posts & inside), "the post in front of the disc is not exactly what was found"
+    assert found[1:3].any() and not found[[0, 3]].any(), "the test needs a post beside the mask and one across it"
+    assert not found[(cover > 0) & ~posts].any(), "the disc or its anti-aliased rim was taken for an occluder"
+    out = composite_frames(edited=edited, source=source, mask=mask, options=options)
+    assert torch.equal(out[found], source[found]), "the edit painted over the post"
+    disc = (cover == 1) & ~dilate_mask(posts.float(), 2).bool()
+    assert torch.equal(out[disc], edited[disc]), "the recolour itself was lost"
+    plain = composite_frames(edited=edited, source=source, mask=mask, options=options.replace(occluder_threshold=0.0))
+    assert not torch.equal(plain[found], source[found]), "the test needs an edit that paints over the post"
+    assert torch.equal(out[~found], plain[~found]), "pixels other than the post's changed"
+    # the mask handed to ComfyUI is the same without the post; off, occluder_mask finds nothing
+    guides = (source, edited)
+    assert torch.equal(image_mask(mask, (64, 64), options, guides=guides).bool(), inside & ~found)
+    assert not occluder_mask(source, inside.float(), 0.0).any()
+    with pytest.raises(VP2PInputError, match="^mask: occluder_threshold > 0 compares the mask with the frames"):
+        composite_mask(mask, (64, 64), options)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(VP2PInputError, match="^occluder_threshold: "):
+            CompositeOptions(occluder_threshold=bad)

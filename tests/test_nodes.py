@@ -396,13 +396,20 @@ def test_blend_mask_composites_through_comfyui_image_composite_masked(chain):
     assert torch.equal(alone, composite_mask(maps.blend_mask, (128, 128), refined.replace(change_threshold=0.0),
                                              guides=(frames.expand(1, *frames.shape), near[None])).flatten(0, 1))
     run(BlendMask, attention_maps=maps, images=frames, source_images=frames, refine_radius=6)
-    for kw, message in [(dict(), "source_images: change_threshold > 0 and refine_radius > 0 compare"),
+    # occluder_threshold: the core's occluder test on the source frames, through the node
+    found = run(BlendMask, attention_maps=maps, images=near, source_images=frames, mask_dilation=8, feather=4,
+                occluder_threshold=0.3)[0]
+    assert torch.equal(found, composite_mask(maps.blend_mask, (128, 128), options.replace(occluder_threshold=0.3),
+                                             guides=(frames.expand(1, *frames.shape), near[None])).flatten(0, 1))
+    needs = "source_images: change_threshold, refine_radius and occluder_threshold above 0"
+    for kw, message in [(dict(), needs + " compare"),
                         (dict(source_images=frames[:2]), "source_images: expected the edit's 3 frames of 128x128"),
                         (dict(source_images=near.clone()), "images: the same frames as source_images")]:
         with pytest.raises(VP2PInputError, match=message):
             run(BlendMask, **{"attention_maps": maps, "images": near, "change_threshold": 0.3, **kw})
-    with pytest.raises(VP2PInputError, match="source_images: change_threshold > 0 and refine_radius > 0"):
-        run(BlendMask, attention_maps=maps, images=near, refine_radius=6)
+    for name, value in (("refine_radius", 6), ("occluder_threshold", 0.3)):
+        with pytest.raises(VP2PInputError, match=needs):
+            run(BlendMask, attention_maps=maps, images=near, **{name: value})
 
 
 def test_untuned_model_runs_fast_inversion_and_edit(roots):

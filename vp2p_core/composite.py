@@ -7,7 +7,8 @@ two dimensions are height and width; dilation is by a square, so a square grows 
 side, and the feather is a linear ramp laid inside the dilated region's border, so it never reaches past it.
 Before that, ``refine_mask`` can move the mask's blocky edge (one block per latent pixel of the attention grid) onto
 the edges of the frames; inside the mask, ``change_weight`` can hand back to the source the pixels the edit hardly
-changed: the VAE's halo and lost texture around an edited object.
+changed: the VAE's halo and lost texture around an edited object, and ``occluder_mask`` the pixels of something in
+front of the object, which the coarse mask takes in.
 """
 from __future__ import annotations
 
@@ -129,29 +130,92 @@ def refine_mask(mask: torch.Tensor, guides: Sequence[torch.Tensor], radius: int,
     return on.float().reshape(*lead, *m.shape[-2:])
 
 
+# occluder_mask's ring of background around the mask: from this many pixels beyond the mask (the object's
+# anti-aliased rim and the mask's own error may reach that far) to this many
+OCCLUDER_RING = (2, 6)
+# fewest pixels of ring, or of object, that make a frame's colour estimate; a frame with fewer is left alone
+OCCLUDER_MIN_PIXELS = 8
+
+
+def _segment_distance(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Distance of colours x [..., 3] to the segment from a to b [3] (every mix of the two)."""
+    ab = b - a
+    t = ((x - a) * ab).sum(-1, keepdim=True) / ab.pow(2).sum().clamp_min(1e-12)
+    return (x - (a + t.clamp(0.0, 1.0) * ab)).norm(dim=-1)
+
+
+def occluder_mask(source: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The pixels of a binary mask [..., H, W] that belong neither to the masked object nor to the background
+    around it, judged on the source frames [..., H, W, C] in 0..1: something in front of the object (a post it
+    passes behind, a hand), which the attention grid's coarse mask takes in and the edit would paint over.
+
+    Per frame, the background's colour is the median of a ring just outside the mask (``OCCLUDER_RING``), the
+    object's the median of the masked pixels farther than ``threshold`` from it (the object fills most of its
+    mask, so an occluder that hides part of it does not move the median); a masked pixel is in front where its
+    colour is farther than ``threshold`` (RGB distance) from every mix of the two, so the object's anti-aliased
+    rim stays the object's. A model of one colour per object: on an object of several colours the others count as
+    in front too. Returns a binary float mask [..., H, W]; 0 where ``threshold`` is 0."""
+    m, lead = _planes(mask)
+    out = torch.zeros_like(m)
+    if float(threshold) <= 0:
+        return out.reshape(*lead, *m.shape[-2:])
+    t = float(threshold)
+    colours = source[..., :3].reshape(-1, *source.shape[-3:-1], min(3, source.shape[-1])).to(m.device, torch.float32)
+    near, far = OCCLUDER_RING
+    ring = (dilate_mask(m, far) - dilate_mask(m, near)).gt(0.5)
+    inside = m.gt(0.5)
+    for i in range(m.shape[0]):
+        background = colours[i][ring[i, 0]]
+        if background.shape[0] < OCCLUDER_MIN_PIXELS:
+            continue
+        background = background.median(dim=0).values
+        masked = colours[i][inside[i, 0]]
+        unlike = masked[(masked - background).norm(dim=-1) > t]
+        if unlike.shape[0] < OCCLUDER_MIN_PIXELS:
+            continue
+        obj = unlike.median(dim=0).values
+        out[i, 0] = (inside[i, 0] & (_segment_distance(colours[i], obj, background) > t)).float()
+    return out.reshape(*lead, *m.shape[-2:])
+
+
+def _image_masks(mask: torch.Tensor, size: Sequence[int], options: CompositeOptions,
+                 guides: Optional[Sequence[torch.Tensor]], what: str) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """image_mask before its occluders are taken out, and the occluders (None with occluder_threshold 0)."""
+    if mask.dim() < 3 or mask.shape[-3] != 1:
+        raise VP2PInputError(f"{what}: expected a blend mask [..., 1, h, w], got {tuple(mask.shape)}")
+    m = upsample_mask(mask[..., 0, :, :].gt(0.5), size, what)
+    for name in ("refine_radius", "occluder_threshold"):
+        if getattr(options, name) > 0 and not guides:
+            raise VP2PInputError(f"{what}: {name} > 0 compares the mask with the frames, so it needs the source "
+                                 f"frames and the decoded edit; give them or set {name} to 0")
+    if options.refine_radius > 0:
+        m = refine_mask(m, guides, radius=options.refine_radius)
+    if options.occluder_threshold <= 0:
+        return m, None
+    return m, occluder_mask(guides[0], m, options.occluder_threshold)
+
+
 def image_mask(mask: torch.Tensor, size: Sequence[int], options: CompositeOptions = CompositeOptions(),
                guides: Optional[Sequence[torch.Tensor]] = None, what: str = "mask") -> torch.Tensor:
     """The blend mask [..., 1, h, w] at latent size -> a binary mask [..., H, W] at image size: upsampled, then
     with ``options.refine_radius`` snapped to the edges of ``guides`` (the source frames and the decoded edit,
-    [..., H, W, C] each) by ``refine_mask``."""
-    if mask.dim() < 3 or mask.shape[-3] != 1:
-        raise VP2PInputError(f"{what}: expected a blend mask [..., 1, h, w], got {tuple(mask.shape)}")
-    m = upsample_mask(mask[..., 0, :, :].gt(0.5), size, what)
-    if options.refine_radius > 0:
-        if not guides:
-            raise VP2PInputError(f"{what}: refine_radius > 0 snaps the mask to the frames' edges, so it needs the "
-                                 "source frames and the decoded edit; give them or set refine_radius to 0")
-        m = refine_mask(m, guides, radius=options.refine_radius)
-    return m
+    [..., H, W, C] each) by ``refine_mask``, and with ``options.occluder_threshold`` without what is in front of
+    the object (``occluder_mask`` of the source frames)."""
+    m, occluders = _image_masks(mask, size, options, guides, what)
+    return m if occluders is None else m * (1.0 - occluders)
 
 
 def composite_mask(mask: torch.Tensor, size: Sequence[int], options: CompositeOptions = CompositeOptions(),
                    what: str = "mask", guides: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
     """The blend mask [..., 1, h, w] at latent size -> the composite's weight [..., H, W] at image size:
     ``image_mask`` (upsampled; refined with ``guides`` where ``refine_radius`` asks), dilated by ``mask_dilation``
-    and feathered by ``feather`` pixels."""
-    m = image_mask(mask, size, options, guides=guides, what=what)
-    return feather_mask(dilate_mask(m, options.mask_dilation), options.feather)
+    and feathered by ``feather`` pixels; the occluders that ``occluder_threshold`` finds stay 0, so neither the
+    dilation nor the feather lets the edit onto them."""
+    m, occluders = _image_masks(mask, size, options, guides, what)
+    if occluders is None:
+        return feather_mask(dilate_mask(m, options.mask_dilation), options.feather)
+    keep = 1.0 - occluders
+    return feather_mask(dilate_mask(m * keep, options.mask_dilation), options.feather) * keep
 
 
 # change_weight's ramp, in units of the threshold: the source's pixel below the first, the edit's above the second
@@ -192,8 +256,9 @@ def composite_frames(*, edited: torch.Tensor, source: torch.Tensor, mask: torch.
     (``EditResult.blend_mask``). Returns frames shaped as ``edited``: exactly the source's where the composite
     mask is 0 (outside the dilated mask), exactly the edit's where it is 1, a blend on the feather; with
     ``options.change_threshold`` the mask is also weighed by ``change_weight`` (the source's pixel where the
-    edit hardly changed it), and with ``options.refine_radius`` it is first snapped to the edges of the source and
-    the edit (``refine_mask``). With ``options.composite`` off, ``edited`` as it is.
+    edit hardly changed it), with ``options.refine_radius`` it is first snapped to the edges of the source and
+    the edit (``refine_mask``), and with ``options.occluder_threshold`` what is in front of the object keeps the
+    source's pixels (``occluder_mask``). With ``options.composite`` off, ``edited`` as it is.
     """
     e_shape = _image_shape(edited, "edited")
     s_shape = _image_shape(source, "source")

@@ -416,6 +416,13 @@ class CompositeOptions(Options):
         "blocky edge move onto the object's; the cost grows with the radius squared. Needs the source frames (Blend "
         "Mask: source_images). 0: off (the attention grid's blocks).",
         min=0, max=64, step=1)
+    occluder_threshold: float = option(
+        "float", 0.0, "Inside the mask, keep the source's pixels that are neither the object's colour nor the "
+        "background's around it, nor a mix of the two (its rim): something in front of the object, such as a post it "
+        "passes behind, which the edit would paint over. The colour distance (RGB, frames in 0..1) beyond which a "
+        "pixel counts as in front; the object's colour is the median of the masked pixels unlike the background, so "
+        "on an object of several colours the others count as in front too (fine for a recolour, not for a shape "
+        "swap). Needs the source frames (Blend Mask: source_images). 0: off.", min=0.0, max=1.0, step=0.01)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -392,10 +392,13 @@ def composite_text(c: Optional[dict]) -> str:
     low, high = CHANGE_RAMP
     refine = c.get("refine_radius", 0)
     snapped = f" snapped to the frames' edges over {refine} px," if refine else ""
+    occluder = c.get("occluder_threshold", 0.0)
     return (f"; +composite: mask{snapped} dilated "
             f"{c['mask_dilation']} px, feathered {c['feather']} px"
             + (f", pixels the edit changed by less than {low * change:g} (ramp to {high * change:g}) kept from the "
-               "source" if change else ""))
+               "source" if change else "")
+            + (f", pixels farther than {occluder:g} from the object's and the background's colours and their mixes "
+               "(in front of the object) kept from the source" if occluder else ""))
 
 
 def inflation_text(inflation: Optional[dict]) -> str:

@@ -228,7 +228,8 @@ def composite(g: Graph, sampler: int, frames: int, video: int, source_frames: in
     (dilated) mask the video has the clip's own pixels, not their VAE round trip. Added after every other node,
     so the nodes of workflows saved before keep their ids. Blend Mask's change_threshold and refine_radius are the
     small world's (vp2p_world/settings.py, chosen on held-out clips; not measured on SD footage: 0 pastes the whole
-    mask, and keeps the attention grid's blocks)."""
+    mask, and keeps the attention grid's blocks). Its occluder_threshold stays 0, off: its model of one colour per
+    object suits the small world's objects, while on footage an object's other colours would keep the source's."""
     from vp2p_core import CompositeOptions
     from vp2p_world.settings import WORLD_DEFAULTS
 
