@@ -284,7 +284,8 @@ def run_case(comps: Components, case: Case, method: str, delta, latents, inversi
     if composited and blend_mask is not None:  # no blend words (background cases): the edit as decoded
         options = composite or world_options(CompositeOptions)
         source_frames = src.frames if frames is None else frames
-        # the composite's own mask at frame size (refined, before its dilation): what Blend Mask hands ComfyUI
+        # the composite's own mask at frame size (refined, without occluders, before its dilation): what Blend
+        # Mask hands ComfyUI
         frame_mask = image_mask(blend_mask, edited_frames.shape[-3:-1], options, guides=(source_frames, edited_frames))
         edited_frames = composite_frames(edited=edited_frames, source=source_frames, mask=blend_mask, options=options)
     row = measure(case, src, edited_frames, recon_frames, blend_mask, frame_mask)
@@ -335,8 +336,9 @@ def markdown(summary: dict, rows: list[dict], command: str, meta: dict) -> str:
              "(the local-blend mask; a shape swap's two outlines) at frame size against the source's and target's "
              "object region, mean over frames and worst frame "
              "(nan without a mask: Tune-A-Video, background cases); image mask IoU = the same for the composite's own "
-             "mask at frame size, before its dilation (refined to the frames' edges where refine_radius is set; "
-             "+composite rows only); warp error = the per-frame noise sigma that "
+             "mask at frame size, before its dilation (refined to the frames' edges where refine_radius is set, "
+             "without the occluders occluder_threshold finds; +composite rows only); "
+             "warp error = the per-frame noise sigma that "
              "would explain the edit's error under the known motion and light beyond its rendered truth's "
              "(metrics.normalised_warp_error); object / background flicker = frame-to-frame change beyond the "
              "truth's, motion and light compensated (metrics.flicker). `+composite`: the decoded edit pasted over "
