@@ -390,12 +390,23 @@ def test_occluder_threshold_keeps_what_passes_in_front_of_the_object_and_nothing
     assert found[1:3].any() and not found[[0, 3]].any(), "the test needs a post beside the mask and one across it"
     assert not found[(cover > 0) & ~posts].any(), "the disc or its anti-aliased rim was taken for an occluder"
     out = composite_frames(edited=edited, source=source, mask=mask, options=options)
-    assert torch.equal(out[found], source[found]), "the edit painted over the post"
+    assert torch.equal(out[posts], source[posts]), "the edit painted over the post (inside the mask or its margin)"
     disc = (cover == 1) & ~dilate_mask(posts.float(), 2).bool()
     assert torch.equal(out[disc], edited[disc]), "the recolour itself was lost"
     plain = composite_frames(edited=edited, source=source, mask=mask, options=options.replace(occluder_threshold=0.0))
-    assert not torch.equal(plain[found], source[found]), "the test needs an edit that paints over the post"
-    assert torch.equal(out[~found], plain[~found]), "pixels other than the post's changed"
+    grown = dilate_mask(inside.float(), 2).bool()
+    assert not torch.equal(plain[posts & grown], source[posts & grown]), "the test needs an edit over the post"
+    away = ~dilate_mask(posts.float(), 1).bool()
+    assert torch.equal(out[away], plain[away]), "pixels away from the post changed"
+    # the feather's ramp runs along the post's edges: its neighbours inside the disc are half the edit's
+    weight = composite_mask(mask, (64, 64), options, guides=(source, edited))
+    beside = dilate_mask(posts.float(), 1).bool() & ~posts & (cover == 1) & inside
+    assert beside.any() and weight[beside].eq(0.5).all() and weight[posts].eq(0).all()
+    # two targets ([n, F, ...]) find the same in each; frames that do not match the mask are refused
+    both = occluder_mask(source.expand(2, *source.shape), inside.float().expand(2, *inside.shape), 0.3)
+    assert torch.equal(both, found.float().expand(2, *found.shape))
+    with pytest.raises(VP2PInputError, match="^guides: frames"):
+        occluder_mask(source[:2], inside.float(), 0.3)
     # the mask handed to ComfyUI is the same without the post; off, occluder_mask finds nothing
     guides = (source, edited)
     assert torch.equal(image_mask(mask, (64, 64), options, guides=guides).bool(), inside & ~found)
@@ -405,3 +416,23 @@ def test_occluder_threshold_keeps_what_passes_in_front_of_the_object_and_nothing
     for bad in (-0.1, 1.5):
         with pytest.raises(VP2PInputError, match="^occluder_threshold: "):
             CompositeOptions(occluder_threshold=bad)
+
+
+def test_occluder_that_hides_most_of_the_object_on_one_frame_is_still_the_occluder():
+    """On frame 1 a post 16 px wide hides most of the disc, so that frame's own median colour is the post's; the
+    clip's other frames say the object is red, and the post is what is found, not the disc."""
+    source, edited, cover, posts = occluded_disc_clip()
+    source[1] = torch.where(cover[1, ..., None] > 0, torch.tensor([0.9, 0.1, 0.1]) * cover[1, ..., None] +
+                            source[1] * (1 - cover[1, ..., None]), source[1])  # frame 1 without its post
+    wide = torch.zeros(64, 64, dtype=torch.bool)
+    wide[:, 22:38] = True
+    source[1][wide] = torch.tensor([0.12, 0.08, 0.06])
+    posts[1] = wide
+    mask = torch.zeros(F_, 1, 16, 16)
+    mask[..., 4:12, 4:12] = 1
+    inside = image_mask(mask, (64, 64), CompositeOptions()).bool()
+    disc_only = (cover[1] > 0) & ~wide & inside[1]
+    assert (wide & inside[1]).sum() > disc_only.sum(), "the test needs a post larger than the disc's visible part"
+    found = occluder_mask(source, inside.float(), 0.3).bool()
+    assert torch.equal(found[1], wide & inside[1])
+    assert not found[1][disc_only].any()

@@ -401,6 +401,8 @@ def test_blend_mask_composites_through_comfyui_image_composite_masked(chain):
                 occluder_threshold=0.3)[0]
     assert torch.equal(found, composite_mask(maps.blend_mask, (128, 128), options.replace(occluder_threshold=0.3),
                                              guides=(frames.expand(1, *frames.shape), near[None])).flatten(0, 1))
+    whole = run(BlendMask, attention_maps=maps, images=near, source_images=frames, mask_dilation=8, feather=4)[0]
+    assert (found <= whole).all() and not torch.equal(found, whole), "the noise frames' odd colours were not taken out"
     needs = "source_images: change_threshold, refine_radius and occluder_threshold above 0"
     for kw, message in [(dict(), needs + " compare"),
                         (dict(source_images=frames[:2]), "source_images: expected the edit's 3 frames of 128x128"),

@@ -90,6 +90,13 @@ def upsample_mask(mask: torch.Tensor, size: Sequence[int], what: str = "mask") -
     return x.reshape(*lead, H, W)
 
 
+def _check_guides(guides: Sequence[torch.Tensor], mask: torch.Tensor) -> None:
+    for x in guides:
+        if tuple(x.shape[:-1]) != tuple(mask.shape):
+            raise VP2PInputError(f"guides: frames {tuple(x.shape)} do not match the mask {tuple(mask.shape)}; expected "
+                                 "the source frames and the edit at the mask's size, one per mask frame")
+
+
 # the guided filter's regulariser, in squared colour units of frames in 0..1 (He et al.'s eps): edges weaker than
 # about 0.1 in colour do not hold the mask. Chosen with refine_radius on the small world (BENCHMARKS.md); a constant
 # rather than a setting because frames in 0..1 give it the same meaning for any model and size.
@@ -115,10 +122,7 @@ def refine_mask(mask: torch.Tensor, guides: Sequence[torch.Tensor], radius: int,
     m, lead = _planes(mask)
     if r <= 0:
         return m.reshape(*lead, *m.shape[-2:])
-    for x in guides:
-        if tuple(x.shape[:-1]) != tuple(mask.shape):
-            raise VP2PInputError(f"guides: frames {tuple(x.shape)} do not match the mask {tuple(mask.shape)}; expected "
-                                 "the source frames and the edit at the mask's size, one per mask frame")
+    _check_guides(guides, mask)
     on = torch.zeros(m.shape, dtype=torch.bool, device=m.device)
     colours = [x[..., :3].reshape(-1, *x.shape[-3:-1], min(3, x.shape[-1])).to(m.device, torch.float32)
                for x in guides]
@@ -144,43 +148,64 @@ def _segment_distance(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torc
     return (x - (a + t.clamp(0.0, 1.0) * ab)).norm(dim=-1)
 
 
-def occluder_mask(source: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
-    """The pixels of a binary mask [..., H, W] that belong neither to the masked object nor to the background
-    around it, judged on the source frames [..., H, W, C] in 0..1: something in front of the object (a post it
-    passes behind, a hand), which the attention grid's coarse mask takes in and the edit would paint over.
+def occluder_mask(source: torch.Tensor, mask: torch.Tensor, threshold: float, reach: int = 0) -> torch.Tensor:
+    """The pixels of a binary mask [..., F, H, W] (frames on the last leading dimension), or of the mask grown by
+    ``reach`` pixels, that belong neither to the masked object nor to the background around it, judged on the
+    source frames [..., F, H, W, C] in 0..1: something in front of the object (a post it passes behind, a hand),
+    which the attention grid's coarse mask takes in and the edit would paint over.
 
     Per frame, the background's colour is the median of a ring just outside the mask (``OCCLUDER_RING``), the
-    object's the median of the masked pixels farther than ``threshold`` from it (the object fills most of its
-    mask, so an occluder that hides part of it does not move the median); a masked pixel is in front where its
-    colour is farther than ``threshold`` (RGB distance) from every mix of the two, so the object's anti-aliased
-    rim stays the object's. A model of one colour per object: on an object of several colours the others count as
-    in front too. Returns a binary float mask [..., H, W]; 0 where ``threshold`` is 0."""
+    object's the median of the masked pixels farther than ``threshold`` from it. The object fills most of its mask
+    on most frames, so the median over the clip's frames of those medians is the object's colour; a frame whose
+    own median is not within ``threshold`` of it (an occluder that hides most of the object there) takes the
+    median of its masked pixels that are. A pixel is in front where its colour is farther than ``threshold`` (RGB
+    distance; a grey distance for one-channel frames) from every mix of the object's colour and the background's,
+    so the object's anti-aliased rim stays the object's. A frame with too few pixels of ring or of object
+    (``OCCLUDER_MIN_PIXELS``) is left alone. A model of one colour per object: on an object of several colours the
+    others count as in front too. Returns a binary float mask shaped as ``mask``; 0 where ``threshold`` is 0."""
     m, lead = _planes(mask)
     out = torch.zeros_like(m)
     if float(threshold) <= 0:
         return out.reshape(*lead, *m.shape[-2:])
+    _check_guides((source,), mask)
     t = float(threshold)
-    colours = source[..., :3].reshape(-1, *source.shape[-3:-1], min(3, source.shape[-1])).to(m.device, torch.float32)
+    colours = source.reshape(-1, *source.shape[-3:]).to(m.device, torch.float32)[..., :3]
     near, far = OCCLUDER_RING
-    ring = (dilate_mask(m, far) - dilate_mask(m, near)).gt(0.5)
-    inside = m.gt(0.5)
+    ring = (dilate_mask(m, far) - dilate_mask(m, near))[:, 0].gt(0.5)
+    inside = m[:, 0].gt(0.5)
+    tested = dilate_mask(m, reach)[:, 0].gt(0.5)
+    frames = lead[-1] if len(lead) else 1
+    nan = torch.full((colours.shape[-1],), float("nan"), device=m.device)
+    background, unlike, medians = [], [], []
     for i in range(m.shape[0]):
-        background = colours[i][ring[i, 0]]
-        if background.shape[0] < OCCLUDER_MIN_PIXELS:
+        ring_colours = colours[i][ring[i]]
+        bg = ring_colours.median(dim=0).values if ring_colours.shape[0] >= OCCLUDER_MIN_PIXELS else nan
+        masked = colours[i][inside[i]]
+        far_from_bg = masked[(masked - bg).norm(dim=-1) > t] if not bg.isnan().any() else masked[:0]
+        background.append(bg)
+        unlike.append(far_from_bg)
+        medians.append(far_from_bg.median(dim=0).values if far_from_bg.shape[0] >= OCCLUDER_MIN_PIXELS else nan)
+    # the object's colour of each clip: the median of its frames' medians (frames on the last leading dimension)
+    per_clip = torch.stack(medians).view(-1, frames, colours.shape[-1]).nanmedian(dim=1).values
+    for i in range(m.shape[0]):
+        reference = per_clip[i // frames]
+        if background[i].isnan().any() or reference.isnan().any():
             continue
-        background = background.median(dim=0).values
-        masked = colours[i][inside[i, 0]]
-        unlike = masked[(masked - background).norm(dim=-1) > t]
-        if unlike.shape[0] < OCCLUDER_MIN_PIXELS:
-            continue
-        obj = unlike.median(dim=0).values
-        out[i, 0] = (inside[i, 0] & (_segment_distance(colours[i], obj, background) > t)).float()
+        obj = medians[i]
+        if obj.isnan().any() or (obj - reference).norm() > t:
+            own = unlike[i][(unlike[i] - reference).norm(dim=-1) <= t]
+            if own.shape[0] < OCCLUDER_MIN_PIXELS:
+                continue
+            obj = own.median(dim=0).values
+        out[i, 0] = (tested[i] & (_segment_distance(colours[i], obj, background[i]) > t)).float()
     return out.reshape(*lead, *m.shape[-2:])
 
 
 def _image_masks(mask: torch.Tensor, size: Sequence[int], options: CompositeOptions,
-                 guides: Optional[Sequence[torch.Tensor]], what: str) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """image_mask before its occluders are taken out, and the occluders (None with occluder_threshold 0)."""
+                 guides: Optional[Sequence[torch.Tensor]], what: str,
+                 reach: int = 0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """image_mask before its occluders are taken out, and the occluders within ``reach`` pixels of it (None with
+    occluder_threshold 0)."""
     if mask.dim() < 3 or mask.shape[-3] != 1:
         raise VP2PInputError(f"{what}: expected a blend mask [..., 1, h, w], got {tuple(mask.shape)}")
     m = upsample_mask(mask[..., 0, :, :].gt(0.5), size, what)
@@ -192,7 +217,7 @@ def _image_masks(mask: torch.Tensor, size: Sequence[int], options: CompositeOpti
         m = refine_mask(m, guides, radius=options.refine_radius)
     if options.occluder_threshold <= 0:
         return m, None
-    return m, occluder_mask(guides[0], m, options.occluder_threshold)
+    return m, occluder_mask(guides[0], m, options.occluder_threshold, reach=reach)
 
 
 def image_mask(mask: torch.Tensor, size: Sequence[int], options: CompositeOptions = CompositeOptions(),
@@ -209,13 +234,13 @@ def composite_mask(mask: torch.Tensor, size: Sequence[int], options: CompositeOp
                    what: str = "mask", guides: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
     """The blend mask [..., 1, h, w] at latent size -> the composite's weight [..., H, W] at image size:
     ``image_mask`` (upsampled; refined with ``guides`` where ``refine_radius`` asks), dilated by ``mask_dilation``
-    and feathered by ``feather`` pixels; the occluders that ``occluder_threshold`` finds stay 0, so neither the
-    dilation nor the feather lets the edit onto them."""
-    m, occluders = _image_masks(mask, size, options, guides, what)
+    and feathered by ``feather`` pixels. The occluders that ``occluder_threshold`` finds, inside the dilated mask
+    too, stay 0, and the feather's ramp runs along their edges as along the mask's."""
+    m, occluders = _image_masks(mask, size, options, guides, what, reach=options.mask_dilation)
     if occluders is None:
         return feather_mask(dilate_mask(m, options.mask_dilation), options.feather)
     keep = 1.0 - occluders
-    return feather_mask(dilate_mask(m * keep, options.mask_dilation), options.feather) * keep
+    return feather_mask(dilate_mask(m * keep, options.mask_dilation) * keep, options.feather)
 
 
 # change_weight's ramp, in units of the threshold: the source's pixel below the first, the edit's above the second
