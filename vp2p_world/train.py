@@ -157,6 +157,17 @@ def round_trip(vae, seed: int, moving: float, clips: int = 32) -> tuple[torch.Te
     return z, float(10 * torch.log10(4.0 / F.mse_loss(vae.decode(z).sample.clamp(-1, 1), x)))
 
 
+def vae_losses(vae, x: torch.Tensor, foreground: torch.Tensor, object_weight: float, gen: torch.Generator):
+    """One VAE training step's terms for frames ``x``: the posterior, the reconstruction loss (L1 + L2, the
+    object's pixels weighted by ``object_weight``) of a latent sampled with ``gen``, and the small KL term."""
+    post = vae.encode(x).latent_dist
+    z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+    rec = vae.decode(z).sample
+    # round trips kept the object's colour in 45% of frames without this weight, 100% with it
+    w = object_loss_weights(foreground, x.shape[-1], object_weight, grow=2)
+    return post, (w * ((rec - x).abs() + (rec - x).pow(2))).mean() / w.mean(), 1e-6 * post.kl().mean()
+
+
 def train_vae(pool: "FramePool", steps: int, batch: int, seed: int, object_weight: float = 10.0):
     from diffusers import AutoencoderKL
 
@@ -168,13 +179,8 @@ def train_vae(pool: "FramePool", steps: int, batch: int, seed: int, object_weigh
     t0 = time.perf_counter()
     for step in range(steps):
         ci, fi, _ = pool.sample(batch)
-        x = pool.images(ci, fi)
-        post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
-        rec = vae.decode(z).sample
-        # round trips kept the object's colour in 45% of frames without this weight, 100% with it
-        w = object_loss_weights(pool.foreground[ci, fi], x.shape[-1], object_weight, grow=2)
-        loss = (w * ((rec - x).abs() + (rec - x).pow(2))).mean() / w.mean() + 1e-6 * post.kl().mean()
+        post, rec_loss, kl_loss = vae_losses(vae, pool.images(ci, fi), pool.foreground[ci, fi], object_weight, gen)
+        loss = rec_loss + kl_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -223,15 +229,11 @@ def finetune_vae(vae, pool: "FramePool", steps: int, batch: int, seed: int, anch
         ci = torch.from_numpy(rng.integers(len(pool.scenes), size=half))
         fi = torch.from_numpy(rng.integers(pool.frames.shape[1], size=half))
         cj, fj, _ = moving.sample(batch - half)
-        x = torch.cat([pool.images(ci, fi), moving.images(cj, fj)])
-        post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
-        rec = vae.decode(z).sample
-        w = object_loss_weights(torch.cat([pool.foreground[ci, fi], moving.foreground[cj, fj]]), x.shape[-1],
-                                object_weight, grow=2)
+        post, rec_loss, kl_loss = vae_losses(vae, torch.cat([pool.images(ci, fi), moving.images(cj, fj)]),
+                                             torch.cat([pool.foreground[ci, fi], moving.foreground[cj, fj]]),
+                                             object_weight, gen)
         held = F.mse_loss(post.mean[:half], pool.latents[ci, fi])
-        loss = ((w * ((rec - x).abs() + (rec - x).pow(2))).mean() / w.mean() + anchor * held
-                + 1e-6 * post.kl().mean())
+        loss = rec_loss + anchor * held + kl_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
