@@ -20,7 +20,8 @@ class VideoP2PSampler(io.ComfyNode):
             category=CATEGORY,
             description="Edits the inverted clip: source and target branches start from the same x_T, the target's "
                         "attention follows the edit, and local blend keeps everything outside the edited words. "
-                        "Optional Gen-1 guidance: temporal_guidance smooths the edit across frames, structure makes "
+                        "edit_guidance pushes the targets away from the source prompt where a swapped word (a colour) "
+                        "does not take. Optional Gen-1 guidance: temporal_guidance smooths the edit across frames, structure makes "
                         "it follow a structure clip (depth, edges) through a ControlNet.",
             inputs=[
                 VP2PModelIO.Input("vp2p_model", tooltip="The tuned video model the inversion was made with."),
@@ -29,7 +30,8 @@ class VideoP2PSampler(io.ComfyNode):
                 *widgets(SamplerOptions, ["guidance", "decoupled_guidance"]),
                 io.Latent.Input("latent", optional=True, tooltip="Optional: the clip's latents, to check they are the "
                                 "clip the inversion was made from (frame count and size)."),
-                *widgets(SamplerOptions, ["temporal_guidance"], optional=["temporal_guidance"]),
+                *widgets(SamplerOptions, ["temporal_guidance", "edit_guidance", "edit_guidance_steps"],
+                         optional=["temporal_guidance", "edit_guidance", "edit_guidance_steps"]),
                 VP2PStructureIO.Input("structure", optional=True, tooltip="Optional: Gen-1 structure guidance from the "
                                       "StructureGuidance node (a ControlNet and a per-frame structure clip: depth, "
                                       "edges, masks); it steers the edited branch only, the source branch keeps "

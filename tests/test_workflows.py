@@ -219,7 +219,8 @@ def test_workflows_saved_before_gen1_stay_valid():
     sig = SIGNATURES["VideoP2PSampler"]["inputs"]
     assert [n for n, k, o, opt in sig if not opt] == ["vp2p_model", "inversion", "edit", "guidance",
                                                       "decoupled_guidance"]
-    assert [n for n, k, o, opt in sig if k in WIDGET_TYPES] == ["guidance", "decoupled_guidance", "temporal_guidance"]
+    assert [n for n, k, o, opt in sig if k in WIDGET_TYPES] == ["guidance", "decoupled_guidance", "temporal_guidance",
+                                                                 "edit_guidance", "edit_guidance_steps"]
     assert {n: opt for n, k, o, opt in sig}["structure"] is True
 
 

@@ -4,7 +4,9 @@
 ``AttentionController`` applies it during one sampling run: it is read by the attention processors
 (``reads_cross`` / ``cross`` / ``self_replace_active``) and blends latents at the end of every step.
 The controlled batch is the conditional rows [source, target_1..n]; unconditional rows are untouched,
-as in the reference.
+as in the reference. While edit guidance acts (``SamplerOptions.edit_guidance``), n contrast rows follow the
+targets: the source prompt at each target's latents, under the same control as their target (the source's maps
+and self-attention where the target takes them), so that target minus contrast is the swapped words' effect alone.
 """
 from __future__ import annotations
 
@@ -188,8 +190,8 @@ class AttentionController:
         self.latent_hw = latent_hw
         self.vae_factor = int(vae_factor)
         self.source_index = 0
-        self.target_indices = list(range(1, plan.num_targets + 1))
-        self.controlled_clips = plan.num_targets + 1
+        self.num_targets = plan.num_targets
+        self.contrast = False  # this step's batch has the contrast rows (set by the sampler)
         self.cur_step = 0
         dev = device or torch.device("cpu")
         self.alpha = plan.cross_alpha(num_steps).to(dev)
@@ -207,7 +209,7 @@ class AttentionController:
         s, e = plan.self_replace
         self.self_steps = (int(num_steps * s), int(num_steps * e))
         if plan.blend is not None:
-            words = torch.zeros(self.controlled_clips, MAX_TOKENS)
+            words = torch.zeros(plan.num_targets + 1, MAX_TOKENS)
             words[0, plan.blend.source_tokens] = 1
             for t, idx in enumerate(plan.blend.target_tokens):
                 words[t + 1, idx] = 1
@@ -215,6 +217,16 @@ class AttentionController:
             self.blend_start = int(plan.blend.start * num_steps)
 
     # -- read by the processors ---------------------------------------------------------------
+    @property
+    def controlled_clips(self) -> int:
+        """Rows of the batch under control: the source, the targets, and the contrast rows while they run."""
+        return 1 + self.num_targets * (2 if self.contrast else 1)
+
+    @property
+    def target_indices(self) -> list[int]:
+        """Rows that take the source's self-attention: the targets and the contrast rows."""
+        return list(range(1, self.controlled_clips))
+
     def _cross_active(self) -> bool:
         return self.mode_controls and bool(self.alpha[self.cur_step].any())
 
@@ -234,9 +246,11 @@ class AttentionController:
         return on in ("frame", "both") and tokens <= self.plan.frame_replace_max_tokens
 
     def cross(self, probs: torch.Tensor, name: str) -> torch.Tensor:
-        """probs [1+n, F, heads, N, 77] of the conditional rows (F: the window's rows); returns the edited maps."""
+        """probs [1+n, F, heads, N, 77] of the conditional rows (F: the window's rows; [1+2n, ...] with the contrast
+        rows); returns the edited maps."""
+        n = self.num_targets
         if self.reads_blend and name in self.blend_layers:
-            m = probs.mean(dim=2).detach()
+            m = probs[:1 + n].mean(dim=2).detach()
             if self._window is None:
                 self.map_sum = m if self.map_sum is None else self.map_sum + m
                 self.map_count += 1
@@ -255,12 +269,15 @@ class AttentionController:
         else:
             new = base[..., self.mapper].permute(3, 0, 1, 2, 4)  # [n, F, heads, N, 77]
             a = self.refine_alphas[:, None, None, None, :]
-            new = new * a + probs[1:] * (1 - a)
+            new = new * a + probs[1:1 + n] * (1 - a)
         if self.equalizer is not None:
             new = new * self.equalizer[:, None, None, None, :]
         alpha = self.alpha[self.cur_step][:, None, None, None, :]
         out = probs.clone()
-        out[1:] = new * alpha + probs[1:] * (1 - alpha)
+        out[1:1 + n] = new * alpha + probs[1:1 + n] * (1 - alpha)
+        if self.contrast:  # the source's own words under the target's control: its maps where the target takes
+            contrast = base * alpha + probs[1 + n:] * (1 - alpha)  # the source's, the target's reweighting
+            out[1 + n:] = contrast if self.equalizer is None else contrast * self.equalizer[:, None, None, None, :]
         return out
 
     # -- called by the sampler ------------------------------------------------------------------

@@ -334,7 +334,7 @@ class EditOptions(Options):
 
 @dataclass(frozen=True)
 class SamplerOptions(Options):
-    """The editing loop: guidance, Video-P2P's decoupled guidance and Gen-1's temporal guidance."""
+    """The editing loop: guidance, Video-P2P's decoupled guidance, edit guidance and Gen-1's temporal guidance."""
 
     guidance: float = option("float", 7.5, "Classifier-free guidance (reference 7.5). With null-text inversion, "
                               "the inversion's guidance reconstructs the source exactly.", **GUIDANCE)
@@ -345,6 +345,16 @@ class SamplerOptions(Options):
         "float", 1.0, "Gen-1's temporal-consistency guidance w_t: 1 = the plain sampler at no extra cost; above 1 "
         "trades edit strength for smoothness across frames, at one extra frame-independent UNet pass per step.",
         min=0.0, max=4.0, step=0.05)
+    edit_guidance: float = option(
+        "float", 0.0, "Guidance away from the source prompt: each target's prediction gains s x (its conditional "
+        "prediction - the same latents' prediction under the source prompt and the same attention control), so "
+        "the swapped word (a colour) wins over what the inverted noise still holds of the old one. 0: off (the "
+        "reference). On, one more conditional pass per target and step while it acts.",
+        min=0.0, max=20.0, step=0.1)
+    edit_guidance_steps: float = option(
+        "fraction", 0.5, "Fraction of the steps, from the first, during which edit guidance acts (the colours "
+        "settle early; later it only pushes the new object's rim into the background).", min=0.0, max=1.0,
+        step=0.01)
     reuse_source_trajectory: bool = option(
         "bool", True, "With null-text inversion at the same guidance, the source branch replays the inversion's "
         "trajectory instead of computing it again.", widget=False)

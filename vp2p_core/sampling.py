@@ -6,6 +6,13 @@ unconditional pass when its trajectory is already known (null-text inversion at 
 the inversion's guided steps *are* the source branch) or when it samples with its conditional
 prediction alone (``fast``, ``negative_prompt``): 1 + 2n clip evaluations per step instead of 2 + 2n.
 
+Edit guidance (``edit_guidance`` = s, for the first ``edit_guidance_steps`` of the steps) adds n contrast rows
+after the targets: the source prompt at each target's latents, under the target's attention control; the target's
+guided eps gains s (eps(x_tgt, target) - eps(x_tgt, source)). Like a negative prompt that names the source, but
+added to the usual guidance instead of replacing its unconditional pass, and with the attention control on both
+sides, so the difference is the swapped words' alone: the new colour wins over the old one that the inverted
+noise still carries (the small world's recolours that failed, BENCHMARKS.md). Not in the reference: 0 is off.
+
 Gen-1's temporal-consistency guidance (``temporal_guidance`` = w_t) mixes in the prediction of the same
 network with frames made independent: eps = eps_img(x, null) + w_t (eps_vid(x, null) - eps_img(x, null))
 + w (eps_vid(x, c) - eps_vid(x, null)). w_t = 1 is the plain sampler and costs nothing extra; other values
@@ -89,6 +96,7 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
     work per frame over the whole clip: each window's maps go to its frames, weighted as its predictions are."""
     check_edit_inputs(model, inversion, plan)
     guidance, decoupled, temporal_guidance = options.guidance, options.decoupled_guidance, options.temporal_guidance
+    edit_guidance = options.edit_guidance
     f = inversion.num_frames
     if num_frames is not None and num_frames != f:
         raise VP2PInputError(f"latents: {num_frames} frames, but the inversion was made from {f}")
@@ -101,6 +109,8 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
     schedule = DDIMSchedule(inversion.schedule, inversion.num_steps)
     n = plan.num_targets
     T = schedule.num_steps
+    eg = options.edit_guidance_steps
+    eg_start, eg_end = (int(v * T) for v in ((0.0, eg) if isinstance(eg, float) else eg))
     mode = inversion.mode
     src_needs_uncond = mode == "null_text"
     trajectory = None
@@ -132,8 +142,13 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
     try:
         with torch.no_grad():
             for i, t in enumerate(schedule.timesteps.tolist()):
+                contrast = bool(edit_guidance) and eg_start <= i < eg_end
+                ctrl.contrast = contrast
                 clips = [x_src.unsqueeze(0), x_tgt]
                 texts = [src_emb, tgt_emb]
+                if contrast:  # the source prompt at the targets' latents
+                    clips.append(x_tgt)
+                    texts.append(src_emb.expand(n, -1, -1))
                 if src_needs_uncond:
                     clips.append(x_src.unsqueeze(0))
                     texts.append(inversion.uncond_for_step(i).to(dev, dtype))
@@ -142,7 +157,8 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
                 x_in = torch.cat(clips)  # [clips, F, C, h, w]
                 text = torch.cat(texts)
                 n_clips = x_in.shape[0]
-                target_rows = list(range(1, 1 + n)) + list(range(n_clips - n, n_clips))
+                k = ctrl.controlled_clips
+                target_rows = list(range(1, k)) + list(range(n_clips - n, n_clips))
                 windows = context.windows(f, step=i) if context is not None else whole_clip(f)
                 ctrl.set_windows(windows)
 
@@ -158,11 +174,13 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
                     eps = schedule.to_eps(out, t, flat).view(-1, fw, *x_T.shape[1:])
                     eps_tgt_c, eps_tgt_u = eps[1:1 + n], eps[-n:]
                     eps_tgt = eps_tgt_u + guidance * (eps_tgt_c - eps_tgt_u)
+                    if contrast:
+                        eps_tgt = eps_tgt + edit_guidance * (eps_tgt_c - eps[1 + n:k])
                     if temporal_guidance != 1.0:
                         eps_img = independent_prediction(model, schedule, xw[-n:], t, target_uncond(i),
                                                          _rows(extra, (n_clips - n) * fw))
                         eps_tgt = eps_tgt + (temporal_guidance - 1.0) * (eps_tgt_u - eps_img)
-                    return torch.cat([eps[:1], eps[1 + n:1 + n + int(src_needs_uncond)], eps_tgt])
+                    return torch.cat([eps[:1], eps[k:k + int(src_needs_uncond)], eps_tgt])
 
                 fused = fuse(predict, x_in, windows)
                 ctrl.leave_windows()
@@ -183,6 +201,7 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
                 loop.step(i + 1, preview=x_tgt[0])
     finally:
         state.controller = None
+        ctrl.contrast = False
     stats = {"forwards": state.forward_clips - evals0, "source_uncond": src_needs_uncond,
              "reused_source_trajectory": trajectory is not None}
     maps, mask = ctrl.attention_maps(), ctrl.edit_mask()

@@ -248,7 +248,10 @@ def run_case(comps: Components, case: Case, method: str, delta, latents, inversi
     src = render(case.scene)
     source_prompt = src.caption
     target_prompt = render(case.target_scene).caption
-    edit = EditOptions(edit_mode="none") if method == "tune_a_video" else case_edit(case, edit)
+    if method == "tune_a_video":  # the target prompt alone: no attention control, no guidance from the source
+        edit, sampler = EditOptions(edit_mode="none"), sampler.replace(edit_guidance=0.0)
+    else:
+        edit = case_edit(case, edit)
     plan = comps.plan(source_prompt, target_prompt, options=edit)
     state = model.state
     e0, t0 = state.forward_clips, time.perf_counter()
