@@ -21,8 +21,8 @@ class VideoP2PSampler(io.ComfyNode):
             description="Edits the inverted clip: source and target branches start from the same x_T, the target's "
                         "attention follows the edit, and local blend keeps everything outside the edited words. "
                         "edit_guidance pushes the targets away from the source prompt where a swapped word (a colour) "
-                        "does not take. Optional Gen-1 guidance: temporal_guidance smooths the edit across frames, structure makes "
-                        "it follow a structure clip (depth, edges) through a ControlNet.",
+                        "does not take. Optional Gen-1 guidance: temporal_guidance smooths the edit across frames, "
+                        "structure makes it follow a structure clip (depth, edges) through a ControlNet.",
             inputs=[
                 VP2PModelIO.Input("vp2p_model", tooltip="The tuned video model the inversion was made with."),
                 VP2PInversionIO.Input("inversion", tooltip="From NullTextVideoInvert or LoadVP2PInversion."),

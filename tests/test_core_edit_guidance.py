@@ -89,3 +89,30 @@ def test_contrast_rows_take_the_source_maps_where_the_targets_do():
     blue = plan.cross_replace_words[0][0][0]  # 'blue' takes the source's maps for the first 0.2 of the steps only
     assert ctrl.equalizer.max() == 2.0 and not bool(ctrl.alpha[7][0].any())
     assert ctrl.alpha[3][0].sum() == 77 - len(blue) and not bool(ctrl.alpha[3][0, blue].any())
+
+
+def test_contrast_rows_take_the_targets_control_at_the_source_tokens():
+    """The contrast rows hold the source's words, so a target's per-token control moves to the source's tokens
+    through the alignment: in a refine edit that inserts 'blue' (reweighted 2x, its own injection window), 'ball'
+    and 'grass' keep their targets' values at their source positions, and the inserted word's weight and window
+    land on no source token (they would, on 'ball', 'on' and 'grass', if read at the target's positions)."""
+    from vp2p_core.text import word_token_indices
+
+    tok = ToyTokenizer()
+    source, target = "a ball on grass", "a big blue ball on grass"
+    plan = build_edit_plan(tok, source, target, options=EditOptions(edit_mode="refine", cross_replace=0.5,
+                                                                    reweight_words="blue", reweight_values="2"),
+                           cross_replace_words={"blue": (0.0, 0.2)})
+    ctrl = AttentionController(plan, num_steps=10, num_frames=1, latent_hw=(8, 8), blend_layers=[])
+    assert ctrl.equalizer.max() == 2.0 and torch.equal(ctrl.contrast_equalizer, torch.ones(1, 77))
+    for word in ("ball", "grass"):
+        s_idx, t_idx = word_token_indices(source, word, tok), word_token_indices(target, word, tok)
+        assert s_idx != t_idx  # the insertion shifts them
+        torch.testing.assert_close(ctrl.contrast_alpha[:, 0, s_idx], ctrl.alpha[:, 0, t_idx])
+    blue = word_token_indices(target, "blue", tok)
+    assert not bool(ctrl.alpha[3, 0, blue].any()) and bool(ctrl.contrast_alpha[3, 0, :6].eq(1).all())
+    # a word swap whose words keep their positions: the contrast rows' control is the target's own
+    swap = build_edit_plan(tok, "a red ball on grass", "a blue ball on grass",
+                           options=EditOptions(reweight_words="blue", reweight_values="2"))
+    same = AttentionController(swap, num_steps=10, num_frames=1, latent_hw=(8, 8), blend_layers=[])
+    assert torch.equal(same.contrast_alpha, same.alpha) and torch.equal(same.contrast_equalizer, same.equalizer)

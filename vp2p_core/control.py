@@ -85,6 +85,23 @@ class EditPlan:
         return alpha
 
 
+def at_source_tokens(plan: EditPlan, values: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Per-target-token ``values`` [..., n, 77] moved to the source's tokens through the plan's alignment, for the
+    contrast rows (which hold the source's words). replace: each source token takes the mean over the target tokens
+    it maps to; refine: each aligned target token's value goes to its source token, ``fill`` (same shape) stays
+    where no target token is aligned (words the target dropped); none: unchanged (no control)."""
+    if plan.mode == "replace":
+        m = plan.mapper.to(values)  # [n, source 77, target 77]
+        return torch.einsum("bwk,...bk->...bw", m, values) / m.sum(-1).clamp_min(1e-12)
+    if plan.mode == "refine":
+        out = fill.clone()
+        for b in range(plan.num_targets):
+            aligned = plan.refine_alphas[b].bool()
+            out[..., b, plan.mapper[b][aligned]] = values[..., b, aligned]
+        return out
+    return values
+
+
 def _fraction_pair(v) -> tuple[float, float]:
     """A fraction of the steps (0..v) or a (start, end) pair, as checked by EditOptions."""
     return (0.0, float(v)) if isinstance(v, (int, float)) else (float(v[0]), float(v[1]))
@@ -198,6 +215,11 @@ class AttentionController:
         self.mapper = plan.mapper.to(dev) if plan.mapper is not None else None
         self.refine_alphas = plan.refine_alphas.to(dev) if plan.refine_alphas is not None else None
         self.equalizer = plan.equalizer.to(dev) if plan.equalizer is not None else None
+        # the contrast rows' control: the targets' per-token injection and reweighting, at the source's tokens
+        window = dataclasses.replace(plan, cross_replace_words=[]).cross_alpha(num_steps)  # every word alike
+        self.contrast_alpha = at_source_tokens(plan, plan.cross_alpha(num_steps), fill=window).to(dev)
+        self.contrast_equalizer = None if plan.equalizer is None else \
+            at_source_tokens(plan, plan.equalizer, fill=torch.ones_like(plan.equalizer)).to(dev)
         self.blend_layers = set(blend_layers)
         self.reads_blend = plan.blend is not None or plan.store_maps
         self.map_sum: Optional[torch.Tensor] = None  # [1+n, F, N, 77] summed over steps and blend layers
@@ -275,9 +297,11 @@ class AttentionController:
         alpha = self.alpha[self.cur_step][:, None, None, None, :]
         out = probs.clone()
         out[1:1 + n] = new * alpha + probs[1:1 + n] * (1 - alpha)
-        if self.contrast:  # the source's own words under the target's control: its maps where the target takes
-            contrast = base * alpha + probs[1 + n:] * (1 - alpha)  # the source's, the target's reweighting
-            out[1 + n:] = contrast if self.equalizer is None else contrast * self.equalizer[:, None, None, None, :]
+        if self.contrast:  # the source's own words under the target's control, at the source's tokens: its maps
+            a = self.contrast_alpha[self.cur_step][:, None, None, None, :]  # where the target takes the source's,
+            contrast = base * a + probs[1 + n:] * (1 - a)  # and the target's reweighting
+            eq = self.contrast_equalizer
+            out[1 + n:] = contrast if eq is None else contrast * eq[:, None, None, None, :]
         return out
 
     # -- called by the sampler ------------------------------------------------------------------
