@@ -1,9 +1,9 @@
 """The editing loop: source and target branches from the same x_T, decoupled guidance, attention control.
 
 Batch per step (clips): [source cond, target cond x n] (the controlled rows the controller reads; while edit
-guidance acts, n contrast rows follow them), then [source uncond] when it is needed, then [target uncond x n]. The source branch needs no
-unconditional pass when its trajectory is already known (null-text inversion at the same guidance:
-the inversion's guided steps *are* the source branch) or when it samples with its conditional
+guidance acts, n contrast rows follow them), then [source uncond] when it is needed, then [target uncond x n].
+The source branch needs no unconditional pass when its trajectory is already known (null-text inversion at the
+same guidance: the inversion's guided steps *are* the source branch) or when it samples with its conditional
 prediction alone (``fast``, ``negative_prompt``): 1 + 2n clip evaluations per step instead of 2 + 2n.
 
 Edit guidance (``edit_guidance`` = s, for the first ``edit_guidance_steps`` of the steps) adds n contrast rows
