@@ -25,7 +25,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         assert key in figures
     # composited by default: the background outside the blend mask is the source's own
     assert figures["background_psnr"] >= figures["background_psnr_decoded"]
-    assert report["unet_evaluations"]["edit"] == 4 * 3  # source cond + target cond/uncond per step
+    # source cond + target cond/uncond per step, and the world's edit guidance's contrast row in the first half
+    assert report["unet_evaluations"]["edit"] == 4 * 3 + 2
 
 
 def test_demo_reports_bad_prompts_clearly(tmp_path, capsys):
