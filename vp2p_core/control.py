@@ -102,8 +102,8 @@ def at_source_tokens(plan: EditPlan, values: torch.Tensor, fill: torch.Tensor) -
     return values
 
 
-def _fraction_pair(v) -> tuple[float, float]:
-    """A fraction of the steps (0..v) or a (start, end) pair, as checked by EditOptions."""
+def fraction_pair(v) -> tuple[float, float]:
+    """A fraction of the steps (0..v) or a (start, end) pair, as a "fraction" option checks it."""
     return (0.0, float(v)) if isinstance(v, (int, float)) else (float(v[0]), float(v[1]))
 
 
@@ -131,8 +131,8 @@ def build_edit_plan(tokenizer: TokenizerLike, source_prompt: str, target_prompts
         same_len = all(len(prompt_words(t, tokenizer)) == n_source for t in targets)
         mode = "replace" if same_len else "refine"
     plan = EditPlan(source_prompt=source_prompt, target_prompts=targets, mode=mode,
-                    cross_replace=_fraction_pair(options.cross_replace),
-                    self_replace=_fraction_pair(options.self_replace), self_replace_on=options.self_replace_on,
+                    cross_replace=fraction_pair(options.cross_replace),
+                    self_replace=fraction_pair(options.self_replace), self_replace_on=options.self_replace_on,
                     frame_replace_max_tokens=options.frame_replace_max_tokens)
     if mode == "replace":
         plan.mapper = torch.stack([replacement_mapper(source_prompt, t, tokenizer) for t in targets])
@@ -145,7 +145,7 @@ def build_edit_plan(tokenizer: TokenizerLike, source_prompt: str, target_prompts
         idx = [word_token_indices(t, word, tokenizer) for t in targets]
         if not any(idx):
             raise VP2PInputError(f"cross_replace_words: the word {word!r} is in no target prompt {targets!r}")
-        pair = _fraction_pair(dataclasses.replace(fraction, name=f"cross_replace_words[{word!r}]").check(frac))
+        pair = fraction_pair(dataclasses.replace(fraction, name=f"cross_replace_words[{word!r}]").check(frac))
         plan.cross_replace_words.append((idx, pair))
     reweight = options.reweight()
     if reweight:
@@ -211,13 +211,14 @@ class AttentionController:
         self.contrast = False  # this step's batch has the contrast rows (set by the sampler)
         self.cur_step = 0
         dev = device or torch.device("cpu")
-        self.alpha = plan.cross_alpha(num_steps).to(dev)
+        alpha = plan.cross_alpha(num_steps)
+        self.alpha = alpha.to(dev)
         self.mapper = plan.mapper.to(dev) if plan.mapper is not None else None
         self.refine_alphas = plan.refine_alphas.to(dev) if plan.refine_alphas is not None else None
         self.equalizer = plan.equalizer.to(dev) if plan.equalizer is not None else None
         # the contrast rows' control: the targets' per-token injection and reweighting, at the source's tokens
         window = dataclasses.replace(plan, cross_replace_words=[]).cross_alpha(num_steps)  # every word alike
-        self.contrast_alpha = at_source_tokens(plan, plan.cross_alpha(num_steps), fill=window).to(dev)
+        self.contrast_alpha = at_source_tokens(plan, alpha, fill=window).to(dev)
         self.contrast_equalizer = None if plan.equalizer is None else \
             at_source_tokens(plan, plan.equalizer, fill=torch.ones_like(plan.equalizer)).to(dev)
         self.blend_layers = set(blend_layers)

@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 
 from .context import ContextWindows, Window, fuse, whole_clip
-from .control import AttentionController, EditPlan, blend_layer_names
+from .control import AttentionController, EditPlan, blend_layer_names, fraction_pair
 from .errors import VP2PInputError
 from .host import Host
 from .inflation import cross_attention_layers, frame_state, video_forward
@@ -109,8 +109,7 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
     schedule = DDIMSchedule(inversion.schedule, inversion.num_steps)
     n = plan.num_targets
     T = schedule.num_steps
-    eg = options.edit_guidance_steps
-    eg_start, eg_end = (int(v * T) for v in ((0.0, eg) if isinstance(eg, float) else eg))
+    eg_start, eg_end = (int(v * T) for v in fraction_pair(options.edit_guidance_steps))
     mode = inversion.mode
     src_needs_uncond = mode == "null_text"
     trajectory = None
