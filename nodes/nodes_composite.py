@@ -7,7 +7,7 @@ batches one to one; with several target prompts, repeat the source frames once p
 Batch) so each target's frames meet the clip's. With ``source_images`` connected, ``refine_radius`` above 0 snaps
 the mask's blocky edge to the edges of the clip and the edit (``vp2p_core.composite.refine_mask``), and
 ``change_threshold`` above 0 hands back to the source the pixels the edit hardly changed (the VAE's halo and lost
-texture around the object; ``vp2p_core.composite.change_weight``), and ``occluder_threshold`` above 0 those of
+texture around the object, on the source's background; ``vp2p_core.composite.change_weight``), and ``occluder_threshold`` above 0 those of
 something in front of the object (``vp2p_core.composite.occluder_mask``).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from vp2p_core import CompositeOptions, VP2PInputError, change_weight, composite_mask
+from vp2p_core import CompositeOptions, VP2PInputError, composite_alpha, composite_mask
 
 from .schema import CATEGORY, VP2PMapsIO, widgets
 from .types import VP2PMaps
@@ -73,13 +73,8 @@ class BlendMask(io.ComfyNode):
         if options.change_threshold <= 0 and options.refine_radius <= 0 and options.occluder_threshold <= 0:
             return io.NodeOutput(composite_mask(mask, size, options, what="images").flatten(0, 1).float().cpu())
         edited, source = cls._edit_and_source(images, source_images, n, f, options.change_threshold > 0)
-        guides = None
-        if options.refine_radius > 0 or options.occluder_threshold > 0:
-            # colour channels only: an RGBA or grey clip beside an RGB edit is fine
-            guides = (source[..., :3].expand(*edited.shape[:-1], -1), edited[..., :3])
-        alpha = composite_mask(mask, size, options, what="images", guides=guides)
-        if options.change_threshold > 0:
-            alpha = alpha * change_weight(edited, source, options.change_threshold).to(alpha.device, torch.float32)
+        # colour channels only: an RGBA or grey clip beside an RGB edit is fine
+        alpha = composite_alpha(mask, edited=edited, source=source, options=options, what="images")
         return io.NodeOutput(alpha.flatten(0, 1).float().cpu())
 
     @staticmethod

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from vp2p_core import (AttentionController, CompositeOptions, EditOptions, VP2PInputError, build_edit_plan,
-                       change_weight, composite_frames, composite_mask)
-from vp2p_core.composite import (dilate_mask, feather_mask, image_mask, occluder_mask, refine_mask,
+                       change_weight, composite_alpha, composite_frames, composite_mask)
+from vp2p_core.composite import (background_distance, dilate_mask, feather_mask, image_mask, occluder_mask, refine_mask,
                                   smooth_mask_frames)
 from vp2p_core.pipeline import vae_factor
 from vp2p_world.tiny import ToyTokenizer
@@ -278,11 +278,46 @@ def test_change_threshold_keeps_what_the_edit_left_and_stays_near_the_edit(thres
     region = composite_mask(mask, (32, 32), options).bool()
     assert torch.equal(out[~region], source[~region]) and torch.equal(plain[~region], source[~region])
     d = (edited - source).abs().amax(-1)
-    small, large = region & (d <= threshold / 2), region & (d >= 1.5 * threshold)
+    # where the source is unlike the background around the mask and the edit like it, the edit took the object
+    # away: no hand-back there (test_change_threshold_does_not_bring_back_what_a_shape_swap_took_away)
+    to_source, to_edit = background_distance((source, edited), image_mask(mask, (32, 32), options))
+    removed = (to_source > threshold) & (to_edit <= threshold)
+    small, large = region & (d <= threshold / 2) & ~removed, region & (d >= 1.5 * threshold)
     assert small.any() and large.any() and (region & ~small & ~large).any(), "the test needs every part of the ramp"
+    assert (region & removed).any(), "the test needs pixels the edit took away"
+    assert torch.equal(out[region & removed], edited[region & removed]), "what the edit took away came back"
     assert torch.equal(out[small], source[small]), "a pixel the edit hardly changed is not the source's"
     assert torch.equal(out[large], edited[large]), "a pixel the edit changed is not the edit's"
     assert float((out - edited).abs()[region].max()) <= 9 / 16 * threshold + 1e-6
+
+
+def test_change_threshold_does_not_bring_back_what_a_shape_swap_took_away():
+    """A square on a background a little like it (0.25 apart in one channel; with the edit's 0.03 offset, its
+    corners change by 0.22, inside the ramp at threshold 0.2) becomes a disc: the square's corners, background in the edit, stay the edit's, not the square's; where the disc
+    covers the square (the edit's colour within the ramp's foot of the source's) and on the background around it,
+    the source's pixels come back as before."""
+    size, threshold = 32, 0.2
+    background, square = torch.tensor([0.2, 0.4, 0.6]), torch.tensor([0.2, 0.4, 0.85])
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    in_square = (yy >= 8) & (yy < 24) & (xx >= 8) & (xx < 24)
+    in_disc = (yy - 15.5) ** 2 + (xx - 15.5) ** 2 <= 7.5 ** 2
+    source = background.expand(F_, size, size, 3).clone()
+    source[:, in_square] = square
+    edited = background.expand(F_, size, size, 3) + 0.03  # the VAE's round trip: a little off everywhere
+    edited[:, in_disc] = square + 0.03
+    mask = torch.zeros(F_, 1, size // 4, size // 4)
+    mask[..., 2:6, 2:6] = 1  # the square's cells
+    options = CompositeOptions(composite=True, mask_dilation=0, feather=0, change_threshold=threshold)
+    out = composite_frames(edited=edited, source=source, mask=mask, options=options)
+    corners = in_square & ~in_disc
+    assert torch.equal(out[:, corners], edited[:, corners]), "the square's corners came back"
+    assert torch.equal(out[:, in_disc], source[:, in_disc]), "the disc's pixels over the square are not handed back"
+    # the ramp alone (no mask: what change_weight did before) hands the corners back to the square
+    ramp = change_weight(edited, source, threshold)
+    assert float(ramp[:, corners].max()) < 1.0
+    # composite_alpha (what Blend Mask hands ComfyUI) is the weight composite_frames blends with
+    alpha = composite_alpha(mask, edited=edited, source=source, options=options)
+    assert torch.equal(alpha[:, corners], torch.ones_like(alpha[:, corners])) and not alpha[:, in_disc].any()
 
 
 def test_change_threshold_is_checked():

@@ -7,8 +7,9 @@ two dimensions are height and width; dilation is by a square, so a square grows 
 side, and the feather is a linear ramp laid inside the dilated region's border, so it never reaches past it.
 Before that, ``refine_mask`` can move the mask's blocky edge (one block per latent pixel of the attention grid) onto
 the edges of the frames; inside the mask, ``change_weight`` can hand back to the source the pixels the edit hardly
-changed: the VAE's halo and lost texture around an edited object, and ``occluder_mask`` the pixels of something in
-front of the object, which the coarse mask takes in.
+changed (the VAE's halo and lost texture around an edited object, but not what the edit took away), and
+``occluder_mask`` the pixels of something in front of the object, which the coarse mask takes in. ``composite_alpha``
+is the whole weight of the edit, for ``composite_frames`` and ComfyUI's Blend Mask node alike.
 """
 from __future__ import annotations
 
@@ -148,6 +149,20 @@ def _segment_distance(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torc
     return (x - (a + t.clamp(0.0, 1.0) * ab)).norm(dim=-1)
 
 
+def _ring_colours(colours: torch.Tensor, m: torch.Tensor) -> list[torch.Tensor]:
+    """Per frame, the colour of the background around a binary mask: the median of the ring from ``OCCLUDER_RING``'s
+    near to its far distance outside the mask (colours [N, H, W, C], m [N, 1, H, W]); NaNs where the ring has fewer
+    than ``OCCLUDER_MIN_PIXELS`` pixels."""
+    near, far = OCCLUDER_RING
+    ring = (dilate_mask(m, far) - dilate_mask(m, near))[:, 0].gt(0.5)
+    nan = torch.full((colours.shape[-1],), float("nan"), device=m.device)
+    out = []
+    for i in range(m.shape[0]):
+        ring_colours = colours[i][ring[i]]
+        out.append(ring_colours.median(dim=0).values if ring_colours.shape[0] >= OCCLUDER_MIN_PIXELS else nan)
+    return out
+
+
 def occluder_mask(source: torch.Tensor, mask: torch.Tensor, threshold: float, reach: int = 0) -> torch.Tensor:
     """The pixels of a binary mask [..., F, H, W] (frames on the last leading dimension), or of the mask grown by
     ``reach`` pixels, that belong neither to the masked object nor to the background around it, judged on the
@@ -170,19 +185,15 @@ def occluder_mask(source: torch.Tensor, mask: torch.Tensor, threshold: float, re
     _check_guides((source,), mask)
     t = float(threshold)
     colours = source.reshape(-1, *source.shape[-3:]).to(m.device, torch.float32)[..., :3]
-    near, far = OCCLUDER_RING
-    ring = (dilate_mask(m, far) - dilate_mask(m, near))[:, 0].gt(0.5)
     inside = m[:, 0].gt(0.5)
     tested = dilate_mask(m, reach)[:, 0].gt(0.5)
     frames = lead[-1] if len(lead) else 1
     nan = torch.full((colours.shape[-1],), float("nan"), device=m.device)
-    background, unlike, medians = [], [], []
+    background, unlike, medians = _ring_colours(colours, m), [], []
     for i in range(m.shape[0]):
-        ring_colours = colours[i][ring[i]]
-        bg = ring_colours.median(dim=0).values if ring_colours.shape[0] >= OCCLUDER_MIN_PIXELS else nan
+        bg = background[i]
         masked = colours[i][inside[i]]
         far_from_bg = masked[(masked - bg).norm(dim=-1) > t] if not bg.isnan().any() else masked[:0]
-        background.append(bg)
         unlike.append(far_from_bg)
         medians.append(far_from_bg.median(dim=0).values if far_from_bg.shape[0] >= OCCLUDER_MIN_PIXELS else nan)
     # the object's colour of each clip: the median of its frames' medians (frames on the last leading dimension)
@@ -236,18 +247,25 @@ def composite_mask(mask: torch.Tensor, size: Sequence[int], options: CompositeOp
     ``image_mask`` (upsampled; refined with ``guides`` where ``refine_radius`` asks), dilated by ``mask_dilation``
     and feathered by ``feather`` pixels. The occluders that ``occluder_threshold`` finds, inside the dilated mask
     too, stay 0, and the feather's ramp runs along their edges as along the mask's."""
+    return _composite_mask(mask, size, options, what, guides)[0]
+
+
+def _composite_mask(mask: torch.Tensor, size: Sequence[int], options: CompositeOptions, what: str,
+                    guides: Optional[Sequence[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """composite_mask, and the image mask it grew from (before its dilation, with its occluders)."""
     m, occluders = _image_masks(mask, size, options, guides, what, reach=options.mask_dilation)
     if occluders is None:
-        return feather_mask(dilate_mask(m, options.mask_dilation), options.feather)
+        return feather_mask(dilate_mask(m, options.mask_dilation), options.feather), m
     keep = 1.0 - occluders
-    return feather_mask(dilate_mask(m * keep, options.mask_dilation) * keep, options.feather)
+    return feather_mask(dilate_mask(m * keep, options.mask_dilation) * keep, options.feather), m
 
 
 # change_weight's ramp, in units of the threshold: the source's pixel below the first, the edit's above the second
 CHANGE_RAMP = (0.5, 1.5)
 
 
-def change_weight(edited: torch.Tensor, source: torch.Tensor, threshold: float) -> torch.Tensor:
+def change_weight(edited: torch.Tensor, source: torch.Tensor, threshold: float,
+                  mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """How much of the edit to keep where it hardly changed the source: frames [..., H, W, C] in 0..1 ->
     [..., H, W] in 0..1. With d the largest difference of a pixel's colour channels (the first three; an alpha
     channel does not count), 0 where d <= threshold / 2, 1 where d >= 1.5 * threshold, linear between
@@ -255,13 +273,54 @@ def change_weight(edited: torch.Tensor, source: torch.Tensor, threshold: float) 
     weight moves no pixel of the edit by more than (1 - w) * d <= 9/16 * threshold (the ramp's worst point, d =
     3/4 threshold), so the edit's own changes stay; what goes is the VAE's round trip (halo, lost texture) where
     the edit had nothing to change. Per pixel, no blur: a blurred difference would spread the object's change
-    into the halo around it."""
+    into the halo around it.
+
+    With ``mask`` (the image mask [..., H, W] the composite grew from), no pixel is handed back where the edit took
+    the object away: where the source's pixel is unlike the background around the mask and the edit's is like it
+    (``background_distance``: farther / not farther than ``threshold``). A shape swap's old corners, where the edit
+    draws a background a little like the old object (a blue star's points on water), came back otherwise; where
+    both are the object (a shape swap's overlap, a recolour's unchanged shading), the hand-back stays."""
     t = float(threshold)
     if t <= 0:
         return torch.ones(edited.shape[:-1], dtype=edited.dtype, device=edited.device)
-    d = (edited[..., :3] - source[..., :3].to(edited.device, edited.dtype)).abs().amax(-1)
+    src = source[..., :3].to(edited.device, edited.dtype)
+    d = (edited[..., :3] - src).abs().amax(-1)
     low, high = CHANGE_RAMP
-    return ((d - low * t) / ((high - low) * t)).clamp(0.0, 1.0)
+    w = ((d - low * t) / ((high - low) * t)).clamp(0.0, 1.0)
+    if mask is None:
+        return w
+    lead = w.shape
+    to_source, to_edit = background_distance((src.expand(*lead, 3), edited[..., :3]), mask.to(w.device).expand(lead))
+    removed = (to_source > t) & (to_edit <= t)  # NaN (no ring) compares False: the ramp alone
+    return torch.where(removed, torch.ones_like(w), w)
+
+
+def background_distance(frames: Sequence[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
+    """For each of ``frames`` ([..., H, W, C] in 0..1, the first the source), every pixel's largest channel
+    difference from the colour around the binary mask [..., H, W] on its frame in the first (``_ring_colours``: the
+    median of a ring just outside the mask); NaN on a frame whose ring is too small to tell. Tensors [..., H, W]."""
+    m, lead = _planes(mask)
+    flat = [x[..., :3].reshape(-1, *x.shape[-3:-1], min(3, x.shape[-1])).to(m.device, torch.float32)
+            for x in frames]
+    background = torch.stack(_ring_colours(flat[0], m))[:, None, None, :]  # [N, 1, 1, C]
+    return [(x - background).abs().amax(-1).reshape(*lead, *m.shape[-2:]) for x in flat]
+
+
+def composite_alpha(mask: torch.Tensor, *, edited: torch.Tensor, source: torch.Tensor,
+                    options: CompositeOptions = CompositeOptions(), what: str = "mask") -> torch.Tensor:
+    """The composite's weight of the edit [..., H, W] (1 = the edit's pixel, 0 = the source's): ``composite_mask``
+    of the blend mask [..., 1, h, w], refined and cleared of occluders with the source frames and the edit as its
+    guides where the options ask, times ``change_weight`` on the source's background (``options.change_threshold``).
+    edited: the decoded edit [..., H, W, C]; source: the frames it was made from, broadcastable to it. What
+    ``composite_frames`` blends with, and Blend Mask hands ComfyUI."""
+    src = source[..., :3].to(edited.device, edited.dtype).expand(*edited.shape[:-1], -1)
+    guides = (src, edited[..., :3]) if options.refine_radius > 0 or options.occluder_threshold > 0 else None
+    alpha, m = _composite_mask(mask, edited.shape[-3:-1], options, what, guides)
+    alpha = alpha.to(edited.device)
+    if options.change_threshold > 0:
+        weight = change_weight(edited, src, options.change_threshold, mask=m)
+        alpha = alpha * weight.to(alpha.dtype)
+    return alpha
 
 
 def _image_shape(x, what: str) -> tuple[int, ...]:
@@ -300,10 +359,7 @@ def composite_frames(*, edited: torch.Tensor, source: torch.Tensor, mask: torch.
         raise VP2PInputError(f"mask: expected the edit's blend mask [{', '.join(map(str, lead))}, 1, h, w], got "
                              f"{shape}")
     src = source.to(edited.device, edited.dtype)
-    alpha = composite_mask(mask, e_shape[-3:-1], options, guides=(src.expand(e_shape), edited)).to(edited.device)
-    if options.change_threshold > 0:
-        alpha = alpha * change_weight(edited, src, options.change_threshold)
-    alpha = alpha[..., None]
+    alpha = composite_alpha(mask, edited=edited, source=src, options=options)[..., None]
     # alpha * edit + (1 - alpha) * source: exactly the source where alpha is 0, exactly the edit where it is 1
     return alpha * edited + (1.0 - alpha) * src
 

@@ -416,6 +416,8 @@ class CompositeOptions(Options):
         "whose largest channel difference from the source frame (0..1) is below half this value is the source's, "
         "above 1.5x it is the edit's, a linear ramp between; so where the mask is whole, the composite stays within "
         "9/16 of this value of the decoded edit. Removes the VAE's halo and lost texture around an edited object. "
+        "Never where the edit took the object away (the source's pixel farther than this value from the colour around "
+        "the mask, the edit's not): a shape swap's old corners stay gone. "
         "Needs the source frames (Blend Mask: source_images). 0: off (the whole mask is the edit's).",
         min=0.0, max=1.0, step=0.01)
     refine_radius: int = option(
