@@ -275,11 +275,13 @@ def change_weight(edited: torch.Tensor, source: torch.Tensor, threshold: float,
     the edit had nothing to change. Per pixel, no blur: a blurred difference would spread the object's change
     into the halo around it.
 
-    With ``mask`` (the image mask [..., H, W] the composite grew from), no pixel is handed back where the edit took
-    the object away: where the source's pixel is unlike the background around the mask and the edit's is like it
-    (``background_distance``: farther / not farther than ``threshold``). A shape swap's old corners, where the edit
-    draws a background a little like the old object (a blue star's points on water), came back otherwise; where
-    both are the object (a shape swap's overlap, a recolour's unchanged shading), the hand-back stays."""
+    With ``mask`` (the image mask [..., H, W] the composite grew from), each pixel is also judged against the colour
+    of the background around the mask (``background_distance``: like it within ``threshold``, largest channel
+    difference). Where the source's pixel is unlike it and the edit's like it, the edit took the object away, and
+    nothing is handed back: a shape swap's old corners, where the edit draws a background a little like the old
+    object (a blue star's points on water), came back otherwise. Where both are like it, the pixel is background
+    in both, and the source's comes back whole (at most 2 * threshold from the edit's): the faint rim of the new
+    colour the VAE smears past the object's edge goes. Elsewhere (both the object: a shape swap's overlap, a recolour's shading), the ramp alone."""
     t = float(threshold)
     if t <= 0:
         return torch.ones(edited.shape[:-1], dtype=edited.dtype, device=edited.device)
@@ -291,8 +293,9 @@ def change_weight(edited: torch.Tensor, source: torch.Tensor, threshold: float,
         return w
     lead = w.shape
     to_source, to_edit = background_distance((src.expand(*lead, 3), edited[..., :3]), mask.to(w.device).expand(lead))
-    removed = (to_source > t) & (to_edit <= t)  # NaN (no ring) compares False: the ramp alone
-    return torch.where(removed, torch.ones_like(w), w)
+    # NaN (a frame without a ring) compares False: the ramp alone
+    w = torch.where((to_source > t) & (to_edit <= t), torch.ones_like(w), w)  # the edit took the object away
+    return torch.where((to_source <= t) & (to_edit <= t), torch.zeros_like(w), w)  # background in both
 
 
 def background_distance(frames: Sequence[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:

@@ -414,10 +414,12 @@ class CompositeOptions(Options):
     change_threshold: float = option(
         "float", 0.0, "Inside the mask, keep the source's pixel where the decoded edit hardly changed it: a pixel "
         "whose largest channel difference from the source frame (0..1) is below half this value is the source's, "
-        "above 1.5x it is the edit's, a linear ramp between; so where the mask is whole, the composite stays within "
-        "9/16 of this value of the decoded edit. Removes the VAE's halo and lost texture around an edited object. "
-        "Never where the edit took the object away (the source's pixel farther than this value from the colour around "
-        "the mask, the edit's not): a shape swap's old corners stay gone. "
+        "above 1.5x it is the edit's, a linear ramp between. Removes the VAE's halo and lost texture around an edited "
+        "object. Judged also against the colour around the mask (within this value: like the background): where the "
+        "edit took the object away (the source's pixel unlike it, the edit's like it), the edit's pixel, so a shape "
+        "swap's old corners stay gone; where both are like it, the source's, so the new colour's faint rim goes. "
+        "Where the mask is whole, the composite stays within 9/16 of this value of the decoded edit (twice the "
+        "value on background in both). "
         "Needs the source frames (Blend Mask: source_images). 0: off (the whole mask is the edit's).",
         min=0.0, max=1.0, step=0.01)
     refine_radius: int = option(
