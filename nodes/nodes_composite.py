@@ -20,7 +20,9 @@ from vp2p_core import CompositeOptions, VP2PInputError, composite_alpha, composi
 from .schema import CATEGORY, VP2PMapsIO, widgets
 from .types import VP2PMaps
 
-COMPOSITE_WIDGETS = ["mask_dilation", "feather", "change_threshold", "refine_radius", "occluder_threshold"]
+# in the order of a saved workflow's widget values; recolour_margin came later, so it is last and optional
+COMPOSITE_WIDGETS = ["mask_dilation", "feather", "change_threshold", "refine_radius", "occluder_threshold",
+                     "recolour_margin"]
 
 
 class BlendMask(io.ComfyNode):
@@ -45,7 +47,7 @@ class BlendMask(io.ComfyNode):
                                        "change_threshold (pixels the edit hardly changed keep the source's), "
                                        "refine_radius (the mask snaps to the frames' edges) and occluder_threshold "
                                        "(what is in front of the object keeps the source's pixels)."),
-                *widgets(CompositeOptions, COMPOSITE_WIDGETS),
+                *widgets(CompositeOptions, COMPOSITE_WIDGETS, optional=["recolour_margin"]),
             ],
             outputs=[io.Mask.Output("mask", display_name="mask",
                                     tooltip="One mask per edited frame (all frames of target 1, then target 2, ...) "
@@ -71,10 +73,12 @@ class BlendMask(io.ComfyNode):
                                  + (f" for each of {n} targets" if n > 1 else "")
                                  + "; expected the decoded edit or the clip's frames")
         if options.change_threshold <= 0 and options.refine_radius <= 0 and options.occluder_threshold <= 0:
-            return io.NodeOutput(composite_mask(mask, size, options, what="images").flatten(0, 1).float().cpu())
+            return io.NodeOutput(composite_mask(mask, size, options, what="images",
+                                                outline=attention_maps.blend_outline).flatten(0, 1).float().cpu())
         edited, source = cls._edit_and_source(images, source_images, n, f, options.change_threshold > 0)
         # colour channels only: an RGBA or grey clip beside an RGB edit is fine
-        alpha = composite_alpha(mask, edited=edited, source=source, options=options, what="images")
+        alpha = composite_alpha(mask, edited=edited, source=source, options=options,
+                                outline=attention_maps.blend_outline, what="images")
         return io.NodeOutput(alpha.flatten(0, 1).float().cpu())
 
     @staticmethod

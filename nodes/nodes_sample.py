@@ -76,6 +76,6 @@ class VideoP2PSampler(io.ComfyNode):
             res = sample_edit(vm, inversion, edit.plan, options=options, host=make_host(vp2p_model, extra=extra),
                               structure=guide, context=context)
         maps = VP2PMaps(maps=res.attention_maps, prompts=edit.prompts, token_labels=edit.token_labels,
-                        blend_mask=res.blend_mask)
+                        blend_mask=res.blend_mask, blend_outline=res.blend_outline)
         return io.NodeOutput(vp2p_model.comfy_latent(res.edited.flatten(0, 1)), vp2p_model.comfy_latent(res.source),
                              maps)

@@ -131,6 +131,7 @@ class VP2PMaps:
     prompts: list[str]
     token_labels: list[list[str]]
     blend_mask: Optional[torch.Tensor] = None  # [n, F, 1, h, w] where the edit is (EditResult.blend_mask), latent size
+    blend_outline: bool = False  # EditResult.blend_outline: the mask is the region the sampler blended in
 
 
 @dataclass(eq=False)

@@ -351,6 +351,26 @@ def test_change_threshold_hands_back_a_rim_that_is_background_in_both():
     assert torch.equal(out[:, in_square], edited[:, in_square]), "the recolour did not stay"
 
 
+def test_recolour_margin_off_pastes_an_outline_mask_with_a_hard_edge():
+    """An outline mask (EditResult.blend_outline: the region the sampler blended in) with recolour_margin off: the
+    composite's weight is the image mask itself, no dilation or feather, so every pixel outside it is the source's;
+    on, or for a grown blend's mask (outline=False), the margin as before."""
+    edited, source, mask = clip_pair()
+    options = CompositeOptions(composite=True, mask_dilation=4, feather=2, recolour_margin=False)
+    plain = image_mask(mask, (32, 32), options)
+    assert torch.equal(composite_mask(mask, (32, 32), options, outline=True), plain)
+    margin = composite_mask(mask, (32, 32), options.replace(recolour_margin=True))
+    assert torch.equal(composite_mask(mask, (32, 32), options), margin)  # a shape swap keeps its margin
+    assert torch.equal(composite_mask(mask, (32, 32), options.replace(recolour_margin=True), outline=True), margin)
+    assert float(margin.sum()) > float(plain.sum())
+    out = composite_frames(edited=edited, source=source, mask=mask, options=options, outline=True)
+    outside, inside = plain == 0, plain == 1
+    assert torch.equal(out[outside], source[outside]) and torch.equal(out[inside], edited[inside])
+    grown = composite_frames(edited=edited, source=source, mask=mask, options=options)
+    ring = (margin == 1) & outside
+    assert ring.any() and torch.equal(grown[ring], edited[ring])
+
+
 def test_change_threshold_is_checked():
     for bad in (-0.1, 1.5, "x"):
         with pytest.raises(VP2PInputError, match="^change_threshold: "):

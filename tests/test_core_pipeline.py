@@ -114,6 +114,13 @@ def test_local_blend_keeps_source_outside_mask(world, inversion):
     outside = (mask == 0).expand_as(res.edited[0])
     assert torch.equal(res.edited[0][outside], res.source[outside])
     assert (res.edited[0][~outside] - res.source[~outside]).abs().max() > 1e-4
+    # the same blend words in both prompts: an outline blend, and the exported mask is the very region blended in
+    # (what lets a composite paste it without a margin, CompositeOptions.recolour_margin); words that differ: a
+    # grown blend, whose exported outlines the edit may pass
+    assert res.blend_outline
+    swap = sample_edit(model, inversion, _plan(tok, emb, blend_words="red", blend_target_words="blue",
+                                               mask_threshold=0.9))
+    assert swap.blend_mask is not None and not swap.blend_outline
 
 
 def test_several_targets_share_the_source_branch(world, inversion):

@@ -31,6 +31,7 @@ from nodes.nodes_tune import OneShotTune
 from nodes.types import VP2PEdit, VP2PMaps, VP2PModel, vp2p_model_from_unet
 from vp2p_core import (SD_LATENT_SCALE, CompositeOptions, Delta, EditOptions, Inversion, VP2PInputError,
                        composite_frames, composite_mask)
+from vp2p_core.composite import image_mask
 from vp2p_world.tiny import ToyTokenizer, tiny_unet, toy_embed
 
 torch.set_num_threads(1)
@@ -357,6 +358,11 @@ def test_blend_mask_composites_through_comfyui_image_composite_masked(chain):
     assert torch.equal(out[outside], frames[outside]) and torch.equal(out[inside], images[inside])
     core = composite_frames(edited=images, source=frames, mask=maps.blend_mask[0], options=options)
     assert torch.allclose(out, core, atol=1e-6)
+    # a recolour's mask is the region the sampler blended in: with recolour_margin off, no dilation or feather
+    assert maps.blend_outline
+    hard = run(BlendMask, attention_maps=maps, images=images, mask_dilation=8, feather=4, recolour_margin=False)[0]
+    assert torch.equal(hard, image_mask(maps.blend_mask, (128, 128)).flatten(0, 1))
+    assert float(hard.sum()) < float(mask.sum()) and set(hard.unique().tolist()) <= {0.0, 1.0}
     # the source frames give the same mask; other frame counts or sizes are refused naming images
     assert torch.equal(run(BlendMask, attention_maps=maps, images=frames, mask_dilation=8, feather=4)[0], mask)
     for bad, message in [(images[:2], "images: 2 frames, but the edit has 3 frames"),

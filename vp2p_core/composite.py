@@ -242,22 +242,25 @@ def image_mask(mask: torch.Tensor, size: Sequence[int], options: CompositeOption
 
 
 def composite_mask(mask: torch.Tensor, size: Sequence[int], options: CompositeOptions = CompositeOptions(),
-                   what: str = "mask", guides: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+                   what: str = "mask", guides: Optional[Sequence[torch.Tensor]] = None,
+                   outline: bool = False) -> torch.Tensor:
     """The blend mask [..., 1, h, w] at latent size -> the composite's weight [..., H, W] at image size:
     ``image_mask`` (upsampled; refined with ``guides`` where ``refine_radius`` asks), dilated by ``mask_dilation``
-    and feathered by ``feather`` pixels. The occluders that ``occluder_threshold`` finds, inside the dilated mask
-    too, stay 0, and the feather's ramp runs along their edges as along the mask's."""
-    return _composite_mask(mask, size, options, what, guides)[0]
+    and feathered by ``feather`` pixels (neither for an ``outline`` mask, ``EditResult.blend_outline``, with
+    ``recolour_margin`` off). The occluders that ``occluder_threshold`` finds, inside the dilated mask too, stay 0,
+    and the feather's ramp runs along their edges as along the mask's."""
+    return _composite_mask(mask, size, options, what, guides, outline)[0]
 
 
 def _composite_mask(mask: torch.Tensor, size: Sequence[int], options: CompositeOptions, what: str,
-                    guides: Optional[Sequence[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+                    guides: Optional[Sequence[torch.Tensor]], outline: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """composite_mask, and the image mask it grew from (before its dilation, with its occluders)."""
-    m, occluders = _image_masks(mask, size, options, guides, what, reach=options.mask_dilation)
+    dilation, feather = (0, 0) if outline and not options.recolour_margin else (options.mask_dilation, options.feather)
+    m, occluders = _image_masks(mask, size, options, guides, what, reach=dilation)
     if occluders is None:
-        return feather_mask(dilate_mask(m, options.mask_dilation), options.feather), m
+        return feather_mask(dilate_mask(m, dilation), feather), m
     keep = 1.0 - occluders
-    return feather_mask(dilate_mask(m * keep, options.mask_dilation) * keep, options.feather), m
+    return feather_mask(dilate_mask(m * keep, dilation) * keep, feather), m
 
 
 # change_weight's ramp, in units of the threshold: the source's pixel below the first, the edit's above the second
@@ -310,15 +313,17 @@ def background_distance(frames: Sequence[torch.Tensor], mask: torch.Tensor) -> l
 
 
 def composite_alpha(mask: torch.Tensor, *, edited: torch.Tensor, source: torch.Tensor,
-                    options: CompositeOptions = CompositeOptions(), what: str = "mask") -> torch.Tensor:
+                    options: CompositeOptions = CompositeOptions(), outline: bool = False,
+                    what: str = "mask") -> torch.Tensor:
     """The composite's weight of the edit [..., H, W] (1 = the edit's pixel, 0 = the source's): ``composite_mask``
     of the blend mask [..., 1, h, w], refined and cleared of occluders with the source frames and the edit as its
     guides where the options ask, times ``change_weight`` on the source's background (``options.change_threshold``).
-    edited: the decoded edit [..., H, W, C]; source: the frames it was made from, broadcastable to it. What
+    edited: the decoded edit [..., H, W, C]; source: the frames it was made from, broadcastable to it; outline: the
+    mask is the region the sampler blended in (``EditResult.blend_outline``: no margin without ``recolour_margin``). What
     ``composite_frames`` blends with, and Blend Mask hands ComfyUI."""
     src = source[..., :3].to(edited.device, edited.dtype).expand(*edited.shape[:-1], -1)
     guides = (src, edited[..., :3]) if options.refine_radius > 0 or options.occluder_threshold > 0 else None
-    alpha, m = _composite_mask(mask, edited.shape[-3:-1], options, what, guides)
+    alpha, m = _composite_mask(mask, edited.shape[-3:-1], options, what, guides, outline)
     alpha = alpha.to(edited.device)
     if options.change_threshold > 0:
         weight = change_weight(edited, src, options.change_threshold, mask=m)
@@ -335,12 +340,13 @@ def _image_shape(x, what: str) -> tuple[int, ...]:
 
 
 def composite_frames(*, edited: torch.Tensor, source: torch.Tensor, mask: torch.Tensor,
-                     options: CompositeOptions = CompositeOptions()) -> torch.Tensor:
+                     options: CompositeOptions = CompositeOptions(), outline: bool = False) -> torch.Tensor:
     """The decoded edit over the source frames through the blend mask.
 
     edited: [F,H,W,C] or [n,F,H,W,C] frames in 0..1; source: the source clip [F,H,W,C], the frames the edit was
     made from, at the same size; mask: the edit's blend mask at latent size, [F,1,h,w] or [n,F,1,h,w]
-    (``EditResult.blend_mask``). Returns frames shaped as ``edited``: exactly the source's where the composite
+    (``EditResult.blend_mask``); outline: ``EditResult.blend_outline`` (with ``options.recolour_margin`` off, such a
+    mask is pasted without dilation or feather). Returns frames shaped as ``edited``: exactly the source's where the composite
     mask is 0 (outside the dilated mask), exactly the edit's where it is 1, a blend on the feather; with
     ``options.change_threshold`` the mask is also weighed by ``change_weight`` (the source's pixel where the
     edit hardly changed it), with ``options.refine_radius`` it is first snapped to the edges of the source and
@@ -362,7 +368,7 @@ def composite_frames(*, edited: torch.Tensor, source: torch.Tensor, mask: torch.
         raise VP2PInputError(f"mask: expected the edit's blend mask [{', '.join(map(str, lead))}, 1, h, w], got "
                              f"{shape}")
     src = source.to(edited.device, edited.dtype)
-    alpha = composite_alpha(mask, edited=edited, source=src, options=options)[..., None]
+    alpha = composite_alpha(mask, edited=edited, source=src, options=options, outline=outline)[..., None]
     # alpha * edit + (1 - alpha) * source: exactly the source where alpha is 0, exactly the edit where it is 1
     return alpha * edited + (1.0 - alpha) * src
 

@@ -411,6 +411,11 @@ class CompositeOptions(Options):
         "int", 8, "Soften the composite's edge over this many pixels inside the dilated mask's border (a linear "
         "ramp); pixels outside the dilated mask stay the source's exactly. At most mask_dilation keeps the whole "
         "undilated mask the edit's. 0: a hard edge.", min=0, max=256, step=1)
+    recolour_margin: bool = option(
+        "bool", True, "Grow and feather a recolour's mask too. A recolour's mask (an outline blend: the same blend "
+        "words in both prompts) is the very region the sampler blended in, so past it the decoded edit is only the "
+        "VAE's spill of the new colour; off pastes it with a hard edge, best once refine_radius snaps it to the "
+        "object's own edges. A shape swap's mask is always grown and feathered: its new outline may pass it.")
     change_threshold: float = option(
         "float", 0.0, "Inside the mask, keep the source's pixel where the decoded edit hardly changed it: a pixel "
         "whose largest channel difference from the source frame (0..1) is below half this value is the source's, "

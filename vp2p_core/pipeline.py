@@ -224,7 +224,8 @@ def run(components: Components, frames: torch.Tensor, source: str, targets: str 
                         "step); the decoded edit is returned as it is")
         else:
             edited = stage("composite", lambda: composite_frames(edited=decoded, source=frames.to(decoded.dtype),
-                                                                 mask=res.blend_mask, options=composite))
+                                                                 mask=res.blend_mask, options=composite,
+                                                                 outline=res.blend_outline))
             composited = True
     recon = stage("decode_source", lambda: cm.decode_latents(res.source))
     return RunResult(edited=edited, source=recon, edit=res, inversion=inv, delta=delta, timings=timings,

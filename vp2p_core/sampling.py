@@ -43,6 +43,9 @@ class EditResult:
     source: torch.Tensor  # [F,C,h,w]: the source branch's reconstruction
     attention_maps: Optional[torch.Tensor] = None  # [1+n,F,hb,wb,77] averaged over steps and blend layers
     blend_mask: Optional[torch.Tensor] = None  # [n,F,1,h,w] where the edit is (AttentionController.edit_mask)
+    # blend_mask is the very region the sampler blended in (an outline blend: a recolour), so outside it the edit's
+    # latents are the source's; False for a grown blend (a shape swap), whose new outline may pass the mask
+    blend_outline: bool = False
     stats: dict = field(default_factory=dict)
 
 
@@ -206,4 +209,5 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
     maps, mask = ctrl.attention_maps(), ctrl.edit_mask()
     return EditResult(edited=x_tgt.detach().cpu(), source=x_src.detach().cpu(),
                       attention_maps=None if maps is None else maps.cpu(),
-                      blend_mask=None if mask is None else mask.cpu(), stats=stats)
+                      blend_mask=None if mask is None else mask.cpu(), stats=stats,
+                      blend_outline=plan.blend is not None and plan.blend.region == "outline")

@@ -76,7 +76,7 @@ OUR_NODES = {
     "DecodeFrames": (["vae", "latent", "frames_per_chunk"], [], ["IMAGE"], False),
     "AttentionMaps": (["attention_maps", "frame", "cell_size"], [], ["IMAGE", "MASK"], False),
     "BlendMask": (["attention_maps", "images", "mask_dilation", "feather", "change_threshold", "refine_radius",
-                   "occluder_threshold"], ["source_images"], ["MASK"], False),
+                   "occluder_threshold"], ["source_images", "recolour_margin"], ["MASK"], False),
     "SaveVP2PDelta": (["vp2p_model", "filename"], [], ["STRING"], True),
     "LoadVP2PDelta": (["vp2p_model", "filename"], ["latent"], ["VP2P_MODEL"], False),
     "SaveVP2PInversion": (["inversion", "filename"], [], ["STRING"], True),
