@@ -7,8 +7,10 @@ batches one to one; with several target prompts, repeat the source frames once p
 Batch) so each target's frames meet the clip's. With ``source_images`` connected, ``refine_radius`` above 0 snaps
 the mask's blocky edge to the edges of the clip and the edit (``vp2p_core.composite.refine_mask``), and
 ``change_threshold`` above 0 hands back to the source the pixels the edit hardly changed (the VAE's halo and lost
-texture around the object, on the source's background; ``vp2p_core.composite.change_weight``), and ``occluder_threshold`` above 0 those of
-something in front of the object (``vp2p_core.composite.occluder_mask``).
+texture around the object, on the source's background; ``vp2p_core.composite.change_weight``), and
+``occluder_threshold`` above 0 those of something in front of the object (``vp2p_core.composite.occluder_mask``).
+``recolour_margin`` off pastes a recolour's mask without dilation or feather (the sampler's maps say which kind of
+mask it is).
 """
 from __future__ import annotations
 

@@ -301,8 +301,8 @@ def test_change_threshold_keeps_what_the_edit_left_and_stays_near_the_edit(thres
 def test_change_threshold_does_not_bring_back_what_a_shape_swap_took_away():
     """A square on a background a little like it (0.25 apart in one channel; with the edit's 0.03 offset, its
     corners change by 0.22, inside the ramp at threshold 0.2) becomes a disc: the square's corners, background in
-    the edit, stay the edit's, not the square's; where the disc covers the square (the edit's colour within the ramp's foot of the source's) and on the background around it,
-    the source's pixels come back as before."""
+    the edit, stay the edit's, not the square's; where the disc covers the square (the edit's colour within the
+    ramp's foot of the source's) and on the background around it, the source's pixels come back as before."""
     size, threshold = 32, 0.2
     background, square = torch.tensor([0.2, 0.4, 0.6]), torch.tensor([0.2, 0.4, 0.85])
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")

@@ -20,7 +20,7 @@ __all__ = [
     "AttentionController", "CompositeOptions", "DDIMConfig", "DDIMSchedule", "DecodeOptions", "Delta", "EditOptions",
     "EditPlan", "EditResult", "Host", "InflationOptions", "Interrupted", "Inversion", "InversionOptions", "Options",
     "SD_LATENT_SCALE", "SD_VAE_FACTOR", "SamplerOptions", "StructureGuidance", "StructureOptions", "TuneOptions",
-    "VP2PInputError", "VideoModel", "apply_delta", "blur_structure", "build_edit_plan", "change_weight", "composite_alpha",
-    "composite_frames", "composite_mask", "diffusers_controlnet", "inflate_unet", "invert", "is_inflated",
-    "one_shot_tune", "sample_edit", "trainable_parameter_names", "trained_weights", "video_forward",
+    "VP2PInputError", "VideoModel", "apply_delta", "blur_structure", "build_edit_plan", "change_weight",
+    "composite_alpha", "composite_frames", "composite_mask", "diffusers_controlnet", "inflate_unet", "invert",
+    "is_inflated", "one_shot_tune", "sample_edit", "trainable_parameter_names", "trained_weights", "video_forward",
 ]

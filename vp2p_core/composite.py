@@ -284,7 +284,8 @@ def change_weight(edited: torch.Tensor, source: torch.Tensor, threshold: float,
     nothing is handed back: a shape swap's old corners, where the edit draws a background a little like the old
     object (a blue star's points on water), came back otherwise. Where both are like it, the pixel is background
     in both, and the source's comes back whole (at most 2 * threshold from the edit's): the faint rim of the new
-    colour the VAE smears past the object's edge goes. Elsewhere (both the object: a shape swap's overlap, a recolour's shading), the ramp alone."""
+    colour the VAE smears past the object's edge goes. Elsewhere (both the object: a shape swap's overlap, a
+    recolour's shading), the ramp alone."""
     t = float(threshold)
     if t <= 0:
         return torch.ones(edited.shape[:-1], dtype=edited.dtype, device=edited.device)
@@ -319,8 +320,8 @@ def composite_alpha(mask: torch.Tensor, *, edited: torch.Tensor, source: torch.T
     of the blend mask [..., 1, h, w], refined and cleared of occluders with the source frames and the edit as its
     guides where the options ask, times ``change_weight`` on the source's background (``options.change_threshold``).
     edited: the decoded edit [..., H, W, C]; source: the frames it was made from, broadcastable to it; outline: the
-    mask is the region the sampler blended in (``EditResult.blend_outline``: no margin without ``recolour_margin``). What
-    ``composite_frames`` blends with, and Blend Mask hands ComfyUI."""
+    mask is the region the sampler blended in (``EditResult.blend_outline``: no margin without
+    ``recolour_margin``). What ``composite_frames`` blends with, and Blend Mask hands ComfyUI."""
     src = source[..., :3].to(edited.device, edited.dtype).expand(*edited.shape[:-1], -1)
     guides = (src, edited[..., :3]) if options.refine_radius > 0 or options.occluder_threshold > 0 else None
     alpha, m = _composite_mask(mask, edited.shape[-3:-1], options, what, guides, outline)
@@ -346,8 +347,8 @@ def composite_frames(*, edited: torch.Tensor, source: torch.Tensor, mask: torch.
     edited: [F,H,W,C] or [n,F,H,W,C] frames in 0..1; source: the source clip [F,H,W,C], the frames the edit was
     made from, at the same size; mask: the edit's blend mask at latent size, [F,1,h,w] or [n,F,1,h,w]
     (``EditResult.blend_mask``); outline: ``EditResult.blend_outline`` (with ``options.recolour_margin`` off, such a
-    mask is pasted without dilation or feather). Returns frames shaped as ``edited``: exactly the source's where the composite
-    mask is 0 (outside the dilated mask), exactly the edit's where it is 1, a blend on the feather; with
+    mask is pasted without dilation or feather). Returns frames shaped as ``edited``: exactly the source's where the
+    composite mask is 0 (outside the dilated mask), exactly the edit's where it is 1, a blend on the feather; with
     ``options.change_threshold`` the mask is also weighed by ``change_weight`` (the source's pixel where the
     edit hardly changed it), with ``options.refine_radius`` it is first snapped to the edges of the source and
     the edit (``refine_mask``), and with ``options.occluder_threshold`` what is in front of the object keeps the
