@@ -411,6 +411,30 @@ def test_refine_mask_moves_the_blocky_edge_onto_the_object():
         refine_mask(coarse, (frames[:, :32],), radius=4)
 
 
+def test_a_recolours_mask_snaps_to_the_source_alone():
+    """A recolour whose edit sags past the object (a blob of the new colour below the disc, inside the blocks of the
+    attention grid the disc touches). Snapped to the source and the edit, the mask follows the edit's sag; for an
+    outline mask (EditResult.blend_outline: a recolour, which keeps its outline) it snaps to the source's edges
+    alone and is the disc."""
+    frames, discs = disc_clip()
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    edited = frames.clone()
+    sags = []
+    for i in range(F_):
+        sag = (yy >= 40) & (yy < 44) & ((xx - 27 - 2 * i).abs() <= 5) & ~discs[i]
+        edited[i][discs[i] | sag] = torch.tensor([0.1, 0.1, 0.9])
+        sags.append(sag)
+    sags = torch.stack(sags)
+    blocks = torch.nn.functional.max_pool2d(discs.float()[:, None], 4)  # every latent cell the disc touches
+    options = CompositeOptions(refine_radius=8)
+    both = image_mask(blocks, (64, 64), options, guides=(frames, edited)).bool()
+    source_only = image_mask(blocks, (64, 64), options, guides=(frames, edited), outline=True).bool()
+    assert float(both[sags].float().mean()) > 0.5, "the test needs a mask that follows the edit's sag"
+    assert not source_only[sags].any()
+    for r, d in zip(source_only, discs):
+        assert _iou(r, d) > 0.95, _iou(r, d)
+
+
 def test_refine_mask_keeps_the_old_shape_and_the_new_one_of_a_shape_swap():
     """Square -> disc: the blocks cover the disc and most of the square, not its corners. The mask is snapped to the
     source frame alone as well as to both frames' colours, so the square's corners (source: square, edit:

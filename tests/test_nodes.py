@@ -390,7 +390,8 @@ def test_blend_mask_composites_through_comfyui_image_composite_masked(chain):
                change_threshold=0.3, refine_radius=6)[0]
     out = comfyui_image_composite_masked().composite(destination=frames, source=near, x=0, y=0,
                                                     resize_source=False, mask=mask)[0]
-    core = composite_frames(edited=near, source=frames, mask=maps.blend_mask[0], options=refined)
+    core = composite_frames(edited=near, source=frames, mask=maps.blend_mask[0], options=refined,
+                           outline=maps.blend_outline)
     assert torch.allclose(out, core, atol=1e-6)
     unrefined = run(BlendMask, attention_maps=maps, images=near, source_images=frames, mask_dilation=8, feather=4,
                     change_threshold=0.3)[0]
@@ -400,13 +401,15 @@ def test_blend_mask_composites_through_comfyui_image_composite_masked(chain):
     alone = run(BlendMask, attention_maps=maps, images=near, source_images=rgba, mask_dilation=8, feather=4,
                 refine_radius=6)[0]
     assert torch.equal(alone, composite_mask(maps.blend_mask, (128, 128), refined.replace(change_threshold=0.0),
-                                             guides=(frames.expand(1, *frames.shape), near[None])).flatten(0, 1))
+                                             guides=(frames.expand(1, *frames.shape), near[None]),
+                                             outline=maps.blend_outline).flatten(0, 1))
     run(BlendMask, attention_maps=maps, images=frames, source_images=frames, refine_radius=6)
     # occluder_threshold: the core's occluder test on the source frames, through the node
     found = run(BlendMask, attention_maps=maps, images=near, source_images=frames, mask_dilation=8, feather=4,
                 occluder_threshold=0.3)[0]
     assert torch.equal(found, composite_mask(maps.blend_mask, (128, 128), options.replace(occluder_threshold=0.3),
-                                             guides=(frames.expand(1, *frames.shape), near[None])).flatten(0, 1))
+                                             guides=(frames.expand(1, *frames.shape), near[None]),
+                                             outline=maps.blend_outline).flatten(0, 1))
     whole = run(BlendMask, attention_maps=maps, images=near, source_images=frames, mask_dilation=8, feather=4)[0]
     assert (found <= whole).all() and not torch.equal(found, whole), "the noise frames' odd colours were not taken out"
     needs = "source_images: change_threshold, refine_radius and occluder_threshold above 0"

@@ -213,8 +213,8 @@ def occluder_mask(source: torch.Tensor, mask: torch.Tensor, threshold: float, re
 
 
 def _image_masks(mask: torch.Tensor, size: Sequence[int], options: CompositeOptions,
-                 guides: Optional[Sequence[torch.Tensor]], what: str,
-                 reach: int = 0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                 guides: Optional[Sequence[torch.Tensor]], what: str, reach: int = 0,
+                 outline: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """image_mask before its occluders are taken out, and the occluders within ``reach`` pixels of it (None with
     occluder_threshold 0)."""
     if mask.dim() < 3 or mask.shape[-3] != 1:
@@ -225,19 +225,23 @@ def _image_masks(mask: torch.Tensor, size: Sequence[int], options: CompositeOpti
             raise VP2PInputError(f"{what}: {name} > 0 compares the mask with the frames, so it needs the source "
                                  f"frames and the decoded edit; give them or set {name} to 0")
     if options.refine_radius > 0:
-        m = refine_mask(m, guides, radius=options.refine_radius)
+        # a recolour keeps the object's outline: its mask snaps to the source's edges alone, so it cannot follow an
+        # edit that drifts or sags past the object (a shape swap's needs the edit's edges too: its new outline)
+        m = refine_mask(m, guides[:1] if outline else guides, radius=options.refine_radius)
     if options.occluder_threshold <= 0:
         return m, None
     return m, occluder_mask(guides[0], m, options.occluder_threshold, reach=reach)
 
 
 def image_mask(mask: torch.Tensor, size: Sequence[int], options: CompositeOptions = CompositeOptions(),
-               guides: Optional[Sequence[torch.Tensor]] = None, what: str = "mask") -> torch.Tensor:
+               guides: Optional[Sequence[torch.Tensor]] = None, what: str = "mask",
+               outline: bool = False) -> torch.Tensor:
     """The blend mask [..., 1, h, w] at latent size -> a binary mask [..., H, W] at image size: upsampled, then
     with ``options.refine_radius`` snapped to the edges of ``guides`` (the source frames and the decoded edit,
-    [..., H, W, C] each) by ``refine_mask``, and with ``options.occluder_threshold`` without what is in front of
-    the object (``occluder_mask`` of the source frames)."""
-    m, occluders = _image_masks(mask, size, options, guides, what)
+    [..., H, W, C] each; for an ``outline`` mask, ``EditResult.blend_outline``, a recolour's, the source frames'
+    alone) by ``refine_mask``, and with ``options.occluder_threshold`` without what is in front of the object
+    (``occluder_mask`` of the source frames)."""
+    m, occluders = _image_masks(mask, size, options, guides, what, outline=outline)
     return m if occluders is None else m * (1.0 - occluders)
 
 
@@ -256,7 +260,7 @@ def _composite_mask(mask: torch.Tensor, size: Sequence[int], options: CompositeO
                     guides: Optional[Sequence[torch.Tensor]], outline: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """composite_mask, and the image mask it grew from (before its dilation, with its occluders)."""
     dilation, feather = (0, 0) if outline and not options.recolour_margin else (options.mask_dilation, options.feather)
-    m, occluders = _image_masks(mask, size, options, guides, what, reach=dilation)
+    m, occluders = _image_masks(mask, size, options, guides, what, reach=dilation, outline=outline)
     if occluders is None:
         return feather_mask(dilate_mask(m, dilation), feather), m
     keep = 1.0 - occluders

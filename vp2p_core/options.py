@@ -429,7 +429,8 @@ class CompositeOptions(Options):
         min=0.0, max=1.0, step=0.01)
     refine_radius: int = option(
         "int", 0, "Snap the blend mask to the edges of the frames before dilating it: a guided filter (He et al.) of "
-        "the mask, upsampled from the attention grid, with the source frame and the decoded edit as its guide, "
+        "the mask, upsampled from the attention grid, with the source frame and the decoded edit as its guide (a "
+        "recolour's: the source frame alone, since it keeps the object's outline and the edit may sag past it), "
         "over windows of this radius in pixels of the image; where it keeps more than half, the mask is on. At "
         "least a latent pixel (8 px in SD; the small world uses 8, two of its 4-px latent pixels) lets the mask's "
         "blocky edge move onto the object's; the cost grows with the radius squared. Needs the source frames (Blend "

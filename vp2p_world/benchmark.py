@@ -289,7 +289,8 @@ def run_case(comps: Components, case: Case, method: str, delta, latents, inversi
         source_frames = src.frames if frames is None else frames
         # the composite's own mask at frame size (refined, without occluders, before its dilation): what Blend
         # Mask hands ComfyUI
-        frame_mask = image_mask(blend_mask, edited_frames.shape[-3:-1], options, guides=(source_frames, edited_frames))
+        frame_mask = image_mask(blend_mask, edited_frames.shape[-3:-1], options, guides=(source_frames, edited_frames),
+                                outline=res.blend_outline)
         edited_frames = composite_frames(edited=edited_frames, source=source_frames, mask=blend_mask, options=options,
                                          outline=res.blend_outline)
     row = measure(case, src, edited_frames, recon_frames, blend_mask, frame_mask)
