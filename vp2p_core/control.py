@@ -335,6 +335,13 @@ class AttentionController:
         src = latents[:1]
         return src + mask * (latents - src)
 
+    @property
+    def edit_mask_is_blend_region(self) -> bool:
+        """Whether ``edit_mask`` is the very region the last step blended in (an outline blend: a recolour), so
+        that outside it the targets' latents are the source's; a grown blend exports the tighter outlines instead,
+        which the new shape may pass (``EditResult.blend_outline``)."""
+        return self.plan.blend is not None and self.plan.blend.region != "grown"
+
     def edit_mask(self) -> Optional[torch.Tensor]:
         """The mask an edit exports ([n, F, 1, h, w], None where no blend ran): where the clip was edited, for the
         composite and for ComfyUI. The last step's blend, except that a ``grown`` blend is exported as its outline
@@ -347,7 +354,7 @@ class AttentionController:
         0.85, worst frame 0.29 -> 0.80, background 31.6 -> 33.3 dB, accuracy 0.83 -> 0.85; BENCHMARKS.md, sixth
         run)."""
         blend = self.plan.blend
-        if self.last_mask is None or blend is None or blend.region != "grown":
+        if self.last_mask is None or self.edit_mask_is_blend_region:
             return self.last_mask
         return self.blend_mask(blend.threshold, dilation=blend.dilation, smoothing=blend.smoothing,
                                region="outline", source_only=False)[1:]

@@ -210,4 +210,4 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
     return EditResult(edited=x_tgt.detach().cpu(), source=x_src.detach().cpu(),
                       attention_maps=None if maps is None else maps.cpu(),
                       blend_mask=None if mask is None else mask.cpu(), stats=stats,
-                      blend_outline=plan.blend is not None and plan.blend.region == "outline")
+                      blend_outline=ctrl.edit_mask_is_blend_region)
