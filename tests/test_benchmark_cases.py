@@ -178,6 +178,26 @@ def test_smoke_run_with_compositing(capsys, tmp_path):
     assert "| videop2p_fast+composite |" in capsys.readouterr().out
 
 
+def test_per_frame_p2p_composites_through_its_own_masks_on_request(tmp_path):
+    """p2p_per_frame+composite (for the paper's second claim, like with like): the same evaluations and edit
+    mask as per-frame P2P, the composite's columns filled, the background at least as close to the source; it is
+    not in the default methods (it inverts every frame again)."""
+    torch.manual_seed(0)
+    out = tmp_path / "rows.json"
+    assert benchmark.main(["--cases", "1", "--steps", "2", "--tune-steps", "1", "--frames", "4", "--no-write",
+                           "--methods", "p2p_per_frame,p2p_per_frame+composite", "--threads", "1",
+                           "--json", str(out)]) == 0
+    import json
+
+    plain, comp = json.loads(out.read_text())["rows"]
+    assert (plain["method"], comp["method"]) == ("p2p_per_frame", "p2p_per_frame+composite")
+    assert math.isnan(plain["image_mask_iou"]) and 0.0 <= comp["image_mask_iou_worst"] <= comp["image_mask_iou"] <= 1
+    assert comp["mask_iou"] == plain["mask_iou"] and comp["evaluations"] == plain["evaluations"]
+    assert comp["bg_psnr"] >= plain["bg_psnr"] - 1e-6
+    assert "p2p_per_frame+composite" in benchmark.METHODS
+    assert "p2p_per_frame+composite" not in benchmark.DEFAULT_METHODS
+
+
 def tuned_at_demo_settings(case, group_norm: str = "frame"):
     """The case's clip tuned at the demo's settings (world defaults: 60 tuning steps, fast inversion, both
     self-attentions replaced, edit guidance, composite; ``group_norm`` of the inflated model); returns
