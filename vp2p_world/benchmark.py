@@ -7,9 +7,9 @@ Methods: per-frame image P2P (no inflation effect, no tuning: every frame its ow
 image, its own null-text inversion), Tune-A-Video (inflate + tune + DDIM inversion + target prompt, no
 attention control), Video-P2P with null-text, fast and negative-prompt inversion, and Video-P2P null-text and
 fast (and, on request, per-frame P2P) with the decoded edit composited over the source frames through the
-local-blend mask (``+composite``:
-vp2p_core.composite with the small world's CompositeOptions defaults; edits without blend words, the background
-cases, stay as decoded). Each clip is tuned once; Tune-A-Video and the Video-P2P variants share that delta.
+local-blend mask (``+composite``: vp2p_core.composite with the small world's CompositeOptions defaults; edits
+without blend words, the background cases, stay as decoded). Each clip is tuned once; Tune-A-Video and the
+Video-P2P variants share that delta.
 
 The suite: the first 12 cases are the original still-world ones (kept as they were so older figures compare);
 the cases after them edit clips that move (camera pan / zoom, lighting drift / flicker, a growing object, an
