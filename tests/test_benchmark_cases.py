@@ -178,6 +178,31 @@ def test_smoke_run_with_compositing(capsys, tmp_path):
     assert "| videop2p_fast+composite |" in capsys.readouterr().out
 
 
+def test_held_out_clips_are_the_quoted_set_and_none_is_in_the_suite():
+    """--held-out N: seeds 401.., every other clip moving, every third a shape swap; the same clips on every call,
+    none of them a suite clip, every swap to another shape / colour."""
+    cases = benchmark.held_out_cases(24)
+    assert [int(c.name.split()[0]) for c in cases] == list(range(401, 425))
+    assert sum(c.kind == "shape" for c in cases) == 8 and sum(c.kind == "colour" for c in cases) == 16
+    assert [c.kind for c in cases[:3]] == ["colour", "colour", "shape"]
+    assert sum(c.moving for c in cases[1::2]) >= 10 and not any(c.scene.camera != "none" for c in cases[0::2])
+    assert [(c.name, c.scene) for c in benchmark.held_out_cases(24)] == [(c.name, c.scene) for c in cases]
+    suite_scenes = {c.scene for c in benchmark.suite(8)}
+    assert not any(c.scene in suite_scenes for c in cases)
+    for c in cases:
+        assert c.target_scene != c.scene and c.blend == (c.scene.shape)
+        assert c.blend_target == (c.change.get("shape") if c.kind == "shape" else None)
+    assert cases[1].name == "402 yellow->red triangle"  # the clip BENCHMARKS.md quotes by name
+
+
+def test_held_out_run_names_its_own_clips(capsys):
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(["--held-out", "3", "--only", "402 yellow->red triangle;red->blue ball", "--no-write"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "no case named 'red->blue ball'" in err and "403 triangle->star" in err
+
+
 def test_per_frame_p2p_composites_through_its_own_masks_on_request(tmp_path):
     """p2p_per_frame+composite (for the paper's second claim, like with like): the same evaluations and edit
     mask as per-frame P2P, the composite's columns filled, the background at least as close to the source; it is
