@@ -195,6 +195,12 @@ def test_held_out_clips_are_the_quoted_set_and_none_is_in_the_suite():
     assert cases[1].name == "402 yellow->red triangle"  # the clip BENCHMARKS.md quotes by name
 
 
+def test_negative_held_out_count_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(["--held-out", "-2", "--no-write"])
+    assert e.value.code == 2 and "--held-out: expected a number of clips >= 0, got -2" in capsys.readouterr().err
+
+
 def test_held_out_run_names_its_own_clips(capsys):
     with pytest.raises(SystemExit) as e:
         benchmark.main(["--held-out", "3", "--only", "402 yellow->red triangle;red->blue ball", "--no-write"])

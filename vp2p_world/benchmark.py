@@ -2,6 +2,7 @@
 
     python -m vp2p_world.benchmark                 # the full suite, writes the table into BENCHMARKS.md
     python -m vp2p_world.benchmark --cases 2 --steps 10 --tune-steps 10 --no-write   # a quick look
+    python -m vp2p_world.benchmark --held-out 24 --methods videop2p_fast+composite   # clips no setting was chosen on
 
 Methods: per-frame image P2P (no inflation effect, no tuning: every frame its own
 image, its own null-text inversion), Tune-A-Video (inflate + tune + DDIM inversion + target prompt, no
@@ -515,6 +516,8 @@ def main(argv=None) -> int:
         composite = options_from_args(a, CompositeOptions, composite=True)  # the +composite methods composite
     except VP2PInputError as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
+    if a.held_out < 0:
+        p.exit(2, f"{p.prog}: error: --held-out: expected a number of clips >= 0, got {a.held_out}\n")
     logging.basicConfig(level=logging.WARNING)
     if a.threads:
         torch.set_num_threads(a.threads)
