@@ -78,6 +78,10 @@ def test_rendered_truth_scores_as_a_perfect_edit(index):
     src, truth = render(case.scene), render(case.target_scene)
     row = benchmark.measure(case, src, truth.frames, src.frames)
     assert row["accuracy"] == 1.0, case.name
+    if case.kind == "shape":  # the new shape, and at the truth's size
+        assert row["shape_any_size"] == 1.0, case.name
+    else:
+        assert math.isnan(row["shape_any_size"]), case.name
     assert row["warp_error"] < 1e-3 and row["flicker_object"] < 1e-3 and row["flicker_background"] < 1e-3, row
     assert math.isnan(row["mask_iou"]) and math.isnan(row["mask_iou_worst"])  # no blend mask given
 
@@ -115,7 +119,7 @@ def test_markdown_renders_the_new_columns_and_nan_for_rows_without_them():
     new = dict(mask_iou=0.4, mask_iou_worst=0.25, warp_error=0.0123, flicker_object=0.0051, flicker_background=0.0007)
     rows = [_row("videop2p_fast", "a", "colour", 1.0, **new),
             _row("videop2p_fast+composite", "a", "colour", 1.0, **{**new, "mask_iou": 0.6}),
-            _row("videop2p_fast", "b", "shape", 0.5, **{**new, "mask_iou": float("nan")}),
+            _row("videop2p_fast", "b", "shape", 0.5, **{**new, "mask_iou": float("nan"), "shape_any_size": 1.0}),
             _row("p2p_per_frame", "a", "colour", 0.75)]  # an old row: none of the new figures
     summary = benchmark.summarise(rows)
     assert list(summary) == ["p2p_per_frame", "videop2p_fast", "videop2p_fast+composite"]
@@ -123,13 +127,16 @@ def test_markdown_renders_the_new_columns_and_nan_for_rows_without_them():
     assert benchmark.cell(summary["p2p_per_frame"], "warp_error") == "nan"
     md = benchmark.markdown(summary, rows, "cmd", {**META, "composite": dict(mask_dilation=0, feather=4)})
     for header in ("mask IoU", "mask IoU worst frame", "warp error", "object flicker", "background flicker",
-                   "edit accuracy", "background PSNR", "seconds", "UNet evaluations"):
+                   "edit accuracy", "shape swaps: new shape at any size", "background PSNR", "seconds",
+                   "UNet evaluations"):
         assert f"| {header} |" in md, header
-    assert ("| videop2p_fast | 0.75 | 20.00 | 25.00 | 0.500 | 0.400 | 0.250 | nan | nan | 0.0123 | 0.0051 | 0.0007 | "
+    assert ("| videop2p_fast | 0.75 | 1.00 | 20.00 | 25.00 | 0.500 | 0.400 | 0.250 | nan | nan | 0.0123 | 0.0051 | 0.0007 | "
             "0.0100 | 0.0200 | 30.00 | 1.0 | 10 |") in md
-    assert ("| a | p2p_per_frame | 0.75 | 20.00 | 25.00 | 0.500 | nan | nan | nan | nan | nan | nan | nan | 0.0100 |"
+    assert ("| a | p2p_per_frame | 0.75 | nan | 20.00 | 25.00 | 0.500 | nan | nan | nan | nan | nan | nan | nan | "
+            "0.0100 |"
             in md)
-    assert "| a | videop2p_fast+composite | 1.00 | 20.00 | 25.00 | 0.500 | 0.600 | 0.250 |" in md
+    assert "| a | videop2p_fast+composite | 1.00 | nan | 20.00 | 25.00 | 0.500 | 0.600 | 0.250 |" in md
+    assert "| b | videop2p_fast | 0.50 | 1.00 | 20.00 |" in md
     assert "feathered 4 px" in md
     assert "accuracy still" not in md  # rows without a motion label: no still / moving table
     moving = [{**r, "motion": "moving" if r["case"] == "b" else "still"} for r in rows]
@@ -169,7 +176,8 @@ def test_smoke_run_with_compositing(capsys, tmp_path):
     for r in rows:
         for k in benchmark.CASE_COLUMNS:
             composite_only = k.startswith("image_mask") and not r["method"].endswith("+composite")
-            assert math.isnan(r[k]) == composite_only, (r["method"], k)
+            shape_only = k == "shape_any_size"  # the first case is a recolour
+            assert math.isnan(r[k]) == (composite_only or shape_only), (r["method"], k)
         assert 0.0 <= r["mask_iou_worst"] <= r["mask_iou"] <= 1.0
     plain, comp = rows
     assert 0.0 <= comp["image_mask_iou_worst"] <= comp["image_mask_iou"] <= 1.0

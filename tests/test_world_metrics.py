@@ -66,6 +66,25 @@ def test_colour_shape_and_background_accuracy_on_rendered_truth():
     assert metrics.mask_iou(metrics.segment_object(blue.frames, blue), blue.masks) > 0.9
 
 
+def test_shape_at_any_size_tells_the_right_shape_at_another_size_from_a_wrong_shape():
+    """A star in place of a ball drawn at the ball's area (what the shipped model draws) is not the truth's star,
+    whose half-extent is the ball's: the accuracy fails it, the size-free figure counts it; the old shape counts
+    in neither. The size-free figure judges only frames whose truth reads as the shape asked for."""
+    scene = Scene(colour="yellow", shape="ball", background="water", path="bounce", seed=2, size=0.16)
+    ball, star = render(scene), render(scene.replace(shape="star"))
+    big_star = render(scene.replace(shape="star", size=0.22))
+    assert abs(int(big_star.masks.sum()) - int(ball.masks.sum())) < 0.05 * int(ball.masks.sum())  # the ball's area
+    assert metrics.shape_accuracy(big_star.frames, star, ball) == 0.0
+    assert metrics.shape_class_accuracy(big_star.frames, star, "star") == 1.0
+    assert metrics.shape_accuracy(star.frames, star, ball) == 1.0
+    assert metrics.shape_class_accuracy(star.frames, star, "star") == 1.0
+    assert metrics.shape_class_accuracy(ball.frames, star, "star") == 0.0
+    assert metrics.shape_class_accuracy(ball.frames, ball, "ball") == 1.0
+    assert math.isnan(metrics.shape_class_accuracy(ball.frames, star, "ball"))  # no frame of the truth reads as one
+    half = torch.cat([big_star.frames[:4], ball.frames[4:]])
+    assert metrics.shape_class_accuracy(half, star, "star") == 0.5
+
+
 def test_temporal_consistency():
     scene = Scene(colour="yellow", shape="triangle", background="snow", path="circle", seed=4)
     clip = render(scene)

@@ -53,7 +53,8 @@ DEFAULT_METHODS = ("p2p_per_frame", "tune_a_video", "videop2p_null_text", "video
 METHODS = (DEFAULT_METHODS[0], "p2p_per_frame+composite", *DEFAULT_METHODS[1:])
 COMPOSITE = "+composite"
 # per-row figures: key -> (summary / per-case header, format)
-COLUMNS = {"accuracy": ("edit accuracy", ".2f"), "psnr_truth": ("PSNR to truth", ".2f"),
+COLUMNS = {"accuracy": ("edit accuracy", ".2f"), "shape_any_size": ("shape swaps: new shape at any size", ".2f"),
+           "psnr_truth": ("PSNR to truth", ".2f"),
            "bg_psnr": ("background PSNR", ".2f"), "iou": ("structure IoU", ".3f"),
            "mask_iou": ("mask IoU", ".3f"), "mask_iou_worst": ("mask IoU worst frame", ".3f"),
            "image_mask_iou": ("image mask IoU", ".3f"), "image_mask_iou_worst": ("image mask IoU worst frame", ".3f"),
@@ -63,8 +64,8 @@ COLUMNS = {"accuracy": ("edit accuracy", ".2f"), "psnr_truth": ("PSNR to truth",
            "recon_psnr": ("inversion PSNR", ".2f"), "seconds": ("seconds", ".1f"),
            "evaluations": ("UNet evaluations", ".0f")}
 LABELS = ("method", "case", "kind", "motion")  # row fields that are not figures
-CASE_COLUMNS = ("accuracy", "psnr_truth", "bg_psnr", "iou", "mask_iou", "mask_iou_worst", "image_mask_iou",
-                "image_mask_iou_worst", "warp_error",
+CASE_COLUMNS = ("accuracy", "shape_any_size", "psnr_truth", "bg_psnr", "iou", "mask_iou", "mask_iou_worst",
+                "image_mask_iou", "image_mask_iou_worst", "warp_error",
                 "flicker_object", "flicker_background", "tc_object", "tc_background", "recon_psnr")
 
 
@@ -202,18 +203,33 @@ def world_cases(frames: int = 8) -> list[Case]:
     ]
 
 
-def edit_accuracy(case: Case, edited: torch.Tensor, truth) -> float:
-    """Share of frames where the edited attribute is right (hue / shape / background colour), judged on the frames
-    unlit by the truth's known light (frames / gains; the same frames where the light is steady), so that a
-    dimmed frame of the right colour counts as right."""
-    ts = case.target_scene
+def unlit(case: Case, edited: torch.Tensor, truth) -> torch.Tensor:
+    """The frames with the truth's known light undone (frames / gains; the same frames where the light is steady),
+    so that a dimmed frame of the right colour counts as right."""
     if case.scene.lighting != "none":
-        edited = (edited / truth.gains[:, None, None, :]).clamp(0, 1)
+        return (edited / truth.gains[:, None, None, :]).clamp(0, 1)
+    return edited
+
+
+def edit_accuracy(case: Case, edited: torch.Tensor, truth) -> float:
+    """Share of frames where the edited attribute is right (hue / shape / background colour), judged on the
+    ``unlit`` frames."""
+    ts = case.target_scene
+    edited = unlit(case, edited, truth)
     if case.kind in ("colour", "reweight"):
         return metrics.object_hue_accuracy(edited, truth.masks, ts.colour)
     if case.kind == "shape":
         return metrics.shape_accuracy(edited, truth, render(case.scene))
     return metrics.background_accuracy(edited, truth.masks, ts.background, case.scene.background)
+
+
+def shape_at_any_size(case: Case, edited: torch.Tensor, truth) -> float:
+    """A shape swap's share of frames whose object is the new shape at whatever size it was drawn
+    (``metrics.shape_class_accuracy`` on the ``unlit`` frames); nan for other edits. Beside the accuracy, which
+    also asks for the truth's size, it tells a wrong shape from the right shape at another size."""
+    if case.kind != "shape":
+        return float("nan")
+    return metrics.shape_class_accuracy(unlit(case, edited, truth), truth, case.target_scene.shape)
 
 
 def blend_mask_iou(blend_mask: Optional[torch.Tensor], object_masks: torch.Tensor) -> tuple[float, float]:
@@ -241,6 +257,7 @@ def measure(case: Case, source_clip, edited: torch.Tensor, recon: torch.Tensor,
     obj_masks = source_clip.masks | truth.masks
     row = {
         "accuracy": edit_accuracy(case, edited, truth),
+        "shape_any_size": shape_at_any_size(case, edited, truth),
         "psnr_truth": metrics.psnr(edited, truth.frames),
         "bg_psnr": (metrics.background_psnr(edited, source_clip.frames, metrics.object_region(source_clip, truth))
                     if case.kind != "background" else float("nan")),
@@ -366,7 +383,9 @@ def markdown(summary: dict, rows: list[dict], command: str, meta: dict) -> str:
              f"{meta['tune_seconds']:.0f} s for all clips){inflation_text(meta.get('inflation'))}; "
              f"self-attention replaced on: {meta['edit']['self_replace_on']}; "
              f"{control_text(meta['edit'])}{noise_text(meta.get('frame_noise', 0.0))}{composite_text(meta.get('composite'))}. "
-             "Accuracy = share of frames with the target attribute; "
+             "Accuracy = share of frames with the target attribute (a shape swap: nearer the truth's shape and size "
+             "than the source's); new shape at any size = a shape swap's share of frames whose object, fitted at its "
+             "own size, is the new shape (nan for other edits); "
              "PSNR in dB; colour/background change = mean frame-to-frame change (lower is steadier); "
              "background PSNR excludes the background-change cases and every pixel an object touches (in the "
              "source or the truth: the anti-aliased rim changes colour in the truth too); mask IoU = the edit's mask "

@@ -20,7 +20,6 @@ import json
 import logging
 import sys
 import time
-from collections import deque
 from pathlib import Path
 from typing import Optional
 
@@ -29,12 +28,11 @@ import torch
 
 from vp2p_core import InversionOptions, SamplerOptions
 
-from .metrics import OBJECT_DISTANCE, nearest_colour
-from .render import BACKGROUNDS, COLOURS, SHAPES, Scene, caption, random_scene, render, render_background, shape_coverage
+from .metrics import MIN_OBJECT_PIXELS, OBJECT_DISTANCE, classify_shape, largest_component, nearest_colour
+from .render import BACKGROUNDS, COLOURS, SHAPES, Scene, caption, random_scene, render, render_background
 
 log = logging.getLogger("vp2p_world.evaluate")
 WEIGHTS = Path(__file__).resolve().parent / "weights"
-MIN_OBJECT_PIXELS = 12
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,71 +90,13 @@ def sample(model: dict, prompts: list[str], steps: int = InversionOptions.steps,
 # classifying an image without its truth
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """Largest 4-connected region of a boolean [H,W] mask (BFS; images are tiny)."""
-    h, w = mask.shape
-    label = np.zeros((h, w), dtype=np.int32)
-    best, best_size, cur = 0, 0, 0
-    for y0, x0 in zip(*np.nonzero(mask)):
-        if label[y0, x0]:
-            continue
-        cur += 1
-        label[y0, x0] = cur
-        q, size = deque([(y0, x0)]), 0
-        while q:
-            y, x = q.popleft()
-            size += 1
-            for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
-                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not label[ny, nx]:
-                    label[ny, nx] = cur
-                    q.append((ny, nx))
-        if size > best_size:
-            best, best_size = cur, size
-    return label == best if best else np.zeros_like(mask)
-
-
 def segment_generated(image) -> np.ndarray:
     """Object mask [H,W] of one image: the largest region farther than OBJECT_DISTANCE from the
     image's median colour (the object covers well under half of a frame)."""
     img = np.asarray(image, dtype=np.float64)
     bg = np.median(img.reshape(-1, 3), axis=0)
     far = np.linalg.norm(img - bg, axis=-1) > OBJECT_DISTANCE
-    return _largest_component(far)
-
-
-_SHAPE_AREA: dict[str, float] = {}
-
-
-def _shape_area(shape: str) -> float:
-    """Area of a shape at half-extent 1 (measured by the renderer, so always consistent with it)."""
-    if shape not in _SHAPE_AREA:
-        _SHAPE_AREA[shape] = float((shape_coverage(shape, 32.0, 32.0, 20.0, 64) > 0.5).sum()) / 400.0
-    return _SHAPE_AREA[shape]
-
-
-def classify_shape(mask: np.ndarray) -> tuple[str, float]:
-    """Best-fitting world shape of a mask: each shape is scaled to the mask's area and its centroid
-    moved onto the mask's; returns (shape, IoU)."""
-    mask = np.asarray(mask, dtype=bool)
-    area = float(mask.sum())
-    if area < MIN_OBJECT_PIXELS:
-        return "none", 0.0
-    res = mask.shape[0]
-    ys, xs = np.nonzero(mask)
-    my, mx = ys.mean() + 0.5, xs.mean() + 0.5
-    best, best_iou = "none", -1.0
-    for shape in SHAPES:
-        half0 = np.sqrt(area / _shape_area(shape))
-        for half in (0.9 * half0, half0, 1.1 * half0):
-            t = shape_coverage(shape, mx, my, half, res) > 0.5
-            if not t.any():
-                continue
-            ty, tx = np.nonzero(t)
-            t = shape_coverage(shape, mx + (mx - tx.mean() - 0.5), my + (my - ty.mean() - 0.5), half, res) > 0.5
-            iou = float((t & mask).sum() / max((t | mask).sum(), 1))
-            if iou > best_iou:
-                best, best_iou = shape, iou
-    return best, best_iou
+    return largest_component(far)
 
 
 _BG_MEANS: Optional[dict[str, np.ndarray]] = None

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import colorsys
 import math
+from collections import deque
 from typing import Optional
 
 import numpy as np
 import torch
 
-from .render import BACKGROUNDS, COLOURS, Clip, render_background
+from .render import BACKGROUNDS, COLOURS, SHAPES, Clip, render_background, shape_coverage
 
 MAX_PSNR = 100.0
 OBJECT_DISTANCE = 0.25  # RGB distance from the background above which a pixel is the object
+MIN_OBJECT_PIXELS = 12  # fewer: no object found
 
 
 def _mean(values: list) -> float:
@@ -110,6 +112,83 @@ def shape_accuracy(edited, truth: Clip, source: Clip) -> float:
         it, io = mask_iou(s, t), mask_iou(s, o)
         hits += int(it > io and it > 0.5)
     return hits / seg.shape[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# shapes read off a mask without its truth (also vp2p_world.evaluate's classifier)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Largest 4-connected region of a boolean [H,W] mask (BFS; images are tiny)."""
+    h, w = mask.shape
+    label = np.zeros((h, w), dtype=np.int32)
+    best, best_size, cur = 0, 0, 0
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if label[y0, x0]:
+            continue
+        cur += 1
+        label[y0, x0] = cur
+        q, size = deque([(y0, x0)]), 0
+        while q:
+            y, x = q.popleft()
+            size += 1
+            for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not label[ny, nx]:
+                    label[ny, nx] = cur
+                    q.append((ny, nx))
+        if size > best_size:
+            best, best_size = cur, size
+    return label == best if best else np.zeros_like(mask)
+
+
+_SHAPE_AREA: dict[str, float] = {}
+
+
+def _shape_area(shape: str) -> float:
+    """Area of a shape at half-extent 1 (measured by the renderer, so always consistent with it)."""
+    if shape not in _SHAPE_AREA:
+        _SHAPE_AREA[shape] = float((shape_coverage(shape, 32.0, 32.0, 20.0, 64) > 0.5).sum()) / 400.0
+    return _SHAPE_AREA[shape]
+
+
+def classify_shape(mask: np.ndarray) -> tuple[str, float]:
+    """Best-fitting world shape of a mask: each shape is scaled to the mask's area and its centroid
+    moved onto the mask's; returns (shape, IoU)."""
+    mask = np.asarray(mask, dtype=bool)
+    area = float(mask.sum())
+    if area < MIN_OBJECT_PIXELS:
+        return "none", 0.0
+    res = mask.shape[0]
+    ys, xs = np.nonzero(mask)
+    my, mx = ys.mean() + 0.5, xs.mean() + 0.5
+    best, best_iou = "none", -1.0
+    for shape in SHAPES:
+        half0 = np.sqrt(area / _shape_area(shape))
+        for half in (0.9 * half0, half0, 1.1 * half0):
+            t = shape_coverage(shape, mx, my, half, res) > 0.5
+            if not t.any():
+                continue
+            ty, tx = np.nonzero(t)
+            t = shape_coverage(shape, mx + (mx - tx.mean() - 0.5), my + (my - ty.mean() - 0.5), half, res) > 0.5
+            iou = float((t & mask).sum() / max((t | mask).sum(), 1))
+            if iou > best_iou:
+                best, best_iou = shape, iou
+    return best, best_iou
+
+
+def shape_class_accuracy(edited, truth: Clip, shape: str) -> float:
+    """Share of frames whose segmented object (its largest region) is ``shape`` at whatever size it was drawn
+    (``classify_shape``). ``shape_accuracy`` also asks for the truth's size: a star in place of a ball at the
+    ball's area instead of its half-extent fails there and counts here. Judged on the frames where the truth's own
+    object reads as ``shape`` (an occluder crossing it cuts it into parts); nan where there is none."""
+    def shapes(frames) -> list[str]:
+        return [classify_shape(largest_component(s.numpy()))[0] for s in segment_object(frames, truth)]
+
+    judged = [i for i, s in enumerate(shapes(truth.frames)) if s == shape]
+    if not judged:
+        return float("nan")
+    drawn = shapes(edited)
+    return sum(drawn[i] == shape for i in judged) / len(judged)
 
 
 def background_accuracy(edited, object_masks, target: str, source: str) -> float:
