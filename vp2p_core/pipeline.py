@@ -4,6 +4,7 @@ ComfyUI does not: its nodes bring their own CLIP and VAE and call the stage func
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from dataclasses import dataclass, field
@@ -55,6 +56,9 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu",
     tok = CLIPTokenizer.from_pretrained(folder / "tokenizer", model_max_length=77, local_files_only=True)
     kw = dict(local_files_only=True, torch_dtype=dtype)
     te = CLIPTextModel.from_pretrained(folder / "text_encoder", **kw).to(device).eval()
+    # diffusers loads without first initialising every weight only with accelerate installed (it is optional
+    # here); without it, saying so spares a warning per model
+    kw["low_cpu_mem_usage"] = importlib.util.find_spec("accelerate") is not None
     # channels_last: at image size the VAE's convolutions then take a kernel that needs no unfolded copy of their
     # input on CPU (the tiny 512-px model, one frame: decode peak +88 instead of +117 MiB, 0.139 instead of 0.167 s;
     # the same output within 6e-4), and tensor-core kernels in fp16 on a GPU
