@@ -75,14 +75,14 @@ def test_shape_at_any_size_tells_the_right_shape_at_another_size_from_a_wrong_sh
     big_star = render(scene.replace(shape="star", size=0.22))
     assert abs(int(big_star.masks.sum()) - int(ball.masks.sum())) < 0.05 * int(ball.masks.sum())  # the ball's area
     assert metrics.shape_accuracy(big_star.frames, star, ball) == 0.0
-    assert metrics.shape_class_accuracy(big_star.frames, star, "star") == 1.0
+    assert metrics.shape_any_size_accuracy(big_star.frames, star, "star") == 1.0
     assert metrics.shape_accuracy(star.frames, star, ball) == 1.0
-    assert metrics.shape_class_accuracy(star.frames, star, "star") == 1.0
-    assert metrics.shape_class_accuracy(ball.frames, star, "star") == 0.0
-    assert metrics.shape_class_accuracy(ball.frames, ball, "ball") == 1.0
-    assert math.isnan(metrics.shape_class_accuracy(ball.frames, star, "ball"))  # no frame of the truth reads as one
+    assert metrics.shape_any_size_accuracy(star.frames, star, "star") == 1.0
+    assert metrics.shape_any_size_accuracy(ball.frames, star, "star") == 0.0
+    assert metrics.shape_any_size_accuracy(ball.frames, ball, "ball") == 1.0
+    assert math.isnan(metrics.shape_any_size_accuracy(ball.frames, star, "ball"))  # no frame of the truth reads as one
     half = torch.cat([big_star.frames[:4], ball.frames[4:]])
-    assert metrics.shape_class_accuracy(half, star, "star") == 0.5
+    assert metrics.shape_any_size_accuracy(half, star, "star") == 0.5
 
 
 def test_temporal_consistency():

@@ -203,7 +203,7 @@ def world_cases(frames: int = 8) -> list[Case]:
     ]
 
 
-def unlit(case: Case, edited: torch.Tensor, truth) -> torch.Tensor:
+def unlit_frames(case: Case, edited: torch.Tensor, truth) -> torch.Tensor:
     """The frames with the truth's known light undone (frames / gains; the same frames where the light is steady),
     so that a dimmed frame of the right colour counts as right."""
     if case.scene.lighting != "none":
@@ -212,24 +212,26 @@ def unlit(case: Case, edited: torch.Tensor, truth) -> torch.Tensor:
 
 
 def edit_accuracy(case: Case, edited: torch.Tensor, truth) -> float:
-    """Share of frames where the edited attribute is right (hue / shape / background colour), judged on the
-    ``unlit`` frames."""
+    """Share of frames where the edited attribute is right: the object's hue and the background's colour judged on
+    the ``unlit_frames``; a shape on the frames as they are, segmented against the truth's plates, which carry the
+    light too."""
     ts = case.target_scene
-    edited = unlit(case, edited, truth)
-    if case.kind in ("colour", "reweight"):
-        return metrics.object_hue_accuracy(edited, truth.masks, ts.colour)
     if case.kind == "shape":
         return metrics.shape_accuracy(edited, truth, render(case.scene))
+    edited = unlit_frames(case, edited, truth)
+    if case.kind in ("colour", "reweight"):
+        return metrics.object_hue_accuracy(edited, truth.masks, ts.colour)
     return metrics.background_accuracy(edited, truth.masks, ts.background, case.scene.background)
 
 
-def shape_at_any_size(case: Case, edited: torch.Tensor, truth) -> float:
+def shape_any_size(case: Case, edited: torch.Tensor, truth) -> float:
     """A shape swap's share of frames whose object is the new shape at whatever size it was drawn
-    (``metrics.shape_class_accuracy`` on the ``unlit`` frames); nan for other edits. Beside the accuracy, which
-    also asks for the truth's size, it tells a wrong shape from the right shape at another size."""
+    (``metrics.shape_any_size_accuracy``, segmented as ``edit_accuracy`` segments a shape); nan for other edits.
+    Beside the accuracy, which also asks for the truth's size, it tells a wrong shape from the right shape at
+    another size."""
     if case.kind != "shape":
         return float("nan")
-    return metrics.shape_class_accuracy(unlit(case, edited, truth), truth, case.target_scene.shape)
+    return metrics.shape_any_size_accuracy(edited, truth, case.target_scene.shape)
 
 
 def blend_mask_iou(blend_mask: Optional[torch.Tensor], object_masks: torch.Tensor) -> tuple[float, float]:
@@ -257,7 +259,7 @@ def measure(case: Case, source_clip, edited: torch.Tensor, recon: torch.Tensor,
     obj_masks = source_clip.masks | truth.masks
     row = {
         "accuracy": edit_accuracy(case, edited, truth),
-        "shape_any_size": shape_at_any_size(case, edited, truth),
+        "shape_any_size": shape_any_size(case, edited, truth),
         "psnr_truth": metrics.psnr(edited, truth.frames),
         "bg_psnr": (metrics.background_psnr(edited, source_clip.frames, metrics.object_region(source_clip, truth))
                     if case.kind != "background" else float("nan")),

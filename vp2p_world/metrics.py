@@ -176,7 +176,7 @@ def classify_shape(mask: np.ndarray) -> tuple[str, float]:
     return best, best_iou
 
 
-def shape_class_accuracy(edited, truth: Clip, shape: str) -> float:
+def shape_any_size_accuracy(edited, truth: Clip, shape: str) -> float:
     """Share of frames whose segmented object (its largest region) is ``shape`` at whatever size it was drawn
     (``classify_shape``). ``shape_accuracy`` also asks for the truth's size: a star in place of a ball at the
     ball's area instead of its half-extent fails there and counts here. Judged on the frames where the truth's own
