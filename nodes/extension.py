@@ -10,13 +10,14 @@ from .nodes_edit import AttentionEditController
 from .nodes_files import LoadVP2PDelta, LoadVP2PInversion, SaveVP2PDelta, SaveVP2PInversion
 from .nodes_inflate import InflateUNet
 from .nodes_invert import NullTextVideoInvert
+from .nodes_light import NormaliseLight
 from .nodes_sample import VideoP2PSampler
 from .nodes_structure import StructureGuidanceNode
 from .nodes_tune import OneShotTune
 
 NODES: list[type[io.ComfyNode]] = [
-    InflateUNet, VideoP2PContextWindows, OneShotTune, NullTextVideoInvert, AttentionEditController, VideoP2PSampler,
-    StructureGuidanceNode,
+    NormaliseLight, InflateUNet, VideoP2PContextWindows, OneShotTune, NullTextVideoInvert, AttentionEditController,
+    VideoP2PSampler, StructureGuidanceNode,
     DecodeFrames, AttentionMaps, BlendMask, SaveVP2PDelta, LoadVP2PDelta, SaveVP2PInversion, LoadVP2PInversion,
 ]
 

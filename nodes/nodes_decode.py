@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from vp2p_core import DecodeOptions, VP2PInputError
+from vp2p_core import DecodeOptions, VP2PInputError, restore_light
 
 from . import maps
-from .schema import CATEGORY, VP2PMapsIO, widgets
-from .types import VP2PMaps
+from .schema import CATEGORY, VP2PLightIO, VP2PMapsIO, widgets
+from .types import VP2PMaps, check_light
 
 
 class DecodeFrames(io.ComfyNode):
@@ -21,24 +21,34 @@ class DecodeFrames(io.ComfyNode):
             description="Decodes video latents to frames a few at a time, so long clips fit in memory.",
             inputs=[io.Vae.Input("vae", tooltip="The checkpoint's VAE."),
                     io.Latent.Input("latent", tooltip="Latents to decode (e.g. the sampler's edited output)."),
-                    *widgets(DecodeOptions, ["frames_per_chunk"])],
+                    *widgets(DecodeOptions, ["frames_per_chunk"]),
+                    VP2PLightIO.Input("light", optional=True,
+                                      tooltip="Normalise Light's light, where the latents were encoded from its "
+                                              "frames: the clip's light is put back on the decoded frames (of "
+                                              "every target prompt).")],
             outputs=[io.Image.Output("images", display_name="images",
                                      tooltip="The frames, [frames, height, width, 3] in 0..1.")],
         )
 
     @classmethod
-    def execute(cls, vae, latent, **widget_values) -> io.NodeOutput:
+    def execute(cls, vae, latent, light=None, **widget_values) -> io.NodeOutput:
         options = DecodeOptions.from_values(widget_values)
+        check_light(light)
         if not isinstance(latent, dict) or "samples" not in latent:
             raise VP2PInputError(f"latent: expected a LATENT, got {type(latent).__name__}")
         samples = latent["samples"]
         if samples.dim() != 4 or samples.shape[0] == 0:
             raise VP2PInputError(f"latent: expected [frames, channels, h, w] latents, got {tuple(samples.shape)}")
+        if light is not None and samples.shape[0] % light.gains.shape[0]:
+            raise VP2PInputError(f"latent: expected the light's {light.gains.shape[0]} frames or a whole multiple of "
+                                 f"them (one clip per target prompt), got {samples.shape[0]}")
         k = options.frames_per_chunk
         out = None  # filled chunk by chunk: the frames exist once at full size, never as chunks plus a copy
         for i in range(0, samples.shape[0], k):
             images = vae.decode(samples[i:i + k])
             images = images.reshape(-1, *images.shape[-3:])
+            if light is not None:  # frame j of the batch is frame j mod F of the clip (one clip per target)
+                images = restore_light(images, light.gains[torch.arange(i, i + images.shape[0]) % len(light.gains)])
             if out is None:
                 out = torch.empty((samples.shape[0], *images.shape[1:]), dtype=torch.float32)
             out[i:i + images.shape[0]] = images

@@ -22,6 +22,7 @@ VP2PEditIO = io.Custom(types.VP2P_EDIT)
 VP2PMapsIO = io.Custom(types.VP2P_MAPS)
 VP2PStructureIO = io.Custom(types.VP2P_STRUCTURE)
 VP2PContextIO = io.Custom(types.VP2P_CONTEXT)
+VP2PLightIO = io.Custom(types.VP2P_LIGHT)
 
 
 CACHE_TOOLTIP = ("Folder under models/vp2p where results are kept by a hash of the model, clip, prompt and "

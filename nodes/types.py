@@ -1,4 +1,4 @@
-"""The objects that travel on our node sockets (VP2P_MODEL, VP2P_EDIT, VP2P_MAPS, VP2P_STRUCTURE).
+"""The objects that travel on our node sockets (VP2P_MODEL, VP2P_EDIT, VP2P_MAPS, VP2P_STRUCTURE, VP2P_LIGHT).
 
 VP2P_INVERSION is ``vp2p_core.Inversion`` and VP2P_CONTEXT ``vp2p_core.context.ContextWindows`` as they are.
 None of these imports ComfyUI.
@@ -20,6 +20,7 @@ VP2P_EDIT = "VP2P_EDIT"
 VP2P_MAPS = "VP2P_MAPS"
 VP2P_STRUCTURE = "VP2P_STRUCTURE"
 VP2P_CONTEXT = "VP2P_CONTEXT"
+VP2P_LIGHT = "VP2P_LIGHT"
 
 
 def check_context(context) -> None:
@@ -149,3 +150,17 @@ class VP2PStructure:
     def guidance(self, latent_hw: tuple[int, int], frames: int) -> StructureGuidance:
         return StructureGuidance.from_images(self.control.residual_fn, self.images, tuple(latent_hw), int(frames),
                                              options=self.options, vae_factor=self.control.compression)
+
+
+@dataclass(eq=False)
+class VP2PLight:
+    """The clip's light, taken out of its frames by Normalise Light: an RGB gain per frame [F, 3]
+    (``vp2p_core.estimate_light``), for Decode Frames to put back."""
+
+    gains: torch.Tensor
+
+
+def check_light(light) -> None:
+    """The optional ``light`` input is Normalise Light's output or nothing."""
+    if light is not None and not isinstance(light, VP2PLight):
+        raise VP2PInputError(f"light: expected the light output of NormaliseLight, got {type(light).__name__}")

@@ -259,19 +259,22 @@ def test_per_frame_p2p_composites_through_its_own_masks_on_request(tmp_path):
     assert "p2p_per_frame+composite" not in benchmark.DEFAULT_METHODS
 
 
-def tuned_at_demo_settings(case, group_norm: str = "frame"):
+def tuned_at_demo_settings(case, group_norm: str = "frame", normalise_light: bool | None = None):
     """The case's clip tuned at the demo's settings (world defaults: 60 tuning steps, fast inversion, both
-    self-attentions replaced, edit guidance, composite; ``group_norm`` of the inflated model); returns
-    edit(edit_guidance=None, **edit_changes) -> the benchmark row of Video-P2P fast + composite with those
-    EditOptions changes (and that edit guidance; None: the world's)."""
-    from vp2p_core import InversionOptions, SamplerOptions, TuneOptions, one_shot_tune, trained_weights
+    self-attentions replaced, edit guidance, composite, light normalisation; ``group_norm`` of the inflated model,
+    ``normalise_light`` None: the world's); returns edit(edit_guidance=None, **edit_changes) -> the benchmark row of
+    Video-P2P fast + composite with those EditOptions changes (and that edit guidance; None: the world's)."""
+    from vp2p_core import (InversionOptions, LightOptions, SamplerOptions, TuneOptions, estimate_light, one_shot_tune,
+                           remove_light, trained_weights)
     from vp2p_core.pipeline import Components
     from vp2p_world.settings import world_options
 
     torch.manual_seed(0)
     comps = Components.from_folder(benchmark.WEIGHTS, group_norm=group_norm)
     src = render(case.scene)
-    latents = comps.encode_frames(src.frames)
+    light = world_options(LightOptions) if normalise_light is None else LightOptions(normalise_light=normalise_light)
+    gains = estimate_light(src.frames) if light.normalise_light else None
+    latents = comps.encode_frames(src.frames if gains is None else remove_light(src.frames, gains))
     with trained_weights(comps.model, None):
         delta = one_shot_tune(comps.model, latents, comps.encode_prompts([src.caption]), src.caption,
                               options=world_options(TuneOptions))
@@ -283,8 +286,20 @@ def tuned_at_demo_settings(case, group_norm: str = "frame"):
         if edit_guidance is not None:
             sampler = sampler.replace(edit_guidance=edit_guidance)
         return benchmark.run_case(comps, case, "videop2p_fast+composite", delta, latents, inversion=inversion,
-                                  edit=edit.replace(**edit_changes), sampler=sampler)
+                                  edit=edit.replace(**edit_changes), sampler=sampler, light=gains)
     return run
+
+
+def test_recolour_under_drifting_light_succeeds_with_the_light_taken_out():
+    """green -> red triangle while the light dims and changes colour over the clip: tuned on the clip as lit, the
+    tuned model's inverted noise turns into a garbled blob under the target prompt (1 frame of 8 red); with the
+    light taken out before encoding (an RGB gain per frame) and put back after decoding, every frame turns red."""
+    case = next(c for c in benchmark.world_cases(8) if c.name == "green->red triangle, light drift")
+    assert case.scene.lighting == "drift"
+    rows = {on: tuned_at_demo_settings(case, normalise_light=on)() for on in (True, False)}
+    assert rows[True]["accuracy"] >= 0.75, rows[True]  # measured: 1.00
+    assert rows[False]["accuracy"] <= 0.25, rows[False]  # measured: 0.12
+    assert rows[True]["warp_error"] < rows[False]["warp_error"]  # measured: 0.0385 against 0.0586
 
 
 def test_shape_swap_on_a_moving_clip_succeeds_and_keeps_the_background():

@@ -66,3 +66,33 @@ def test_demo_checks_every_argument_before_any_work(argv, message, capsys, monke
         demo.main(argv)
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_run_edits_the_clip_as_evenly_lit_and_gives_its_light_back():
+    """``run`` with ``normalise_light``: the VAE encodes the frames with their light taken out, every decoded frame
+    (edit and reconstruction) gets it back, and the composite pastes that over the frames as lit, so outside the
+    mask the result is the lit source's own pixels."""
+    from vp2p_core import (CompositeOptions, EditOptions, InversionOptions, LightOptions, TuneOptions,
+                           composite_frames, estimate_light, remove_light, restore_light)
+    from vp2p_core.pipeline import Components, run
+    from vp2p_world.render import Scene, render
+
+    torch.manual_seed(0)
+    clip = render(Scene(colour="green", shape="triangle", background="snow", frames=4, lighting="drift"))
+    comps = Components.from_folder(WEIGHTS)
+    encoded, decoded = [], []
+    encode, decode = comps.encode_frames, comps.decode_latents
+    comps.encode_frames = lambda frames, **kw: encoded.append(frames) or encode(frames, **kw)
+    comps.decode_latents = lambda latents, **kw: decoded.append(decode(latents, **kw)) or decoded[-1]
+    res = run(comps, clip.frames, clip.caption, clip.caption.replace("green", "red"), tune=TuneOptions(steps=1),
+              inversion=InversionOptions(steps=2, mode="fast"), edit=EditOptions(blend_words="triangle"),
+              composite=CompositeOptions(composite=True), light=LightOptions(normalise_light=True))
+    gains = estimate_light(clip.frames)
+    assert float((gains[:, 0].max() - gains[:, 0].min())) > 0.05, "the test needs a clip whose light changes"
+    assert torch.equal(res.light, gains) and torch.equal(encoded[0], remove_light(clip.frames, gains))
+    assert torch.equal(res.decoded[0], restore_light(decoded[0], gains))
+    assert torch.equal(res.source, restore_light(decoded[1], gains))
+    assert res.composited
+    lit = composite_frames(edited=res.decoded, source=clip.frames.to(res.decoded.dtype), mask=res.edit.blend_mask,
+                           options=CompositeOptions(composite=True), outline=res.edit.blend_outline)
+    assert torch.equal(res.edited, lit)

@@ -26,6 +26,7 @@ from nodes.nodes_edit import AttentionEditController
 from nodes.nodes_files import LoadVP2PDelta, LoadVP2PInversion, SaveVP2PDelta, SaveVP2PInversion
 from nodes.nodes_inflate import InflateUNet
 from nodes.nodes_invert import NullTextVideoInvert
+from nodes.nodes_light import NormaliseLight
 from nodes.nodes_sample import VideoP2PSampler
 from nodes.nodes_tune import OneShotTune
 from nodes.types import VP2PEdit, VP2PMaps, VP2PModel, vp2p_model_from_unet
@@ -166,9 +167,9 @@ def test_node_definition_well_formed(name, cls):
     assert set(required) <= set(spec["required"]), f"{name}: optional inputs need defaults"
 
 
-def test_fourteen_nodes_with_their_saved_ids():
+def test_fifteen_nodes_with_their_saved_ids():
     assert sorted(NODE_MAP) == sorted([
-        "InflateUNet", "VideoP2PContextWindows", "OneShotTune", "NullTextVideoInvert", "AttentionEditController", "VideoP2PSampler",
+        "NormaliseLight", "InflateUNet", "VideoP2PContextWindows", "OneShotTune", "NullTextVideoInvert", "AttentionEditController", "VideoP2PSampler",
         "StructureGuidance", "DecodeFrames", "AttentionMaps", "BlendMask", "SaveVP2PDelta", "LoadVP2PDelta",
         "SaveVP2PInversion", "LoadVP2PInversion"])
 
@@ -321,6 +322,27 @@ def test_sampler_outputs_and_leaves_inputs_unchanged(chain):
     assert tuple(images.shape) == (2 * FRAMES, 128, 128, 3)
     assert vae.chunks == [4, 2]
     assert float(images.min()) >= 0 and float(images.max()) <= 1
+
+
+def test_normalise_light_takes_the_light_out_and_decode_frames_puts_it_back():
+    """Normalise Light's frames are the clip as if evenly lit; Decode Frames given its light returns the decoded
+    frames times each frame's gain, for every target's frames, and without it the frames as decoded."""
+    from vp2p_core import estimate_light, restore_light
+    from nodes.types import VP2PLight
+
+    g = torch.Generator().manual_seed(5)
+    clip = (0.2 + 0.3 * torch.rand(1, 32, 32, 3, generator=g)).repeat(FRAMES, 1, 1, 1)
+    gains = torch.linspace(0.8, 1.1, FRAMES)[:, None] * torch.tensor([1.0, 0.95, 0.9])
+    even, light = run(NormaliseLight, images=clip * gains[:, None, None, :])
+    assert isinstance(light, VP2PLight) and tuple(light.gains.shape) == (FRAMES, 3)
+    assert torch.allclose(light.gains, gains / gains.max(dim=0).values, atol=1e-6)
+    assert torch.allclose(even, clip * gains.max(dim=0).values, atol=1e-6)  # every frame in the brightest one's light
+    latent = make_latent(frames=2 * FRAMES)  # two targets' frames
+    plain = run(DecodeFrames, vae=FakeVAE(), latent=latent)[0]
+    lit = run(DecodeFrames, vae=FakeVAE(), latent=latent, light=light)[0]
+    assert torch.equal(lit, restore_light(plain, light.gains))
+    assert torch.allclose(lit[FRAMES:], (plain[FRAMES:] * light.gains[:, None, None, :]).clamp(0, 1), atol=1e-6)
+    assert torch.equal(estimate_light(clip), torch.ones(FRAMES, 3))
 
 
 def comfyui_image_composite_masked():

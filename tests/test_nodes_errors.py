@@ -8,6 +8,8 @@ from comfy_nodes import run
 from nodes import files as node_files
 from nodes.nodes_decode import DecodeFrames
 from nodes.nodes_files import LoadVP2PDelta, LoadVP2PInversion, SaveVP2PDelta, SaveVP2PInversion
+from nodes.nodes_light import NormaliseLight
+from nodes.types import VP2PLight
 from test_nodes import SRC, TGT, FakeClip, edit, invert, make_latent, make_model, sample, tune
 from vp2p_core import VP2PInputError
 
@@ -107,6 +109,13 @@ def test_decode_errors():
         run(DecodeFrames, vae=object(), latent=torch.zeros(1))
     with pytest.raises(VP2PInputError, match="frames, channels"):
         run(DecodeFrames, vae=object(), latent={"samples": torch.zeros(1, 4, 2, 8, 8)})
+    with pytest.raises(VP2PInputError, match="light: expected the light output of NormaliseLight"):
+        run(DecodeFrames, vae=object(), latent={"samples": torch.zeros(2, 4, 8, 8)}, light=torch.ones(2, 3))
+    light = VP2PLight(gains=torch.ones(3, 3))
+    with pytest.raises(VP2PInputError, match="latent: expected the light's 3 frames or a whole multiple"):
+        run(DecodeFrames, vae=object(), latent={"samples": torch.zeros(4, 4, 8, 8)}, light=light)
+    with pytest.raises(VP2PInputError, match="images: expected RGB frames"):
+        run(NormaliseLight, images=torch.zeros(2, 8, 8))
 
 
 # --- files ------------------------------------------------------------------------------------------------

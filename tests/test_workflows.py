@@ -245,7 +245,8 @@ def test_structure_depth_workflow():
         while True:
             n = api[nid]
             out.append(nid)
-            link = n["inputs"].get("image") or n["inputs"].get("pixels") or n["inputs"].get("video")
+            link = n["inputs"].get("image") or n["inputs"].get("images") or n["inputs"].get("pixels") or \
+                n["inputs"].get("video")
             if link is None:
                 return out
             nid = link[0]
@@ -253,6 +254,8 @@ def test_structure_depth_workflow():
     depth = [api[i] for i in chain(sg["inputs"]["structure"][0])]
     encode = next(n for n in api.values() if n["class_type"] == "VAEEncode")
     source = [api[i] for i in chain(encode["inputs"]["pixels"][0])]
+    assert source[0]["class_type"] == "NormaliseLight"  # the clip is encoded as if evenly lit; the depth as it is
+    source = source[1:]
     assert [n["class_type"] for n in depth] == [n["class_type"] for n in source] == \
         ["ImageScale", "ImageFromBatch", "GetVideoComponents", "LoadVideo"]
     for key in ("width", "height", "crop"):
@@ -265,6 +268,24 @@ def test_structure_depth_workflow():
         other = json.loads((WF / "api" / f"{name}.json").read_text())
         s = next(n for n in other.values() if n["class_type"] == "VideoP2PSampler")["inputs"]
         assert s["temporal_guidance"] == 1.0 and "structure" not in s
+
+
+def test_every_workflow_edits_the_clip_as_evenly_lit_and_decodes_it_with_its_light():
+    """Normalise Light sits between the clip's frames and VAE Encode (where the workflow encodes), and its light goes
+    into every Decode Frames, so the decoded edit gets the clip's light back before it is composited over the clip's
+    frames; in the re-edit workflow it measures the light of the clip the saved inversion was made from."""
+    for path in UI_FILES:
+        api = json.loads((WF / "api" / path.name).read_text())
+        where = f"api/{path.name}"
+        lights = [nid for nid, n in api.items() if n["class_type"] == "NormaliseLight"]
+        assert len(lights) == 1, where
+        light = api[lights[0]]
+        assert api[light["inputs"]["images"][0]]["class_type"] == "ImageScale", where
+        for n in api.values():
+            if n["class_type"] == "VAEEncode":
+                assert n["inputs"]["pixels"] == [lights[0], 0], where
+            if n["class_type"] == "DecodeFrames":
+                assert n["inputs"]["light"] == [lights[0], 1], where
 
 
 def test_local_blend_workflows_composite_over_the_source_frames():
@@ -295,7 +316,9 @@ def test_local_blend_workflows_composite_over_the_source_frames():
         assert dest["class_type"] == "ImageScale", f"{where}: the destination is not the clip's frames"
         encode = [n for n in api.values() if n["class_type"] == "VAEEncode"]
         if encode:
-            assert encode[0]["inputs"]["pixels"] == inp["destination"], f"{where}: not the frames that were edited"
+            light = api[encode[0]["inputs"]["pixels"][0]]
+            assert light["class_type"] == "NormaliseLight", f"{where}: the clip is not encoded as if evenly lit"
+            assert light["inputs"]["images"] == inp["destination"], f"{where}: not the frames that were edited"
         loader = api[api[api[dest["inputs"]["image"][0]]["inputs"]["image"][0]]["inputs"]["video"][0]]
         assert loader["class_type"] == "LoadVideo" and loader["inputs"]["file"] == "rabbit.mp4", where
         composited.add(path.stem)

@@ -8,9 +8,10 @@ from .errors import VP2PInputError
 from .host import Host, Interrupted
 from .inflation import inflate_unet, is_inflated, trainable_parameter_names, video_forward
 from .inversion import Inversion, invert
+from .light import estimate_light, remove_light, restore_light
 from .model import VideoModel
 from .options import (SD_LATENT_SCALE, SD_VAE_FACTOR, CompositeOptions, DecodeOptions, EditOptions, InflationOptions,
-                      InversionOptions, Options, SamplerOptions, StructureOptions, TuneOptions)
+                      InversionOptions, LightOptions, Options, SamplerOptions, StructureOptions, TuneOptions)
 from .sampling import EditResult, sample_edit
 from .schedule import DDIMConfig, DDIMSchedule
 from .structure import StructureGuidance, blur_structure, diffusers_controlnet
@@ -18,9 +19,10 @@ from .tuning import Delta, apply_delta, one_shot_tune, trained_weights
 
 __all__ = [
     "AttentionController", "CompositeOptions", "DDIMConfig", "DDIMSchedule", "DecodeOptions", "Delta", "EditOptions",
-    "EditPlan", "EditResult", "Host", "InflationOptions", "Interrupted", "Inversion", "InversionOptions", "Options",
-    "SD_LATENT_SCALE", "SD_VAE_FACTOR", "SamplerOptions", "StructureGuidance", "StructureOptions", "TuneOptions",
-    "VP2PInputError", "VideoModel", "apply_delta", "blur_structure", "build_edit_plan", "change_weight",
-    "composite_alpha", "composite_frames", "composite_mask", "diffusers_controlnet", "inflate_unet", "invert",
-    "is_inflated", "one_shot_tune", "sample_edit", "trainable_parameter_names", "trained_weights", "video_forward",
+    "EditPlan", "EditResult", "Host", "InflationOptions", "Interrupted", "Inversion", "InversionOptions",
+    "LightOptions", "Options", "SD_LATENT_SCALE", "SD_VAE_FACTOR", "SamplerOptions", "StructureGuidance",
+    "StructureOptions", "TuneOptions", "VP2PInputError", "VideoModel", "apply_delta", "blur_structure",
+    "build_edit_plan", "change_weight", "composite_alpha", "composite_frames", "composite_mask", "diffusers_controlnet",
+    "estimate_light", "inflate_unet", "invert", "is_inflated", "one_shot_tune", "remove_light", "restore_light",
+    "sample_edit", "trainable_parameter_names", "trained_weights", "video_forward",
 ]

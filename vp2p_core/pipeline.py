@@ -19,9 +19,10 @@ from .control import EditPlan, build_edit_plan
 from .errors import VP2PInputError
 from .host import Host
 from .inversion import Inversion, invert
+from .light import estimate_light, remove_light, restore_light
 from .model import VideoModel
 from .options import (SD_LATENT_SCALE, CompositeOptions, DecodeOptions, EditOptions, InflationOptions,
-                      InversionOptions, SamplerOptions, TuneOptions)
+                      InversionOptions, LightOptions, SamplerOptions, TuneOptions)
 from .sampling import EditResult, sample_edit
 from .schedule import DDIMConfig
 from .tuning import Delta, one_shot_tune
@@ -180,20 +181,24 @@ class RunResult:
     evaluations: dict
     decoded: Optional[torch.Tensor] = None  # the decoded edit before compositing [n,F,H,W,3]
     composited: bool = False
+    light: Optional[torch.Tensor] = None  # the light's RGB gain per frame [F,3] taken out before encoding, or None
 
 
 def run(components: Components, frames: torch.Tensor, source: str, targets: str | Sequence[str],
         tune: TuneOptions = TuneOptions(), inversion: InversionOptions = InversionOptions(),
         edit: EditOptions = EditOptions(), sampler: SamplerOptions = SamplerOptions(),
         composite: CompositeOptions = CompositeOptions(), host: Host = Host(),
-        context: Optional[ContextWindows] = None) -> RunResult:
+        context: Optional[ContextWindows] = None, light: LightOptions = LightOptions()) -> RunResult:
     """Inflated model -> tune -> invert -> edit -> decode (-> composite), on one clip (frames [F,H,W,3]).
 
     ``context``: tuning, inversion and the edit see the clip through these windows (None: all frames at once);
     the VAE encodes and decodes in chunks of frames either way.
 
     With ``composite.composite`` on and local blend in the edit, the decoded edit is pasted over ``frames``
-    through the blend mask (vp2p_core.composite): outside the dilated mask, the result is the source's pixels."""
+    through the blend mask (vp2p_core.composite): outside the dilated mask, the result is the source's pixels.
+
+    With ``light.normalise_light`` on, the clip is encoded with its light taken out (vp2p_core.light) and the
+    decoded frames (edit and reconstruction) get it back, before the composite over ``frames`` as they are."""
     timings, evals = {}, {}
     cm = components
     state = cm.model.state
@@ -208,7 +213,8 @@ def run(components: Components, frames: torch.Tensor, source: str, targets: str 
 
     if context is not None:
         context.check_clip(frames.shape[0], what="frames")
-    latents = stage("encode", lambda: cm.encode_frames(frames))
+    gains = estimate_light(frames) if light.normalise_light else None
+    latents = stage("encode", lambda: cm.encode_frames(frames if gains is None else remove_light(frames, gains)))
     plan = stage("plan", lambda: cm.plan(source, targets, options=edit))
     delta = None
     if tune.steps > 0:
@@ -220,7 +226,8 @@ def run(components: Components, frames: torch.Tensor, source: str, targets: str 
     res = stage("edit", lambda: sample_edit(cm.model, inv, plan, options=sampler, host=host,
                                                    context=context))
     n, f = res.edited.shape[:2]
-    decoded = stage("decode", lambda: cm.decode_latents(res.edited.flatten(0, 1)).view(n, f, *frames.shape[1:]))
+    decoded = stage("decode", lambda: with_light(cm.decode_latents(res.edited.flatten(0, 1)), gains)
+                    .view(n, f, *frames.shape[1:]))
     edited, composited = decoded, False
     if composite.composite:
         if res.blend_mask is None:
@@ -231,6 +238,11 @@ def run(components: Components, frames: torch.Tensor, source: str, targets: str 
                                                                  mask=res.blend_mask, options=composite,
                                                                  outline=res.blend_outline))
             composited = True
-    recon = stage("decode_source", lambda: cm.decode_latents(res.source))
+    recon = stage("decode_source", lambda: with_light(cm.decode_latents(res.source), gains))
     return RunResult(edited=edited, source=recon, edit=res, inversion=inv, delta=delta, timings=timings,
-                     evaluations=evals, decoded=decoded, composited=composited)
+                     evaluations=evals, decoded=decoded, composited=composited, light=gains)
+
+
+def with_light(frames: torch.Tensor, gains: Optional[torch.Tensor]) -> torch.Tensor:
+    """Decoded ``frames`` with the clip's light put back (``gains`` from ``estimate_light``; None: as they are)."""
+    return frames if gains is None else restore_light(frames, gains)

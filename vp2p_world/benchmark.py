@@ -10,7 +10,8 @@ attention control), Video-P2P with null-text, fast and negative-prompt inversion
 fast (and, on request, per-frame P2P) with the decoded edit composited over the source frames through the
 local-blend mask (``+composite``: vp2p_core.composite with the small world's CompositeOptions defaults; edits
 without blend words, the background cases, stay as decoded). Each clip is tuned once; Tune-A-Video and the
-Video-P2P variants share that delta.
+Video-P2P variants share that delta. Every method sees the clip with its light taken out and gets it back on the
+decoded frames (``--normalise-light``, the small world's default; ``--no-normalise-light``: as lit).
 
 The suite: the first 12 cases are the original still-world ones (kept as they were so older figures compare);
 the cases after them edit clips that move (camera pan / zoom, lighting drift / flicker, a growing object, an
@@ -34,11 +35,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from vp2p_core import (CompositeOptions, EditOptions, InflationOptions, InversionOptions, SamplerOptions, TuneOptions,
-                       invert, one_shot_tune, sample_edit, trained_weights)
+from vp2p_core import (CompositeOptions, EditOptions, InflationOptions, InversionOptions, LightOptions, SamplerOptions,
+                       TuneOptions, estimate_light, invert, one_shot_tune, remove_light, sample_edit, trained_weights)
 from vp2p_core.composite import CHANGE_RAMP, composite_frames, image_mask, upsample_mask
 from vp2p_core.errors import VP2PInputError
-from vp2p_core.pipeline import Components
+from vp2p_core.pipeline import Components, with_light
 
 from . import metrics
 from .render import COLOURS, SHAPES, Scene, random_motion, random_scene, render
@@ -289,11 +290,12 @@ def case_edit(case: Case, edit: EditOptions) -> EditOptions:
 
 def run_case(comps: Components, case: Case, method: str, delta, latents, inversion: InversionOptions,
              edit: EditOptions, sampler: SamplerOptions, frames: Optional[torch.Tensor] = None,
-             composite: Optional[CompositeOptions] = None) -> dict:
+             composite: Optional[CompositeOptions] = None, light: Optional[torch.Tensor] = None) -> dict:
     """One method on one case. Tune-A-Video has no attention control; every method inverts with ``inversion``'s
     steps and guidance (null-text settings where it inverts with null-text). A ``+composite`` method pastes the
     decoded edit over ``frames`` (the source frames the latents were encoded from; default the clean render)
-    through its blend mask with ``composite`` (default the small world's CompositeOptions)."""
+    through its blend mask with ``composite`` (default the small world's CompositeOptions). ``light``: the gains
+    (``vp2p_core.estimate_light``) the latents were encoded without, put back on the decoded frames."""
     model = comps.model
     method, composited = (method[:-len(COMPOSITE)], True) if method.endswith(COMPOSITE) else (method, False)
     src = render(case.scene)
@@ -332,8 +334,8 @@ def run_case(comps: Components, case: Case, method: str, delta, latents, inversi
         blend_mask = None if res.blend_mask is None else res.blend_mask[0]
     seconds = time.perf_counter() - t0
     evals = state.forward_clips - e0
-    edited_frames = comps.decode_latents(edited_lat)
-    recon_frames = comps.decode_latents(recon_lat)
+    edited_frames = with_light(comps.decode_latents(edited_lat), light)
+    recon_frames = with_light(comps.decode_latents(recon_lat), light)
     frame_mask = None
     if composited and blend_mask is not None:  # no blend words (background cases): the edit as decoded
         options = composite or world_options(CompositeOptions)
@@ -384,7 +386,8 @@ def markdown(summary: dict, rows: list[dict], command: str, meta: dict) -> str:
              f"(shared by Tune-A-Video and the Video-P2P variants; its time is not in the rows: "
              f"{meta['tune_seconds']:.0f} s for all clips){inflation_text(meta.get('inflation'))}; "
              f"self-attention replaced on: {meta['edit']['self_replace_on']}; "
-             f"{control_text(meta['edit'])}{noise_text(meta.get('frame_noise', 0.0))}{composite_text(meta.get('composite'))}. "
+             f"{control_text(meta['edit'])}{noise_text(meta.get('frame_noise', 0.0))}{composite_text(meta.get('composite'))}"
+             f"{light_text(meta.get('light'))}. "
              "Accuracy = share of frames with the target attribute (a shape swap: nearer the truth's shape and size "
              "than the source's); new shape at any size = a shape swap's share of frames whose object, fitted at its "
              "own size, is the new shape, on the frames where the truth's own object reads as that shape (nan for "
@@ -444,6 +447,11 @@ SUCCESS = 0.75
 def control_text(edit: dict) -> str:
     return (f"attention control: source cross-attention maps for {edit['cross_replace']:.0%} of the steps, "
             f"self-attention for {edit['self_replace']:.0%}, local-blend threshold {edit['mask_threshold']:g}")
+
+
+def light_text(light: Optional[dict]) -> str:
+    return "; the clip's light taken out before encoding and put back after decoding" if light and \
+        light.get("normalise_light") else ""
 
 
 def composite_text(c: Optional[dict]) -> str:
@@ -523,6 +531,7 @@ def main(argv=None) -> int:
                                            "reweight_values"))  # each case has its words
     add_option_flags(p, SamplerOptions, skip=("guidance",))
     add_option_flags(p, CompositeOptions, skip=("composite",))  # for the +composite methods
+    add_option_flags(p, LightOptions)  # every method edits the clip as lit evenly, or every method as it is
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--frame-noise", type=float, default=0.0,
@@ -537,6 +546,7 @@ def main(argv=None) -> int:
         edit = options_from_args(a, EditOptions)
         sampler = options_from_args(a, SamplerOptions, guidance=inversion.guidance)
         composite = options_from_args(a, CompositeOptions, composite=True)  # the +composite methods composite
+        light = options_from_args(a, LightOptions)
     except VP2PInputError as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
     if a.held_out < 0:
@@ -562,7 +572,8 @@ def main(argv=None) -> int:
     for ci, case in enumerate(cases):
         src = render(case.scene)
         source_frames = noisy(src.frames, a.frame_noise, 1000 + ci)
-        latents = comps.encode_frames(source_frames)
+        gains = estimate_light(source_frames) if light.normalise_light else None
+        latents = comps.encode_frames(source_frames if gains is None else remove_light(source_frames, gains))
         delta = None
         if any(m.removesuffix(COMPOSITE) != "p2p_per_frame" for m in methods):  # per-frame P2P never tunes
             t0 = time.perf_counter()
@@ -572,7 +583,7 @@ def main(argv=None) -> int:
             tune_seconds += time.perf_counter() - t0
         for m in methods:
             row = run_case(comps, case, m, delta, latents, inversion=inversion, edit=edit, sampler=sampler,
-                           frames=source_frames, composite=composite)
+                           frames=source_frames, composite=composite, light=gains)
             row.update(method=m, case=case.name, kind=case.kind, motion="moving" if case.moving else "still")
             rows.append(row)
             print(f"[{ci + 1}/{len(cases)}] {case.name:28s} {m:28s} acc {row['accuracy']:.2f} "
@@ -586,7 +597,7 @@ def main(argv=None) -> int:
                 tune_steps=tune.steps, tune_seconds=tune_seconds, inner_steps=inversion.inner_steps,
                 lr_scale=inversion.lr_scale, early_stop_ratio=inversion.early_stop_ratio, edit=edit.cache_key(),
                 frame_noise=a.frame_noise, inflation=inflation.cache_key(),
-                composite=composite.cache_key())
+                composite=composite.cache_key(), light=light.cache_key())
     md = markdown(summary, rows, command.strip(), meta)
     print(md)
     if a.json:

@@ -167,8 +167,8 @@ def fail(parser: argparse.ArgumentParser, message: str):
 
 def parse_args(argv):
     """Every flag, checked before any work starts: bad input exits with code 2 and names the flag."""
-    from vp2p_core import (CompositeOptions, EditOptions, InflationOptions, InversionOptions, SamplerOptions,
-                           TuneOptions)
+    from vp2p_core import (CompositeOptions, EditOptions, InflationOptions, InversionOptions, LightOptions,
+                           SamplerOptions, TuneOptions)
     from vp2p_core.options import ContextOptions
 
     from .settings import add_option_flags
@@ -187,6 +187,7 @@ def parse_args(argv):
     add_option_flags(p, EditOptions, defaults={"blend_words": None})
     add_option_flags(p, SamplerOptions, skip=("guidance",))  # one --guidance for the inversion and the sampler
     add_option_flags(p, CompositeOptions)
+    add_option_flags(p, LightOptions)
     add_option_flags(p, ContextOptions)
     p.add_argument("--frames", type=int, default=8, help="frames of the clip; clips longer than --context-length "
                    "are seen through context windows (default: 8)")
@@ -208,8 +209,8 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    from vp2p_core import (CompositeOptions, EditOptions, Host, InflationOptions, InversionOptions, SamplerOptions,
-                           TuneOptions, VP2PInputError)
+    from vp2p_core import (CompositeOptions, EditOptions, Host, InflationOptions, InversionOptions, LightOptions,
+                           SamplerOptions, TuneOptions, VP2PInputError)
     from vp2p_core.context import ContextWindows
     from vp2p_core.options import ContextOptions
     from vp2p_core.pipeline import Components, run
@@ -241,6 +242,7 @@ def main(argv=None) -> int:
         edit = options_from_args(a, EditOptions, blend_words=blend)
         no_mask = {} if edit.blend_words.strip() else {"composite": False}  # no blend words: no mask to composite
         composite = options_from_args(a, CompositeOptions, **no_mask)
+        light = options_from_args(a, LightOptions)
     except VP2PInputError as e:
         fail(p, str(e))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -262,7 +264,7 @@ def main(argv=None) -> int:
         inversion_bar = "DDIM + null-text inversion" if inversion.mode == "null_text" else "DDIM inversion"
         bar = BarProgress((["tune"] if tune.steps else []) + [inversion_bar, "edit"])  # one bar per stage
         res = run(comps, frames, source, target, tune=tune, inversion=inversion, edit=edit, sampler=sampler,
-                  composite=composite, host=Host(progress=bar), context=context)
+                  composite=composite, host=Host(progress=bar), context=context, light=light)
         bar.close()
     except VP2PInputError as e:
         fail(p, str(e))

@@ -243,6 +243,16 @@ def composite(g: Graph, sampler: int, frames: int, video: int, source_frames: in
     return comp
 
 
+def normalise_light(g: Graph, scaled: int, frames: int, latent: int | None) -> int:
+    """Normalise Light between the clip's frames and VAE Encode, its light into Decode Frames: the clip is edited
+    as if evenly lit and gets its own light back when decoded. Added last, so earlier nodes keep their ids."""
+    light = g.add("NormaliseLight", "The clip as if evenly lit", pos=(COL[1], 1240), images=(scaled, 0))
+    if latent is not None:
+        g.connect(latent, "pixels", (light, 0))
+    g.connect(frames, "light", (light, 1))
+    return light
+
+
 def word_swap() -> Graph:
     g = Graph("Video-P2P word swap with local blend")
     g.note("Video-P2P word swap: 'rabbit' -> 'cat', only the rabbit's region changes (local blend).\n\n"
@@ -252,7 +262,10 @@ def word_swap() -> Graph:
            "3. The tuned delta and the inversion are also saved to output/vp2p/ for the re-edit workflow.\n"
            "4. Blend Mask and Image Composite Masked paste the edit over the clip's frames: outside the local-blend "
            "mask (grown by mask_dilation, softened by feather) the video keeps the clip's own pixels, and inside "
-           "it so do the pixels the edit hardly changed (change_threshold).\n\n"
+           "it so do the pixels the edit hardly changed (change_threshold).\n"
+           "5. Normalise Light takes a change of light over the clip (exposure, white balance) out of its frames "
+           "before VAE Encode, and Decode Frames puts it back: one-shot tuning on a clip whose light drifts or "
+           "flickers can garble the edit. Bypass it to edit the clip as lit.\n\n"
            "Blend words must be words of the prompts; the Attention Maps preview shows each word's region.",
            pos=(COL[0], -300))
     ckpt, latent, scaled = clip_input(g)
@@ -263,6 +276,7 @@ def word_swap() -> Graph:
     g.add("SaveVP2PInversion", pos=(COL[3], 660), inversion=(inv, 0),
           filename="vp2p/rabbit.inversion.safetensors")
     composite(g, *outputs, scaled)
+    normalise_light(g, scaled, outputs[1], latent)
     return g
 
 
@@ -278,7 +292,9 @@ def refine_reweight() -> Graph:
     tuned, inv = tune_and_invert(g, ckpt, latent)
     edit = edit_node(g, ckpt, "an origami rabbit is jumping on the grass", "refine", "rabbit", "rabbit",
                      "origami", "2")
-    composite(g, *sample_and_save(g, ckpt, tuned, inv, edit, "vp2p_refine", latent), scaled)
+    outputs = sample_and_save(g, ckpt, tuned, inv, edit, "vp2p_refine", latent)
+    composite(g, *outputs, scaled)
+    normalise_light(g, scaled, outputs[1], latent)
     return g
 
 
@@ -295,7 +311,9 @@ def reedit() -> Graph:
                 filename="vp2p/rabbit.inversion.safetensors")
     edit = edit_node(g, ckpt, "a tiger is jumping on the grass", "replace", "rabbit", "tiger")
     outputs = sample_and_save(g, ckpt, tuned, inv, edit, "vp2p_reedit", None)
-    composite(g, *outputs, clip_frames(g))  # the clip's frames, for the pixels outside the edit
+    scaled = clip_frames(g)  # the clip's frames, for the pixels outside the edit
+    composite(g, *outputs, scaled)
+    normalise_light(g, scaled, outputs[1], None)  # the light the saved inversion's clip was encoded without
     return g
 
 
@@ -330,6 +348,7 @@ def structure_depth() -> Graph:
     outputs = sample_and_save(g, ckpt, tuned, inv, edit, "vp2p_structure_depth", latent, temporal_guidance=1.5,
                               structure=structure)
     composite(g, *outputs, scaled)
+    normalise_light(g, scaled, outputs[1], latent)
     return g
 
 
@@ -348,6 +367,7 @@ def long_clip() -> Graph:
     edit = edit_node(g, ckpt, "a cat is jumping on the grass", "replace", "rabbit", "cat")
     outputs = sample_and_save(g, ckpt, tuned, inv, edit, "vp2p_long_clip", latent, context=context)
     composite(g, *outputs, scaled)
+    normalise_light(g, scaled, outputs[1], latent)
     return g
 
 

@@ -52,6 +52,7 @@ RUN_TIMEOUT = 600
 # Our nodes as the server must list them: id -> (required inputs, optional inputs, output types, output node).
 # Saved workflows refer to nodes by these ids and input names, so they are fixed whatever nodes/ looks like inside.
 OUR_NODES = {
+    "NormaliseLight": (["images"], [], ["IMAGE", "VP2P_LIGHT"], False),
     "InflateUNet": (["model", "frame_attention", "weight_dtype", "group_norm"], [], ["VP2P_MODEL"], False),
     "VideoP2PContextWindows": (["context_length", "context_overlap", "context_schedule", "context_stride",
                                 "closed_loop", "fuse_method"], [], ["VP2P_CONTEXT"], False),
@@ -73,7 +74,7 @@ OUR_NODES = {
                         False),
     "StructureGuidance": (["structure", "structure_blur", "strength", "start_percent", "end_percent"],
                           ["control_net", "diffusers_controlnet"], ["VP2P_STRUCTURE", "IMAGE"], False),
-    "DecodeFrames": (["vae", "latent", "frames_per_chunk"], [], ["IMAGE"], False),
+    "DecodeFrames": (["vae", "latent", "frames_per_chunk"], ["light"], ["IMAGE"], False),
     "AttentionMaps": (["attention_maps", "frame", "cell_size"], [], ["IMAGE", "MASK"], False),
     "BlendMask": (["attention_maps", "images", "mask_dilation", "feather", "change_threshold", "refine_radius",
                    "occluder_threshold"], ["source_images", "recolour_margin"], ["MASK"], False),

@@ -1,0 +1,44 @@
+"""Normalise Light: the clip as if evenly lit for the edit, and its light for Decode Frames to put back.
+
+The maths is ``vp2p_core.light``: an RGB gain per frame from the frames' medians. Place it between the clip's frames
+and VAE Encode, and connect its ``light`` to every Decode Frames of that clip; Image Composite Masked keeps the
+clip's own frames as its destination. Bypassing the node edits the clip as it is lit.
+"""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from vp2p_core import VP2PInputError, estimate_light, remove_light
+
+from .schema import CATEGORY, VP2PLightIO
+from .types import VP2PLight
+
+
+class NormaliseLight(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="NormaliseLight",
+            display_name="Normalise Light (Video-P2P)",
+            category=CATEGORY,
+            description="Takes a change of light over the clip (exposure, white balance: an RGB gain per frame, "
+                        "measured from the frames' medians) out of its frames before VAE Encode, so that one-shot "
+                        "tuning does not tie the edit to it; Decode Frames puts it back. A clip whose light drifts "
+                        "or flickers can garble the edit without it. Light that differs across the frame (a "
+                        "shadow) stays in the clip.",
+            inputs=[io.Image.Input("images", tooltip="The clip's frames, [frames, height, width, 3] in 0..1.")],
+            outputs=[io.Image.Output("even_images", display_name="images",
+                                     tooltip="The frames as if evenly lit: into VAE Encode."),
+                     VP2PLightIO.Output("light", display_name="light",
+                                        tooltip="The light taken out: into Decode Frames' light, for every decode "
+                                                "of this clip's latents.")],
+        )
+
+    @classmethod
+    def execute(cls, images) -> io.NodeOutput:
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] != 3:
+            got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise VP2PInputError(f"images: expected RGB frames [frames, height, width, 3], got {got}")
+        gains = estimate_light(images)
+        return io.NodeOutput(remove_light(images, gains), VP2PLight(gains=gains))
