@@ -24,9 +24,10 @@ class NormaliseLight(io.ComfyNode):
             category=CATEGORY,
             description="Takes a change of light over the clip (exposure, white balance: an RGB gain per frame, "
                         "measured from the frames' medians) out of its frames before VAE Encode, so that one-shot "
-                        "tuning does not tie the edit to it; Decode Frames puts it back. A clip whose light drifts "
-                        "or flickers can garble the edit without it. Light that differs across the frame (a "
-                        "shadow) stays in the clip.",
+                        "tuning does not tie the edit to it; Decode Frames puts it back. In the small world a clip "
+                        "whose light drifts or flickers garbled the edit without it. A cut, or a pan onto a much "
+                        "brighter or darker scene, also reads as light: bypass the node for such clips. Light that "
+                        "differs across the frame (a shadow) stays in the clip.",
             inputs=[io.Image.Input("images", tooltip="The clip's frames, [frames, height, width, 3] in 0..1.")],
             outputs=[io.Image.Output("even_images", display_name="images",
                                      tooltip="The frames as if evenly lit: into VAE Encode."),
@@ -37,7 +38,7 @@ class NormaliseLight(io.ComfyNode):
 
     @classmethod
     def execute(cls, images) -> io.NodeOutput:
-        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] != 3:
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] != 3 or images.shape[0] == 0:
             got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise VP2PInputError(f"images: expected RGB frames [frames, height, width, 3], got {got}")
         gains = estimate_light(images)

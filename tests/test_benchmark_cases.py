@@ -308,7 +308,7 @@ def test_shape_swap_on_a_moving_clip_succeeds_and_keeps_the_background():
     assert case.moving and case.kind == "shape"
     row = tuned_at_demo_settings(case)()
     assert row["accuracy"] >= 0.75, row  # the benchmark: 1.00
-    assert row["bg_psnr"] >= 27.0, row  # outside every pixel either object touches (the benchmark: 31.9 dB)
+    assert row["bg_psnr"] >= 27.0, row  # outside every pixel either object touches (the benchmark: 32.6 dB)
     assert row["mask_iou"] >= 0.25, row
 
 
@@ -318,7 +318,7 @@ def test_recolour_whose_target_branch_drifts_succeeds_with_the_source_words_mask
     source's words alone (blend_from auto, for a recolour) keeps the edit on the star, which turns yellow. Without
     edit guidance, which also keeps the target on the star (both masks succeed with it)."""
     case = next(c for c in benchmark.original_cases(8) if c.name == "blue->yellow star")
-    edit = tuned_at_demo_settings(case)
+    edit = tuned_at_demo_settings(case, normalise_light=False)  # measured with the clip as lit
     rows = {b: edit(blend_from=b, edit_guidance=0.0) for b in ("auto", "both")}
     assert rows["auto"]["accuracy"] >= 0.75, rows["auto"]  # measured: 0.88
     assert rows["both"]["accuracy"] <= 0.25, rows["both"]  # measured: 0.00
@@ -330,7 +330,8 @@ def test_recolour_that_pooled_group_norm_breaks_succeeds_with_per_frame_statisti
     target branch loses the square on some frames (its latents there fade to the background's), with each frame's
     own statistics (the default) it turns purple on nearly every frame. Without edit guidance."""
     case = next(c for c in benchmark.original_cases(8) if c.name == "yellow->purple square")
-    rows = {g: tuned_at_demo_settings(case, group_norm=g)(edit_guidance=0.0) for g in ("frame", "clip")}
+    rows = {g: tuned_at_demo_settings(case, group_norm=g, normalise_light=False)(edit_guidance=0.0)
+            for g in ("frame", "clip")}
     assert rows["frame"]["accuracy"] >= 0.75, rows["frame"]  # measured: 0.88
     assert rows["clip"]["accuracy"] <= 0.25, rows["clip"]  # measured: 0.12
     assert rows["frame"]["psnr_truth"] > rows["clip"]["psnr_truth"] + 1.0  # measured: 19.61 against 16.30 dB
@@ -342,7 +343,7 @@ def test_recolour_the_model_draws_back_to_the_old_colour_succeeds_with_edit_guid
     first half of the steps) pushes the target away from the source prompt and every frame turns red, closer to
     the rendered truth."""
     case = next(c for c in benchmark.original_cases(8) if c.name == "green->red triangle")
-    edit = tuned_at_demo_settings(case)
+    edit = tuned_at_demo_settings(case, normalise_light=False)  # measured with the clip as lit
     rows = {g: edit(edit_guidance=g) for g in (0.0, None)}
     assert rows[0.0]["accuracy"] <= 0.625, rows[0.0]  # measured: 0.50
     assert rows[None]["accuracy"] >= 0.875, rows[None]  # measured: 1.00

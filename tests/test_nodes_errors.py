@@ -116,6 +116,8 @@ def test_decode_errors():
         run(DecodeFrames, vae=object(), latent={"samples": torch.zeros(4, 4, 8, 8)}, light=light)
     with pytest.raises(VP2PInputError, match="images: expected RGB frames"):
         run(NormaliseLight, images=torch.zeros(2, 8, 8))
+    with pytest.raises(VP2PInputError, match="images: expected RGB frames"):
+        run(NormaliseLight, images=torch.zeros(0, 8, 8, 3))
 
 
 # --- files ------------------------------------------------------------------------------------------------

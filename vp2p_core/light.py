@@ -11,15 +11,19 @@ the frame shifts the mean but hardly the median); the frames are divided by it b
 (``remove_light``) and the decoded frames multiplied by it again (``restore_light``). A composite then pastes that
 over the source frames as they were lit.
 
-Why the brightest frame: the darker frames are brought up to the clip's best exposed one, and putting the light
-back only darkens (gains <= 1), so the decoded edit does not clip there. Normalised to the clip's mean light
-instead, or to its first frame, the clip stays darker than at its best, and small-world edits failed that had not
-(a flickering star, fast inversion: 0.94 of frames recoloured without normalisation, 0.25 at the mean light, 0.44
-at the first frame's, 1.00 at the brightest frame's; BENCHMARKS.md).
+Why the brightest frame (of each channel, so the reference may be a white balance no single frame had): the darker
+frames are brought up to it, and putting the light back only darkens (gains <= 1), so that step never clips; taking
+it out clamps a darker frame's pixels only where they would pass 1, where the estimate errs. Normalised to the
+clip's mean light instead, or to its first frame, the clip stays darker than at its best, and small-world edits
+failed that had not (a flickering star, fast inversion: 0.94 of frames recoloured without normalisation, 0.25 at
+the mean light, 0.44 at the first frame's, 1.00 at the brightest frame's; BENCHMARKS.md). This was measured in the
+small world only; on real footage a pan onto a brighter or darker scene moves the frames' medians too, and reads as
+light (undone again after decoding, but the model edits the flattened clip).
 
 Light that differs across the frame (a passing shadow, a spotlight) is not a gain and stays in the clip. On the
-small world's evenly lit clips the estimate is flat within about 3% (a moving object over texture, a pan); on its
-drifting and flickering clips it follows the true light from frame to frame within about 4%.
+small world's evenly lit clips the gains stay within 3% of their mean (a ball under a pan; down to 0.95 of the
+brightest frame's); on its drifting and flickering clips they follow the true light within 4.1%, up to one factor
+per channel for the whole clip.
 """
 from __future__ import annotations
 
@@ -27,8 +31,9 @@ import torch
 
 from .errors import VP2PInputError
 
-# Medians below this (0..1 frames) count as this, so a black frame gets a finite gain rather than 0.
-DARKEST_MEDIAN = 1.0 / 255.0
+# The smallest gain: a frame darker than this share of the brightest (a fade to black, a frame mostly black) is
+# brightened at most 1 / MIN_GAIN times, rather than have its noise blown up to white.
+MIN_GAIN = 0.25
 
 
 def _check_frames(frames: torch.Tensor, what: str) -> None:
@@ -38,12 +43,14 @@ def _check_frames(frames: torch.Tensor, what: str) -> None:
 
 
 def estimate_light(frames: torch.Tensor) -> torch.Tensor:
-    """The light's RGB gain per frame [F, 3] (float32, in (0, 1]), relative to the clip's brightest frame of each
-    channel: each frame's median of each channel over the largest of those medians across the frames. ``frames``
-    [F, H, W, 3] in 0..1."""
+    """The light's RGB gain per frame [F, 3] (float32, in [MIN_GAIN, 1]), relative to each channel's brightest
+    frame: each frame's median of each channel over the largest of those medians across the frames. ``frames``
+    [F, H, W, 3] in 0..1; a channel black on every frame gets gains of 1."""
     _check_frames(frames, "frames")
-    medians = frames.detach().float().flatten(1, 2).median(dim=1).values.clamp_min(DARKEST_MEDIAN)  # [F, 3]
-    return (medians / medians.max(dim=0, keepdim=True).values).cpu()
+    medians = frames.detach().float().flatten(1, 2).median(dim=1).values  # [F, 3]
+    brightest = medians.max(dim=0, keepdim=True).values
+    gains = torch.where(brightest > 0, medians / brightest.clamp_min(1e-12), torch.ones_like(medians))
+    return gains.clamp(MIN_GAIN, 1.0).cpu()
 
 
 def _gains_for(frames: torch.Tensor, gains: torch.Tensor, what: str) -> torch.Tensor:

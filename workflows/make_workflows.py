@@ -264,8 +264,10 @@ def word_swap() -> Graph:
            "mask (grown by mask_dilation, softened by feather) the video keeps the clip's own pixels, and inside "
            "it so do the pixels the edit hardly changed (change_threshold).\n"
            "5. Normalise Light takes a change of light over the clip (exposure, white balance) out of its frames "
-           "before VAE Encode, and Decode Frames puts it back: one-shot tuning on a clip whose light drifts or "
-           "flickers can garble the edit. Bypass it to edit the clip as lit.\n\n"
+           "before VAE Encode, and Decode Frames puts it back: in the small world, one-shot tuning on a clip whose "
+           "light drifts or flickers garbled the edit. A cut, or a pan onto a much brighter or darker scene, reads "
+           "as light too: bypass the node for such clips, and for inversions saved before it was in this "
+           "workflow.\n\n"
            "Blend words must be words of the prompts; the Attention Maps preview shows each word's region.",
            pos=(COL[0], -300))
     ckpt, latent, scaled = clip_input(g)
