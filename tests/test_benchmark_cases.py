@@ -264,8 +264,8 @@ def tuned_at_demo_settings(case, group_norm: str = "frame", normalise_light: boo
     self-attentions replaced, edit guidance, composite, light normalisation; ``group_norm`` of the inflated model,
     ``normalise_light`` None: the world's); returns edit(edit_guidance=None, **edit_changes) -> the benchmark row of
     Video-P2P fast + composite with those EditOptions changes (and that edit guidance; None: the world's)."""
-    from vp2p_core import (InversionOptions, LightOptions, SamplerOptions, TuneOptions, estimate_light, one_shot_tune,
-                           remove_light, trained_weights)
+    from vp2p_core import InversionOptions, LightOptions, SamplerOptions, TuneOptions, one_shot_tune, trained_weights
+    from vp2p_core.light import take_light_out
     from vp2p_core.pipeline import Components
     from vp2p_world.settings import world_options
 
@@ -273,8 +273,8 @@ def tuned_at_demo_settings(case, group_norm: str = "frame", normalise_light: boo
     comps = Components.from_folder(benchmark.WEIGHTS, group_norm=group_norm)
     src = render(case.scene)
     light = world_options(LightOptions) if normalise_light is None else LightOptions(normalise_light=normalise_light)
-    gains = estimate_light(src.frames) if light.normalise_light else None
-    latents = comps.encode_frames(src.frames if gains is None else remove_light(src.frames, gains))
+    to_encode, gains = take_light_out(src.frames, light.normalise_light)
+    latents = comps.encode_frames(to_encode)
     with trained_weights(comps.model, None):
         delta = one_shot_tune(comps.model, latents, comps.encode_prompts([src.caption]), src.caption,
                               options=world_options(TuneOptions))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vp2p_core import LightOptions, VP2PInputError, estimate_light, remove_light, restore_light
-from vp2p_core.light import MIN_GAIN
+from vp2p_core.light import MIN_GAIN, take_light_out, with_light
 from vp2p_world.benchmark import suite
 from vp2p_world.render import lighting_gains, render
 
@@ -85,6 +85,18 @@ def test_a_nearly_black_frame_is_brightened_at_most_by_the_floor():
     assert float(even[2].max()) <= 0.004 / MIN_GAIN + 1e-6 and torch.equal(even[3], clip[3])
     assert torch.allclose(restore_light(even, gains), clip, atol=1e-6)
     assert torch.equal(estimate_light(torch.zeros(3, 8, 8, 3)), torch.ones(3, 3))  # black throughout: no light
+
+
+def test_the_setting_chooses_whether_the_light_is_taken_out_and_put_back():
+    """``take_light_out`` / ``with_light``, what ``run`` and the benchmark call: off, the frames as they are and no
+    gains; on, ``remove_light`` with ``estimate_light``'s gains, and those gains put back."""
+    clip = _clip() * torch.linspace(0.7, 1.0, 6)[:, None, None, None]
+    frames, gains = take_light_out(clip, False)
+    assert frames is clip and gains is None and with_light(clip, None) is clip
+    frames, gains = take_light_out(clip, True)
+    assert torch.equal(gains, estimate_light(clip)) and torch.equal(frames, remove_light(clip, gains))
+    assert torch.equal(with_light(frames, gains), restore_light(frames, gains))
+    assert torch.allclose(with_light(frames, gains), clip, atol=1e-6)
 
 
 def test_bad_input_is_refused_by_name():

@@ -27,6 +27,8 @@ per channel for the whole clip.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .errors import VP2PInputError
@@ -79,3 +81,17 @@ def restore_light(frames: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
     """``frames`` [N, H, W, 3] (decoded from an evenly lit clip) times the light's gain per frame, clamped to 0..1.
     N may be several clips of the light's frames, one per target prompt."""
     return (frames * _gains_for(frames, gains, "images")).clamp(0.0, 1.0)
+
+
+def take_light_out(frames: torch.Tensor, normalise_light: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """What to encode, and the gains to put back: with ``normalise_light`` (``LightOptions``) the frames with their
+    light taken out and ``estimate_light``'s gains; without, the frames as they are and None."""
+    if not normalise_light:
+        return frames, None
+    gains = estimate_light(frames)
+    return remove_light(frames, gains), gains
+
+
+def with_light(frames: torch.Tensor, gains: Optional[torch.Tensor]) -> torch.Tensor:
+    """Decoded ``frames`` with the clip's light put back (``gains`` from ``take_light_out``; None: as they are)."""
+    return frames if gains is None else restore_light(frames, gains)

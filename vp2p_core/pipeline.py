@@ -19,7 +19,7 @@ from .control import EditPlan, build_edit_plan
 from .errors import VP2PInputError
 from .host import Host
 from .inversion import Inversion, invert
-from .light import estimate_light, remove_light, restore_light
+from .light import take_light_out, with_light
 from .model import VideoModel
 from .options import (SD_LATENT_SCALE, CompositeOptions, DecodeOptions, EditOptions, InflationOptions,
                       InversionOptions, LightOptions, SamplerOptions, TuneOptions)
@@ -213,8 +213,8 @@ def run(components: Components, frames: torch.Tensor, source: str, targets: str 
 
     if context is not None:
         context.check_clip(frames.shape[0], what="frames")
-    gains = estimate_light(frames) if light.normalise_light else None
-    latents = stage("encode", lambda: cm.encode_frames(frames if gains is None else remove_light(frames, gains)))
+    to_encode, gains = take_light_out(frames, light.normalise_light)
+    latents = stage("encode", lambda: cm.encode_frames(to_encode))
     plan = stage("plan", lambda: cm.plan(source, targets, options=edit))
     delta = None
     if tune.steps > 0:
@@ -241,8 +241,3 @@ def run(components: Components, frames: torch.Tensor, source: str, targets: str 
     recon = stage("decode_source", lambda: with_light(cm.decode_latents(res.source), gains))
     return RunResult(edited=edited, source=recon, edit=res, inversion=inv, delta=delta, timings=timings,
                      evaluations=evals, decoded=decoded, composited=composited, light=gains)
-
-
-def with_light(frames: torch.Tensor, gains: Optional[torch.Tensor]) -> torch.Tensor:
-    """Decoded ``frames`` with the clip's light put back (``gains`` from ``estimate_light``; None: as they are)."""
-    return frames if gains is None else restore_light(frames, gains)

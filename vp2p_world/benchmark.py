@@ -36,10 +36,11 @@ import numpy as np
 import torch
 
 from vp2p_core import (CompositeOptions, EditOptions, InflationOptions, InversionOptions, LightOptions, SamplerOptions,
-                       TuneOptions, estimate_light, invert, one_shot_tune, remove_light, sample_edit, trained_weights)
+                       TuneOptions, invert, one_shot_tune, sample_edit, trained_weights)
 from vp2p_core.composite import CHANGE_RAMP, composite_frames, image_mask, upsample_mask
 from vp2p_core.errors import VP2PInputError
-from vp2p_core.pipeline import Components, with_light
+from vp2p_core.light import take_light_out, with_light
+from vp2p_core.pipeline import Components
 
 from . import metrics
 from .render import COLOURS, SHAPES, Scene, random_motion, random_scene, render
@@ -295,7 +296,7 @@ def run_case(comps: Components, case: Case, method: str, delta, latents, inversi
     steps and guidance (null-text settings where it inverts with null-text). A ``+composite`` method pastes the
     decoded edit over ``frames`` (the source frames the latents were encoded from; default the clean render)
     through its blend mask with ``composite`` (default the small world's CompositeOptions). ``light``: the gains
-    (``vp2p_core.estimate_light``) the latents were encoded without, put back on the decoded frames."""
+    (``vp2p_core.light.take_light_out``) the latents were encoded without, put back on the decoded frames."""
     model = comps.model
     method, composited = (method[:-len(COMPOSITE)], True) if method.endswith(COMPOSITE) else (method, False)
     src = render(case.scene)
@@ -572,8 +573,8 @@ def main(argv=None) -> int:
     for ci, case in enumerate(cases):
         src = render(case.scene)
         source_frames = noisy(src.frames, a.frame_noise, 1000 + ci)
-        gains = estimate_light(source_frames) if light.normalise_light else None
-        latents = comps.encode_frames(source_frames if gains is None else remove_light(source_frames, gains))
+        to_encode, gains = take_light_out(source_frames, light.normalise_light)
+        latents = comps.encode_frames(to_encode)
         delta = None
         if any(m.removesuffix(COMPOSITE) != "p2p_per_frame" for m in methods):  # per-frame P2P never tunes
             t0 = time.perf_counter()
