@@ -1,6 +1,6 @@
 """Normalise Light: the clip as if evenly lit for the edit, and its light for Decode Frames to put back.
 
-The maths is ``vp2p_core.light``: an RGB gain per frame from the frames' medians. Place it between the clip's frames
+The maths is ``vp2p_core.light``: an RGB gain per frame, measured pixel by pixel between frames. Place it between the clip's frames
 and VAE Encode, and connect its ``light`` to every Decode Frames of that clip; Image Composite Masked keeps the
 clip's own frames as its destination. Bypassing the node edits the clip as it is lit.
 """
@@ -23,11 +23,11 @@ class NormaliseLight(io.ComfyNode):
             display_name="Normalise Light (Video-P2P)",
             category=CATEGORY,
             description="Takes a change of light over the clip (exposure, white balance: an RGB gain per frame, "
-                        "measured from the frames' medians) out of its frames before VAE Encode, so that one-shot "
-                        "tuning does not tie the edit to it; Decode Frames puts it back. In the small world a clip "
-                        "whose light drifts or flickers garbled the edit without it. A cut, or a pan onto a much "
-                        "brighter or darker scene, also reads as light: bypass the node for such clips. Light that "
-                        "differs across the frame (a shadow) stays in the clip.",
+                        "measured pixel by pixel between frames) out of its frames before VAE Encode, "
+                        "so that one-shot tuning does not tie the edit to it; Decode Frames puts it back. In the "
+                        "small world a clip whose light drifts or flickers garbled the edit without it. A cut, or a "
+                        "pan across a scene that grows much brighter or darker, also reads as light: bypass the node "
+                        "for such clips. Light that differs across the frame (a shadow) stays in the clip.",
             inputs=[io.Image.Input("images", tooltip="The clip's frames, [frames, height, width, 3] in 0..1.")],
             outputs=[io.Image.Output("even_images", display_name="images",
                                      tooltip="The frames as if evenly lit: into VAE Encode."),

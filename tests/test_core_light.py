@@ -10,8 +10,7 @@ from vp2p_world.render import lighting_gains, render
 
 
 def _clip(frames: int = 6, size: int = 32, seed: int = 0) -> torch.Tensor:
-    """A textured clip with a red square on it, evenly lit, in 0.1..0.7 (no clipping at gains up to 1.4). The
-    square stays put: over texture, a moving object shifts a frame's median a little (the suite's test below)."""
+    """A textured clip with a red square on it, evenly lit, in 0.1..0.7 (no clipping at gains up to 1.4)."""
     g = torch.Generator().manual_seed(seed)
     clip = (0.2 + 0.3 * torch.rand(size, size, 3, generator=g)).repeat(frames, 1, 1, 1)
     clip[:, 4:12, 4:12] = torch.tensor([0.7, 0.1, 0.1])
@@ -34,36 +33,81 @@ def test_an_exact_gain_per_frame_is_measured_relative_to_the_clip_and_undone():
 
 
 def test_an_object_moving_over_an_evenly_lit_clip_is_not_read_as_light():
-    """A square crossing a flat background (less than half of each frame): every frame's median is the background's,
-    so the gains are 1 and the clip keeps its pixels exactly."""
-    clip = torch.full((6, 32, 32, 3), 0.4) * torch.tensor([1.0, 0.8, 0.6])
+    """A square crossing a textured background, still camera: the background's pixels say the light has not
+    changed, whatever the square covers and uncovers (the frames' medians move: the first estimator, each frame's
+    median over the brightest's, read 1.5% of light here). The gains are exactly 1 and the clip keeps its pixels."""
+    clip = _clip()
+    clip[:, 4:12, 4:12] = clip[0, 20, 20]
     for t in range(6):
         clip[t, 8:20, 2 + 3 * t:14 + 3 * t] = torch.tensor([0.9, 0.1, 0.1])
+    medians = clip.flatten(1, 2).median(dim=1).values
+    assert float((medians / medians.max(dim=0).values).min()) < 0.99  # what the frames' medians would have said
     gains = estimate_light(clip)
     assert torch.equal(gains, torch.ones(6, 3))
     assert torch.equal(remove_light(clip, gains), clip) and torch.equal(restore_light(clip, gains), clip)
 
 
-def test_the_worlds_drifting_and_flickering_light_is_measured_within_five_percent():
+def test_clipped_pixels_do_not_hide_the_light():
+    """Most of each frame is blown out (a sky at 1 under every light): those pixels would say the light never
+    changes, so only the pixels below saturation measure it."""
+    clip = _clip()
+    clip[:, :, 6:] = 1.0  # 26 of 32 columns clipped
+    light = torch.tensor([1.0, 0.9, 0.8, 0.85, 0.95, 1.0])
+    lit = (clip * light[:, None, None, None]).clamp(max=1.0)
+    lit[:, :, 6:] = 1.0  # still clipped: the sky was far brighter than 1
+    assert torch.allclose(estimate_light(lit), light[:, None].expand(6, 3), atol=1e-5)
+
+
+def test_the_worlds_light_is_measured_and_none_is_read_where_there_is_none():
     """Every clip of the benchmark's suite, objects moving, growing and passing behind the occluder: the measured
-    gains are at most 1, 1 on some frame of each channel, and follow the true light from frame to frame within 5%
-    (measured: at most 4.1%, the flickering ball under a pan and zoom), that is up to one factor per channel for the
-    whole clip, which is where the brightest frame's own estimate errs; on the evenly lit clips they are flat within
-    4% (measured: at most 3.0%, a ball under a pan)."""
-    lit = unlit = 0
+    gains are at most 1, 1 on some frame of each channel, and follow the true light from frame to frame (that is
+    up to one factor per channel for the whole clip, where the brightest frame's own light is): exactly on the
+    still-camera drifting and flickering clips, within 3% on the flickering ball under a pan and zoom (measured
+    2.6%; the first estimator, each frame's median over the brightest's, 4.1%). Evenly lit clips with a still
+    camera get gains of exactly 1 (it gave 0.96-1.00); under a pan or zoom they are flat within 1% (measured
+    0.7%, a ball under a pan; it gave 3.0%)."""
+    lit = still = moving = 0
     for case in suite(8):
         clip = render(case.scene)
         measured = estimate_light(clip.frames)
         assert float(measured.max()) <= 1.0 and torch.equal(measured.max(dim=0).values, torch.ones(3)), case.name
         ratio = measured / torch.from_numpy(lighting_gains(case.scene)).float()
         error = float((ratio / ratio.mean(dim=0, keepdim=True) - 1).abs().max())
-        if case.scene.lighting == "none":
-            unlit += 1
-            assert error <= 0.04, (case.name, error)
-        else:
+        if case.scene.lighting != "none":
             lit += 1
-            assert error <= 0.05, (case.name, error)
-    assert lit == 4 and unlit == 22
+            assert error <= (0.001 if case.scene.camera == "none" else 0.03), (case.name, error)
+        elif case.scene.camera == "none":
+            still += 1
+            assert torch.equal(measured, torch.ones_like(measured)), case.name
+        else:
+            moving += 1
+            assert error <= 0.01, (case.name, error)
+    assert (lit, still, moving) == (4, 17, 5)
+
+
+def _eight_bit(frames: torch.Tensor) -> torch.Tensor:
+    return (frames * 255).round() / 255
+
+
+def test_a_slow_drift_of_eight_bit_footage_is_measured():
+    """Exposure falling 0.36% a frame over 30 frames of 8-bit frames: from one frame to the next most pixels keep
+    their value (their ratio is exactly 1), so neighbouring frames alone would see no light (measured: 5% off,
+    chained: 11% off); the frames far apart see the whole change. Within 0.2% (measured 0.08%; each frame's median
+    over the brightest's: 0.9%)."""
+    texture = 0.25 + 0.3 * torch.rand(96, 96, 3, generator=torch.Generator().manual_seed(0))
+    light = 0.9964 ** torch.arange(30.0)
+    measured = estimate_light(_eight_bit(texture * light[:, None, None, None]))
+    assert float((measured / light[:, None] - 1).abs().max()) <= 0.002
+
+
+def test_a_long_pan_over_an_evenly_lit_scene_is_not_read_as_light():
+    """64 frames panning 2 px a frame across a smooth random scene (256 px; the frame's content has moved by half
+    its width at the end), light steady: the gains stay within 1.5% of 1 (measured 1.1%; neighbouring frames
+    alone, chained, added up to about 6%)."""
+    scene = torch.rand(1, 3, 104, 104, generator=torch.Generator().manual_seed(1))
+    scene = torch.nn.functional.interpolate(scene, scale_factor=4, mode="bilinear")[0].permute(1, 2, 0) * 0.5 + 0.2
+    clip = torch.stack([scene[10:266, 2 * t:2 * t + 256] for t in range(64)])
+    assert float(estimate_light(clip).min()) >= 0.985
 
 
 def test_several_targets_get_the_clips_light_each():
@@ -87,6 +131,15 @@ def test_a_nearly_black_frame_is_brightened_at_most_by_the_floor():
     assert torch.equal(estimate_light(torch.zeros(3, 8, 8, 3)), torch.ones(3, 3))  # black throughout: no light
 
 
+def test_a_frame_with_too_few_lit_pixels_is_measured_by_its_median():
+    """A black frame with 5 of its 1024 pixels lit (under 1%): those few pixels would say the light had not
+    dimmed (their ratio to the frames around is about 1); the frame's median says it is black."""
+    clip = _clip()
+    clip[2] = 0.0
+    clip[2, 0, :5] = clip[1, 0, :5]
+    assert float(estimate_light(clip)[2].max()) == MIN_GAIN
+
+
 def test_the_setting_chooses_whether_the_light_is_taken_out_and_put_back():
     """``take_light_out`` / ``with_light``, what ``run`` and the benchmark call: off, the frames as they are and no
     gains; on, ``remove_light`` with ``estimate_light``'s gains, and those gains put back."""
@@ -106,6 +159,10 @@ def test_bad_input_is_refused_by_name():
         estimate_light(clip[..., :2])
     with pytest.raises(VP2PInputError, match="frames: expected RGB frames"):
         estimate_light(clip[0])
+    broken = clip.clone()
+    broken[3] = float("nan")
+    with pytest.raises(VP2PInputError, match="frames: expected finite values"):
+        estimate_light(broken)
     with pytest.raises(VP2PInputError, match="images: expected the light's 6 frames or a whole multiple"):
         restore_light(clip[:4], gains)
     with pytest.raises(VP2PInputError, match=r"light: expected an RGB gain per frame \[frames, 3\]"):

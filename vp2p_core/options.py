@@ -403,9 +403,9 @@ class LightOptions(Options):
 
     normalise_light: bool = option(
         "bool", False, "Take a change of light over the clip (exposure, white balance: an RGB gain per frame, "
-        "measured from the frames' medians) out of the frames before they are encoded, and put it back on the "
-        "decoded frames. One-shot tuning on a clip whose light drifts or flickers can garble the edit. Light that "
-        "differs across the frame (a shadow) stays in the clip.")
+        "measured pixel by pixel between frames) out of the frames before they are encoded, and put "
+        "it back on the decoded frames. One-shot tuning on a clip whose light drifts or flickers can garble the "
+        "edit. Light that differs across the frame (a shadow) stays in the clip.")
 
 
 # --------------------------------------------------------------------------------------------------------
