@@ -6,9 +6,9 @@ tuned model's inverted noise turns back into the clip under the source prompt bu
 target prompt (BENCHMARKS.md, the fourteenth moving-world run: a green -> red triangle under drifting light was
 edited on 1 frame of 8, on all 8 with the light taken out first). A change of light over the whole frame is, to a
 good approximation, a per-frame RGB gain. ``estimate_light`` measures it pixel by pixel between frames (the
-median ratio of frames 1, 2, 4, ... apart, fitted by least squares); the frames are divided by it before they are encoded
-(``remove_light``) and the decoded frames multiplied by it again (``restore_light``). A composite then pastes that
-over the source frames as they were lit.
+median ratio of frames 1, 2, 4, ... apart, fitted by least squares); the frames are divided by it before they are
+encoded (``remove_light``) and the decoded frames multiplied by it again (``restore_light``). A composite then
+pastes that over the source frames as they were lit.
 
 Why the brightest frame (of each channel, so the reference may be a white balance no single frame had): the darker
 frames are brought up to it, and putting the light back only darkens (gains <= 1), so that step never clips; taking
