@@ -5,6 +5,7 @@ import torch
 from comfy_api.latest import io
 
 from vp2p_core import DecodeOptions, VP2PInputError, restore_light
+from vp2p_core.light import check_light_count
 
 from . import maps
 from .schema import CATEGORY, VP2PLightIO, VP2PMapsIO, widgets
@@ -39,9 +40,8 @@ class DecodeFrames(io.ComfyNode):
         samples = latent["samples"]
         if samples.dim() != 4 or samples.shape[0] == 0:
             raise VP2PInputError(f"latent: expected [frames, channels, h, w] latents, got {tuple(samples.shape)}")
-        if light is not None and samples.shape[0] % light.gains.shape[0]:
-            raise VP2PInputError(f"latent: expected the light's {light.gains.shape[0]} frames or a whole multiple of "
-                                 f"them (one clip per target prompt), got {samples.shape[0]}")
+        if light is not None:
+            check_light_count(samples.shape[0], light.gains, "latent")
         k = options.frames_per_chunk
         out = None  # filled chunk by chunk: the frames exist once at full size, never as chunks plus a copy
         for i in range(0, samples.shape[0], k):

@@ -6,10 +6,10 @@ Masked keeps the clip's own frames as its destination. Bypassing the node edits 
 """
 from __future__ import annotations
 
-import torch
 from comfy_api.latest import io
 
-from vp2p_core import VP2PInputError, estimate_light, remove_light
+from vp2p_core import estimate_light, remove_light
+from vp2p_core.light import check_frames
 
 from .schema import CATEGORY, VP2PLightIO
 from .types import VP2PLight
@@ -38,8 +38,6 @@ class NormaliseLight(io.ComfyNode):
 
     @classmethod
     def execute(cls, images) -> io.NodeOutput:
-        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] != 3 or images.shape[0] == 0:
-            got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise VP2PInputError(f"images: expected RGB frames [frames, height, width, 3], got {got}")
+        check_frames(images, "images")  # named as the node's input, before the core names it ``frames``
         gains = estimate_light(images)
         return io.NodeOutput(remove_light(images, gains), VP2PLight(gains=gains))

@@ -45,7 +45,8 @@ _SATURATED = 254.0 / 255.0
 _PIXELS = 16384
 
 
-def _check_frames(frames: torch.Tensor, what: str) -> None:
+def check_frames(frames: torch.Tensor, what: str) -> None:
+    """``frames`` (the input named ``what``) are RGB frames [F, H, W, 3], F >= 1."""
     if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
         shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
         raise VP2PInputError(f"{what}: expected RGB frames [frames, height, width, 3], got {shape}")
@@ -67,13 +68,13 @@ def estimate_light(frames: torch.Tensor) -> torch.Tensor:
     pairs compare different parts of the scene, and a scene that grows brighter as the camera pans across it
     reads as light, as does a cut. A pair with under 1% of its pixels lit (a frame fading to black) counts the
     ratio of the two frames' medians instead. At most ``_PIXELS`` pixels per frame are read (a regular grid)."""
-    _check_frames(frames, "frames")
-    if not bool(torch.isfinite(frames).all()):
-        raise VP2PInputError("frames: expected finite values in 0..1, got NaN or infinity")
+    check_frames(frames, "frames")
     count, height, width = frames.shape[:3]
     stride = max(1, math.ceil(math.sqrt(height * width / _PIXELS)))
     logs, lit, medians = [], [], []
     for frame in frames.detach():  # one frame at a time: no full-size float copy of a long clip
+        if not bool(torch.isfinite(frame).all()):
+            raise VP2PInputError("frames: expected finite values in 0..1, got NaN or infinity")
         x = frame[::stride, ::stride].float().reshape(-1, 3).t().contiguous()  # [3, pixels]
         logs.append(x.clamp_min(_DARK).log())
         lit.append((x > _DARK) & (x < _SATURATED))
@@ -116,19 +117,26 @@ def _powers_of_two_below(count: int) -> list[int]:
     return out
 
 
+def check_light_count(count: int, gains: torch.Tensor, what: str) -> None:
+    """``count`` frames (of the input named ``what``) are the light's F frames or a whole multiple of them: one
+    clip per target prompt."""
+    f = gains.shape[0]
+    if count % f:
+        raise VP2PInputError(f"{what}: expected the light's {f} frames or a whole multiple of them (one clip per "
+                             f"target prompt), got {count} frames")
+
+
 def _gains_for(frames: torch.Tensor, gains: torch.Tensor, what: str) -> torch.Tensor:
     """``gains`` [F, 3] as a [N, 1, 1, 3] factor for ``frames`` [N, H, W, 3], N a whole multiple of F (the frames
     of several target prompts, one clip after another)."""
-    _check_frames(frames, what)
+    check_frames(frames, what)
     if not isinstance(gains, torch.Tensor) or gains.dim() != 2 or gains.shape[1] != 3 or gains.shape[0] == 0:
         shape = tuple(gains.shape) if isinstance(gains, torch.Tensor) else type(gains).__name__
         raise VP2PInputError(f"light: expected an RGB gain per frame [frames, 3], got {shape}")
     if not bool(torch.isfinite(gains).all()) or not bool((gains > 0).all()):
         raise VP2PInputError("light: expected finite gains above 0")
+    check_light_count(frames.shape[0], gains, what)
     n, f = frames.shape[0], gains.shape[0]
-    if n % f:
-        raise VP2PInputError(f"{what}: expected the light's {f} frames or a whole multiple of them (one clip per "
-                             f"target prompt), got {n} frames")
     return gains.to(device=frames.device, dtype=frames.dtype).repeat(n // f, 1)[:, None, None, :]
 
 
