@@ -62,10 +62,11 @@ def test_the_worlds_light_is_measured_and_none_is_read_where_there_is_none():
     """Every clip of the benchmark's suite, objects moving, growing and passing behind the occluder: the measured
     gains are at most 1, 1 on some frame of each channel, and follow the true light from frame to frame (that is
     up to one factor per channel for the whole clip, where the brightest frame's own light is): exactly on the
-    still-camera drifting and flickering clips, within 3% on the flickering ball under a pan and zoom (measured
-    2.6%; the first estimator, each frame's median over the brightest's, 4.1%). Evenly lit clips with a still
-    camera get gains of exactly 1 (it gave 0.96-1.00); under a pan or zoom they are flat within 1% (measured
-    0.7%, a ball under a pan; it gave 3.0%)."""
+    still-camera drifting and flickering clips, within 2% on the flickering ball under a pan and zoom (measured
+    1.7%; compared pixel for pixel without following the pan, 2.6%; the first estimator, each frame's median over
+    the brightest's, 4.1%). Evenly lit clips with a still camera get gains of exactly 1 (the first estimator gave
+    0.96-1.00); under a pan or zoom they are flat within 1% (measured 0.75%, a ball under a pan; the first
+    estimator gave 3.0%)."""
     lit = still = moving = 0
     for case in suite(8):
         clip = render(case.scene)
@@ -75,7 +76,7 @@ def test_the_worlds_light_is_measured_and_none_is_read_where_there_is_none():
         error = float((ratio / ratio.mean(dim=0, keepdim=True) - 1).abs().max())
         if case.scene.lighting != "none":
             lit += 1
-            assert error <= (0.001 if case.scene.camera == "none" else 0.03), (case.name, error)
+            assert error <= (0.001 if case.scene.camera == "none" else 0.02), (case.name, error)
         elif case.scene.camera == "none":
             still += 1
             assert torch.equal(measured, torch.ones_like(measured)), case.name
@@ -100,14 +101,48 @@ def test_a_slow_drift_of_eight_bit_footage_is_measured():
     assert float((measured / light[:, None] - 1).abs().max()) <= 0.002
 
 
+def _smooth_scene(height: int, width: int, seed: int) -> torch.Tensor:
+    """A smooth random scene [height, width, 3] in 0.2..0.7 (random values every 4 px, bilinear between)."""
+    scene = torch.rand(1, 3, height // 4, width // 4, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.interpolate(scene, scale_factor=4, mode="bilinear")[0].permute(1, 2, 0) * 0.5 + 0.2
+
+
 def test_a_long_pan_over_an_evenly_lit_scene_is_not_read_as_light():
     """64 frames panning 2 px a frame across a smooth random scene (256 px; the frame's content has moved by half
-    its width at the end), light steady: the gains stay within 1.5% of 1 (measured 1.1%; neighbouring frames
-    alone, chained, added up to about 6%)."""
-    scene = torch.rand(1, 3, 104, 104, generator=torch.Generator().manual_seed(1))
-    scene = torch.nn.functional.interpolate(scene, scale_factor=4, mode="bilinear")[0].permute(1, 2, 0) * 0.5 + 0.2
+    its width at the end), light steady: each pair of frames is compared along the pan, so the gains are 1 within
+    0.1% (measured exactly 1; compared pixel for pixel, 1.1% off; neighbouring frames alone, chained, about 6%)."""
+    scene = _smooth_scene(416, 416, seed=1)
     clip = torch.stack([scene[10:266, 2 * t:2 * t + 256] for t in range(64)])
-    assert float(estimate_light(clip).min()) >= 0.985
+    assert float(estimate_light(clip).min()) >= 0.999
+
+
+@pytest.mark.parametrize("speed", [2, 3, 5])
+def test_a_pan_across_a_scene_that_grows_brighter_is_not_read_as_light(speed):
+    """The camera pans 2, 3 or 5 px a frame (at 256 px the light is read every 2nd pixel, so 3 and 5 px are
+    half-way between grid pixels) across a scene whose brightness doubles from its left edge to its right, for 64
+    frames; the light is steady, then drifts 0.5% a frame on top. Compared pixel for pixel, the same pixel of two
+    frames shows a brighter part of the scene as the pan goes on: the gains were 15%, 20% and 29% off (the pan read
+    as light; 17-37% with the drift). Compared along the pan, they follow the true light within 1% (measured 0.00%,
+    0.17%, 0.69%: the half-pixel misalignment of the 3 and 5 px pans)."""
+    scene = _smooth_scene(416, 640, seed=1) * torch.linspace(0.5, 1.0, 640)[None, :, None]
+    clip = torch.stack([scene[10:266, speed * t:speed * t + 256] for t in range(64)])
+    for light in (torch.ones(64), 0.995 ** torch.arange(64.0)):
+        measured = estimate_light(clip * light[:, None, None, None])
+        assert float((measured / light[:, None] - 1).abs().max()) <= 0.01, light[-1]
+
+
+def test_a_large_object_moving_over_a_still_background_is_not_taken_for_a_pan():
+    """A busy object (random 4 px blocks) a quarter of the frame's area slides 6 px a frame over a still background
+    that is a smooth ramp of brightness: the phase correlation follows the object, and comparing the frames shifted
+    by its motion would set the ramp against itself, displaced (the gains would fall to 0.78). The still comparison
+    matches more of the frames (the whole background), so it is kept and the gains stay exactly 1."""
+    ramp = torch.linspace(0.2, 0.8, 160)[None, :, None] * torch.ones(160, 1, 3)
+    blocks = torch.rand(20, 20, 3, generator=torch.Generator().manual_seed(4)) * 0.8 + 0.1
+    thing = blocks.repeat_interleave(4, dim=0).repeat_interleave(4, dim=1)
+    clip = ramp.repeat(8, 1, 1, 1)
+    for t in range(8):
+        clip[t, 30:110, 2 + 6 * t:82 + 6 * t] = thing
+    assert torch.equal(estimate_light(clip), torch.ones(8, 3))
 
 
 def test_several_targets_get_the_clips_light_each():

@@ -6,7 +6,8 @@ tuned model's inverted noise turns back into the clip under the source prompt bu
 target prompt (BENCHMARKS.md, the fourteenth moving-world run: a green -> red triangle under drifting light was
 edited on 1 frame of 8, on all 8 with the light taken out first). A change of light over the whole frame is, to a
 good approximation, a per-frame RGB gain. ``estimate_light`` measures it pixel by pixel between frames (the
-median ratio of frames 1, 2, 4, ... apart, fitted by least squares); the frames are divided by it before they are
+median ratio of frames 1, 2, 4, ... apart, compared along the camera's pan where there is one, fitted by weighted
+least squares); the frames are divided by it before they are
 encoded (``remove_light``) and the decoded frames multiplied by it again (``restore_light``). A composite then
 pastes that over the source frames as they were lit.
 
@@ -16,14 +17,15 @@ it out clamps a darker frame's pixels only where they would pass 1, where the es
 clip's mean light instead, or to its first frame, the clip stays darker than at its best, and small-world edits
 failed that had not (a flickering star, fast inversion: 0.94 of frames recoloured without normalisation, 0.25 at
 the mean light, 0.44 at the first frame's, 1.00 at the brightest frame's; BENCHMARKS.md). This was measured in the
-small world only; on real footage a cut, or a pan across a scene that grows brighter or darker, reads as light
-(undone again after decoding, but the model edits the flattened clip).
+small world only; on real footage a cut reads as light, and so, in part, does a zoom across a scene that grows
+brighter or darker (undone again after decoding, but the model edits the flattened clip).
 
 Light that differs across the frame (a passing shadow, a spotlight) is not a gain and stays in the clip. On the
 small world's clips with a still camera the gains are exactly 1 where the light does not change, whatever moves,
 and exactly the true light where it drifts or flickers (up to one factor per channel for the whole clip); under a
-pan or zoom they are flat within 1% of their mean (within 1.5% of 1), and follow the light within 2.6% on the clip
-where everything moves at once (tests/test_core_light.py).
+pan or zoom they are flat within 1% of their mean, and follow the light within 1.7% on the clip where everything
+moves at once. A 64-frame pan across a scene whose brightness doubles from one side to the other gets gains within
+0.7% of the true light (compared pixel for pixel without following the pan: 15-29% off; tests/test_core_light.py).
 """
 from __future__ import annotations
 
@@ -43,6 +45,10 @@ _SATURATED = 254.0 / 255.0
 # The light is read on at most this many pixels of each frame (every n-th row and column): it is one gain per
 # channel, and a 512 x 512 clip of 128 frames is measured in about a second.
 _PIXELS = 16384
+# A pair of frames whose log ratios spread about their median by less than this (2%: noise, 8-bit quantisation, a
+# sub-pixel pan over a smooth scene) is as good as exact; one that spreads more (frames showing different parts of
+# a scene) weighs 1 / spread^2 in the fit (a spread of 0.2, a textured scene compared across a pan, about 1%).
+_SPREAD_FLOOR = 0.02
 
 
 def check_frames(frames: torch.Tensor, what: str) -> None:
@@ -58,54 +64,117 @@ def estimate_light(frames: torch.Tensor) -> torch.Tensor:
 
     Measured between frames, pixel by pixel: the change of light from frame s to frame t is the median over
     pixels of log(x_t / x_s), per channel, over the pixels lit in both (above ``_DARK``, below ``_SATURATED``);
-    the pairs are the frames 1, 2, 4, 8, ... apart, and the light per frame is the least-squares fit to all of
-    their changes. Why pixel by pixel: where the camera holds still, the background's pixels give the change
-    exactly, whatever moves across it (they are most of the frame), so an evenly lit clip gets gains of exactly 1;
-    the first version of this, each frame's median over the brightest's, read what moved as light (up to 5% on
-    the small world's evenly lit clips). Why pairs far apart as well as neighbours: a slow drift of 8-bit footage
-    changes most pixels by less than one step from one frame to the next (their ratio is exactly 1), and errors
-    of neighbouring pairs alone add up over a long clip; the far pairs see the whole change. Under a pan the far
-    pairs compare different parts of the scene, and a scene that grows brighter as the camera pans across it
-    reads as light, as does a cut. A pair with under 1% of its pixels lit (a frame fading to black) counts the
-    ratio of the two frames' medians instead. At most ``_PIXELS`` pixels per frame are read (a regular grid)."""
+    the pairs are the frames 1, 2, 4, 8, ... apart, and the light per frame is the weighted least-squares fit to
+    all of their changes. Why pixel by pixel: where the camera holds still, the background's pixels give the
+    change exactly, whatever moves across it (they are most of the frame), so an evenly lit clip gets gains of
+    exactly 1; the first version of this, each frame's median over the brightest's, read what moved as light (up
+    to 5% on the small world's evenly lit clips). Why pairs far apart as well as neighbours: a slow drift of 8-bit
+    footage changes most pixels by less than one step from one frame to the next (their ratio is exactly 1), and
+    errors of neighbouring pairs alone add up over a long clip; the far pairs see the whole change.
+
+    Under a pan the same pixel of two frames shows different parts of the scene, and a scene that grows brighter
+    as the camera pans across it read as light (8-18% on a 64-frame pan across a scene whose brightness doubles
+    from one side to the other). So each pair is also compared shifted by the camera's translation between its
+    frames, found by phase correlation (``_shift_between``), and keeps whichever of the two comparisons, still or
+    shifted, leaves the smaller spread of log ratios about their median (``_compare``): the still one wherever it
+    matches the frames as well, so a still camera gives exactly the same changes as without the shift. A pair
+    neither comparison explains (a zoom, frames too far apart along a pan, a cut) has a wide spread and counts
+    little in the fit: each pair's weight is 1 / (spread^2 + ``_SPREAD_FLOOR``^2). A pair with under 1% of its
+    pixels lit (a frame fading to black) counts the ratio of the two frames' medians instead, at full weight. At
+    most ``_PIXELS`` pixels per frame are read (a regular grid)."""
     check_frames(frames, "frames")
     count, height, width = frames.shape[:3]
     stride = max(1, math.ceil(math.sqrt(height * width / _PIXELS)))
-    logs, lit, medians = [], [], []
+    logs, lit, medians, spectra = [], [], [], []
     for frame in frames.detach():  # one frame at a time: no full-size float copy of a long clip
         if not bool(torch.isfinite(frame).all()):
             raise VP2PInputError("frames: expected finite values in 0..1, got NaN or infinity")
-        x = frame[::stride, ::stride].float().reshape(-1, 3).t().contiguous()  # [3, pixels]
+        x = frame[::stride, ::stride].float().permute(2, 0, 1).contiguous()  # [3, h, w]
         logs.append(x.clamp_min(_DARK).log())
         lit.append((x > _DARK) & (x < _SATURATED))
-        medians.append(x.median(dim=1).values.clamp_min(_DARK).log())
-    least = max(1, logs[0].shape[1] // 100)
+        medians.append(x.flatten(1).median(dim=1).values.clamp_min(_DARK).log())
+        spectra.append(_spectrum(logs[-1].mean(dim=0)))
+    least = max(1, logs[0][0].numel() // 100)
     pairs = [(t - k, t) for k in _powers_of_two_below(count) for t in range(k, count)]
-    changes = []
+    changes, weights = [], []
     for s, t in pairs:
-        both = lit[t] & lit[s]
-        change = torch.where(both, logs[t] - logs[s], math.nan).nanmedian(dim=1).values
-        changes.append(torch.where(both.sum(dim=1) >= least, change, medians[t] - medians[s]))
-    light = _fit_light(pairs, torch.stack(changes).double().cpu() if pairs else None, count)  # [F, 3], in logs
+        change, spread, enough = _compare(logs[s], lit[s], logs[t], lit[t], (0, 0), least)
+        shift = _shift_between(spectra[s], spectra[t])
+        if shift != (0, 0):
+            moved, moved_spread, moved_enough = _compare(logs[s], lit[s], logs[t], lit[t], shift, least)
+            if bool(moved_enough.all()) and (not bool(enough.all()) or float(moved_spread) < float(spread)):
+                change, spread, enough = moved, moved_spread, moved_enough
+        if bool(enough.all()):
+            weights.append(1.0 / (float(spread) ** 2 + _SPREAD_FLOOR ** 2))
+        else:  # too few lit pixels: the frames' medians, as if exact
+            change = torch.where(enough, change, medians[t] - medians[s])
+            weights.append(1.0 / _SPREAD_FLOOR ** 2)
+        changes.append(change)
+    light = _fit_light(pairs, torch.stack(changes).double().cpu() if pairs else None, count,
+                       weights=torch.tensor(weights, dtype=torch.float64))  # [F, 3], in logs
     gains = (light - light.max(dim=0, keepdim=True).values).exp()
     return gains.clamp(MIN_GAIN, 1.0).float()
 
 
-def _fit_light(pairs: list[tuple[int, int]], changes: Optional[torch.Tensor], count: int) -> torch.Tensor:
+def _spectrum(luminance: torch.Tensor) -> torch.Tensor:
+    """The Fourier transform of a frame's log luminance [h, w], its mean taken out (so a gain, which adds a constant
+    to the logs, drops out) and tapered to 0 at the frame's edges (Hann window), for ``_shift_between``."""
+    h, w = luminance.shape
+    window = torch.outer(torch.hann_window(h, periodic=False, dtype=torch.float64),
+                         torch.hann_window(w, periodic=False, dtype=torch.float64))
+    x = luminance.double()
+    return torch.fft.rfft2((x - x.mean()) * window.to(x.device))
+
+
+def _shift_between(source: torch.Tensor, target: torch.Tensor) -> tuple[int, int]:
+    """The translation (dy, dx), in grid pixels, that best maps the frame of spectrum ``source`` onto that of
+    ``target`` (target[y, x] ~ source[y - dy, x - dx]): the peak of their phase correlation. Written here rather
+    than taken from a library: kornia has no phase correlation, and scikit-image's is not a dependency."""
+    h = source.shape[0]
+    w = 2 * (source.shape[1] - 1)  # rfft2 keeps w // 2 + 1 columns; an odd width is fine for the peak's position
+    cross = target * source.conj()
+    surface = torch.fft.irfft2(cross / cross.abs().clamp_min(1e-12), s=(h, w))
+    dy, dx = divmod(int(surface.argmax()), w)
+    return (dy - h if dy > h // 2 else dy), (dx - w if dx > w // 2 else dx)
+
+
+def _compare(source_logs: torch.Tensor, source_lit: torch.Tensor, target_logs: torch.Tensor,
+             target_lit: torch.Tensor, shift: tuple[int, int], least: int):
+    """The change of light from one frame to another (per channel, the median of log(x_t / x_s) over the pixels lit
+    in both where the two overlap, the target's pixel (y, x) against the source's (y - dy, x - dx)), the spread of
+    those log ratios about it (their median absolute deviation, mean over channels: near 0 where the two frames
+    show the same scene, up to noise and quantisation), and per channel whether at least ``least`` pixels
+    counted. Frames are [3, h, w]."""
+    dy, dx = shift
+    h, w = source_logs.shape[-2:]
+    rows_t, rows_s = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
+    cols_t, cols_s = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
+    ratio = (target_logs[:, rows_t, cols_t] - source_logs[:, rows_s, cols_s]).flatten(1)
+    both = (target_lit[:, rows_t, cols_t] & source_lit[:, rows_s, cols_s]).flatten(1)
+    change = torch.where(both, ratio, math.nan).nanmedian(dim=1).values
+    deviation = torch.where(both, (ratio - change[:, None]).abs(), math.nan).nanmedian(dim=1).values
+    enough = both.sum(dim=1) >= least
+    spread = torch.where(enough, deviation, 0.0).sum() / enough.sum().clamp_min(1)
+    return change, spread, enough
+
+
+def _fit_light(pairs: list[tuple[int, int]], changes: Optional[torch.Tensor], count: int,
+               weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The light per frame [F, 3] (logs, float64) whose differences fit ``changes`` [pairs, 3] (frame t's light
-    minus frame s's, per pair (s, t)) in least squares. Solved by the normal equations, F x F however many pairs:
-    the pairs' graph Laplacian, plus one on frame 0's diagonal, which pins its light to 0 (only the light relative
-    to the brightest frame matters)."""
+    minus frame s's, per pair (s, t)) in least squares, each pair weighted by ``weights`` [pairs] (None: equally).
+    Solved by the normal equations, F x F however many pairs: the pairs' weighted graph Laplacian, plus one on
+    frame 0's diagonal, which pins its light to 0 (only the light relative to the brightest frame matters)."""
     normal = torch.zeros(count, count, dtype=torch.float64)
     normal[0, 0] = 1.0
     rhs = torch.zeros(count, 3, dtype=torch.float64)
     if pairs:
         s, t = (torch.tensor(index, dtype=torch.long) for index in zip(*pairs))
-        ones = torch.ones(len(pairs), dtype=torch.float64)
+        w = torch.ones(len(pairs), dtype=torch.float64) if weights is None else weights.double()
+        w = w / w.max()  # frame 0's pin weighs as much as the best pair
         for row, col, sign in ((t, t, 1.0), (s, s, 1.0), (t, s, -1.0), (s, t, -1.0)):
-            normal.index_put_((row, col), sign * ones, accumulate=True)
-        rhs.index_add_(0, t, changes)
-        rhs.index_add_(0, s, -changes)
+            normal.index_put_((row, col), sign * w, accumulate=True)
+        rhs.index_add_(0, t, w[:, None] * changes)
+        rhs.index_add_(0, s, -w[:, None] * changes)
     return torch.linalg.solve(normal, rhs)
 
 
