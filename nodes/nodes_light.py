@@ -25,9 +25,10 @@ class NormaliseLight(io.ComfyNode):
             description="Takes a change of light over the clip (exposure, white balance: an RGB gain per frame, "
                         "measured pixel by pixel between frames) out of its frames before VAE Encode, "
                         "so that one-shot tuning does not tie the edit to it; Decode Frames puts it back. In the "
-                        "small world a clip whose light drifts or flickers garbled the edit without it. A cut, or a "
-                        "pan across a scene that grows much brighter or darker, also reads as light: bypass the node "
-                        "for such clips. Light that differs across the frame (a shadow) stays in the clip.",
+                        "small world a clip whose light drifts or flickers garbled the edit without it. Frames are "
+                        "compared along the camera's pan. A cut also reads as light, and in part a zoom or a pan "
+                        "with strong parallax onto a much brighter or darker scene: bypass the node for such clips. "
+                        "Light that differs across the frame (a shadow) stays in the clip.",
             inputs=[io.Image.Input("images", tooltip="The clip's frames, [frames, height, width, 3] in 0..1.")],
             outputs=[io.Image.Output("even_images", display_name="images",
                                      tooltip="The frames as if evenly lit: into VAE Encode."),

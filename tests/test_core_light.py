@@ -131,6 +131,21 @@ def test_a_pan_across_a_scene_that_grows_brighter_is_not_read_as_light(speed):
         assert float((measured / light[:, None] - 1).abs().max()) <= 0.01, light[-1]
 
 
+def test_a_zoom_across_a_scene_that_grows_brighter_is_followed_only_in_part():
+    """16 frames zooming in 2% a frame while panning 3 px a frame across a scene whose brightness doubles from left
+    to right, light steady. The shift follows the pan but not the change of scale, so the far pairs match poorly
+    and weigh little: the gains stay within 3% of 1 (measured 2.0%; compared pixel for pixel, 6.7% off). A zoom
+    onto a much brighter or darker scene is one of the clips the README says to bypass the node for."""
+    scene = _smooth_scene(480, 480, seed=5).permute(2, 0, 1) * torch.linspace(0.5, 1.0, 480)[None, None, :]
+    frames = []
+    for t in range(16):
+        size, left = int(400 * (1 - 0.02 * t)), 240 - int(400 * (1 - 0.02 * t)) // 2 + 3 * t
+        crop = scene[:, 240 - size // 2:240 - size // 2 + size, left:left + size]
+        frames.append(torch.nn.functional.interpolate(crop[None], size=(256, 256), mode="bilinear",
+                                                      antialias=True)[0].permute(1, 2, 0))
+    assert float((estimate_light(torch.stack(frames)) - 1).abs().max()) <= 0.03
+
+
 def test_a_large_object_moving_over_a_still_background_is_not_taken_for_a_pan():
     """A busy object (random 4 px blocks) a quarter of the frame's area slides 6 px a frame over a still background
     that is a smooth ramp of brightness: the phase correlation follows the object, and comparing the frames shifted

@@ -73,7 +73,7 @@ def estimate_light(frames: torch.Tensor) -> torch.Tensor:
     errors of neighbouring pairs alone add up over a long clip; the far pairs see the whole change.
 
     Under a pan the same pixel of two frames shows different parts of the scene, and a scene that grows brighter
-    as the camera pans across it read as light (8-18% on a 64-frame pan across a scene whose brightness doubles
+    as the camera pans across it read as light (15-29% off on a 64-frame pan across a scene whose brightness doubles
     from one side to the other). So each pair is also compared shifted by the camera's translation between its
     frames, found by phase correlation (``_shift_between``), and keeps whichever of the two comparisons, still or
     shifted, leaves the smaller spread of log ratios about their median (``_compare``): the still one wherever it

@@ -265,9 +265,9 @@ def word_swap() -> Graph:
            "it so do the pixels the edit hardly changed (change_threshold).\n"
            "5. Normalise Light takes a change of light over the clip (exposure, white balance) out of its frames "
            "before VAE Encode, and Decode Frames puts it back: in the small world, one-shot tuning on a clip whose "
-           "light drifts or flickers garbled the edit. A cut, or a pan onto a much brighter or darker scene, reads "
-           "as light too: bypass the node for such clips, and for inversions saved before it was in this "
-           "workflow.\n\n"
+           "light drifts or flickers garbled the edit. A cut reads as light too, and in part a zoom or a pan with "
+           "strong parallax onto a much brighter or darker scene: bypass the node for such clips, and for "
+           "inversions saved before it was in this workflow.\n\n"
            "Blend words must be words of the prompts; the Attention Maps preview shows each word's region.",
            pos=(COL[0], -300))
     ckpt, latent, scaled = clip_input(g)
