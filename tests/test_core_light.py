@@ -131,6 +131,25 @@ def test_a_pan_across_a_scene_that_grows_brighter_is_not_read_as_light(speed):
         assert float((measured / light[:, None] - 1).abs().max()) <= 0.01, light[-1]
 
 
+def test_a_clip_without_blue_is_still_compared_along_the_pan():
+    """The 3 px pan across the brightening scene with its blue channel black (under ``_DARK`` everywhere, so no
+    pair can measure blue): red and green are still compared along the pan and weighted by their spread (when one
+    channel short of pixels sent a pair back to the still comparison at full weight, they were 25% off)."""
+    scene = _smooth_scene(416, 640, seed=1) * torch.linspace(0.5, 1.0, 640)[None, :, None]
+    scene[..., 2] = 0.0
+    clip = torch.stack([scene[10:266, 3 * t:3 * t + 256] for t in range(64)])
+    assert float((estimate_light(clip)[:, :2] - 1).abs().max()) <= 0.01
+
+
+def test_frames_too_small_to_find_a_shift_in_are_measured_still():
+    """Frames one pixel wide, or one pixel all told: no shift is looked for (the grid is under 4 pixels a side),
+    and the light is still measured pixel by pixel."""
+    gains = torch.tensor([1.0, 0.9, 0.8, 0.85])[:, None].repeat(1, 3)
+    for height, width in ((50, 1), (1, 1), (2, 3)):
+        base = 0.2 + 0.5 * torch.rand(height, width, 3, generator=torch.Generator().manual_seed(6))
+        assert torch.allclose(estimate_light(base * gains[:, None, None, :]), gains, atol=1e-5), (height, width)
+
+
 def test_a_zoom_across_a_scene_that_grows_brighter_is_followed_only_in_part():
     """16 frames zooming in 2% a frame while panning 3 px a frame across a scene whose brightness doubles from left
     to right, light steady. The shift follows the pan but not the change of scale, so the far pairs match poorly

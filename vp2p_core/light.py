@@ -43,7 +43,7 @@ MIN_GAIN = 0.25
 _DARK = 2.0 / 255.0
 _SATURATED = 254.0 / 255.0
 # The light is read on at most this many pixels of each frame (every n-th row and column): it is one gain per
-# channel, and a 512 x 512 clip of 128 frames is measured in about a second.
+# channel, and a 512 x 512 clip of 128 frames is measured in about 3.5 s on one CPU thread.
 _PIXELS = 16384
 # A pair of frames whose log ratios spread about their median by less than this (2%: noise, 8-bit quantisation, a
 # sub-pixel pan over a smooth scene) is as good as exact; one that spreads more (frames showing different parts of
@@ -79,9 +79,10 @@ def estimate_light(frames: torch.Tensor) -> torch.Tensor:
     shifted, leaves the smaller spread of log ratios about their median (``_compare``): the still one wherever it
     matches the frames as well, so a still camera gives exactly the same changes as without the shift. A pair
     neither comparison explains (a zoom, frames too far apart along a pan, a cut) has a wide spread and counts
-    little in the fit: each pair's weight is 1 / (spread^2 + ``_SPREAD_FLOOR``^2). A pair with under 1% of its
-    pixels lit (a frame fading to black) counts the ratio of the two frames' medians instead, at full weight. At
-    most ``_PIXELS`` pixels per frame are read (a regular grid)."""
+    little in the fit: each pair's weight is 1 / (spread^2 + ``_SPREAD_FLOOR``^2), the spread taken over the channels
+    it measured. A channel with under 1% of a pair's pixels lit in both frames (a frame fading to black, a colour
+    with no blue in it) counts the ratio of the two frames' medians instead; a pair with no channel measured weighs
+    as if exact. At most ``_PIXELS`` pixels per frame are read (a regular grid)."""
     check_frames(frames, "frames")
     count, height, width = frames.shape[:3]
     stride = max(1, math.ceil(math.sqrt(height * width / _PIXELS)))
@@ -96,20 +97,21 @@ def estimate_light(frames: torch.Tensor) -> torch.Tensor:
         spectra.append(_spectrum(logs[-1].mean(dim=0)))
     least = max(1, logs[0][0].numel() // 100)
     pairs = [(t - k, t) for k in _powers_of_two_below(count) for t in range(k, count)]
+    width = logs[0].shape[-1]
     changes, weights = [], []
     for s, t in pairs:
-        change, spread, enough = _compare(logs[s], lit[s], logs[t], lit[t], (0, 0), least)
-        shift = _shift_between(spectra[s], spectra[t])
+        change, deviation, enough = _compare(logs[s], lit[s], logs[t], lit[t], (0, 0), least)
+        shift = _shift_between(spectra[s], spectra[t], width)
         if shift != (0, 0):
-            moved, moved_spread, moved_enough = _compare(logs[s], lit[s], logs[t], lit[t], shift, least)
-            if bool(moved_enough.all()) and (not bool(enough.all()) or float(moved_spread) < float(spread)):
-                change, spread, enough = moved, moved_spread, moved_enough
-        if bool(enough.all()):
-            weights.append(1.0 / (float(spread) ** 2 + _SPREAD_FLOOR ** 2))
-        else:  # too few lit pixels: the frames' medians, as if exact
-            change = torch.where(enough, change, medians[t] - medians[s])
+            moved = _compare(logs[s], lit[s], logs[t], lit[t], shift, least)
+            if _matches_better(moved, (change, deviation, enough)):
+                change, deviation, enough = moved
+        if bool(enough.any()):  # the pair weighs by its spread over the channels it measured
+            spread = float(deviation[enough].sum() / enough.sum())
+            weights.append(1.0 / (spread ** 2 + _SPREAD_FLOOR ** 2))
+        else:  # too few lit pixels in every channel: the frames' medians, as if exact
             weights.append(1.0 / _SPREAD_FLOOR ** 2)
-        changes.append(change)
+        changes.append(torch.where(enough, change, medians[t] - medians[s]))
     light = _fit_light(pairs, torch.stack(changes).double().cpu() if pairs else None, count,
                        weights=torch.tensor(weights, dtype=torch.float64))  # [F, 3], in logs
     gains = (light - light.max(dim=0, keepdim=True).values).exp()
@@ -126,25 +128,27 @@ def _spectrum(luminance: torch.Tensor) -> torch.Tensor:
     return torch.fft.rfft2((x - x.mean()) * window.to(x.device))
 
 
-def _shift_between(source: torch.Tensor, target: torch.Tensor) -> tuple[int, int]:
+def _shift_between(source: torch.Tensor, target: torch.Tensor, width: int) -> tuple[int, int]:
     """The translation (dy, dx), in grid pixels, that best maps the frame of spectrum ``source`` onto that of
-    ``target`` (target[y, x] ~ source[y - dy, x - dx]): the peak of their phase correlation. Written here rather
-    than taken from a library: kornia has no phase correlation, and scikit-image's is not a dependency."""
+    ``target`` (target[y, x] ~ source[y - dy, x - dx]; frames ``width`` grid pixels wide): the peak of their phase
+    correlation; (0, 0) on a grid under 4 pixels a side, too small to tell. Written here rather than taken from a
+    library: kornia has no phase correlation, and scikit-image's is not a dependency."""
     h = source.shape[0]
-    w = 2 * (source.shape[1] - 1)  # rfft2 keeps w // 2 + 1 columns; an odd width is fine for the peak's position
+    if min(h, width) < 4:
+        return 0, 0
     cross = target * source.conj()
-    surface = torch.fft.irfft2(cross / cross.abs().clamp_min(1e-12), s=(h, w))
-    dy, dx = divmod(int(surface.argmax()), w)
-    return (dy - h if dy > h // 2 else dy), (dx - w if dx > w // 2 else dx)
+    surface = torch.fft.irfft2(cross / cross.abs().clamp_min(1e-12), s=(h, width))
+    dy, dx = divmod(int(surface.argmax()), width)
+    return (dy - h if dy > h // 2 else dy), (dx - width if dx > width // 2 else dx)
 
 
 def _compare(source_logs: torch.Tensor, source_lit: torch.Tensor, target_logs: torch.Tensor,
              target_lit: torch.Tensor, shift: tuple[int, int], least: int):
     """The change of light from one frame to another (per channel, the median of log(x_t / x_s) over the pixels lit
     in both where the two overlap, the target's pixel (y, x) against the source's (y - dy, x - dx)), the spread of
-    those log ratios about it (their median absolute deviation, mean over channels: near 0 where the two frames
-    show the same scene, up to noise and quantisation), and per channel whether at least ``least`` pixels
-    counted. Frames are [3, h, w]."""
+    those log ratios about it (per channel, their median absolute deviation: near 0 where the two frames show the
+    same scene, up to noise and quantisation), and per channel whether at least ``least`` pixels counted (where
+    not, the other two are NaN). Frames are [3, h, w]."""
     dy, dx = shift
     h, w = source_logs.shape[-2:]
     rows_t, rows_s = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
@@ -154,8 +158,17 @@ def _compare(source_logs: torch.Tensor, source_lit: torch.Tensor, target_logs: t
     change = torch.where(both, ratio, math.nan).nanmedian(dim=1).values
     deviation = torch.where(both, (ratio - change[:, None]).abs(), math.nan).nanmedian(dim=1).values
     enough = both.sum(dim=1) >= least
-    spread = torch.where(enough, deviation, 0.0).sum() / enough.sum().clamp_min(1)
-    return change, spread, enough
+    return change, deviation, enough
+
+
+def _matches_better(moved, still) -> bool:
+    """Whether the shifted comparison ``moved`` matches the two frames better than the still one (each ``_compare``'s
+    change, deviation, enough): a smaller mean spread over the channels both measured; where they share none, more
+    channels measured. A tie keeps the still one."""
+    common = moved[2] & still[2]
+    if bool(common.any()):
+        return float(moved[1][common].sum() / common.sum()) < float(still[1][common].sum() / common.sum())
+    return int(moved[2].sum()) > int(still[2].sum())
 
 
 def _fit_light(pairs: list[tuple[int, int]], changes: Optional[torch.Tensor], count: int,
