@@ -75,9 +75,11 @@ def estimate_light(frames: torch.Tensor) -> torch.Tensor:
     Under a pan the same pixel of two frames shows different parts of the scene, and a scene that grows brighter
     as the camera pans across it read as light (15-29% off on a 64-frame pan across a scene whose brightness doubles
     from one side to the other). So each pair is also compared shifted by the camera's translation between its
-    frames, found by phase correlation (``_shift_between``), and keeps whichever of the two comparisons, still or
-    shifted, leaves the smaller spread of log ratios about their median (``_compare``): the still one wherever it
-    matches the frames as well, so a still camera gives exactly the same changes as without the shift. A pair
+    frames, found by phase correlation (``_shift_between``), and keeps, channel by channel, whichever of the two
+    comparisons, still or shifted, leaves the smaller spread of log ratios about their median (``_compare``): the
+    still one wherever it matches the frames as well, so a still camera gives exactly the same changes as without
+    the shift, and a channel only one of them measured takes that one's reading (a patch that moves with the camera
+    may be all of a channel there is). A pair
     neither comparison explains (a zoom, frames too far apart along a pan, a cut) has a wide spread and counts
     little in the fit: each pair's weight is 1 / (spread^2 + ``_SPREAD_FLOOR``^2), the spread taken over the channels
     it measured. A channel with under 1% of a pair's pixels lit in both frames (a frame fading to black, a colour
@@ -104,8 +106,9 @@ def estimate_light(frames: torch.Tensor) -> torch.Tensor:
         shift = _shift_between(spectra[s], spectra[t], width)
         if shift != (0, 0):
             moved = _compare(logs[s], lit[s], logs[t], lit[t], shift, least)
-            if _matches_better(moved, (change, deviation, enough)):
-                change, deviation, enough = moved
+            better = moved[2] & (~enough | (moved[1] < deviation))  # per channel: what it measured more closely
+            change, deviation = torch.where(better, moved[0], change), torch.where(better, moved[1], deviation)
+            enough = enough | moved[2]
         if bool(enough.any()):  # the pair weighs by its spread over the channels it measured
             spread = float(deviation[enough].sum() / enough.sum())
             weights.append(1.0 / (spread ** 2 + _SPREAD_FLOOR ** 2))
@@ -147,8 +150,8 @@ def _compare(source_logs: torch.Tensor, source_lit: torch.Tensor, target_logs: t
     """The change of light from one frame to another (per channel, the median of log(x_t / x_s) over the pixels lit
     in both where the two overlap, the target's pixel (y, x) against the source's (y - dy, x - dx)), the spread of
     those log ratios about it (per channel, their median absolute deviation: near 0 where the two frames show the
-    same scene, up to noise and quantisation), and per channel whether at least ``least`` pixels counted (where
-    not, the other two are NaN). Frames are [3, h, w]."""
+    same scene, up to noise and quantisation), and per channel whether at least ``least`` pixels counted (the other
+    two are NaN where no pixel counted, and not to be used where fewer than ``least`` did). Frames are [3, h, w]."""
     dy, dx = shift
     h, w = source_logs.shape[-2:]
     rows_t, rows_s = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
@@ -159,16 +162,6 @@ def _compare(source_logs: torch.Tensor, source_lit: torch.Tensor, target_logs: t
     deviation = torch.where(both, (ratio - change[:, None]).abs(), math.nan).nanmedian(dim=1).values
     enough = both.sum(dim=1) >= least
     return change, deviation, enough
-
-
-def _matches_better(moved, still) -> bool:
-    """Whether the shifted comparison ``moved`` matches the two frames better than the still one (each ``_compare``'s
-    change, deviation, enough): a smaller mean spread over the channels both measured; where they share none, more
-    channels measured. A tie keeps the still one."""
-    common = moved[2] & still[2]
-    if bool(common.any()):
-        return float(moved[1][common].sum() / common.sum()) < float(still[1][common].sum() / common.sum())
-    return int(moved[2].sum()) > int(still[2].sum())
 
 
 def _fit_light(pairs: list[tuple[int, int]], changes: Optional[torch.Tensor], count: int,
