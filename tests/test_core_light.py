@@ -145,7 +145,8 @@ def test_a_clip_without_blue_is_still_compared_along_the_pan():
 def test_a_channel_only_the_still_comparison_measures_keeps_its_reading():
     """A pan without blue, but for a patch that moves with the camera (a dashboard) and carries blue; the light dims
     2% a frame. Along the pan the patch is displaced or gone, so blue is read from the still comparison, channel by
-    channel, while red and green are read along the pan: every channel within 0.5% (measured 0.06%). Choosing one
+    channel, while red and green are read along the pan: every channel within 0.5% (measured 0.06%, as compared
+    pixel for pixel without following the pan). Choosing one
     comparison for the whole pair took blue from the frames' medians (which say it never changes: 15% off), or,
     keeping the channels only the still one measured, from the displaced patch (1.9% off)."""
     scene = _smooth_scene(416, 416, seed=1)
