@@ -146,9 +146,9 @@ def test_a_channel_only_the_still_comparison_measures_keeps_its_reading():
     """A pan without blue, but for a patch that moves with the camera (a dashboard) and carries blue; the light dims
     2% a frame. Along the pan the patch is displaced or gone, so blue is read from the still comparison, channel by
     channel, while red and green are read along the pan: every channel within 0.5% (measured 0.06%, as compared
-    pixel for pixel without following the pan). Choosing one
-    comparison for the whole pair took blue from the frames' medians (which say it never changes: 15% off), or,
-    keeping the channels only the still one measured, from the displaced patch (1.9% off)."""
+    pixel for pixel without following the pan). Choosing one comparison for the whole pair took blue from the
+    frames' medians (which say it never changes: 15% off), or, keeping the channels only the still one measured,
+    from the displaced patch (1.9% off)."""
     scene = _smooth_scene(416, 416, seed=1)
     scene[..., 2] = 0.0
     clip = torch.stack([scene[10:266, 3 * t:3 * t + 256] for t in range(16)])

@@ -79,12 +79,12 @@ def estimate_light(frames: torch.Tensor) -> torch.Tensor:
     comparisons, still or shifted, leaves the smaller spread of log ratios about their median (``_compare``): the
     still one wherever it matches the frames as well, so a still camera gives exactly the same changes as without
     the shift, and a channel only one of them measured takes that one's reading (a patch that moves with the camera
-    may be all of a channel there is). A pair
-    neither comparison explains (a zoom, frames too far apart along a pan, a cut) has a wide spread and counts
-    little in the fit: each pair's weight is 1 / (spread^2 + ``_SPREAD_FLOOR``^2), the spread taken over the channels
-    it measured. A channel with under 1% of a pair's pixels lit in both frames (a frame fading to black, a colour
-    with no blue in it) counts the ratio of the two frames' medians instead; a pair with no channel measured weighs
-    as if exact. At most ``_PIXELS`` pixels per frame are read (a regular grid)."""
+    may be all of a channel there is). A pair neither comparison explains (a zoom, frames too far apart along a
+    pan, a cut) has a wide spread and counts little in the fit: each pair's weight is 1 / (spread^2 +
+    ``_SPREAD_FLOOR``^2), the spread taken over the channels it measured. A channel with under 1% of a pair's
+    pixels lit in both frames (a frame fading to black, a colour with no blue in it) counts the ratio of the two
+    frames' medians instead; a pair with no channel measured weighs as if exact. At most ``_PIXELS`` pixels per
+    frame are read (a regular grid)."""
     check_frames(frames, "frames")
     count, height, width = frames.shape[:3]
     stride = max(1, math.ceil(math.sqrt(height * width / _PIXELS)))
