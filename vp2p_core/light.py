@@ -88,6 +88,9 @@ def estimate_light(frames: torch.Tensor) -> torch.Tensor:
     check_frames(frames, "frames")
     count, height, width = frames.shape[:3]
     stride = max(1, math.ceil(math.sqrt(height * width / _PIXELS)))
+    grid_height, grid_width = -(-height // stride), -(-width // stride)  # the grid frame[::stride, ::stride]
+    window = torch.outer(torch.hann_window(grid_height, periodic=False, dtype=torch.float64),
+                         torch.hann_window(grid_width, periodic=False, dtype=torch.float64)).to(frames.device)
     logs, lit, medians, spectra = [], [], [], []
     for frame in frames.detach():  # one frame at a time: no full-size float copy of a long clip
         if not bool(torch.isfinite(frame).all()):
@@ -96,14 +99,13 @@ def estimate_light(frames: torch.Tensor) -> torch.Tensor:
         logs.append(x.clamp_min(_DARK).log())
         lit.append((x > _DARK) & (x < _SATURATED))
         medians.append(x.flatten(1).median(dim=1).values.clamp_min(_DARK).log())
-        spectra.append(_spectrum(logs[-1].mean(dim=0)))
+        spectra.append(_spectrum(logs[-1].mean(dim=0), window))
     least = max(1, logs[0][0].numel() // 100)
     pairs = [(t - k, t) for k in _powers_of_two_below(count) for t in range(k, count)]
-    width = logs[0].shape[-1]
     changes, weights = [], []
     for s, t in pairs:
         change, deviation, enough = _compare(logs[s], lit[s], logs[t], lit[t], (0, 0), least)
-        shift = _shift_between(spectra[s], spectra[t], width)
+        shift = _shift_between(spectra[s], spectra[t], grid_width)
         if shift != (0, 0):
             moved = _compare(logs[s], lit[s], logs[t], lit[t], shift, least)
             better = moved[2] & (~enough | (moved[1] < deviation))  # per channel: what it measured more closely
@@ -121,14 +123,12 @@ def estimate_light(frames: torch.Tensor) -> torch.Tensor:
     return gains.clamp(MIN_GAIN, 1.0).float()
 
 
-def _spectrum(luminance: torch.Tensor) -> torch.Tensor:
+def _spectrum(luminance: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
     """The Fourier transform of a frame's log luminance [h, w], its mean taken out (so a gain, which adds a constant
-    to the logs, drops out) and tapered to 0 at the frame's edges (Hann window), for ``_shift_between``."""
-    h, w = luminance.shape
-    window = torch.outer(torch.hann_window(h, periodic=False, dtype=torch.float64),
-                         torch.hann_window(w, periodic=False, dtype=torch.float64))
+    to the logs, drops out) and tapered to 0 at the frame's edges by ``window`` (a 2-D Hann window [h, w], float64,
+    built once per clip), for ``_shift_between``."""
     x = luminance.double()
-    return torch.fft.rfft2((x - x.mean()) * window.to(x.device))
+    return torch.fft.rfft2((x - x.mean()) * window)
 
 
 def _shift_between(source: torch.Tensor, target: torch.Tensor, width: int) -> tuple[int, int]:
@@ -165,9 +165,9 @@ def _compare(source_logs: torch.Tensor, source_lit: torch.Tensor, target_logs: t
 
 
 def _fit_light(pairs: list[tuple[int, int]], changes: Optional[torch.Tensor], count: int,
-               weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+               weights: torch.Tensor) -> torch.Tensor:
     """The light per frame [F, 3] (logs, float64) whose differences fit ``changes`` [pairs, 3] (frame t's light
-    minus frame s's, per pair (s, t)) in least squares, each pair weighted by ``weights`` [pairs] (None: equally).
+    minus frame s's, per pair (s, t)) in least squares, each pair weighted by ``weights`` [pairs].
     Solved by the normal equations, F x F however many pairs: the pairs' weighted graph Laplacian, plus one on
     frame 0's diagonal, which pins its light to 0 (only the light relative to the brightest frame matters)."""
     normal = torch.zeros(count, count, dtype=torch.float64)
@@ -175,8 +175,7 @@ def _fit_light(pairs: list[tuple[int, int]], changes: Optional[torch.Tensor], co
     rhs = torch.zeros(count, 3, dtype=torch.float64)
     if pairs:
         s, t = (torch.tensor(index, dtype=torch.long) for index in zip(*pairs))
-        w = torch.ones(len(pairs), dtype=torch.float64) if weights is None else weights.double()
-        w = w / w.max()  # frame 0's pin weighs as much as the best pair
+        w = weights.double() / weights.max()  # frame 0's pin weighs as much as the best pair
         for row, col, sign in ((t, t, 1.0), (s, s, 1.0), (t, s, -1.0), (s, t, -1.0)):
             normal.index_put_((row, col), sign * w, accumulate=True)
         rhs.index_add_(0, t, w[:, None] * changes)
