@@ -127,10 +127,13 @@ class SaveVP2PInversion(SaveResult):
 class LoadVP2PInversion(LoadResult):
     NODE_ID, DISPLAY_NAME, KIND = "LoadVP2PInversion", "Load Inversion (Video-P2P)", "inversion"
     DESCRIPTION_TEXT = ("Loads a saved inversion; one made with another model or tuning, or from a clip of another "
-                        "length or size, is refused.")
+                        "length or size, is refused, and, when the clip's latent is connected, one made from another "
+                        "clip.")
     DEFAULT_FILE = SaveVP2PInversion.DEFAULT_FILE
     MODEL_TOOLTIP = "The tuned video model the inversion was made with."
-    LATENT_TOOLTIP = "Optional: the clip, to check the frame count and size."
+    LATENT_TOOLTIP = ("Optional: the clip's latents (encoded as they were for the inversion: after Normalise Light, "
+                      "if it was used), to check the inversion was made from this clip: frame count, size and "
+                      "content.")
     OUTPUT = VP2PInversionIO.Output("inversion", display_name="inversion",
                                     tooltip="The inversion, for VideoP2PSampler.")
 

@@ -29,7 +29,7 @@ class VideoP2PSampler(io.ComfyNode):
                 VP2PEditIO.Input("edit", tooltip="From AttentionEditController."),
                 *widgets(SamplerOptions, ["guidance", "decoupled_guidance"]),
                 io.Latent.Input("latent", optional=True, tooltip="Optional: the clip's latents, to check they are the "
-                                "clip the inversion was made from (frame count and size)."),
+                                "clip the inversion was made from (frame count, size and content)."),
                 *widgets(SamplerOptions, ["temporal_guidance", "edit_guidance", "edit_guidance_steps"],
                          optional=["temporal_guidance", "edit_guidance", "edit_guidance_steps"]),
                 VP2PStructureIO.Input("structure", optional=True, tooltip="Optional: Gen-1 structure guidance from the "

@@ -254,7 +254,7 @@ def test_delta_and_inversion_round_trip_bit_for_bit(world, inversion, tmp_path):
         (delta.base_fingerprint, FRAMES, SRC, 1, delta.losses)
     inversion.save(tmp_path / "i.safetensors")
     inv = Inversion.load(tmp_path / "i.safetensors")
-    for name in ("x_T", "source_embedding", "timesteps", "null_embeddings", "trajectory"):
+    for name in ("x_T", "source_embedding", "timesteps", "null_embeddings", "trajectory", "source_thumbnail"):
         assert torch.equal(getattr(inv, name), getattr(inversion, name)), name
     assert (inv.mode, inv.guidance, inv.prompt, inv.model_fingerprint, inv.schedule) == \
         (inversion.mode, inversion.guidance, inversion.prompt, inversion.model_fingerprint, inversion.schedule)
@@ -279,6 +279,32 @@ def test_files_for_another_model_or_clip_are_refused(world, inversion, tmp_path)
         Delta.load(tmp_path / "i.safetensors")
     with pytest.raises(VP2PInputError, match="safetensors"):
         Delta.load(tmp_path / "i.pt")
+
+
+def test_inversion_refuses_another_clip_of_the_same_size(world, inversion, tmp_path):
+    """An inversion keeps a thumbnail of its clip: the same clip re-encoded passes, another clip of the same length
+    and size is refused, and a file saved before there were thumbnails checks the shape alone."""
+    tok, emb, latents, model = world
+    assert inversion.source_thumbnail.shape == (FRAMES, 4, 8, 8)
+    g = torch.Generator().manual_seed(11)
+    inversion.check_latents(latents)
+    inversion.check_latents(latents * 1.02)  # a slight change of light
+    inversion.check_latents(latents + 0.02 * torch.randn(latents.shape, generator=g))  # a re-encode's noise
+    inversion.check_latents(latents.half())  # an fp16 VAE
+    other = torch.randn(latents.shape, generator=g) * 0.8
+    for name, wrong in [("another clip", other), ("the frames reversed", latents.flip(0)),
+                        ("one frame another clip's", torch.cat([latents[:2], other[2:]])),
+                        ("brighter by a third", latents * 1.35), ("a NaN", latents.clone().fill_(float("nan")))]:
+        with pytest.raises(VP2PInputError, match="inversion: made from another clip"):
+            inversion.check_latents(wrong)
+    inversion.save(tmp_path / "i.safetensors")
+    Inversion.load(tmp_path / "i.safetensors").check_latents(latents)
+    with pytest.raises(VP2PInputError, match="^filename: made from another clip"):
+        Inversion.load(tmp_path / "i.safetensors").check_latents(other, "filename")
+    old = copy.copy(inversion)
+    old.source_thumbnail = None
+    old.save(tmp_path / "old.safetensors")
+    Inversion.load(tmp_path / "old.safetensors").check_latents(other)  # no thumbnail: only the shape is known
 
 
 def test_inversion_modes_and_errors(world):

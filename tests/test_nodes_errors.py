@@ -161,6 +161,12 @@ def test_inversion_for_another_model_refused(setup):
 def test_inversion_for_another_clip_refused(setup):
     with pytest.raises(VP2PInputError, match="3 frames, but the latent has 2 frames"):
         run(LoadVP2PInversion, vp2p_model=setup["tuned"], filename="clip.inversion", latent=make_latent(frames=2))
+    with pytest.raises(VP2PInputError, match="clip.inversion.*: made from another clip"):  # same size
+        run(LoadVP2PInversion, vp2p_model=setup["tuned"], filename="clip.inversion", latent=make_latent(seed=4))
+    with pytest.raises(VP2PInputError, match="^inversion: made from another clip"):
+        sample(setup["tuned"], setup["inv"], edit(setup["clip"]), latent=make_latent(seed=4))
+    assert run(LoadVP2PInversion, vp2p_model=setup["tuned"], filename="clip.inversion",
+               latent=setup["latent"])[0].source_thumbnail is not None
 
 
 def test_wrong_kind_of_file_refused(setup):

@@ -36,6 +36,21 @@ from .tuning import make_trainable_copyable
 
 log = logging.getLogger(__name__)
 
+# How far (RMS, as a share of the clip's own) the latents handed back with an inversion may stray from the ones it
+# was made from before they count as another clip. Measured on the small world's clips (their 8x8 thumbnails, below):
+# the same frames through 8-bit, a bf16 VAE, noise of 2/255 or a 2% change of light stay within 0.023; two different
+# clips of one scene (the same triangle with and without a light drift) are 0.27 apart on their closest frame and
+# 0.5-1.0 over the clip.
+SAME_CLIP_TOLERANCE = 0.1
+THUMBNAIL_SIZE = 8
+
+
+def latent_thumbnail(latents: torch.Tensor) -> torch.Tensor:
+    """The clip's latents [F,C,h,w] averaged down to at most 8x8 per frame, in float32: enough to tell one clip from
+    another, small enough to keep with every inversion (8 KB for 8 frames)."""
+    size = (min(THUMBNAIL_SIZE, latents.shape[-2]), min(THUMBNAIL_SIZE, latents.shape[-1]))
+    return F.adaptive_avg_pool2d(latents.detach().float().cpu(), size)
+
 
 @dataclass
 class Inversion:
@@ -52,6 +67,7 @@ class Inversion:
     null_embeddings: Optional[torch.Tensor] = None  # [T,L,D] (null_text)
     trajectory: Optional[torch.Tensor] = None  # [T,F,C,h,w]: source latents after each guided step
     stats: dict = field(default_factory=dict)
+    source_thumbnail: Optional[torch.Tensor] = None  # [F,C,<=8,<=8]: latent_thumbnail of the inverted clip
 
     @property
     def num_frames(self) -> int:
@@ -73,6 +89,8 @@ class Inversion:
             tensors["null_embeddings"] = self.null_embeddings
         if self.trajectory is not None:
             tensors["trajectory"] = self.trajectory
+        if self.source_thumbnail is not None:
+            tensors["source_thumbnail"] = self.source_thumbnail
         meta = {"vp2p_kind": "inversion", "mode": self.mode, "guidance": repr(float(self.guidance)),
                 "prompt": self.prompt, "model_fingerprint": self.model_fingerprint,
                 "schedule": json.dumps(self.schedule.to_dict()), "num_frames": str(self.num_frames),
@@ -88,7 +106,7 @@ class Inversion:
                    model_fingerprint=meta["model_fingerprint"],
                    schedule=DDIMConfig.from_dict(meta_json(meta, "schedule")),
                    null_embeddings=t.get("null_embeddings"), trajectory=t.get("trajectory"),
-                   stats=meta_json(meta, "stats", {}))
+                   stats=meta_json(meta, "stats", {}), source_thumbnail=t.get("source_thumbnail"))
 
     def check_model(self, fingerprint: str, what: str = "inversion") -> None:
         """Refuse this inversion for a model (``VideoModel.fingerprint``) it was not made with."""
@@ -98,13 +116,25 @@ class Inversion:
                 "(another checkpoint, LoRA or tuning); invert again with this model")
 
     def check_latents(self, latents: torch.Tensor, what: str = "inversion") -> None:
-        """Refuse this inversion for a clip (scaled latents [F,C,h,w]) of another length or frame size."""
+        """Refuse this inversion for a clip (scaled latents [F,C,h,w]) of another length or frame size, or (when
+        it carries the thumbnail of its clip; files saved before it did not) for another clip of the same size."""
         if latents.shape[0] != self.num_frames:
             raise VP2PInputError(f"{what}: made from a clip of {self.num_frames} frames, but the latent has "
                                  f"{latents.shape[0]} frames")
         if tuple(latents.shape[1:]) != tuple(self.x_T.shape[1:]):
             raise VP2PInputError(f"{what}: made from latents of {tuple(self.x_T.shape[1:])}, but the latent is "
                                  f"{tuple(latents.shape[1:])} (another frame size)")
+        if self.source_thumbnail is None:
+            return
+        stored = self.source_thumbnail.float()
+        apart = float((latent_thumbnail(latents) - stored).pow(2).mean().sqrt())
+        scale = max(float(stored.pow(2).mean().sqrt()), 1e-6)
+        if not apart <= SAME_CLIP_TOLERANCE * scale:  # a NaN latent is another clip too
+            raise VP2PInputError(
+                f"{what}: made from another clip: the latent differs from the inverted clip's by {apart / scale:.0%} "
+                f"(RMS of their 8x8 thumbnails; a re-encode or a slight change of light stays within "
+                f"{SAME_CLIP_TOLERANCE:.0%}); pass the clip the inversion was made from, with the same Normalise Light "
+                "setting, or invert this clip")
 
 
 def _eps(model: VideoModel, schedule: DDIMSchedule, x, t, text, f):
@@ -166,7 +196,8 @@ def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Ten
         stats = {"ddim_forwards": model.evaluations() - evals0, "ddim_seconds": time.perf_counter() - t0}
         inv = Inversion(x_T=ddim[-1].detach().cpu(), source_embedding=cond.detach().cpu(),
                         timesteps=schedule.timesteps.clone(), mode=mode, guidance=float(guidance), prompt=prompt,
-                        model_fingerprint=model.fingerprint, schedule=model.schedule, stats=stats)
+                        model_fingerprint=model.fingerprint, schedule=model.schedule, stats=stats,
+                        source_thumbnail=latent_thumbnail(latents))
         if mode == "null_text":
             nulls, traj, nstats = null_text_optimisation(model, ddim, cond,
                                                          empty_embedding.clone().to(host.device, dtype), schedule,

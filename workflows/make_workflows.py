@@ -305,7 +305,8 @@ def reedit() -> Graph:
     g.note("Re-edit without tuning or inverting again: loads the delta and the inversion the word-swap "
            "workflow saved to output/vp2p/. Use the same checkpoint (and LoRAs): a file made for another "
            "model, or for a clip of another length, is refused. The clip itself is loaded too: its frames are "
-           "kept outside the edit's local-blend mask.", pos=(COL[0], -300))
+           "kept outside the edit's local-blend mask, and its latents tell Load Inversion whether the inversion "
+           "was made from this clip (one made from another clip is refused).", pos=(COL[0], -300))
     ckpt = g.add("CheckpointLoaderSimple", pos=(COL[0], 0), ckpt_name="v1-5-pruned-emaonly.safetensors")
     vm = g.add("InflateUNet", pos=(COL[1], 0), model=(ckpt, 0))
     tuned = g.add("LoadVP2PDelta", pos=(COL[2], 0), vp2p_model=(vm, 0), filename="vp2p/rabbit.delta.safetensors")
@@ -315,7 +316,11 @@ def reedit() -> Graph:
     outputs = sample_and_save(g, ckpt, tuned, inv, edit, "vp2p_reedit", None)
     scaled = clip_frames(g)  # the clip's frames, for the pixels outside the edit
     composite(g, *outputs, scaled)
-    normalise_light(g, scaled, outputs[1], None)  # the light the saved inversion's clip was encoded without
+    light = normalise_light(g, scaled, outputs[1], None)  # the light the saved inversion's clip was encoded without
+    # the clip as the inversion saw it (evenly lit), encoded only to check that the inversion is this clip's
+    latent = g.add("VAEEncode", "The clip's latents, to check the inversion", pos=(COL[1], 1440), pixels=(light, 0),
+                   vae=(ckpt, 2))
+    g.connect(inv, "latent", (latent, 0))
     return g
 
 

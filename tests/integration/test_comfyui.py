@@ -598,6 +598,16 @@ def test_reedit_workflow_from_saved_files(comfy, word_swap):
     assert same(rerun.edited, word_swap.run.edited), "the saved delta and inversion do not reproduce the edit"
     assert all((x == y).all() for x, y in zip(rerun.frames, word_swap.run.frames))
 
+    # an inversion of another clip of the same length and size is refused (here the clip's colours inverted)
+    wrong = copy.deepcopy(api)
+    light = node_id(wrong, "NormaliseLight")
+    wrong["905"] = {"class_type": "ImageInvert", "inputs": {"image": wrong[light]["inputs"]["images"]}}
+    wrong[light]["inputs"]["images"] = ["905", 0]
+    entry = run_prompt(comfy, wrong)
+    assert entry["status"]["status_str"] == "error"
+    err = messages(entry, "execution_error")[0]
+    assert err["node_type"] == "LoadVP2PInversion" and "made from another clip" in err["exception_message"], err
+
     # a delta from another checkpoint is refused with a message that says so
     other = comfy.base / "models" / "checkpoints" / "vp2p_other.safetensors"
     if not other.exists():
