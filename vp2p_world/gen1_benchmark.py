@@ -13,6 +13,10 @@
 
 w_t exists to steady an edit, and only clips that move can show it: with ``--moving`` each clip gets one kind of
 motion (``MOTIONS``) and the section "Gen-1 guidance on moving clips" is written instead.
+
+As in the edit benchmark, each clip is edited with its light taken out and gets it back when decoded
+(``--normalise-light``, the small world's default; ``--no-normalise-light``: as lit), and sampled with the small
+world's sampler settings (edit guidance 2 for the first half of the steps; ``--edit-guidance 0``: none).
 """
 from __future__ import annotations
 
@@ -23,9 +27,11 @@ from pathlib import Path
 
 import torch
 
-from vp2p_core import (EditOptions, InversionOptions, SamplerOptions, StructureGuidance, StructureOptions,
-                       TuneOptions, diffusers_controlnet, invert, one_shot_tune, sample_edit, trained_weights)
+from vp2p_core import (EditOptions, InversionOptions, LightOptions, SamplerOptions, StructureGuidance,
+                       StructureOptions, TuneOptions, diffusers_controlnet, invert, one_shot_tune, sample_edit,
+                       trained_weights)
 from vp2p_core.errors import VP2PInputError
+from vp2p_core.light import take_light_out, with_light
 from vp2p_core.pipeline import Components
 
 from . import metrics
@@ -51,24 +57,26 @@ def moving(scenes: list[Scene]) -> list[Scene]:
     return [s.replace(**m) for s, m in zip(scenes, MOTIONS, strict=True)]
 
 
-def prepare(comps: Components, scene: Scene, tune: TuneOptions, inversion: InversionOptions):
+def prepare(comps: Components, scene: Scene, tune: TuneOptions, inversion: InversionOptions, light: LightOptions):
+    """The clip, its tuned delta, its inversion and the gains to put its light back with (None: edited as lit)."""
     clip = render(scene)
-    latents = comps.encode_frames(clip.frames)
+    to_encode, gains = take_light_out(clip.frames, light.normalise_light)
+    latents = comps.encode_frames(to_encode)
     text = comps.encode_prompts([clip.caption])
     with trained_weights(comps.model):
         delta = one_shot_tune(comps.model, latents, text, clip.caption, options=tune)
     with trained_weights(comps.model, delta):
         inv = invert(comps.model, latents, source_embedding=text, empty_embedding=comps.encode_prompts([""]),
                      prompt=clip.caption, options=inversion)
-    return clip, delta, inv
+    return clip, delta, inv, gains
 
 
 def structure_rows(comps, controlnet, levels, tune: TuneOptions, inversion: InversionOptions,
-                   edit: EditOptions, scenes: list[Scene]) -> list[dict]:
+                   edit: EditOptions, sampler: SamplerOptions, light: LightOptions, scenes: list[Scene]) -> list[dict]:
     fn = diffusers_controlnet(controlnet)
     rows = []
     for scene in scenes:
-        clip, delta, inv = prepare(comps, scene, tune, inversion)
+        clip, delta, inv, gains = prepare(comps, scene, tune, inversion, light)
         truth = render(scene.replace(shape="square"))
         plan = comps.plan(clip.caption, truth.caption,
                           options=edit.replace(blend_words="ball", blend_target_words="square"))
@@ -78,9 +86,8 @@ def structure_rows(comps, controlnet, levels, tune: TuneOptions, inversion: Inve
             sg = StructureGuidance.from_images(fn, masks, (h, w), clip.frames.shape[0],
                                                options=StructureOptions(structure_blur=level))
             with trained_weights(comps.model, delta):
-                res = sample_edit(comps.model, inv, plan, options=SamplerOptions(guidance=inversion.guidance),
-                                  structure=sg)
-            frames = comps.decode_latents(res.edited[0])
+                res = sample_edit(comps.model, inv, plan, options=sampler, structure=sg)
+            frames = with_light(comps.decode_latents(res.edited[0]), gains)
             seg = metrics.segment_object(frames, truth)
             rows.append({"clip": scene.caption, "t_s": level, "iou_source": metrics.mask_iou(seg, clip.masks),
                          "shape_accuracy": metrics.shape_accuracy(frames, truth, clip)})
@@ -88,19 +95,18 @@ def structure_rows(comps, controlnet, levels, tune: TuneOptions, inversion: Inve
     return rows
 
 
-def temporal_rows(comps, weights, tune: TuneOptions, inversion: InversionOptions,
-                  edit: EditOptions, clips: list[tuple[Scene, str]]) -> list[dict]:
+def temporal_rows(comps, weights, tune: TuneOptions, inversion: InversionOptions, edit: EditOptions,
+                  sampler: SamplerOptions, light: LightOptions, clips: list[tuple[Scene, str]]) -> list[dict]:
     rows = []
     for scene, colour in clips:
-        clip, delta, inv = prepare(comps, scene, tune, inversion)
+        clip, delta, inv, gains = prepare(comps, scene, tune, inversion, light)
         truth = render(scene.replace(colour=colour))
         plan = comps.plan(clip.caption, truth.caption, options=edit.replace(blend_words=scene.shape))
         for wt in weights:
             t0 = time.perf_counter()
             with trained_weights(comps.model, delta):
-                res = sample_edit(comps.model, inv, plan,
-                                  options=SamplerOptions(guidance=inversion.guidance, temporal_guidance=wt))
-            frames = comps.decode_latents(res.edited[0])
+                res = sample_edit(comps.model, inv, plan, options=sampler.replace(temporal_guidance=wt))
+            frames = with_light(comps.decode_latents(res.edited[0]), gains)
             tc = metrics.temporal_consistency(frames, truth.masks)
             fl = metrics.flicker(frames, truth)
             rows.append({"clip": scene.caption, "w_t": wt, "object_change": tc["object"],
@@ -129,6 +135,8 @@ def main(argv=None) -> int:
     p.add_argument("--weights", default="1,1.5,2")
     add_option_flags(p, EditOptions, skip=("edit_mode", "blend_words", "blend_target_words", "reweight_words",
                                            "reweight_values"))  # each clip has its words
+    add_option_flags(p, SamplerOptions, skip=("guidance", "temporal_guidance"))  # w_t: --weights
+    add_option_flags(p, LightOptions)
     p.add_argument("--moving", action="store_true", help="the same clips under camera motion, changing light and "
                    "growth (MOTIONS); writes the section on moving clips")
     p.add_argument("--no-write", action="store_true")
@@ -137,6 +145,8 @@ def main(argv=None) -> int:
         tune = options_from_args(a, TuneOptions, prefix="tune-")
         inversion = options_from_args(a, InversionOptions)
         edit = options_from_args(a, EditOptions)
+        sampler = options_from_args(a, SamplerOptions, guidance=inversion.guidance)
+        light = options_from_args(a, LightOptions)
     except VP2PInputError as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
     from diffusers import ControlNetModel
@@ -149,20 +159,23 @@ def main(argv=None) -> int:
     shape_clips = moving(SHAPE_CLIPS) if a.moving else SHAPE_CLIPS
     colour_clips = list(zip(moving([c for c, _ in COLOUR_CLIPS]), [t for _, t in COLOUR_CLIPS])) if a.moving \
         else COLOUR_CLIPS
-    s_rows = structure_rows(comps, cn, levels, tune, inversion, edit, shape_clips)
-    t_rows = temporal_rows(comps, wts, tune, inversion, edit, colour_clips)
+    s_rows = structure_rows(comps, cn, levels, tune, inversion, edit, sampler, light, shape_clips)
+    t_rows = temporal_rows(comps, wts, tune, inversion, edit, sampler, light, colour_clips)
     s = mean_by(s_rows, "t_s", ["iou_source", "shape_accuracy"])
     t = mean_by(t_rows, "w_t", ["object_change", "background_change", "warp_error", "flicker_object",
                                 "flicker_background", "accuracy", "psnr_truth", "evaluations", "seconds"])
     cmd = "python -m vp2p_world.gen1_benchmark " + " ".join(argv if argv is not None else sys.argv[1:])
     motion = (" Motion per clip, in order: " + "; ".join(", ".join(f"{k} {v}" for k, v in m.items()) for m in MOTIONS)
               + ".") if a.moving else ""
+    lit = (" Each clip is edited with its light taken out and gets it back when decoded." if light.normalise_light
+           else "")
     lines = [SECTIONS[a.moving], "", f"Command: `{cmd.strip()}`", "",
              f"Tuned model ({tune.steps} steps) per clip, {inversion.mode} inversion, {inversion.steps} DDIM steps, "
-             f"guidance {inversion.guidance:g}, {torch.get_num_threads()} threads, self-attention replaced on: "
-             f"{edit.self_replace_on}. Structure: the shipped mask ControlNet "
+             f"guidance {inversion.guidance:g}, edit guidance {sampler.edit_guidance:g} for the first "
+             f"{sampler.edit_guidance_steps:g} of the steps, {torch.get_num_threads()} threads, self-attention "
+             f"replaced on: {edit.self_replace_on}. Structure: the shipped mask ControlNet "
              "(`vp2p_world/weights/controlnet`) fed the source clip's object masks, on "
-             f"{len(shape_clips)} ball -> square clips (word swap + local blend on ball/square).{motion}", "",
+             f"{len(shape_clips)} ball -> square clips (word swap + local blend on ball/square).{motion}{lit}", "",
              "| t_s | structure IoU with the source | shape accuracy (square) |", "|---|---|---|"]
     lines += [f"| {k:g} | {v['iou_source']:.3f} | {v['shape_accuracy']:.2f} |" for k, v in s.items()]
     lines += ["", f"Temporal-consistency guidance on {len(colour_clips)} colour swaps (word swap + local blend; "
