@@ -1,8 +1,9 @@
 """Normalise Light: the clip as if evenly lit for the edit, and its light for Decode Frames to put back.
 
-The maths is ``vp2p_core.light``: an RGB gain per frame, measured pixel by pixel between frames. Place it between
-the clip's frames and VAE Encode, and connect its ``light`` to every Decode Frames of that clip; Image Composite
-Masked keeps the clip's own frames as its destination. Bypassing the node edits the clip as it is lit.
+The maths is ``vp2p_core.light``: an RGB gain per frame, measured between frames, pixel by pixel or along the
+camera's pan. Place it between the clip's frames and VAE Encode, and connect its ``light`` to every Decode Frames of
+that clip; Image Composite Masked keeps the clip's own frames as its destination. Bypassing the node edits the clip
+as it is lit.
 """
 from __future__ import annotations
 
