@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from vp2p_core import Inversion, InversionOptions, invert, trained_weights
+from vp2p_core.inversion import latent_thumbnail
 
 from . import files
 from .host import make_host
@@ -56,6 +57,8 @@ class NullTextVideoInvert(io.ComfyNode):
         def load(path) -> Inversion:
             inv = Inversion.load(path, what="cache_dir")
             inv.check_model(vp2p_model.fingerprint, f"cached inversion {path.name}")
+            if inv.source_thumbnail is None:  # cached before inversions kept one; the key holds these very latents
+                inv.source_thumbnail = latent_thumbnail(latents)
             return inv
 
         def compute() -> Inversion:

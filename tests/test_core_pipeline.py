@@ -1,14 +1,18 @@
 """Tuning, inversion and editing on a tiny random model: reconstruction, exactness, masks, files, errors."""
 import copy
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import vp2p_core.attention as attention
 from vp2p_core import (DDIMSchedule, Delta, EditOptions, Inversion, InversionOptions, SamplerOptions, TuneOptions, VP2PInputError, VideoModel, apply_delta,
                        build_edit_plan, invert, one_shot_tune, sample_edit, trainable_parameter_names,
                        trained_weights, video_forward)
 from vp2p_core.attention import TemporalAttnProcessor
+from vp2p_core.inversion import latent_thumbnail
+from vp2p_core.schedule import DDIMConfig
 from vp2p_world.tiny import ToyTokenizer, tiny_unet, toy_embed
 
 torch.set_num_threads(1)
@@ -285,7 +289,7 @@ def test_inversion_refuses_another_clip_of_the_same_size(world, inversion, tmp_p
     """An inversion keeps a thumbnail of its clip: the same clip re-encoded passes, another clip of the same length
     and size is refused, and a file saved before there were thumbnails checks the shape alone."""
     tok, emb, latents, model = world
-    assert inversion.source_thumbnail.shape == (FRAMES, 4, 8, 8)
+    assert inversion.source_thumbnail.shape == (FRAMES, 4, 16, 16)
     g = torch.Generator().manual_seed(11)
     inversion.check_latents(latents)
     inversion.check_latents(latents * 1.02)  # a slight change of light
@@ -305,6 +309,30 @@ def test_inversion_refuses_another_clip_of_the_same_size(world, inversion, tmp_p
     old.source_thumbnail = None
     old.save(tmp_path / "old.safetensors")
     Inversion.load(tmp_path / "old.safetensors").check_latents(other)  # no thumbnail: only the shape is known
+    bad = copy.copy(inversion)
+    for thumbnail in (inversion.source_thumbnail[:2], inversion.source_thumbnail * math.inf):
+        bad.source_thumbnail = thumbnail
+        bad.save(tmp_path / "bad.safetensors")
+        with pytest.raises(VP2PInputError, match="^filename: .*source_thumbnail"):
+            Inversion.load(tmp_path / "bad.safetensors")
+
+
+def test_inversion_refuses_a_long_clip_with_one_frame_of_another():
+    """Every frame is checked on its own: one frame of 48 a quarter of its own RMS away (0.036 over the whole
+    clip, which one RMS for the clip would let through) is refused; the same clip with 2% more light passes."""
+    g = torch.Generator().manual_seed(12)
+    latents = torch.randn(48, 4, 64, 64, generator=g)
+    inv = Inversion(x_T=latents, source_embedding=torch.zeros(1, 77, 8), timesteps=torch.arange(2), mode="fast",
+                    guidance=7.5, prompt=SRC, model_fingerprint="m", schedule=DDIMConfig(),
+                    source_thumbnail=latent_thumbnail(latents))
+    assert inv.source_thumbnail.shape == (48, 4, 16, 16)
+    inv.check_latents(latents * 1.02)
+    one = latents.clone()
+    stored = inv.source_thumbnail[30]
+    one[30] += F.interpolate((0.25 * stored.pow(2).mean().sqrt() * torch.randn(stored.shape, generator=g))[None],
+                             scale_factor=4)[0]  # constant over each thumbnail cell: exactly 25% of frame 30's RMS
+    with pytest.raises(VP2PInputError, match="frame 30 of the latent differs from the inverted clip's by 2[0-9]%"):
+        inv.check_latents(one)
 
 
 def test_inversion_modes_and_errors(world):

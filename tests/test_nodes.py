@@ -257,6 +257,15 @@ def test_tune_and_invert_caches_are_reused(chain, roots):
     assert log_text.startswith("loaded from cache")
     assert again.delta.fingerprint == chain.tuned.delta.fingerprint
     assert torch.equal(inv.x_T, chain.inv.x_T) and torch.equal(inv.null_embeddings, chain.inv.null_embeddings)
+    assert torch.equal(inv.source_thumbnail, chain.inv.source_thumbnail)
+    # an inversion cached before inversions kept a thumbnail of their clip gets one from the latents it is keyed by
+    path = next(q for q in (roots / "models" / "cache").iterdir() if q.name.startswith("inversion"))
+    stripped = Inversion.load(path)
+    stripped.source_thumbnail = None
+    stripped.save(path)
+    assert Inversion.load(path).source_thumbnail is None
+    inv = invert(again, chain.latent, chain.clip, steps=4, inner_steps=2, cache_dir="cache")
+    assert torch.equal(inv.source_thumbnail, chain.inv.source_thumbnail)
     # another seed is another delta
     other, log2 = tune(chain.model, chain.latent, chain.clip, steps=2, seed=34, cache_dir="")
     assert not log2.startswith("loaded") and other.delta.fingerprint != chain.tuned.delta.fingerprint

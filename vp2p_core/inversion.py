@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -36,19 +37,21 @@ from .tuning import make_trainable_copyable
 
 log = logging.getLogger(__name__)
 
-# How far (RMS, as a share of the clip's own) the latents handed back with an inversion may stray from the ones it
-# was made from before they count as another clip. Measured on the small world's clips (their 8x8 thumbnails, below):
-# the same frames through 8-bit, a bf16 VAE, noise of 2/255 or a 2% change of light stay within 0.023; two different
-# clips of one scene (the same triangle with and without a light drift) are 0.27 apart on their closest frame and
-# 0.5-1.0 over the clip.
+# How far (RMS, as a share of the frame's own) any frame of the latents handed back with an inversion may stray from
+# the clip's it was made from before they count as another clip. Measured on the small world's clips (16x16 latents,
+# so their thumbnails below are the latents themselves): the same frames through 8 bits, a bf16 VAE, noise of 2/255
+# or a 2% change of light stay within 0.028 on every frame; two clips of one scene (the same triangle with and
+# without a light drift) are 0.30 apart on their closest frame; the same clip one frame later, 0.20-1.10 on its
+# worst frame (ten of the suite's clips).
 SAME_CLIP_TOLERANCE = 0.1
-THUMBNAIL_SIZE = 8
+THUMBNAIL_SIZE = 16
 
 
-def latent_thumbnail(latents: torch.Tensor) -> torch.Tensor:
-    """The clip's latents [F,C,h,w] averaged down to at most 8x8 per frame, in float32: enough to tell one clip from
-    another, small enough to keep with every inversion (8 KB for 8 frames)."""
-    size = (min(THUMBNAIL_SIZE, latents.shape[-2]), min(THUMBNAIL_SIZE, latents.shape[-1]))
+def latent_thumbnail(latents: torch.Tensor, size: Optional[tuple[int, int]] = None) -> torch.Tensor:
+    """The clip's latents [F,C,h,w] averaged down to ``size`` (default at most 16x16) per frame, in float32 on the
+    CPU: enough to tell one clip from another, small enough to keep with every inversion (32 KB for 8 frames)."""
+    if size is None:
+        size = (min(THUMBNAIL_SIZE, latents.shape[-2]), min(THUMBNAIL_SIZE, latents.shape[-1]))
     return F.adaptive_avg_pool2d(latents.detach().float().cpu(), size)
 
 
@@ -67,7 +70,7 @@ class Inversion:
     null_embeddings: Optional[torch.Tensor] = None  # [T,L,D] (null_text)
     trajectory: Optional[torch.Tensor] = None  # [T,F,C,h,w]: source latents after each guided step
     stats: dict = field(default_factory=dict)
-    source_thumbnail: Optional[torch.Tensor] = None  # [F,C,<=8,<=8]: latent_thumbnail of the inverted clip
+    source_thumbnail: Optional[torch.Tensor] = None  # [F,C,<=16,<=16]: latent_thumbnail of the inverted clip
 
     @property
     def num_frames(self) -> int:
@@ -101,6 +104,12 @@ class Inversion:
     def load(cls, path, what: str = "filename") -> "Inversion":
         """Read a file written by ``save``; ``what`` names the input the file came from in errors."""
         t, meta = load_checked(path, "inversion", what)
+        thumbnail = t.get("source_thumbnail")
+        if thumbnail is not None and (thumbnail.dim() != 4 or tuple(thumbnail.shape[:2]) != tuple(t["x_T"].shape[:2])
+                                      or not bool(torch.isfinite(thumbnail).all())):
+            raise VP2PInputError(f"{what}: {str(path)!r} holds a source_thumbnail of shape {tuple(thumbnail.shape)} "
+                                 f"(or not finite); expected finite values [frames, channels, h, w] of its x_T's "
+                                 f"{tuple(t['x_T'].shape[:2])}, as SaveVP2PInversion writes")
         return cls(x_T=t["x_T"], source_embedding=t["source_embedding"], timesteps=t["timesteps"],
                    mode=meta["mode"], guidance=float(meta["guidance"]), prompt=meta["prompt"],
                    model_fingerprint=meta["model_fingerprint"],
@@ -126,15 +135,18 @@ class Inversion:
                                  f"{tuple(latents.shape[1:])} (another frame size)")
         if self.source_thumbnail is None:
             return
-        stored = self.source_thumbnail.float()
-        apart = float((latent_thumbnail(latents) - stored).pow(2).mean().sqrt())
-        scale = max(float(stored.pow(2).mean().sqrt()), 1e-6)
-        if not apart <= SAME_CLIP_TOLERANCE * scale:  # a NaN latent is another clip too
+        stored = self.source_thumbnail.float().cpu()
+        apart = (latent_thumbnail(latents, size=tuple(stored.shape[-2:])) - stored).pow(2).mean(dim=(1, 2, 3)).sqrt()
+        # each frame against its own RMS, but never less than half the clip's (a near-black frame)
+        scale = stored.pow(2).mean(dim=(1, 2, 3)).sqrt().clamp_min(0.5 * float(stored.pow(2).mean().sqrt()))
+        ratio = (apart / scale.clamp_min(1e-6)).nan_to_num(nan=math.inf)  # a NaN latent is another clip too
+        worst = int(ratio.argmax())
+        if float(ratio[worst]) > SAME_CLIP_TOLERANCE:
             raise VP2PInputError(
-                f"{what}: made from another clip: the latent differs from the inverted clip's by {apart / scale:.0%} "
-                f"(RMS of their 8x8 thumbnails; a re-encode or a slight change of light stays within "
-                f"{SAME_CLIP_TOLERANCE:.0%}); pass the clip the inversion was made from, with the same Normalise Light "
-                "setting, or invert this clip")
+                f"{what}: made from another clip: frame {worst} of the latent differs from the inverted clip's by "
+                f"{float(ratio[worst]):.0%} (RMS of their thumbnails; a re-encode or a slight change of light stays "
+                f"within {SAME_CLIP_TOLERANCE:.0%}); pass the clip the inversion was made from, with its light "
+                "normalised as it was then (Normalise Light, normalise_light), or invert this clip")
 
 
 def _eps(model: VideoModel, schedule: DDIMSchedule, x, t, text, f):

@@ -169,10 +169,11 @@ def main(argv=None) -> int:
               + ".") if a.moving else ""
     lit = (" Each clip is edited with its light taken out and gets it back when decoded." if light.normalise_light
            else "")
+    edit_guidance = (f"edit guidance {sampler.edit_guidance:g} for the first {sampler.edit_guidance_steps:.0%} of the "
+                     "steps" if sampler.edit_guidance else "no edit guidance")
     lines = [SECTIONS[a.moving], "", f"Command: `{cmd.strip()}`", "",
              f"Tuned model ({tune.steps} steps) per clip, {inversion.mode} inversion, {inversion.steps} DDIM steps, "
-             f"guidance {inversion.guidance:g}, edit guidance {sampler.edit_guidance:g} for the first "
-             f"{sampler.edit_guidance_steps:g} of the steps, {torch.get_num_threads()} threads, self-attention "
+             f"guidance {inversion.guidance:g}, {edit_guidance}, {torch.get_num_threads()} threads, self-attention "
              f"replaced on: {edit.self_replace_on}. Structure: the shipped mask ControlNet "
              "(`vp2p_world/weights/controlnet`) fed the source clip's object masks, on "
              f"{len(shape_clips)} ball -> square clips (word swap + local blend on ball/square).{motion}{lit}", "",

@@ -306,7 +306,8 @@ def reedit() -> Graph:
            "workflow saved to output/vp2p/. Use the same checkpoint (and LoRAs): a file made for another "
            "model, or for a clip of another length, is refused. The clip itself is loaded too: its frames are "
            "kept outside the edit's local-blend mask, and its latents tell Load Inversion whether the inversion "
-           "was made from this clip (one made from another clip is refused).", pos=(COL[0], -300))
+           "was made from this clip (one made from another clip is refused). Bypass Normalise Light here if it "
+           "was bypassed when the inversion was made.", pos=(COL[0], -300))
     ckpt = g.add("CheckpointLoaderSimple", pos=(COL[0], 0), ckpt_name="v1-5-pruned-emaonly.safetensors")
     vm = g.add("InflateUNet", pos=(COL[1], 0), model=(ckpt, 0))
     tuned = g.add("LoadVP2PDelta", pos=(COL[2], 0), vp2p_model=(vm, 0), filename="vp2p/rabbit.delta.safetensors")
