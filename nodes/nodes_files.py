@@ -140,7 +140,7 @@ class LoadVP2PInversion(LoadResult):
     @classmethod
     def load(cls, path, vp2p_model: VP2PModel, latent, what: str) -> Inversion:
         inv = Inversion.load(path)
-        inv.check_model(vp2p_model.fingerprint, what)
+        inv.check_model(vp2p_model.fingerprints, what)
         vp2p_model.check_frames(inv.num_frames, what)
         if latent is not None:
             inv.check_latents(vp2p_model.latents(latent), what)

@@ -1,9 +1,10 @@
 """Null-Text Video Inversion: DDIM inversion and null-text optimisation of the clip (vp2p_core.inversion)."""
 from __future__ import annotations
 
+import torch
 from comfy_api.latest import io
 
-from vp2p_core import Inversion, InversionOptions, invert, trained_weights
+from vp2p_core import Inversion, InversionOptions, VP2PInputError, invert, trained_weights
 from vp2p_core.inversion import latent_thumbnail
 
 from . import files
@@ -43,6 +44,13 @@ class NullTextVideoInvert(io.ComfyNode):
                 **widget_values) -> io.NodeOutput:
         options = InversionOptions.from_values(widget_values)
         check_context(context)
+        if not source_prompt.strip():
+            raise VP2PInputError("source_prompt: expected the words that describe the clip (the tuning prompt), "
+                                 "got an empty prompt")
+        weights = next(vp2p_model.video.unet.parameters()).dtype
+        if options.mode == "null_text" and weights != torch.float32:  # Adam's eps underflows: NaN embeddings
+            raise VP2PInputError(f"vp2p_model: its weights are {str(weights).replace('torch.', '')}; null-text "
+                                 "inversion needs InflateUNet's weight_dtype fp32 (or use mode fast)")
         latents = vp2p_model.latents(latent)
         vp2p_model.check_frames(latents.shape[0], "latent")
         src = encode_text(clip, source_prompt, "source_prompt")
@@ -52,11 +60,12 @@ class NullTextVideoInvert(io.ComfyNode):
                               frame_attention=vp2p_model.video.frame_attention, group_norm=vp2p_model.video.group_norm,
                               latents=files.tensor_hash(latents),
                               text=files.tensor_hash(src), empty=files.tensor_hash(empty), prompt=source_prompt,
-                              options=options.cache_key(), **context_key(context))
+                              options=options.cache_key(), **context_key(context),
+                              **({} if weights == torch.float32 else {"weights": str(weights)}))
 
         def load(path) -> Inversion:
             inv = Inversion.load(path, what="cache_dir")
-            inv.check_model(vp2p_model.fingerprint, f"cached inversion {path.name}")
+            inv.check_model(vp2p_model.fingerprints, f"cached inversion {path.name}")
             if inv.source_thumbnail is None:  # cached before inversions kept one; the key holds these very latents
                 inv.source_thumbnail = latent_thumbnail(latents)
             return inv

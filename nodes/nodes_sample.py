@@ -58,7 +58,7 @@ class VideoP2PSampler(io.ComfyNode):
         check_context(context)
         if not isinstance(edit, VP2PEdit):
             raise VP2PInputError(f"edit: expected the output of AttentionEditController, got {type(edit).__name__}")
-        inversion.check_model(vp2p_model.fingerprint)
+        inversion.check_model(vp2p_model.fingerprints)
         vp2p_model.check_frames(inversion.num_frames, "inversion")
         vp2p_model.video.check_text(edit.plan.target_embeddings, "edit")
         if latent is not None:

@@ -57,6 +57,8 @@ class OneShotTune(io.ComfyNode):
                 **widget_values) -> io.NodeOutput:
         options = TuneOptions.from_values(widget_values)
         check_context(context)
+        if not source_prompt.strip():
+            raise VP2PInputError("source_prompt: expected the words that describe the clip, got an empty prompt")
         weights = next(vp2p_model.video.unet.parameters()).dtype
         if weights != torch.float32:
             raise VP2PInputError(f"vp2p_model: its weights are {str(weights).replace('torch.', '')}; tune with "

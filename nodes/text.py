@@ -44,11 +44,36 @@ def tokenizer_from_clip(clip) -> TokenizerAdapter:
     return TokenizerAdapter(hf)
 
 
+def check_plain_tokens(tokens, expected: Sequence[int], what: str) -> None:
+    """Refuse a prompt that ComfyUI's tokenizer reads otherwise than the plain tokenizer the word positions come
+    from: weighting ``(word:1.2)``, emphasis ``(...)`` or an ``embedding:`` token move the words (or
+    weight them), so a word swap, blend word or reweight would act on other tokens than it names. ``tokens`` is
+    ``clip.tokenize(text)`` ({encoder: [[(id, weight[, word]), ...], ...]}); ``expected`` the plain ids, BOS to
+    EOS. A layout other than that is left unchecked."""
+    batches = next((v for v in tokens.values() if isinstance(v, list) and v and isinstance(v[0], list)), None) \
+        if isinstance(tokens, dict) else None
+    if batches is None:
+        return
+    first = [t for t in batches[0] if isinstance(t, (tuple, list)) and len(t) >= 2]
+    ids = [t[0] for t in first[:len(expected)]]
+    plain = len(batches) == 1 and all(isinstance(i, int) for i in ids) and ids == list(expected) and \
+        all(float(t[1]) == 1.0 for t in first[:len(expected)])
+    if not plain:
+        raise VP2PInputError(
+            f"{what}: ComfyUI's tokenizer reads this prompt with weighting, emphasis or an embedding ('(word:1.2)', "
+            "'(...)', 'embedding:...'), which moves or weights its words, and the edit finds words by their plain "
+            "positions; write the prompt as plain words (reweight_words / reweight_values weight a word)")
+
+
 def encode_text(clip, text: str, what: str = "prompt") -> torch.Tensor:
     """[1,77,D] float32 CPU embedding of one prompt, as the UNet sees it; a prompt over 77 tokens is refused
-    with the editor's message (``check_prompt_length``)."""
-    check_prompt_length(tokenizer_from_clip(clip), text, what)
-    cond = clip.encode_from_tokens(clip.tokenize(text))
+    with the editor's message (``check_prompt_length``), and so is one that ComfyUI's own syntax changes
+    (``check_plain_tokens``)."""
+    tokenizer = tokenizer_from_clip(clip)
+    check_prompt_length(tokenizer, text, what)
+    tokens = clip.tokenize(text)
+    check_plain_tokens(tokens, tokenizer.encode(text), what)
+    cond = clip.encode_from_tokens(tokens)
     if isinstance(cond, (tuple, list)):
         cond = cond[0]
     if cond.dim() != 3 or cond.shape[0] != 1 or cond.shape[1] > MAX_TOKENS:  # embeddings can lengthen a prompt

@@ -60,6 +60,11 @@ class VP2PModel:
         return self.video.fingerprint_with("" if self.delta is None else self.delta.fingerprint)
 
     @property
+    def fingerprints(self) -> tuple[str, ...]:
+        """``fingerprint``, then the same for the weights held in half precision (``VideoModel.fingerprints``)."""
+        return self.video.fingerprints_with("" if self.delta is None else self.delta.fingerprint)
+
+    @property
     def latent_scale(self) -> float:
         return float(self.video.latent_scale)
 
@@ -85,6 +90,8 @@ class VP2PModel:
             shape = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
             raise VP2PInputError(f"{what}: expected image latents [frames, channels, h, w], got {shape}; "
                                  "encode the frames with an SD 1.x/2.x VAE (VAEEncode)")
+        if s.shape[0] == 0 or 0 in s.shape[-2:]:
+            raise VP2PInputError(f"{what}: expected at least one frame of latents, got shape {tuple(s.shape)}")
         cfg = self.video.unet.config
         if s.shape[1] != cfg.in_channels:
             raise VP2PInputError(f"{what}: {s.shape[1]} latent channels, the model takes {cfg.in_channels}")

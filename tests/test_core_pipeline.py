@@ -127,6 +127,51 @@ def test_local_blend_keeps_source_outside_mask(world, inversion):
     assert swap.blend_mask is not None and not swap.blend_outline
 
 
+def test_half_precision_model_edits_with_local_blend(world):
+    """Editing in fp16 (InflationOptions.weight_dtype): local blend's float32 mask once turned the latents float32,
+    and the next UNet call failed on fp16 weights."""
+    tok, emb, latents, model = world
+    half = copy.deepcopy(model)
+    half.unet.half()
+    inv = invert(half, latents.half(), emb[:1].half(), None, SRC, options=InversionOptions(mode="fast", steps=3))
+    res = sample_edit(half, inv, _plan(tok, emb.half(), blend_words="ball", mask_threshold=0.9))
+    assert res.blend_mask is not None and torch.isfinite(res.edited.float()).all()
+
+
+def test_a_float32_delta_and_inversion_fit_the_same_weights_in_half_precision(world, tmp_path):
+    """Tune and invert in float32, edit in fp16 or bf16 (InflationOptions.weight_dtype): the delta and the
+    inversion fit the same checkpoint held in half precision (its own fingerprint differs: tiny_unet's weights are
+    not fp16 values), and an inversion made in half precision fits the float32 model; another checkpoint is still
+    refused in either precision."""
+    tok, emb, latents, _ = world
+    full = VideoModel.from_unet(tiny_unet())
+    half, bf16 = VideoModel.from_unet(tiny_unet().half()), VideoModel.from_unet(tiny_unet().to(torch.bfloat16))
+    other = VideoModel.from_unet(tiny_unet(seed=1).half())
+    assert half.base_fingerprint != full.base_fingerprint and half.base_aliases == () and len(full.base_aliases) == 2
+    delta = one_shot_tune(full, latents, emb[:1], SRC, options=TuneOptions(steps=1))
+    delta.save(tmp_path / "d.safetensors")
+    delta = Delta.load(tmp_path / "d.safetensors")
+    for m in (half, bf16):
+        apply_delta(m, delta)
+    with pytest.raises(VP2PInputError, match="delta: made for the model"):
+        apply_delta(other, delta)
+    inv = invert(full, latents, emb[:1], None, SRC, options=InversionOptions(mode="fast", steps=3))
+    inv.save(tmp_path / "i.safetensors")
+    inv = Inversion.load(tmp_path / "i.safetensors")
+    for m in (half, bf16):
+        inv.check_model(m.fingerprints)
+    res = sample_edit(half, inv, _plan(tok, emb.half(), blend_words="ball", mask_threshold=0.9))
+    assert torch.isfinite(res.edited.float()).all()
+    made_in_half = invert(half, latents.half(), emb[:1].half(), None, SRC,
+                          options=InversionOptions(mode="fast", steps=3))
+    made_in_half.check_model(full.fingerprints)
+    apply_delta(other, Delta(tensors=delta.tensors, base_fingerprint=other.base_fingerprint, num_frames=FRAMES,
+                             prompt=SRC, steps=1))
+    for bad in (inv, made_in_half):
+        with pytest.raises(VP2PInputError, match="inversion: made with the model"):
+            bad.check_model(other.fingerprints)
+
+
 def test_several_targets_share_the_source_branch(world, inversion):
     tok, emb, latents, model = world
     two = sample_edit(model, inversion, _plan(tok, emb, targets=(TGT, "a green ball on grass")))

@@ -19,6 +19,20 @@ def _our_file(path, kind: str):
     return path
 
 
+def test_saved_files_get_the_umasks_mode(tmp_path):
+    """Written through a temporary file (mkstemp makes it 0600), a saved delta or inversion still gets the mode a
+    plain file would: readable by the other users of a shared ComfyUI."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = _our_file(tmp_path / "d.safetensors", "delta")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
 def test_wrong_kind_message_uses_the_right_article(tmp_path):
     delta = _our_file(tmp_path / "d.safetensors", "delta")
     with pytest.raises(VP2PInputError) as e:

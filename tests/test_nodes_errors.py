@@ -8,7 +8,9 @@ from comfy_nodes import run
 from nodes import files as node_files
 from nodes.nodes_decode import DecodeFrames
 from nodes.nodes_files import LoadVP2PDelta, LoadVP2PInversion, SaveVP2PDelta, SaveVP2PInversion
+from nodes.nodes_invert import NullTextVideoInvert
 from nodes.nodes_light import NormaliseLight
+from nodes.nodes_tune import OneShotTune
 from nodes.types import VP2PLight
 from test_nodes import SRC, TGT, FakeClip, edit, invert, make_latent, make_model, sample, tune
 from vp2p_core import VP2PInputError
@@ -65,6 +67,26 @@ def test_clip_without_tokenizer():
         edit(NoTok(), SRC, TGT)
 
 
+def test_prompt_syntax_that_moves_words_refused():
+    """ComfyUI's tokenizer output ({encoder: [[(id, weight), ...]]}, BOS to EOS, then padding) against the plain
+    ids the word positions come from. The real SD 1.x tokenizer gives weights other than 1 for '(red:1.3)' and
+    '(on grass)', an escaped '\\(' becomes one token where the plain tokenizer reads two, and an embedding is a
+    tensor in place of ids (checked by hand against ComfyUI 0.3.64's SD1Tokenizer)."""
+    from nodes.text import check_plain_tokens
+
+    plain = [49406, 320, 736, 1952, 525, 49407]
+    pad = [(49407, 1.0)] * 4
+    check_plain_tokens({"l": [[(i, 1.0) for i in plain] + pad]}, plain, "source_prompt")
+    check_plain_tokens({"l": [[(i, 1.0, 0) for i in plain] + pad]}, plain, "source_prompt")  # with word ids
+    check_plain_tokens({"l": "a red ball"}, plain, "source_prompt")  # a layout it does not know: not checked
+    weighted = [(i, 1.3 if i == 736 else 1.0) for i in plain] + pad
+    shifted = [(i, 1.0) for i in plain[:2] + [7, 8] + plain[2:]] + pad
+    embedded = [(i, 1.0) for i in plain[:2]] + [(torch.zeros(768), 1.0)] + [(i, 1.0) for i in plain[3:]] + pad
+    for tokens in (weighted, shifted, embedded):
+        with pytest.raises(VP2PInputError, match="^target_prompts: ComfyUI's tokenizer reads this prompt with"):
+            check_plain_tokens({"l": [tokens]}, plain, "target_prompts")
+
+
 # --- latents and frame counts -----------------------------------------------------------------------------
 
 def test_latent_shape_errors(setup):
@@ -72,7 +94,9 @@ def test_latent_shape_errors(setup):
     bad = [({"samples": torch.zeros(1, 4, 3, 16, 16)}, "frames, channels"),
            ({"samples": torch.zeros(3, 3, 16, 16)}, "channels"),
            ({"samples": torch.zeros(3, 4, 15, 16)}, "divide"),
-           (torch.zeros(3, 4, 16, 16), "LATENT")]
+           (torch.zeros(3, 4, 16, 16), "LATENT"),
+           ({"samples": torch.zeros(0, 4, 16, 16)}, "^latent: expected at least one frame"),
+           ({"samples": torch.zeros(3, 4, 0, 16)}, "^latent: expected at least one frame")]
     for latent, msg in bad:
         with pytest.raises(VP2PInputError, match=msg):
             tune(model, latent, clip, steps=1, seed=1, cache_dir="")
@@ -198,6 +222,32 @@ def test_tuning_needs_fp32_weights():
     half = vp2p_model_from_unet(tiny_unet().to(torch.bfloat16))
     with pytest.raises(VP2PInputError, match="weight_dtype fp32"):
         tune(half, make_latent(), FakeClip(), steps=1, seed=1, cache_dir="")
+
+
+def test_null_text_inversion_needs_fp32_weights_and_fast_inversion_keys_the_dtype(setup):
+    """Adam on a half-precision null embedding turns it to NaN (fp16 on CPU: every embedding NaN), so null-text
+    inversion refuses half weights by name; a fast inversion in fp16 is cached apart from the fp32 one of the same
+    (fp16-exact) weights."""
+    from vp2p_world.tiny import tiny_unet
+    from nodes.types import vp2p_model_from_unet
+
+    half = vp2p_model_from_unet(tiny_unet().to(torch.float16))
+    with pytest.raises(VP2PInputError, match="^vp2p_model: its weights are float16; null-text inversion needs"):
+        invert(half, make_latent(), FakeClip(), steps=2, inner_steps=1, cache_dir="")
+    exact = vp2p_model_from_unet(tiny_unet().to(torch.float16).float())
+    assert exact.fingerprint == half.fingerprint
+    full = invert(exact, make_latent(), FakeClip(), steps=2, mode="fast", cache_dir="dtype_cache")
+    fp16 = invert(half, make_latent(), FakeClip(), steps=2, mode="fast", cache_dir="dtype_cache")
+    assert full.x_T.dtype == torch.float32 and not torch.equal(full.x_T, fp16.x_T)
+
+
+def test_empty_source_prompt_refused(setup):
+    with pytest.raises(VP2PInputError, match="^source_prompt: expected"):
+        run(OneShotTune, vp2p_model=setup["model"], latent=setup["latent"], clip=setup["clip"], source_prompt=" ",
+            steps=1, cache_dir="", gradient_checkpointing=False)
+    with pytest.raises(VP2PInputError, match="^source_prompt: expected"):
+        run(NullTextVideoInvert, vp2p_model=setup["tuned"], latent=setup["latent"], clip=setup["clip"],
+            source_prompt="", steps=2, cache_dir="")
 
 
 def test_corrupt_cache_file_names_cache_dir(setup):

@@ -17,21 +17,25 @@ from .errors import VP2PInputError, with_article
 FORMAT_VERSION = "1"
 
 
-def tensor_digest(h, name: str, t: torch.Tensor, samples: int = 4096) -> None:
-    """Feed a tensor's name, shape and an evenly strided sample of its values into a hash."""
+def tensor_digest(h, name: str, t: torch.Tensor, samples: int = 4096,
+                  dtype: Optional[torch.dtype] = None) -> None:
+    """Feed a tensor's name, shape and an evenly strided sample of its values (rounded to ``dtype`` first, if
+    given: the digest the same weights get when a model holds them in that precision) into a hash."""
     flat = t.detach().reshape(-1)
     step = max(1, flat.numel() // samples)
-    vals = flat[::step][:samples].float().cpu().contiguous()
+    vals = flat[::step][:samples]
+    vals = (vals.to(dtype) if dtype is not None else vals).float().cpu().contiguous()
     h.update(name.encode())
     h.update(str(tuple(t.shape)).encode())
     h.update(vals.numpy().tobytes())
 
 
-def state_fingerprint(named: dict[str, torch.Tensor] | list[tuple[str, torch.Tensor]]) -> str:
+def state_fingerprint(named: dict[str, torch.Tensor] | list[tuple[str, torch.Tensor]],
+                      dtype: Optional[torch.dtype] = None) -> str:
     items = sorted(named.items() if isinstance(named, dict) else named, key=lambda kv: kv[0])
     h = hashlib.sha256()
     for name, t in items:
-        tensor_digest(h, name, t)
+        tensor_digest(h, name, t, dtype=dtype)
     return h.hexdigest()[:16]
 
 
@@ -49,12 +53,20 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metad
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=meta)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a saved file gets the mode any other file would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, and setting it back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 SAVED_BY = {"delta": "SaveVP2PDelta", "inversion": "SaveVP2PInversion"}

@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,7 @@ class Inversion:
     trajectory: Optional[torch.Tensor] = None  # [T,F,C,h,w]: source latents after each guided step
     stats: dict = field(default_factory=dict)
     source_thumbnail: Optional[torch.Tensor] = None  # [F,C,<=16,<=16]: latent_thumbnail of the inverted clip
+    model_aliases: tuple[str, ...] = ()  # VideoModel.fingerprints beyond the first: the model in half precision
 
     @property
     def num_frames(self) -> int:
@@ -97,6 +98,7 @@ class Inversion:
         meta = {"vp2p_kind": "inversion", "mode": self.mode, "guidance": repr(float(self.guidance)),
                 "prompt": self.prompt, "model_fingerprint": self.model_fingerprint,
                 "schedule": json.dumps(self.schedule.to_dict()), "num_frames": str(self.num_frames),
+                "model_aliases": json.dumps(list(self.model_aliases)),
                 "stats": json.dumps(self.stats)}
         atomic_save(tensors, path, meta)
 
@@ -115,14 +117,18 @@ class Inversion:
                    model_fingerprint=meta["model_fingerprint"],
                    schedule=DDIMConfig.from_dict(meta_json(meta, "schedule")),
                    null_embeddings=t.get("null_embeddings"), trajectory=t.get("trajectory"),
-                   stats=meta_json(meta, "stats", {}), source_thumbnail=t.get("source_thumbnail"))
+                   stats=meta_json(meta, "stats", {}), source_thumbnail=t.get("source_thumbnail"),
+                   model_aliases=tuple(meta_json(meta, "model_aliases", [])))
 
-    def check_model(self, fingerprint: str, what: str = "inversion") -> None:
-        """Refuse this inversion for a model (``VideoModel.fingerprint``) it was not made with."""
-        if self.model_fingerprint != fingerprint:
+    def check_model(self, fingerprints: str | Sequence[str], what: str = "inversion") -> None:
+        """Refuse this inversion for a model (``VideoModel.fingerprints``: its fingerprint and those of its weights
+        in half precision) it was not made with."""
+        fingerprints = (fingerprints,) if isinstance(fingerprints, str) else tuple(fingerprints)
+        if not {self.model_fingerprint, *self.model_aliases} & set(fingerprints):
             raise VP2PInputError(
-                f"{what}: made with the model {self.model_fingerprint}, but this model is {fingerprint} "
-                "(another checkpoint, LoRA or tuning); invert again with this model")
+                f"{what}: made with the model {self.model_fingerprint}, but this model is {fingerprints[0]} "
+                "(another checkpoint, LoRA or tuning; the same one in another precision fits); invert again with "
+                "this model")
 
     def check_latents(self, latents: torch.Tensor, what: str = "inversion") -> None:
         """Refuse this inversion for a clip (scaled latents [F,C,h,w]) of another length or frame size, or (when
@@ -208,7 +214,8 @@ def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Ten
         stats = {"ddim_forwards": model.evaluations() - evals0, "ddim_seconds": time.perf_counter() - t0}
         inv = Inversion(x_T=ddim[-1].detach().cpu(), source_embedding=cond.detach().cpu(),
                         timesteps=schedule.timesteps.clone(), mode=mode, guidance=float(guidance), prompt=prompt,
-                        model_fingerprint=model.fingerprint, schedule=model.schedule, stats=stats,
+                        model_fingerprint=model.fingerprint, model_aliases=model.fingerprints[1:],
+                        schedule=model.schedule, stats=stats,
                         source_thumbnail=latent_thumbnail(latents))
         if mode == "null_text":
             nulls, traj, nstats = null_text_optimisation(model, ddim, cond,

@@ -13,10 +13,28 @@ from .options import SD_LATENT_SCALE, SD_VAE_FACTOR, InflationOptions
 from .schedule import DDIMConfig
 
 
+# Precisions a model tuned and inverted in float32 may be edited in (InflationOptions.weight_dtype).
+HALF_PRECISIONS = (torch.float16, torch.bfloat16)
+
+
+def _image_weights(unet) -> list:
+    return [(n, p) for n, p in unet.named_parameters() if not any(f".{t}" in f".{n}" for t in TEMPORAL_PREFIXES)]
+
+
 def base_fingerprint(unet) -> str:
     """Fingerprint of the 2D weights (temporal modules left out): names the checkpoint a delta was made for."""
-    named = [(n, p) for n, p in unet.named_parameters() if not any(f".{t}" in f".{n}" for t in TEMPORAL_PREFIXES)]
-    return state_fingerprint(named)
+    return state_fingerprint(_image_weights(unet))
+
+
+def precision_aliases(unet) -> tuple[str, ...]:
+    """The base fingerprints float32 weights get when a model holds them in fp16 and in bf16 (none for weights
+    already in half precision): a delta or inversion made in float32 then fits the same checkpoint loaded in half
+    precision for editing, and one made in half precision fits it in float32. A hash cannot be made blind to the
+    precision itself (rounding to bf16 and rounding fp16 values to bf16 differ on about one value in sixteen)."""
+    named = _image_weights(unet)
+    if not named or named[0][1].dtype != torch.float32:
+        return ()
+    return tuple(state_fingerprint(named, dtype=dtype) for dtype in HALF_PRECISIONS)
 
 
 @dataclass
@@ -27,6 +45,7 @@ class VideoModel:
     schedule: DDIMConfig = field(default_factory=DDIMConfig)
     latent_scale: float = SD_LATENT_SCALE
     base_fingerprint: str = ""
+    base_aliases: tuple[str, ...] = ()  # precision_aliases: the same weights held in half precision
     delta_fingerprint: str = ""
     frame_attention: str = InflationOptions.frame_attention
     info: dict = field(default_factory=dict)
@@ -38,9 +57,9 @@ class VideoModel:
                   schedule: Optional[DDIMConfig] = None, vae_factor: int = SD_VAE_FACTOR,
                   group_norm: str = InflationOptions.group_norm) -> "VideoModel":
         sched = schedule or DDIMConfig(prediction_type=prediction_type)
-        fp = base_fingerprint(unet)
+        fp, aliases = base_fingerprint(unet), precision_aliases(unet)
         inflate_unet(unet, frame_attention=frame_attention, group_norm=group_norm)
-        return cls(unet=unet, schedule=sched, latent_scale=latent_scale, base_fingerprint=fp,
+        return cls(unet=unet, schedule=sched, latent_scale=latent_scale, base_fingerprint=fp, base_aliases=aliases,
                    frame_attention=frame_attention, vae_factor=int(vae_factor))
 
     @property
@@ -55,12 +74,23 @@ class VideoModel:
         kind before the option) leave it as it was, so an inversion saved then still fits a "clip" model only."""
         return self.fingerprint_with(self.delta_fingerprint)
 
-    def fingerprint_with(self, delta_fingerprint: str) -> str:
-        """``fingerprint`` with the tuned delta of that fingerprint ("": untuned)."""
-        parts = [self.base_fingerprint] + ([delta_fingerprint] if delta_fingerprint else [])
+    def fingerprint_with(self, delta_fingerprint: str, base: Optional[str] = None) -> str:
+        """``fingerprint`` with the tuned delta of that fingerprint ("": untuned) (and another base fingerprint:
+        one of ``base_aliases``)."""
+        parts = [base or self.base_fingerprint] + ([delta_fingerprint] if delta_fingerprint else [])
         if self.group_norm != "clip":
             parts.append(f"group_norm={self.group_norm}")
         return parts[0] if len(parts) == 1 else combine_fingerprints(*parts)
+
+    def fingerprints_with(self, delta_fingerprint: str) -> tuple[str, ...]:
+        """``fingerprint_with`` and the same for each of ``base_aliases``: what an inversion made with this model
+        records, and what one made with the same model in another precision may have recorded."""
+        return (self.fingerprint_with(delta_fingerprint),) + tuple(
+            self.fingerprint_with(delta_fingerprint, base=alias) for alias in self.base_aliases)
+
+    @property
+    def fingerprints(self) -> tuple[str, ...]:
+        return self.fingerprints_with(self.delta_fingerprint)
 
     @property
     def state(self):

@@ -50,7 +50,7 @@ class EditResult:
 
 
 def check_edit_inputs(model: VideoModel, inversion: Inversion, plan: EditPlan) -> None:
-    inversion.check_model(model.fingerprint)
+    inversion.check_model(model.fingerprints)
     if plan.source_embedding is None or plan.target_embeddings is None or plan.empty_embedding is None:
         raise VP2PInputError("edit: the plan has no text embeddings (source, targets, empty); encode its prompts")
     if plan.target_embeddings.shape[0] != plan.num_targets:

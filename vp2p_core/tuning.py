@@ -40,6 +40,7 @@ class Delta:
     steps: int
     config: dict = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
+    base_aliases: tuple[str, ...] = ()  # VideoModel.base_aliases of the model it was tuned on
 
     @property
     def fingerprint(self) -> str:
@@ -47,7 +48,8 @@ class Delta:
 
     def save(self, path) -> None:
         meta = {"vp2p_kind": "delta", "base_fingerprint": self.base_fingerprint, "num_frames": str(self.num_frames),
-                "prompt": self.prompt, "steps": str(self.steps), "config": self.config, "losses": self.losses}
+                "prompt": self.prompt, "steps": str(self.steps), "config": self.config, "losses": self.losses,
+                "base_aliases": list(self.base_aliases)}
         atomic_save(self.tensors, path, meta)
 
     @classmethod
@@ -56,7 +58,7 @@ class Delta:
         tensors, meta = load_checked(path, "delta", what)
         return cls(tensors=tensors, base_fingerprint=meta["base_fingerprint"], num_frames=int(meta["num_frames"]),
                    prompt=meta["prompt"], steps=int(meta["steps"]), config=meta_json(meta, "config", {}),
-                   losses=meta_json(meta, "losses", []))
+                   losses=meta_json(meta, "losses", []), base_aliases=tuple(meta_json(meta, "base_aliases", [])))
 
 
 def make_trainable_copyable(module: torch.nn.Module) -> None:
@@ -74,11 +76,11 @@ def make_trainable_copyable(module: torch.nn.Module) -> None:
 def check_delta(model: VideoModel, delta: Delta, what: str = "delta", num_frames: Optional[int] = None) -> None:
     """Refuse a delta made for another checkpoint (or LoRA), for another clip length, or whose tensors the
     model lacks; ``what`` names the input in the error."""
-    if delta.base_fingerprint != model.base_fingerprint:
+    if not {delta.base_fingerprint, *delta.base_aliases} & {model.base_fingerprint, *model.base_aliases}:
         raise VP2PInputError(
             f"{what}: made for the model with fingerprint {delta.base_fingerprint}, but this model is "
-            f"{model.base_fingerprint} (another checkpoint or LoRA); load the checkpoint it was tuned on, or tune "
-            "again")
+            f"{model.base_fingerprint} (another checkpoint or LoRA; the same one in another precision fits); load "
+            "the checkpoint it was tuned on, or tune again")
     if num_frames is not None and num_frames != delta.num_frames:
         raise VP2PInputError(f"{what}: tuned on {delta.num_frames} frames, but the clip has {num_frames} frames; "
                              "tune on this clip, or use the clip it was tuned on")
@@ -202,7 +204,7 @@ def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, 
             del opt
     delta = Delta(tensors={n: params[n].detach().cpu().clone() for n in names},
                   base_fingerprint=model.base_fingerprint, num_frames=f, prompt=prompt, steps=options.steps,
-                  config=options.cache_key(), losses=losses)
+                  config=options.cache_key(), losses=losses, base_aliases=model.base_aliases)
     if context is not None and not is_whole_clip(context.windows(f), f):
         delta.config["context"] = context.options.cache_key()
     model.delta_fingerprint = delta.fingerprint
