@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from vp2p_core import VP2PInputError
+from vp2p_core import VP2PInputError, diffusers_controlnet
 
 _DIRS: list[Path] = []
 
@@ -186,20 +186,10 @@ def find_diffusers_controlnet(name: str, what: str = "diffusers_controlnet") -> 
                          f"diffusion_pytorch_model.safetensors) in {', '.join(str(r) for r in roots)}")
 
 
-def diffusers_residual_fn(controlnet) -> Callable:
-    def run(sample, timestep, text, cond):
-        dtype = next(controlnet.parameters()).dtype
-        down, mid = controlnet(sample.to(dtype), timestep, encoder_hidden_states=text.to(dtype),
-                               controlnet_cond=cond.to(sample.device, dtype), return_dict=False)
-        return [r.to(sample.dtype) for r in down], mid.to(sample.dtype)
-
-    return run
-
-
 def diffusers_handle(controlnet, name: str, patcher: Any = None) -> ControlNetHandle:
     cfg = controlnet.config
     return ControlNetHandle(
-        residual_fn=diffusers_residual_fn(controlnet),
+        residual_fn=diffusers_controlnet(controlnet),
         compression=2 ** (len(cfg.conditioning_embedding_out_channels) - 1), module=controlnet, name=name,
         down_channels=[int(b.out_channels) for b in controlnet.controlnet_down_blocks],
         mid_channels=int(controlnet.controlnet_mid_block.out_channels), context_dim=int(cfg.cross_attention_dim),

@@ -148,3 +148,15 @@ def test_structure_and_temporal_guidance_follow_each_context_window(controlnet):
     assert seen == per_call * 3  # every window of every step
     assert res.edited.shape == plain.edited.shape == (1, f, 4, 16, 16) and torch.isfinite(res.edited).all()
     assert ((res.edited - plain.edited).abs().flatten(2).amax(-1) > 1e-4).all()  # every frame steered
+
+
+def test_a_float32_controlnet_steers_a_half_precision_unet(setup, controlnet):
+    """Editing in bf16 with the ControlNet left in float32 (or the other way round): the adapter casts the inputs
+    to the ControlNet's precision and its residuals to the UNet's (before, a dtype mismatch inside the
+    ControlNet)."""
+    model, inv, plan = setup
+    half = VideoModel.from_unet(tiny_unet().to(torch.bfloat16))
+    images = torch.rand(F_, 64, 64, 3, generator=torch.Generator().manual_seed(1))
+    sg = StructureGuidance.from_images(diffusers_controlnet(controlnet), images, (16, 16), F_)
+    res = sample_edit(half, inv, plan, structure=sg)
+    assert res.edited.dtype == torch.bfloat16 and torch.isfinite(res.edited.float()).all()

@@ -170,6 +170,12 @@ def test_a_float32_delta_and_inversion_fit_the_same_weights_in_half_precision(wo
     for bad in (inv, made_in_half):
         with pytest.raises(VP2PInputError, match="inversion: made with the model"):
             bad.check_model(other.fingerprints)
+    # half weights neither tune nor run null-text inversion (fp16: NaN; bf16: most of AdamW's updates round away)
+    for m, name in ((half, "float16"), (bf16, "bfloat16")):
+        with pytest.raises(VP2PInputError, match=f"^model: its weights are {name}; one-shot tuning needs float32"):
+            one_shot_tune(m, latents.to(m.unet.dtype), emb[:1].to(m.unet.dtype), SRC, options=TuneOptions(steps=1))
+        with pytest.raises(VP2PInputError, match=f"^model: its weights are {name}; null-text inversion needs"):
+            invert(m, latents, emb[:1], emb[2:3], SRC, options=InversionOptions(mode="null_text", steps=2))
 
 
 def test_several_targets_share_the_source_branch(world, inversion):

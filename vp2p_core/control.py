@@ -213,6 +213,8 @@ class AttentionController:
         dev = device or torch.device("cpu")
         alpha = plan.cross_alpha(num_steps)
         self.alpha = alpha.to(dev)
+        # per step, on the host: asked twice per cross-attention layer, and a device tensor would sync each time
+        self.cross_steps = [bool(a.any()) for a in alpha]
         self.mapper = plan.mapper.to(dev) if plan.mapper is not None else None
         self.refine_alphas = plan.refine_alphas.to(dev) if plan.refine_alphas is not None else None
         self.equalizer = plan.equalizer.to(dev) if plan.equalizer is not None else None
@@ -251,7 +253,7 @@ class AttentionController:
         return list(range(1, self.controlled_clips))
 
     def _cross_active(self) -> bool:
-        return self.mode_controls and bool(self.alpha[self.cur_step].any())
+        return self.mode_controls and self.cross_steps[self.cur_step]
 
     @property
     def mode_controls(self) -> bool:

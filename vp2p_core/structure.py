@@ -42,12 +42,14 @@ def check_structure_images(images, what: str = "structure") -> None:
 
 
 def diffusers_controlnet(controlnet) -> ResidualFn:
-    """Adapter for a diffusers ControlNetModel."""
+    """Adapter for a diffusers ControlNetModel, in its own precision: the inputs are cast to its dtype and the
+    residuals back to the UNet's (an fp32 ControlNet beside an fp16 UNet, or the other way round)."""
 
     def run(sample, timestep, text, cond):
-        down, mid = controlnet(sample, timestep, encoder_hidden_states=text, controlnet_cond=cond,
-                               return_dict=False)
-        return down, mid
+        dtype = next(controlnet.parameters()).dtype
+        down, mid = controlnet(sample.to(dtype), timestep, encoder_hidden_states=text.to(dtype),
+                               controlnet_cond=cond.to(sample.device, dtype), return_dict=False)
+        return [r.to(sample.dtype) for r in down], mid.to(sample.dtype)
 
     return run
 
