@@ -14,6 +14,19 @@ from vp2p_core import Host
 from .types import VP2PModel
 
 
+def progress_host() -> Host:
+    """ComfyUI's progress bar and stop button for a node with no video model (Decode Frames); outside a running
+    ComfyUI (the tests' harness, where comfy does not import), the plain Host."""
+    try:
+        import comfy.model_management as mm
+        import comfy.utils
+    except ImportError:
+        return Host()
+    bar = comfy.utils.ProgressBar(1)
+    return Host(progress=lambda step, total, preview: bar.update_absolute(step, total),
+                interrupt=mm.throw_exception_if_processing_interrupted)
+
+
 def same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index or 0) == (b.index or 0)
 

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from vp2p_core import DecodeOptions, VP2PInputError, restore_light
 from vp2p_core.light import check_light_count
 
-from . import maps
+from . import host, maps
 from .schema import CATEGORY, VP2PLightIO, VP2PMapsIO, widgets
 from .types import VP2PMaps, check_light
 
@@ -44,6 +44,7 @@ class DecodeFrames(io.ComfyNode):
             check_light_count(samples.shape[0], light.gains, "latent")
         k = options.frames_per_chunk
         out = None  # filled chunk by chunk: the frames exist once at full size, never as chunks plus a copy
+        loop = host.progress_host().loop(-(-samples.shape[0] // k), "Decode Frames")
         for i in range(0, samples.shape[0], k):
             images = vae.decode(samples[i:i + k])
             images = images.reshape(-1, *images.shape[-3:])
@@ -52,6 +53,7 @@ class DecodeFrames(io.ComfyNode):
             if out is None:
                 out = torch.empty((samples.shape[0], *images.shape[1:]), dtype=torch.float32)
             out[i:i + images.shape[0]] = images
+            loop.step(i // k + 1)  # the stop button, between chunks
         return io.NodeOutput(out)
 
 

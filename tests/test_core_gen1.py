@@ -83,6 +83,8 @@ def test_blur_levels():
     assert (small - blur_structure(maps, 4)).abs().mean() < 0.02
     with pytest.raises(VP2PInputError, match="structure_blur"):
         blur_structure(maps, -1)
+    one = torch.rand(2, 3, 1, 5)
+    assert torch.equal(blur_structure(one, 4), one)  # nothing to blur across one row (the kernel was -1 wide)
 
 
 def test_structure_clip_must_fit_the_latents(controlnet):

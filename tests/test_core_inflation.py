@@ -51,6 +51,28 @@ def test_zero_initialised_temporal_attention_is_silent():
     assert (before - after_out).abs().max() > 1e-3  # the module is really on the path
 
 
+def test_temporal_attention_in_row_chunks_is_the_same(monkeypatch):
+    """The frame axis' attention runs at most MAX_SDPA_ROWS (clip, pixel) rows per call (the CUDA grid's limit);
+    the rows are independent, so chunks as small as 7 rows give the whole call's output."""
+    import vp2p_core.attention as attention
+
+    unet = inflate_unet(tiny_unet())
+    _perturb_temporal(unet, out_proj=True)
+    x, txt = torch.randn(6, 4, 16, 16), torch.randn(2, 77, 32)
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention",
+                        lambda q, k, v, **kw: calls.append(q.shape[0]) or real(q, k, v, **kw))
+    with torch.no_grad():
+        whole = video_forward(unet, x, 100, txt, 3)
+        assert max(calls) == 2 * 16 * 16  # the frame attention's rows: 2 clips x 16 x 16 pixels
+        calls.clear()
+        monkeypatch.setattr(attention, "MAX_SDPA_ROWS", 7)
+        chunked = video_forward(unet, x, 100, txt, 3)
+    assert max(calls) == 7
+    assert torch.allclose(whole, chunked, atol=1e-6)
+
+
 def _frame_attention(mode: str, frames: int):
     from diffusers.models.attention_processor import Attention
 

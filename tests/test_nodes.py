@@ -334,6 +334,33 @@ def test_sampler_outputs_and_leaves_inputs_unchanged(chain):
     assert float(images.min()) >= 0 and float(images.max()) <= 1
 
 
+def test_decode_frames_reports_each_chunk_and_stops_between_chunks(monkeypatch):
+    """Decode Frames fills ComfyUI's progress bar chunk by chunk and checks the stop button between chunks (the
+    host ComfyUI gives, here a stand-in that stops after the second chunk)."""
+    from nodes import host as node_host
+    from vp2p_core import Host
+    from vp2p_core.host import Interrupted
+
+    reports, checks = [], []
+
+    def interrupt():
+        checks.append(1)
+        if len(checks) == 2:
+            raise Interrupted("stop")
+
+    monkeypatch.setattr(node_host, "progress_host", lambda: Host(
+        progress=lambda step, total, preview: reports.append((step, total)), interrupt=interrupt))
+    vae = FakeVAE()
+    with pytest.raises(Interrupted):
+        run(DecodeFrames, vae=vae, latent=make_latent(frames=5), frames_per_chunk=2)
+    assert vae.chunks == [2, 2] and reports == [(1, 3)]  # stopped after the second of three chunks
+    monkeypatch.setattr(node_host, "progress_host", lambda: Host(
+        progress=lambda step, total, preview: reports.append((step, total))))
+    reports.clear()
+    run(DecodeFrames, vae=FakeVAE(), latent=make_latent(frames=5), frames_per_chunk=2)
+    assert reports == [(1, 3), (2, 3), (3, 3)]
+
+
 def test_normalise_light_takes_the_light_out_and_decode_frames_puts_it_back():
     """Normalise Light's frames are the clip as if evenly lit; Decode Frames given its light returns the decoded
     frames times each frame's gain, for every target's frames, and without it the frames as decoded."""

@@ -149,6 +149,23 @@ class CrossAttnProcessor:
         return project_out(attn, merge_heads(out).to(hidden_states.dtype))
 
 
+# Rows (batch entries) per scaled_dot_product_attention call in the frame axis' attention. Its batch is clips x
+# pixels: 17 clips at 512 px (five targets with edit guidance) or 8 at 768 px pass 65,535, the CUDA grid's limit,
+# which some versions of the flash and memory-efficient kernels hit ("invalid configuration argument", pytorch
+# issues 142228 and 146704). The rows are independent, so the chunks give the same result. Not measured on a GPU.
+MAX_SDPA_ROWS = 32768
+
+
+def rowwise_sdpa(qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor) -> torch.Tensor:
+    """``scaled_dot_product_attention`` over [batch, heads, tokens, d], at most MAX_SDPA_ROWS batch entries at a
+    time."""
+    rows = MAX_SDPA_ROWS
+    if qh.shape[0] <= rows:
+        return F.scaled_dot_product_attention(qh, kh, vh)
+    return torch.cat([F.scaled_dot_product_attention(qh[i:i + rows], kh[i:i + rows], vh[i:i + rows])
+                      for i in range(0, qh.shape[0], rows)])
+
+
 class TemporalAttnProcessor:
     """Attention over the frame axis; input rows are (clip, pixel), tokens are frames."""
 
@@ -165,6 +182,6 @@ class TemporalAttnProcessor:
         if ctrl is not None:
             d = self.state.extra.get("pixels", 0)
             qh, kh = _apply_self_replace(self.state, "temporal", qh, kh, d, f)
-        out = F.scaled_dot_product_attention(qh, kh, vh)
+        out = rowwise_sdpa(qh, kh, vh)
         return project_out(attn, merge_heads(out).to(hidden_states.dtype))
 

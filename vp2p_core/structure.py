@@ -24,7 +24,7 @@ ResidualFn = Callable[[torch.Tensor, object, torch.Tensor, torch.Tensor], tuple[
 def blur_structure(maps: torch.Tensor, level: float) -> torch.Tensor:
     """maps [F,C,H,W] in 0..1 blurred at fidelity level ``level`` (0: unchanged)."""
     level = StructureOptions.setting("structure_blur").check(level)
-    if level == 0:
+    if level == 0 or min(maps.shape[-2:]) < 2:  # a 1-pixel map has nothing to blur (and no odd kernel fits)
         return maps
     import kornia.filters as kf
 
