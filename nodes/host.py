@@ -5,6 +5,7 @@ has none and gets vp2p_core's plain-torch Host on the device its weights are on.
 """
 from __future__ import annotations
 
+import sys
 from typing import Optional, Sequence
 
 import torch
@@ -15,13 +16,14 @@ from .types import VP2PModel
 
 
 def progress_host() -> Host:
-    """ComfyUI's progress bar and stop button for a node with no video model (Decode Frames); outside a running
-    ComfyUI (the tests' harness, where comfy does not import), the plain Host."""
-    try:
-        import comfy.model_management as mm
-        import comfy.utils
-    except ImportError:
+    """ComfyUI's progress bar and stop button for a node with no video model (Decode Frames); the plain Host
+    outside a running ComfyUI, which has always imported its model management by the time a node runs (importing
+    it here would set up a device in the tests' process)."""
+    mm = sys.modules.get("comfy.model_management")
+    if mm is None:
         return Host()
+    import comfy.utils
+
     bar = comfy.utils.ProgressBar(1)
     return Host(progress=lambda step, total, preview: bar.update_absolute(step, total),
                 interrupt=mm.throw_exception_if_processing_interrupted)

@@ -68,6 +68,8 @@ class NullTextVideoInvert(io.ComfyNode):
             inv.check_model(vp2p_model.fingerprints, f"cached inversion {path.name}")
             if inv.source_thumbnail is None:  # cached before inversions kept one; the key holds these very latents
                 inv.source_thumbnail = latent_thumbnail(latents)
+            if not inv.model_aliases and inv.model_fingerprint == vp2p_model.fingerprint:  # cached before aliases
+                inv.model_aliases = vp2p_model.fingerprints[1:]
             return inv
 
         def compute() -> Inversion:

@@ -75,6 +75,8 @@ class OneShotTune(io.ComfyNode):
         def load(path) -> Delta:
             delta = Delta.load(path, what="cache_dir")
             vp2p_model.check_delta_fits(delta, f"cached delta {path.name}")
+            if not delta.base_aliases and delta.base_fingerprint == vp2p_model.video.base_fingerprint:
+                delta.base_aliases = vp2p_model.video.base_aliases  # cached before deltas recorded them
             return delta
 
         def compute() -> Delta:

@@ -146,19 +146,20 @@ def test_a_float32_delta_and_inversion_fit_the_same_weights_in_half_precision(wo
     tok, emb, latents, _ = world
     full = VideoModel.from_unet(tiny_unet())
     half, bf16 = VideoModel.from_unet(tiny_unet().half()), VideoModel.from_unet(tiny_unet().to(torch.bfloat16))
+    bf16_of_fp16 = VideoModel.from_unet(tiny_unet().half().to(torch.bfloat16))  # a GPU ComfyUI holds fp16
     other = VideoModel.from_unet(tiny_unet(seed=1).half())
-    assert half.base_fingerprint != full.base_fingerprint and half.base_aliases == () and len(full.base_aliases) == 2
+    assert half.base_fingerprint != full.base_fingerprint and half.base_aliases == () and len(full.base_aliases) == 3
     delta = one_shot_tune(full, latents, emb[:1], SRC, options=TuneOptions(steps=1))
     delta.save(tmp_path / "d.safetensors")
     delta = Delta.load(tmp_path / "d.safetensors")
-    for m in (half, bf16):
+    for m in (half, bf16, bf16_of_fp16):
         apply_delta(m, delta)
     with pytest.raises(VP2PInputError, match="delta: made for the model"):
         apply_delta(other, delta)
     inv = invert(full, latents, emb[:1], None, SRC, options=InversionOptions(mode="fast", steps=3))
     inv.save(tmp_path / "i.safetensors")
     inv = Inversion.load(tmp_path / "i.safetensors")
-    for m in (half, bf16):
+    for m in (half, bf16, bf16_of_fp16):
         inv.check_model(m.fingerprints)
     res = sample_edit(half, inv, _plan(tok, emb.half(), blend_words="ball", mask_threshold=0.9))
     assert torch.isfinite(res.edited.float()).all()

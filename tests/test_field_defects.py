@@ -33,6 +33,19 @@ def test_saved_files_get_the_umasks_mode(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
+
+def test_a_file_system_without_modes_still_saves(tmp_path, monkeypatch):
+    """FAT refuses a chmod to modes it cannot hold: the file is saved with the mode it has."""
+    import os
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("Operation not permitted")
+
+    monkeypatch.setattr(os, "chmod", refuse)
+    path = _our_file(tmp_path / "d.safetensors", "delta")
+    assert load_checked(path, "delta")[0]["x"].shape == (4,) and not list(tmp_path.glob("*.tmp"))
+
+
 def test_wrong_kind_message_uses_the_right_article(tmp_path):
     delta = _our_file(tmp_path / "d.safetensors", "delta")
     with pytest.raises(VP2PInputError) as e:

@@ -57,11 +57,21 @@ class FakeClip:
         self.calls = 0
 
     def tokenize(self, text):
-        return {"l": text}
+        """ComfyUI's layout, {encoder: [[(id, weight), ...]]}: plain ids padded to 77, weighted 1.1 where the text
+        has a parenthesis (ComfyUI's emphasis, crudely)."""
+        weight = 1.1 if "(" in text else 1.0
+        ids = self.tok.encode(text)
+        tokens = _Tokens(l=[[(i, weight) for i in ids] + [(ids[-1], 1.0)] * (77 - len(ids))])
+        tokens.text = text
+        return tokens
 
     def encode_from_tokens(self, tokens):
         self.calls += 1
-        return toy_embed(self.tok, [tokens["l"]], dim=self.dim)
+        return toy_embed(self.tok, [tokens.text], dim=self.dim)
+
+
+class _Tokens(dict):
+    text = ""
 
 
 class FakeVAE:
@@ -261,11 +271,18 @@ def test_tune_and_invert_caches_are_reused(chain, roots):
     # an inversion cached before inversions kept a thumbnail of their clip gets one from the latents it is keyed by
     path = next(q for q in (roots / "models" / "cache").iterdir() if q.name.startswith("inversion"))
     stripped = Inversion.load(path)
-    stripped.source_thumbnail = None
+    stripped.source_thumbnail, stripped.model_aliases = None, ()
     stripped.save(path)
     assert Inversion.load(path).source_thumbnail is None
     inv = invert(again, chain.latent, chain.clip, steps=4, inner_steps=2, cache_dir="cache")
     assert torch.equal(inv.source_thumbnail, chain.inv.source_thumbnail)
+    assert inv.model_aliases == chain.inv.model_aliases and len(inv.model_aliases) == 3  # and its precision aliases
+    path = next(q for q in (roots / "models" / "cache").iterdir() if q.name.startswith("delta"))
+    stripped = Delta.load(path)
+    stripped.base_aliases = ()
+    stripped.save(path)
+    reloaded, _ = tune(chain.model, chain.latent, chain.clip, steps=2, cache_dir="cache")
+    assert reloaded.delta.base_aliases == chain.tuned.delta.base_aliases and len(reloaded.delta.base_aliases) == 3
     # another seed is another delta
     other, log2 = tune(chain.model, chain.latent, chain.clip, steps=2, seed=34, cache_dir="")
     assert not log2.startswith("loaded") and other.delta.fingerprint != chain.tuned.delta.fingerprint

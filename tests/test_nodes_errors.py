@@ -85,6 +85,12 @@ def test_prompt_syntax_that_moves_words_refused():
     for tokens in (weighted, shifted, embedded):
         with pytest.raises(VP2PInputError, match="^target_prompts: ComfyUI's tokenizer reads this prompt with"):
             check_plain_tokens({"l": [tokens]}, plain, "target_prompts")
+    # through the nodes: the editor and the tuning node refuse such a prompt (a fake CLIP with ComfyUI's layout)
+    with pytest.raises(VP2PInputError, match="ComfyUI's tokenizer reads this prompt with"):
+        edit(FakeClip(), SRC, "a (blue:1.3) ball on grass")
+    with pytest.raises(VP2PInputError, match="^source_prompt: ComfyUI's tokenizer reads this prompt with"):
+        run(OneShotTune, vp2p_model=make_model(), latent=make_latent(), clip=FakeClip(),
+            source_prompt="a (red) ball on grass", steps=1, cache_dir="", gradient_checkpointing=False)
 
 
 # --- latents and frame counts -----------------------------------------------------------------------------

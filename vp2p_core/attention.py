@@ -162,8 +162,10 @@ def rowwise_sdpa(qh: torch.Tensor, kh: torch.Tensor, vh: torch.Tensor) -> torch.
     rows = MAX_SDPA_ROWS
     if qh.shape[0] <= rows:
         return F.scaled_dot_product_attention(qh, kh, vh)
-    return torch.cat([F.scaled_dot_product_attention(qh[i:i + rows], kh[i:i + rows], vh[i:i + rows])
-                      for i in range(0, qh.shape[0], rows)])
+    out = qh.new_empty((*qh.shape[:-1], vh.shape[-1]))  # the chunks written in place: no second copy to concatenate
+    for i in range(0, qh.shape[0], rows):
+        out[i:i + rows] = F.scaled_dot_product_attention(qh[i:i + rows], kh[i:i + rows], vh[i:i + rows])
+    return out
 
 
 class TemporalAttnProcessor:

@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -18,24 +18,26 @@ FORMAT_VERSION = "1"
 
 
 def tensor_digest(h, name: str, t: torch.Tensor, samples: int = 4096,
-                  dtype: Optional[torch.dtype] = None) -> None:
-    """Feed a tensor's name, shape and an evenly strided sample of its values (rounded to ``dtype`` first, if
-    given: the digest the same weights get when a model holds them in that precision) into a hash."""
+                  rounding: Sequence[torch.dtype] = ()) -> None:
+    """Feed a tensor's name, shape and an evenly strided sample of its values (rounded to each of ``rounding`` in
+    turn first: the digest the same weights get when a model holds them in that precision) into a hash."""
     flat = t.detach().reshape(-1)
     step = max(1, flat.numel() // samples)
     vals = flat[::step][:samples]
-    vals = (vals.to(dtype) if dtype is not None else vals).float().cpu().contiguous()
+    for dtype in rounding:
+        vals = vals.to(dtype)
+    vals = vals.float().cpu().contiguous()
     h.update(name.encode())
     h.update(str(tuple(t.shape)).encode())
     h.update(vals.numpy().tobytes())
 
 
 def state_fingerprint(named: dict[str, torch.Tensor] | list[tuple[str, torch.Tensor]],
-                      dtype: Optional[torch.dtype] = None) -> str:
+                      rounding: Sequence[torch.dtype] = ()) -> str:
     items = sorted(named.items() if isinstance(named, dict) else named, key=lambda kv: kv[0])
     h = hashlib.sha256()
     for name, t in items:
-        tensor_digest(h, name, t, dtype=dtype)
+        tensor_digest(h, name, t, rounding=rounding)
     return h.hexdigest()[:16]
 
 
@@ -53,7 +55,10 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metad
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=meta)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a saved file gets the mode any other file would
+        try:  # mkstemp makes it 0600; a saved file gets the mode any other file would
+            os.chmod(tmp, 0o666 & ~_umask())
+        except OSError:  # a file system without modes (FAT refuses a chmod): keep what it gave
+            pass
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -63,7 +68,15 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metad
 
 
 def _umask() -> int:
-    """The process's umask (read by setting it, and setting it back at once)."""
+    """The process's umask: from /proc where there is one (setting it, the only other way to read it, would open a
+    moment in which another thread's new files get mode 0666), else by setting it and setting it back at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

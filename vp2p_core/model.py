@@ -13,8 +13,9 @@ from .options import SD_LATENT_SCALE, SD_VAE_FACTOR, InflationOptions
 from .schedule import DDIMConfig
 
 
-# Precisions a model tuned and inverted in float32 may be edited in (InflationOptions.weight_dtype).
-HALF_PRECISIONS = (torch.float16, torch.bfloat16)
+# The roundings float32 weights go through when a model tuned and inverted in float32 is edited in half precision
+# (InflationOptions.weight_dtype): to fp16, to bf16, and to bf16 by way of fp16.
+PRECISION_ROUNDINGS = ((torch.float16,), (torch.bfloat16,), (torch.float16, torch.bfloat16))
 
 
 def _image_weights(unet) -> list:
@@ -34,7 +35,8 @@ def precision_aliases(unet) -> tuple[str, ...]:
     named = _image_weights(unet)
     if not named or named[0][1].dtype != torch.float32:
         return ()
-    return tuple(state_fingerprint(named, dtype=dtype) for dtype in HALF_PRECISIONS)
+    # fp16, bf16, and bf16 made from the fp16 weights a GPU ComfyUI holds (bf16 of fp16 differs from bf16 of fp32)
+    return tuple(state_fingerprint(named, rounding=rounding) for rounding in PRECISION_ROUNDINGS)
 
 
 @dataclass
