@@ -28,10 +28,11 @@ def base_fingerprint(unet) -> str:
 
 
 def precision_aliases(unet) -> tuple[str, ...]:
-    """The base fingerprints float32 weights get when a model holds them in fp16 and in bf16 (none for weights
-    already in half precision): a delta or inversion made in float32 then fits the same checkpoint loaded in half
-    precision for editing, and one made in half precision fits it in float32. A hash cannot be made blind to the
-    precision itself (rounding to bf16 and rounding fp16 values to bf16 differ on about one value in sixteen)."""
+    """The base fingerprints float32 weights get when a model holds them in half precision (PRECISION_ROUNDINGS;
+    none for weights already in half precision): a delta or inversion made in float32 then fits the same checkpoint
+    loaded in half precision for editing, and one made in half precision fits it in float32. A hash cannot be made
+    blind to the precision itself (rounding to bf16 and rounding fp16 values to bf16 differ on about one value in
+    sixteen)."""
     named = _image_weights(unet)
     if not named or named[0][1].dtype != torch.float32:
         return ()
