@@ -47,10 +47,10 @@ class NullTextVideoInvert(io.ComfyNode):
         if not source_prompt.strip():
             raise VP2PInputError("source_prompt: expected the words that describe the clip (the tuning prompt), "
                                  "got an empty prompt")
-        weights = next(vp2p_model.video.unet.parameters()).dtype
-        if options.mode == "null_text" and weights != torch.float32:  # Adam's eps underflows: NaN embeddings
-            raise VP2PInputError(f"vp2p_model: its weights are {str(weights).replace('torch.', '')}; null-text "
-                                 "inversion needs InflateUNet's weight_dtype fp32 (or use mode fast)")
+        weights = vp2p_model.video.weight_dtype
+        if options.mode == "null_text":
+            vp2p_model.video.check_float32(
+                "vp2p_model", "null-text inversion needs InflateUNet's weight_dtype fp32 (or use mode fast)")
         latents = vp2p_model.latents(latent)
         vp2p_model.check_frames(latents.shape[0], "latent")
         src = encode_text(clip, source_prompt, "source_prompt")

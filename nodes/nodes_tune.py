@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 
-import torch
 from comfy_api.latest import io
 
 from vp2p_core import Delta, TuneOptions, VP2PInputError, one_shot_tune, trained_weights
@@ -59,10 +58,8 @@ class OneShotTune(io.ComfyNode):
         check_context(context)
         if not source_prompt.strip():
             raise VP2PInputError("source_prompt: expected the words that describe the clip, got an empty prompt")
-        weights = next(vp2p_model.video.unet.parameters()).dtype
-        if weights != torch.float32:
-            raise VP2PInputError(f"vp2p_model: its weights are {str(weights).replace('torch.', '')}; tune with "
-                                 "InflateUNet's weight_dtype fp32 (this node's precision sets bf16/fp16 autocast)")
+        vp2p_model.video.check_float32(
+            "vp2p_model", "tune with InflateUNet's weight_dtype fp32 (this node's precision sets bf16/fp16 autocast)")
         latents = vp2p_model.latents(latent)
         text = encode_text(clip, source_prompt, "source_prompt")
         vp2p_model.video.check_text(text, "clip")

@@ -69,10 +69,9 @@ def encode_text(clip, text: str, what: str = "prompt") -> torch.Tensor:
     """[1,77,D] float32 CPU embedding of one prompt, as the UNet sees it; a prompt over 77 tokens is refused
     with the editor's message (``check_prompt_length``), and so is one that ComfyUI's own syntax changes
     (``check_plain_tokens``)."""
-    tokenizer = tokenizer_from_clip(clip)
-    check_prompt_length(tokenizer, text, what)
+    ids = check_prompt_length(tokenizer_from_clip(clip), text, what)
     tokens = clip.tokenize(text)
-    check_plain_tokens(tokens, tokenizer.encode(text), what)
+    check_plain_tokens(tokens, ids, what)
     cond = clip.encode_from_tokens(tokens)
     if isinstance(cond, (tuple, list)):
         cond = cond[0]

@@ -196,10 +196,8 @@ def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Ten
         raise VP2PInputError(f"latents: expected [frames, channels, h, w], got shape {tuple(latents.shape)}")
     if mode == "null_text" and empty_embedding is None:
         raise VP2PInputError("empty_embedding: null-text inversion starts from the empty prompt's embedding")
-    weights = next(model.unet.parameters()).dtype
-    if mode == "null_text" and weights != torch.float32:  # fp16 Adam's steps underflow: every null embedding NaN
-        raise VP2PInputError(f"model: its weights are {str(weights).replace('torch.', '')}; null-text inversion "
-                             "needs float32 weights (or mode fast)")
+    if mode == "null_text":  # fp16 Adam's steps underflow: every null embedding NaN
+        model.check_float32("model", "null-text inversion needs float32 weights (or mode fast)")
     if context is not None:
         context.check_clip(latents.shape[0])
     unet = model.unet

@@ -96,6 +96,16 @@ class VideoModel:
         return self.fingerprints_with(self.delta_fingerprint)
 
     @property
+    def weight_dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def check_float32(self, what: str, needs: str) -> None:
+        """Refuse half-precision weights for a stage that optimises with them (Adam's steps underflow to NaN in
+        fp16 and mostly round away in bf16); ``what`` names the input, ``needs`` the stage and what to do."""
+        if self.weight_dtype != torch.float32:
+            raise VP2PInputError(f"{what}: its weights are {str(self.weight_dtype).replace('torch.', '')}; {needs}")
+
+    @property
     def state(self):
         return frame_state(self.unet)
 

@@ -134,10 +134,8 @@ def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, 
     (the clip's first frame, vp2p_core.context) seen but left out of the loss."""
     if latents.dim() != 4:
         raise VP2PInputError(f"latents: expected [frames, channels, h, w], got shape {tuple(latents.shape)}")
-    weights = next(model.unet.parameters()).dtype
-    if weights != torch.float32:  # AdamW on fp16 weights: NaN; on bf16 most updates round away
-        raise VP2PInputError(f"model: its weights are {str(weights).replace('torch.', '')}; one-shot tuning needs "
-                             "float32 weights (TuneOptions.precision sets bf16 / fp16 autocast)")
+    model.check_float32("model", "one-shot tuning needs float32 weights (TuneOptions.precision sets bf16 / fp16 "
+                                 "autocast)")
     if context is not None:
         context.check_clip(latents.shape[0])
     unet = model.unet
