@@ -206,7 +206,7 @@ def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Ten
     schedule = DDIMSchedule(model.schedule, num_steps)
     evals0 = model.evaluations()
     with torch.inference_mode(False):
-        x0 = latents.clone().to(host.device, dtype)
+        x0 = latents.clone().to(host.device, torch.float32)  # float32 latents whatever the weights (video_forward)
         cond = source_embedding.clone().to(host.device, dtype)
         steps = schedule.num_steps
         overall = 2 * steps if mode == "null_text" else steps  # one progress bar over both stages

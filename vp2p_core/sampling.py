@@ -108,7 +108,7 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
     unet = model.unet
     host.load_module(unet)
     dev = host.device
-    dtype = next(unet.parameters()).dtype
+    dtype = next(unet.parameters()).dtype  # the embeddings'; latents stay float32 (video_forward casts)
     schedule = DDIMSchedule(inversion.schedule, inversion.num_steps)
     n = plan.num_targets
     T = schedule.num_steps
@@ -136,7 +136,7 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
     ctrl = AttentionController(plan, T, f, (h, w), blend_layer_names(unet, layers), dev, vae_factor=model.vae_factor)
     state = frame_state(unet)
     evals0 = state.forward_clips
-    x_T = inversion.x_T.to(dev, dtype)
+    x_T = inversion.x_T.to(dev, torch.float32)
     x_src = x_T
     x_tgt = x_T.unsqueeze(0).expand(n, *x_T.shape).clone()
     loop = host.loop(T, "editing")
@@ -189,7 +189,7 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
                 eps_src_c = fused[0]
                 eps_tgt = fused[-n:]
                 if trajectory is not None:
-                    new_src = trajectory[i].to(dev, dtype)
+                    new_src = trajectory[i].to(dev, torch.float32)
                 else:
                     if src_needs_uncond:
                         eps_src_u = fused[1]
