@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from vp2p_core import Inversion, SamplerOptions, VP2PInputError, sample_edit, trained_weights
+from vp2p_core import Inversion, SamplerOptions, VP2PInputError, edit_region, sample_edit, trained_weights
 
 from .host import make_host
 from .schema import (CATEGORY, VP2PEditIO, VP2PInversionIO, VP2PMapsIO, VP2PModelIO, VP2PStructureIO, context_input,
@@ -29,7 +29,10 @@ class VideoP2PSampler(io.ComfyNode):
                 VP2PEditIO.Input("edit", tooltip="From AttentionEditController."),
                 *widgets(SamplerOptions, ["guidance", "decoupled_guidance"]),
                 io.Latent.Input("latent", optional=True, tooltip="Optional: the clip's latents, to check they are the "
-                                "clip the inversion was made from (frame count, size and content)."),
+                                "clip the inversion was made from (frame count, size and content). A noise_mask on "
+                                "it (Set Latent Noise Mask: one mask, or one per frame) is the edit region: outside "
+                                "it the edit keeps the source's latents, as local blend does (with blend words too, "
+                                "the two masks multiply)."),
                 *widgets(SamplerOptions, ["temporal_guidance", "edit_guidance", "edit_guidance_steps"],
                          optional=["temporal_guidance", "edit_guidance", "edit_guidance_steps"]),
                 VP2PStructureIO.Input("structure", optional=True, tooltip="Optional: Gen-1 structure guidance from the "
@@ -61,8 +64,12 @@ class VideoP2PSampler(io.ComfyNode):
         inversion.check_model(vp2p_model.fingerprints)
         vp2p_model.check_frames(inversion.num_frames, "inversion")
         vp2p_model.video.check_text(edit.plan.target_embeddings, "edit")
+        region = None
         if latent is not None:
-            inversion.check_latents(vp2p_model.latents(latent))
+            inversion.check_latents(vp2p_model.latents(latent, uses_noise_mask=True))
+            if latent.get("noise_mask") is not None:
+                region = edit_region(latent["noise_mask"], inversion.num_frames, tuple(inversion.x_T.shape[-2:]),
+                                     what="latent's noise_mask")
         vm = vp2p_model.video
         guide, extra = None, []
         if structure is not None:
@@ -74,7 +81,7 @@ class VideoP2PSampler(io.ComfyNode):
             extra = [structure.control]
         with trained_weights(vm, vp2p_model.delta):
             res = sample_edit(vm, inversion, edit.plan, options=options, host=make_host(vp2p_model, extra=extra),
-                              structure=guide, context=context)
+                              structure=guide, context=context, region=region)
         maps = VP2PMaps(maps=res.attention_maps, prompts=edit.prompts, token_labels=edit.token_labels,
                         blend_mask=res.blend_mask, blend_outline=res.blend_outline)
         return io.NodeOutput(vp2p_model.comfy_latent(res.edited.flatten(0, 1)), vp2p_model.comfy_latent(res.source),

@@ -5,6 +5,7 @@ None of these imports ComfyUI.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
@@ -13,6 +14,8 @@ import torch
 from vp2p_core import (SD_LATENT_SCALE, SD_VAE_FACTOR, Delta, EditPlan, InflationOptions, StructureGuidance,
                        StructureOptions, VideoModel, VP2PInputError)
 from vp2p_core.tuning import check_delta
+
+log = logging.getLogger(__name__)
 
 VP2P_MODEL = "VP2P_MODEL"
 VP2P_INVERSION = "VP2P_INVERSION"
@@ -81,8 +84,11 @@ class VP2PModel:
         if self.delta is not None:
             self.check_delta_fits(self.delta, what, num_frames=frames)
 
-    def latents(self, latent, what: str = "latent") -> torch.Tensor:
-        """ComfyUI LATENT (unscaled VAE output) -> the scaled [F, C, h, w] float32 latents the core works on."""
+    def latents(self, latent, what: str = "latent", uses_noise_mask: bool = False) -> torch.Tensor:
+        """ComfyUI LATENT (unscaled VAE output) -> the scaled [F, C, h, w] float32 latents the core works on.
+
+        A LATENT's ``noise_mask`` (SetLatentNoiseMask) is the edit region, which only Video-P2P Sampler reads
+        (``uses_noise_mask``); elsewhere it is ignored, with a warning that says where it takes effect."""
         if not isinstance(latent, dict) or "samples" not in latent:
             raise VP2PInputError(f"{what}: expected a LATENT (from VAEEncode), got {type(latent).__name__}")
         s = latent["samples"]
@@ -100,6 +106,9 @@ class VP2PModel:
             raise VP2PInputError(
                 f"{what}: latents of {s.shape[-2]}x{s.shape[-1]} do not divide by {factor}; resize the frames to a "
                 f"multiple of {factor * 8} pixels (e.g. 512x512)")
+        if latent.get("noise_mask") is not None and not uses_noise_mask:
+            log.warning("%s: its noise_mask is not used here (tuning and inversion take the whole clip); give the "
+                        "masked latent to Video-P2P Sampler's latent input, where it confines the edit", what)
         return s.detach().to("cpu", torch.float32) * self.latent_scale
 
     def comfy_latent(self, latents: torch.Tensor) -> dict:

@@ -201,6 +201,38 @@ def test_half_precision_weights_keep_float32_latents(world):
     assert _relative(res.edited, ref.edited) < 0.077
 
 
+def test_an_edit_region_keeps_the_source_outside_it(world, inversion):
+    """A user's edit region (ComfyUI's noise_mask, at image size): outside it every target frame's latents are the
+    source branch's, bit for bit, inside it the edit; with local blend the exported mask is the blend's within it."""
+    tok, emb, latents, model = world
+    plan = _plan(tok, emb)
+    free = sample_edit(model, inversion, plan)
+    region = torch.zeros(1, 1, 128, 128)
+    region[..., 64:] = 1  # the right half of the frame, every frame
+    res = sample_edit(model, inversion, plan, region=region)
+    source = res.source.unsqueeze(0).expand_as(res.edited)
+    assert torch.equal(res.edited[..., :8], source[..., :8])
+    assert (res.edited[..., 8:] - source[..., 8:]).abs().flatten(2).amax(-1).gt(1e-3).all()  # every frame edits
+    assert torch.equal(res.blend_mask, torch.cat([torch.zeros(1, FRAMES, 1, 16, 8), torch.ones(1, FRAMES, 1, 16, 8)],
+                                                 -1))
+    assert not res.blend_outline  # the user's region gets the composite's margin
+    assert torch.allclose(sample_edit(model, inversion, plan, region=torch.ones(16, 16)).edited, free.edited, atol=1e-4)
+    # per frame, with local blend: the masks multiply
+    per_frame = torch.zeros(FRAMES, 16, 16)
+    per_frame[1:] = 1
+    blended = _plan(tok, emb, blend_words="ball", mask_threshold=0.3)
+    both = sample_edit(model, inversion, blended, region=per_frame)
+    alone = sample_edit(model, inversion, blended)
+    assert torch.equal(both.edited[:, 0], both.source[0].unsqueeze(0))
+    assert torch.equal(both.blend_mask, alone.blend_mask * per_frame[None, :, None])
+    assert both.blend_mask[:, 1:].sum() > 0
+    for bad, message in [(torch.ones(2, 16, 16), "region: 2 masks of \\(16, 16\\) for a clip of 3 frames"),
+                         (torch.full((16, 16), 1.5), "region: expected values in 0..1, got 1.5..1.5"),
+                         (torch.ones(3, 2, 16, 16), "region: expected a mask \\[h, w\\]")]:
+        with pytest.raises(VP2PInputError, match=message):
+            sample_edit(model, inversion, plan, region=bad)
+
+
 def test_several_targets_share_the_source_branch(world, inversion):
     tok, emb, latents, model = world
     two = sample_edit(model, inversion, _plan(tok, emb, targets=(TGT, "a green ball on grass")))

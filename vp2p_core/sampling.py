@@ -13,6 +13,10 @@ added to the usual guidance instead of replacing its unconditional pass, and wit
 sides, so the difference is the swapped words' alone: the new colour wins over the old one that the inverted
 noise still carries (the small world's recolours that failed, BENCHMARKS.md). Not in the reference: 0 is off.
 
+An edit region (``region``; ComfyUI's ``noise_mask``, from SetLatentNoiseMask) confines the edit as local blend
+does: after every step the targets' latents are the source branch's outside it, and mixed in proportion where it is
+soft. With local blend too, the two masks multiply. The region is the user's; local blend's mask is the model's.
+
 Gen-1's temporal-consistency guidance (``temporal_guidance`` = w_t) mixes in the prediction of the same
 network with frames made independent: eps = eps_img(x, null) + w_t (eps_vid(x, null) - eps_img(x, null))
 + w (eps_vid(x, c) - eps_vid(x, null)). w_t = 1 is the plain sampler and costs nothing extra; other values
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from .context import ContextWindows, Window, fuse, whole_clip
 from .control import AttentionController, EditPlan, blend_layer_names, fraction_pair
@@ -47,6 +52,25 @@ class EditResult:
     # latents are the source's; False for a grown blend (a shape swap), whose new outline may pass the mask
     blend_outline: bool = False
     stats: dict = field(default_factory=dict)
+
+
+def edit_region(mask: torch.Tensor, num_frames: int, latent_hw: tuple[int, int],
+                what: str = "region") -> torch.Tensor:
+    """A user's edit region -> [F, 1, h, w] float32 on the latent grid. ``mask``: [h, w], [B, h, w] or [B, 1, h, w]
+    at any size (ComfyUI's noise_mask is at image size), values in 0..1, one mask for every frame (B = 1) or one
+    per frame (B = F); resized bilinearly, as ComfyUI's samplers resize a noise_mask."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3, 4) or (mask.dim() == 4 and mask.shape[1] != 1):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise VP2PInputError(f"{what}: expected a mask [h, w], [frames, h, w] or [frames, 1, h, w], got {shape}")
+    m = mask.detach().to("cpu", torch.float32).reshape(-1, 1, *mask.shape[-2:])
+    if m.shape[0] not in (1, num_frames) or 0 in m.shape[-2:]:
+        raise VP2PInputError(f"{what}: {m.shape[0]} masks of {tuple(m.shape[-2:])} for a clip of {num_frames} "
+                             "frames; give one mask for every frame or one per frame")
+    if not torch.isfinite(m).all() or m.min() < 0 or m.max() > 1:
+        raise VP2PInputError(f"{what}: expected values in 0..1, got {float(m.min()):.3g}..{float(m.max()):.3g}")
+    if tuple(m.shape[-2:]) != tuple(latent_hw):
+        m = F.interpolate(m, size=tuple(latent_hw), mode="bilinear", align_corners=False).clamp(0, 1)
+    return m.expand(num_frames, -1, -1, -1).contiguous()
 
 
 def check_edit_inputs(model: VideoModel, inversion: Inversion, plan: EditPlan) -> None:
@@ -93,10 +117,12 @@ def _rows(extra: dict, start: int) -> dict:
 
 def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options: SamplerOptions = SamplerOptions(),
                 host: Host = Host(), structure: Optional[StructureGuidance] = None,
-                num_frames: Optional[int] = None, context: Optional[ContextWindows] = None) -> EditResult:
+                num_frames: Optional[int] = None, context: Optional[ContextWindows] = None,
+                region: Optional[torch.Tensor] = None) -> EditResult:
     """Edit the inverted clip; ``structure`` steers the target branches through a ControlNet; ``context``: the UNet
     sees the clip through these windows (None: all frames at once). Local blend, its mask and the attention maps
-    work per frame over the whole clip: each window's maps go to its frames, weighted as its predictions are."""
+    work per frame over the whole clip: each window's maps go to its frames, weighted as its predictions are.
+    ``region``: the user's edit region (see ``edit_region``); outside it the targets keep the source's latents."""
     check_edit_inputs(model, inversion, plan)
     guidance, decoupled, temporal_guidance = options.guidance, options.decoupled_guidance, options.temporal_guidance
     edit_guidance = options.edit_guidance
@@ -132,6 +158,8 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
         return inversion.uncond_for_step(i).to(dev, dtype).expand(n, -1, -1)
 
     h, w = inversion.x_T.shape[-2:]
+    if region is not None:
+        region = edit_region(region, f, (h, w)).to(host.device)
     layers = cross_attention_layers(unet)
     ctrl = AttentionController(plan, T, f, (h, w), blend_layer_names(unet, layers), dev, vae_factor=model.vae_factor)
     state = frame_state(unet)
@@ -200,14 +228,18 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
                 new_tgt = schedule.prev_step(eps_tgt, t, x_tgt)
                 both = ctrl.end_step(torch.cat([new_src.unsqueeze(0), new_tgt]))
                 x_src, x_tgt = both[0], both[1:]
+                if region is not None:
+                    x_tgt = x_src + region * (x_tgt - x_src)
                 loop.step(i + 1, preview=x_tgt[0])
     finally:
         state.controller = None
         ctrl.contrast = False
     stats = {"forwards": state.forward_clips - evals0, "source_uncond": src_needs_uncond,
              "reused_source_trajectory": trajectory is not None}
-    maps, mask = ctrl.attention_maps(), ctrl.edit_mask()
+    maps, mask, outline = ctrl.attention_maps(), ctrl.edit_mask(), ctrl.edit_mask_is_blend_region
+    if region is not None:  # the exported mask: local blend's within the region, or the region alone
+        outline = outline and mask is not None
+        mask = region.expand(n, -1, -1, -1, -1) if mask is None else mask * region
     return EditResult(edited=x_tgt.detach().cpu(), source=x_src.detach().cpu(),
                       attention_maps=None if maps is None else maps.cpu(),
-                      blend_mask=None if mask is None else mask.cpu(), stats=stats,
-                      blend_outline=ctrl.edit_mask_is_blend_region)
+                      blend_mask=None if mask is None else mask.cpu(), stats=stats, blend_outline=outline)
