@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from vp2p_core import DecodeOptions, VP2PInputError, restore_light
+from vp2p_core import DecodeOptions, MapsOptions, VP2PInputError, restore_light
 from vp2p_core.light import check_light_count
 
 from . import host, maps
@@ -40,6 +40,10 @@ class DecodeFrames(io.ComfyNode):
         samples = latent["samples"]
         if samples.dim() != 4 or samples.shape[0] == 0:
             raise VP2PInputError(f"latent: expected [frames, channels, h, w] latents, got {tuple(samples.shape)}")
+        channels = getattr(vae, "latent_channels", None)  # ComfyUI's VAE: 4 for SD 1.x/2.x/XL, 16 for SD3 / Flux
+        if isinstance(channels, int) and samples.shape[1] != channels:
+            raise VP2PInputError(f"latent: {samples.shape[1]} latent channels, but the vae decodes {channels}; "
+                                 "decode with the VAE of the checkpoint the latents were made with")
         if light is not None:
             check_light_count(samples.shape[0], light.gains, "latent")
         k = options.frames_per_chunk
@@ -68,8 +72,7 @@ class AttentionMaps(io.ComfyNode):
                         "maps, to choose blend words, and the local-blend mask.",
             inputs=[
                 VP2PMapsIO.Input("attention_maps", tooltip="The attention_maps output of VideoP2PSampler."),
-                io.Int.Input("frame", default=-1, min=-1, max=4096, tooltip="Frame to show; -1 averages all frames."),
-                io.Int.Input("cell_size", default=96, min=16, max=512, step=8, tooltip="Size of each map in pixels."),
+                *widgets(MapsOptions, ["frame", "cell_size"]),
             ],
             outputs=[
                 io.Image.Output("maps", display_name="maps",
@@ -83,10 +86,12 @@ class AttentionMaps(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, attention_maps: VP2PMaps, frame: int, cell_size: int) -> io.NodeOutput:
+    def execute(cls, attention_maps: VP2PMaps, **widget_values) -> io.NodeOutput:
+        options = MapsOptions.from_values(widget_values)
         if not isinstance(attention_maps, VP2PMaps):
             raise VP2PInputError("attention_maps: expected the attention_maps output of VideoP2PSampler")
-        grid = maps.attention_grid(attention_maps.maps, attention_maps.token_labels, int(frame), int(cell_size))
+        grid = maps.attention_grid(attention_maps.maps, attention_maps.token_labels, frame=options.frame,
+                                   cell=options.cell_size)
         mask = attention_maps.blend_mask
         masks = maps.mask_images(mask) if mask is not None else torch.zeros(1, 64, 64)
         return io.NodeOutput(grid, masks)

@@ -1,6 +1,8 @@
 """Bad input gets the node's clear error (VP2PInputError, whose message ComfyUI shows as it is)."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -144,6 +146,9 @@ def test_decode_errors():
     light = VP2PLight(gains=torch.ones(3, 3))
     with pytest.raises(VP2PInputError, match="latent: expected the light's 3 frames or a whole multiple"):
         run(DecodeFrames, vae=object(), latent={"samples": torch.zeros(4, 4, 8, 8)}, light=light)
+    sd3_vae = SimpleNamespace(latent_channels=16, decode=lambda s: pytest.fail("decoded latents it cannot take"))
+    with pytest.raises(VP2PInputError, match="latent: 4 latent channels, but the vae decodes 16"):
+        run(DecodeFrames, vae=sd3_vae, latent={"samples": torch.zeros(2, 4, 8, 8)})
     with pytest.raises(VP2PInputError, match="images: expected RGB frames"):
         run(NormaliseLight, images=torch.zeros(2, 8, 8))
     with pytest.raises(VP2PInputError, match="images: expected RGB frames"):

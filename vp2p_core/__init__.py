@@ -11,7 +11,8 @@ from .inversion import Inversion, invert
 from .light import estimate_light, remove_light, restore_light
 from .model import VideoModel
 from .options import (SD_LATENT_SCALE, SD_VAE_FACTOR, CompositeOptions, DecodeOptions, EditOptions, InflationOptions,
-                      InversionOptions, LightOptions, Options, SamplerOptions, StructureOptions, TuneOptions)
+                      InversionOptions, LightOptions, MapsOptions, Options, SamplerOptions, StructureOptions,
+                      TuneOptions)
 from .sampling import EditResult, edit_region, sample_edit
 from .schedule import DDIMConfig, DDIMSchedule
 from .structure import StructureGuidance, blur_structure, diffusers_controlnet
@@ -20,7 +21,7 @@ from .tuning import Delta, apply_delta, one_shot_tune, trained_weights
 __all__ = [
     "AttentionController", "CompositeOptions", "DDIMConfig", "DDIMSchedule", "DecodeOptions", "Delta", "EditOptions",
     "EditPlan", "EditResult", "Host", "InflationOptions", "Interrupted", "Inversion", "InversionOptions",
-    "LightOptions", "Options", "SD_LATENT_SCALE", "SD_VAE_FACTOR", "SamplerOptions", "StructureGuidance",
+    "LightOptions", "MapsOptions", "Options", "SD_LATENT_SCALE", "SD_VAE_FACTOR", "SamplerOptions", "StructureGuidance",
     "StructureOptions", "TuneOptions", "VP2PInputError", "VideoModel", "apply_delta", "blur_structure",
     "build_edit_plan", "change_weight", "composite_alpha", "composite_frames", "composite_mask", "diffusers_controlnet",
     "edit_region", "estimate_light", "inflate_unet", "invert", "is_inflated", "one_shot_tune", "remove_light",

@@ -394,6 +394,14 @@ class DecodeOptions(Options):
         min=1, max=256)
 
 
+@dataclass(frozen=True)
+class MapsOptions(Options):
+    """How Attention Maps shows an edit's per-word cross-attention: a view, nothing here changes the edit."""
+
+    frame: int = option("int", -1, "Frame to show; -1 averages all frames.", min=-1, max=4096)
+    cell_size: int = option("int", 96, "Size of each map in pixels.", min=16, max=512, step=8)
+
+
 # --------------------------------------------------------------------------------------------------------
 # light
 
@@ -494,4 +502,4 @@ class ContextOptions(Options):
 
 
 STAGES: Sequence[type] = (InflationOptions, TuneOptions, InversionOptions, EditOptions, SamplerOptions,
-                          StructureOptions, DecodeOptions, CompositeOptions, ContextOptions)
+                          StructureOptions, DecodeOptions, MapsOptions, CompositeOptions, ContextOptions)

@@ -9,7 +9,7 @@ source branch keeps reproducing the inversion.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -63,6 +63,8 @@ class StructureGuidance:
     strength: float
     start: float
     end: float
+    # the maps on the device, kept from step to step: 16 frames at 512 px are 50 MB, copied on every step before
+    _on_device: Optional[torch.Tensor] = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_images(cls, residual_fn: ResidualFn, images: torch.Tensor, latent_hw: tuple[int, int], frames: int,
@@ -93,8 +95,10 @@ class StructureGuidance:
         if not rows or not self.active(step, num_steps):
             return {}
         idx = torch.tensor([c * frames + j for c in rows for j in range(frames)], device=x.device)
-        maps = self.structure if frame_index is None else self.structure[list(frame_index)]
-        cond = maps.to(x.device, x.dtype).repeat(len(rows), 1, 1, 1)
+        if self._on_device is None or self._on_device.device != x.device or self._on_device.dtype != x.dtype:
+            self._on_device = self.structure.to(x.device, x.dtype)
+        maps = self._on_device if frame_index is None else self._on_device[list(frame_index)]
+        cond = maps.repeat(len(rows), 1, 1, 1)
         down, mid = self.residual_fn(x[idx], timestep, text[idx], cond)
 
         def scatter(r):
