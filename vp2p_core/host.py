@@ -1,4 +1,7 @@
-"""Host hooks: how the algorithm reaches device, dtype, progress, interrupt and model loading.
+"""Host hooks: how the algorithm reaches device, progress, interrupt and model loading.
+
+The precision is the model's own: the UNet computes in its weights' dtype and the latents stay float32
+(``vp2p_core.inflation.video_forward``), so a host has no dtype to set.
 
 ComfyUI plugs its model management, progress bar and stop button in here; the CLI and the tests
 use the plain-torch defaults.
@@ -54,7 +57,6 @@ class Host:
     """Plain callables a host provides; every field has a plain-torch default."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    dtype: torch.dtype = torch.float32
     progress: Callable[[int, int, Optional[torch.Tensor]], None] = _noop_progress
     interrupt: Callable[[], None] = _noop_interrupt
     load: Optional[Callable[[torch.nn.Module], None]] = None

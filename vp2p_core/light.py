@@ -86,6 +86,8 @@ def estimate_light(frames: torch.Tensor) -> torch.Tensor:
     frames' medians instead; a pair with no channel measured weighs as if exact. At most ``_PIXELS`` pixels per
     frame are read (a regular grid)."""
     check_frames(frames, "frames")
+    if frames.device.type == "mps":  # its spectra and fit are float64, which Apple's GPUs do not have
+        frames = frames.cpu()
     count, height, width = frames.shape[:3]
     stride = max(1, math.ceil(math.sqrt(height * width / _PIXELS)))
     grid_height, grid_width = -(-height // stride), -(-width // stride)  # the grid frame[::stride, ::stride]
