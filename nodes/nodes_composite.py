@@ -1,4 +1,5 @@
-"""Blend Mask: the edit's local-blend mask at image size, to composite the decoded edit over the source frames.
+"""Blend Mask: the edit's mask (local blend's, and the sampler's noise_mask region) at image size, to composite the
+decoded edit over the source frames.
 
 The compositing itself is ComfyUI's Image Composite Masked (destination = the source frames, source = Decode
 Frames' images, mask = this node's mask, x = y = 0): with a mask of one frame per image it blends frame by
@@ -34,7 +35,8 @@ class BlendMask(io.ComfyNode):
             node_id="BlendMask",
             display_name="Blend Mask (Video-P2P)",
             category=CATEGORY,
-            description="The edit's local-blend mask per frame at the frames' size, dilated and feathered, for Image "
+            description="The edit's mask per frame (local blend's, within the sampler's noise_mask region when it had "
+                        "one) at the frames' size, dilated and feathered, for Image "
                         "Composite Masked: the decoded edit over the source frames, so every pixel outside the mask "
                         "is the source's own (the VAE's round trip changes them otherwise).",
             inputs=[
@@ -54,7 +56,8 @@ class BlendMask(io.ComfyNode):
             outputs=[io.Mask.Output("mask", display_name="mask",
                                     tooltip="One mask per edited frame (all frames of target 1, then target 2, ...) "
                                             "at the frames' size: 1 = the edit, 0 = the source, between = the "
-                                            "feather. All ones without local blend (the whole frame is the edit).")],
+                                            "feather. All ones without local blend or a noise_mask (the whole frame "
+                                            "is the edit).")],
         )
 
     @classmethod

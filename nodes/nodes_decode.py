@@ -80,8 +80,8 @@ class AttentionMaps(io.ComfyNode):
                                                 "attention."),
                 io.Mask.Output("blend_mask", display_name="blend_mask",
                                tooltip="Where the edit is, per output frame: the last local-blend mask, "
-                                                     "or for a shape swap the old and new objects' outlines (all "
-                                                     "zero without local blend)."),
+                                                     "or for a shape swap the old and new objects' outlines, within "
+                                                     "the sampler's noise_mask region (all zero with neither)."),
             ],
         )
 

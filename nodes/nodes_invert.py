@@ -61,7 +61,9 @@ class NullTextVideoInvert(io.ComfyNode):
                               latents=files.tensor_hash(latents),
                               text=files.tensor_hash(src), empty=files.tensor_hash(empty), prompt=source_prompt,
                               options=options.cache_key(), **context_key(context),
-                              **({} if weights == torch.float32 else {"weights": str(weights)}))
+                              # half weights: their DDIM latents are float32 now (bf16 / fp16 before; not reused)
+                              **({} if weights == torch.float32 else {"weights": str(weights),
+                                                                      "latent_dtype": "float32"}))
 
         def load(path) -> Inversion:
             inv = Inversion.load(path, what="cache_dir")

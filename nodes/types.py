@@ -107,8 +107,8 @@ class VP2PModel:
                 f"{what}: latents of {s.shape[-2]}x{s.shape[-1]} do not divide by {factor}; resize the frames to a "
                 f"multiple of {factor * 8} pixels (e.g. 512x512)")
         if latent.get("noise_mask") is not None and not uses_noise_mask:
-            log.warning("%s: its noise_mask is not used here (tuning and inversion take the whole clip); give the "
-                        "masked latent to Video-P2P Sampler's latent input, where it confines the edit", what)
+            log.warning("%s: its noise_mask is ignored here; only Video-P2P Sampler's latent input uses one (there "
+                        "it confines the edit)", what)
         return s.detach().to("cpu", torch.float32) * self.latent_scale
 
     def comfy_latent(self, latents: torch.Tensor) -> dict:

@@ -335,7 +335,7 @@ class AttentionController:
                                region=blend.region, source_only=blend.source_only)
         self.last_mask = mask[1:]
         src = latents[:1]
-        return src + mask.to(latents.dtype) * (latents - src)  # the mask is float32; fp16 latents stay fp16
+        return src + mask.to(latents.dtype) * (latents - src)  # the latents' dtype whatever the mask's
 
     @property
     def edit_mask_is_blend_region(self) -> bool:

@@ -47,9 +47,12 @@ class EditResult:
     edited: torch.Tensor  # [n,F,C,h,w]
     source: torch.Tensor  # [F,C,h,w]: the source branch's reconstruction
     attention_maps: Optional[torch.Tensor] = None  # [1+n,F,hb,wb,77] averaged over steps and blend layers
-    blend_mask: Optional[torch.Tensor] = None  # [n,F,1,h,w] where the edit is (AttentionController.edit_mask)
+    # [n,F,1,h,w] where the edit is: AttentionController.edit_mask, times the edit region when there is one (or the
+    # region alone without local blend)
+    blend_mask: Optional[torch.Tensor] = None
     # blend_mask is the very region the sampler blended in (an outline blend: a recolour), so outside it the edit's
-    # latents are the source's; False for a grown blend (a shape swap), whose new outline may pass the mask
+    # latents are the source's; False for a grown blend (a shape swap), whose new outline may pass the mask, and for
+    # an edit region alone (the composite gives a user's mask its margin)
     blend_outline: bool = False
     stats: dict = field(default_factory=dict)
 
@@ -58,12 +61,15 @@ def edit_region(mask: torch.Tensor, num_frames: int, latent_hw: tuple[int, int],
                 what: str = "region") -> torch.Tensor:
     """A user's edit region -> [F, 1, h, w] float32 on the latent grid. ``mask``: [h, w], [B, h, w] or [B, 1, h, w]
     at any size (ComfyUI's noise_mask is at image size), values in 0..1, one mask for every frame (B = 1) or one
-    per frame (B = F); resized bilinearly, as ComfyUI's samplers resize a noise_mask."""
-    if not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3, 4) or (mask.dim() == 4 and mask.shape[1] != 1):
+    per frame (B = F); resized bilinearly, as ComfyUI's samplers resize a noise_mask. Unlike them, another count
+    of masks is refused rather than repeated or cut to the batch: on a clip, that is a mask for other frames.
+    Outside the region the edit is the source branch's reconstruction of the clip, not the input latents."""
+    if (not isinstance(mask, torch.Tensor) or mask.dim() not in (2, 3, 4) or (mask.dim() == 4 and mask.shape[1] != 1)
+            or mask.numel() == 0):
         shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise VP2PInputError(f"{what}: expected a mask [h, w], [frames, h, w] or [frames, 1, h, w], got {shape}")
     m = mask.detach().to("cpu", torch.float32).reshape(-1, 1, *mask.shape[-2:])
-    if m.shape[0] not in (1, num_frames) or 0 in m.shape[-2:]:
+    if m.shape[0] not in (1, num_frames):
         raise VP2PInputError(f"{what}: {m.shape[0]} masks of {tuple(m.shape[-2:])} for a clip of {num_frames} "
                              "frames; give one mask for every frame or one per frame")
     if not torch.isfinite(m).all() or m.min() < 0 or m.max() > 1:
@@ -198,8 +204,8 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
                     ctrl.enter_window(w, weights)
                     flat = xw.flatten(0, 1)
                     text_w = text.repeat_interleave(fw, dim=0)
-                    extra = (structure.unet_kwargs(i, T, flat, t, text_w, target_rows, fw, frame_index=list(w.frames))
-                             if structure else {})
+                    extra = (structure.unet_kwargs(i, T, flat, t, text_w, target_rows, fw, frame_index=list(w.frames),
+                                                   dtype=dtype) if structure else {})
                     out = video_forward(unet, flat, t, text_w, fw, **extra)
                     eps = schedule.to_eps(out, t, flat).view(-1, fw, *x_T.shape[1:])
                     eps_tgt_c, eps_tgt_u = eps[1:1 + n], eps[-n:]

@@ -43,7 +43,8 @@ def check_structure_images(images, what: str = "structure") -> None:
 
 def diffusers_controlnet(controlnet) -> ResidualFn:
     """Adapter for a diffusers ControlNetModel, in its own precision: the inputs are cast to its dtype and the
-    residuals back to the UNet's (an fp32 ControlNet beside an fp16 UNet, or the other way round)."""
+    residuals back to the sample's, which ``StructureGuidance.unet_kwargs`` gives in the UNet's dtype (an fp32
+    ControlNet beside an fp16 UNet, or the other way round)."""
 
     def run(sample, timestep, text, cond):
         dtype = next(controlnet.parameters()).dtype
@@ -63,7 +64,8 @@ class StructureGuidance:
     strength: float
     start: float
     end: float
-    # the maps on the device, kept from step to step: 16 frames at 512 px are 50 MB, copied on every step before
+    # the whole clip's maps on the device, kept from step to step (16 frames at 512 px are 50 MB in float32, copied
+    # every step before); a context window's frames are copied per call, so a long clip is never on the device whole
     _on_device: Optional[torch.Tensor] = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
@@ -89,17 +91,25 @@ class StructureGuidance:
         return self.strength != 0 and self.start <= step / num_steps < self.end
 
     def unet_kwargs(self, step: int, num_steps: int, x: torch.Tensor, timestep, text: torch.Tensor,
-                    rows: Sequence[int], frames: int, frame_index: Optional[Sequence[int]] = None) -> dict:
+                    rows: Sequence[int], frames: int, frame_index: Optional[Sequence[int]] = None,
+                    dtype: Optional[torch.dtype] = None) -> dict:
         """Residuals for the whole batch x [(clips*F),C,h,w]; clips not in ``rows`` get zeros. ``frame_index``:
-        the clip frames of the batch's F rows (a context window), default all frames in order."""
+        the clip frames of the batch's F rows (a context window), default all frames in order. ``dtype``: the
+        UNet's (default x's): the residuals are as large as its activations, so they are made in its precision,
+        not in the float32 of the latents."""
         if not rows or not self.active(step, num_steps):
             return {}
+        dtype = dtype or x.dtype
         idx = torch.tensor([c * frames + j for c in rows for j in range(frames)], device=x.device)
-        if self._on_device is None or self._on_device.device != x.device or self._on_device.dtype != x.dtype:
-            self._on_device = self.structure.to(x.device, x.dtype)
-        maps = self._on_device if frame_index is None else self._on_device[list(frame_index)]
+        if frame_index is None or list(frame_index) == list(range(self.structure.shape[0])):  # the whole clip
+            on = self._on_device
+            if on is None or on.device != x.device or on.dtype != dtype:
+                self._on_device = on = self.structure.to(x.device, dtype)
+            maps = on
+        else:
+            maps = self.structure[list(frame_index)].to(x.device, dtype)
         cond = maps.repeat(len(rows), 1, 1, 1)
-        down, mid = self.residual_fn(x[idx], timestep, text[idx], cond)
+        down, mid = self.residual_fn(x[idx].to(dtype), timestep, text[idx].to(dtype), cond)
 
         def scatter(r):
             full = torch.zeros((x.shape[0], *r.shape[1:]), device=r.device, dtype=r.dtype)
