@@ -598,6 +598,25 @@ def test_reedit_workflow_from_saved_files(comfy, word_swap):
     assert same(rerun.edited, word_swap.run.edited), "the saved delta and inversion do not reproduce the edit"
     assert all((x == y).all() for x, y in zip(rerun.frames, word_swap.run.frames))
 
+    # ComfyUI's own mask nodes into Set Latent Noise Mask, on the sampler's latent: the edit stays in the mask's left
+    # half, and the sampler's blend_mask (saved as the masks) is local blend's within it
+    masked = copy.deepcopy(api)
+    masked["906"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": SIZE, "height": SIZE}}
+    masked["907"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": SIZE // 2, "height": SIZE}}
+    masked["908"] = {"class_type": "MaskComposite", "inputs": {"destination": ["906", 0], "source": ["907", 0],
+                                                               "x": 0, "y": 0, "operation": "add"}}
+    masked["909"] = {"class_type": "SetLatentNoiseMask",
+                     "inputs": {"samples": [node_id(masked, "VAEEncode"), 0], "mask": ["908", 0]}}
+    masked[node_id(masked, "VideoP2PSampler")]["inputs"]["latent"] = ["909", 0]
+    for nid, p in (("900", "vp2p_reedit_masked"), ("904", "masks/vp2p_reedit_masked"),
+                   ("901", "latents/vp2p_reedit_masked_edited"), ("902", "latents/vp2p_reedit_masked_source")):
+        masked[nid]["inputs"]["filename_prefix"] = p
+    masked[node_id(masked, "SaveVideo")]["inputs"]["filename_prefix"] = "video/vp2p_reedit_masked"
+    half = check_run(comfy, masked, run_prompt(comfy, masked))
+    check_local_blend(half)
+    assert same(half.source, run.source)
+    assert not half.mask[..., SIZE // 16:].any() and half.mask[..., :SIZE // 16].any()
+
     # an inversion of another clip of the same length and size is refused (here the clip's colours inverted)
     wrong = copy.deepcopy(api)
     light = node_id(wrong, "NormaliseLight")
