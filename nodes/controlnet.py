@@ -18,6 +18,7 @@ Only ``comfy_*`` functions import ComfyUI, inside.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Optional, Sequence
@@ -201,9 +202,12 @@ def load_diffusers_controlnet(name: str) -> ControlNetHandle:
     from diffusers import ControlNetModel
 
     path = find_diffusers_controlnet(name)
+    mm = sys.modules.get("comfy.model_management")
+    dtype = mm.unet_dtype() if mm is not None else torch.float32  # ComfyUI's choice for a model: fp16 on most GPUs
     try:
         with torch.inference_mode(False):
-            cn = ControlNetModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
+            cn = ControlNetModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
+                                                 torch_dtype=dtype)
     except (OSError, ValueError, EnvironmentError) as e:
         raise VP2PInputError(f"diffusers_controlnet: could not load {str(path)!r} as a diffusers ControlNetModel "
                              f"(safetensors weights only): {e}") from None

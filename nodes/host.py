@@ -29,12 +29,43 @@ def progress_host() -> Host:
                 interrupt=mm.throw_exception_if_processing_interrupted)
 
 
+# Activations of one UNet call per frame it sees, at SD 1.5's 64x64 latents in float32, as bench.window_memory
+# measured them on the CPU (BENCHMARKS.md, "Memory of long clips at 512 px on a GPU, on paper"): inference (DDIM
+# inversion, the edit), a tuning step with gradient checkpointing, a null-text iteration (its backward is not
+# checkpointed; a tuning step without checkpointing is counted as one too).
+ACTIVATION_MIB_PER_FRAME = {"infer": 238, "train": 1094, "null_text": 2244}
+MEASURED_LATENT_AREA = 64 * 64
+
+
+def working_memory(stage: str, rows: int, latent_hw: Sequence[int], dtype: torch.dtype,
+                   trained_parameters: int = 0) -> int:
+    """Bytes a stage needs on the device besides the weights, for ComfyUI's ``load_models_gpu(memory_required=)``:
+    ``rows`` frames in one UNet call (clips x the frames of the clip or of a context window), the measured
+    activations scaled by latent area and by the size of ``dtype`` (the computation's), plus the gradients and
+    AdamW's two float32 moments of the ``trained_parameters`` of a tuning. Asked for before loading, ComfyUI unloads
+    other models (CLIP, VAE, a LoRA's source model) to make the room, instead of the run failing on a card that
+    had the weights' room alone. An estimate from CPU activations: a GPU's kernels add workspace to it."""
+    if stage not in ACTIVATION_MIB_PER_FRAME:
+        raise ValueError(f"stage: expected one of {sorted(ACTIVATION_MIB_PER_FRAME)}, got {stage!r}")
+    h, w = latent_hw
+    size = torch.empty((), dtype=dtype).element_size()
+    per_row = ACTIVATION_MIB_PER_FRAME[stage] * 2 ** 20 * (h * w / MEASURED_LATENT_AREA) * (size / 4)
+    return int(rows * per_row) + 12 * int(trained_parameters)
+
+
+def call_rows(frames: int, context=None) -> int:
+    """Frames one UNet call sees of one clip: the clip's, or its largest context window's (anchor rows included)."""
+    return frames if context is None else max(len(w) for w in context.windows(frames))
+
+
 def same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index or 0) == (b.index or 0)
 
 
-def make_host(model: VP2PModel, previews: bool = True, extra: Sequence = ()) -> Host:
-    """``extra``: ControlNet handles (``.module``, ``.patcher``) loaded together with the video model."""
+def make_host(model: VP2PModel, previews: bool = True, extra: Sequence = (), memory_required: int = 0) -> Host:
+    """``extra``: ControlNet handles (``.module``, ``.patcher``) loaded together with the video model;
+    ``memory_required``: the stage's working memory in bytes (``working_memory``), which ComfyUI frees before it
+    loads them."""
     if model.patcher is None:
         device = next(model.video.unet.parameters()).device
         if not extra:
@@ -45,10 +76,10 @@ def make_host(model: VP2PModel, previews: bool = True, extra: Sequence = ()) -> 
                 m.to(device)
 
         return Host(device=device, load=load_plain)
-    return comfy_host(model, previews, extra)
+    return comfy_host(model, previews, extra, memory_required)
 
 
-def comfy_host(model: VP2PModel, previews: bool = True, extra: Sequence = ()) -> Host:
+def comfy_host(model: VP2PModel, previews: bool = True, extra: Sequence = (), memory_required: int = 0) -> Host:
     import comfy.model_management as mm
     import comfy.utils
 
@@ -69,7 +100,8 @@ def comfy_host(model: VP2PModel, previews: bool = True, extra: Sequence = ()) ->
 
     def load(module: torch.nn.Module) -> None:
         # one call for the video model and its ControlNets, so that loading one does not unload the other
-        mm.load_models_gpu([patcher] + [e.patcher for e in extra if e.patcher is not None], force_full_load=True)
+        mm.load_models_gpu([patcher] + [e.patcher for e in extra if e.patcher is not None],
+                           memory_required=memory_required, force_full_load=True)
         # ComfyUI's no-VRAM mode loads nothing fully; the core needs the UNet on the compute device.
         for m in [module] + [e.module for e in extra]:
             if not same_device(next(m.parameters()).device, torch.device(device)):

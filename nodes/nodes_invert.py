@@ -8,7 +8,7 @@ from vp2p_core import Inversion, InversionOptions, VP2PInputError, invert, train
 from vp2p_core.inversion import latent_thumbnail
 
 from . import files
-from .host import make_host
+from .host import call_rows, make_host, working_memory
 from .schema import CATEGORY, VP2PInversionIO, VP2PModelIO, cache_input, context_input, source_prompt_input, widgets
 from .text import encode_text
 from .types import VP2PModel, check_context, context_key
@@ -74,10 +74,13 @@ class NullTextVideoInvert(io.ComfyNode):
                 inv.model_aliases = vp2p_model.fingerprints[1:]
             return inv
 
+        memory = working_memory("null_text" if options.mode == "null_text" else "infer",
+                                call_rows(latents.shape[0], context), latents.shape[-2:], weights)
+
         def compute() -> Inversion:
             with trained_weights(vp2p_model.video, vp2p_model.delta):
                 return invert(vp2p_model.video, latents, source_embedding=src, empty_embedding=empty,
-                              prompt=source_prompt, options=options, host=make_host(vp2p_model),
+                              prompt=source_prompt, options=options, host=make_host(vp2p_model, memory_required=memory),
                               context=context)
 
         inv, _ = files.cached_stage(cache_dir, "inversion", key, load=load, compute=compute)

@@ -5,7 +5,7 @@ from comfy_api.latest import io
 
 from vp2p_core import Inversion, SamplerOptions, VP2PInputError, edit_region, sample_edit, trained_weights
 
-from .host import make_host
+from .host import call_rows, make_host, working_memory
 from .schema import (CATEGORY, VP2PEditIO, VP2PInversionIO, VP2PMapsIO, VP2PModelIO, VP2PStructureIO, context_input,
                      widgets)
 from .types import VP2PEdit, VP2PMaps, VP2PModel, VP2PStructure, check_context
@@ -79,8 +79,13 @@ class VideoP2PSampler(io.ComfyNode):
             structure.control.check_fits(vm.unet, "structure")
             guide = structure.guidance(tuple(inversion.x_T.shape[-2:]), inversion.num_frames)
             extra = [structure.control]
+        n = edit.plan.num_targets  # clips per UNet call, at most: source (and its uncond), targets, their unconds
+        clips = 2 + 2 * n + (n if options.edit_guidance else 0)  # and edit guidance's contrast rows
+        memory = working_memory("infer", clips * call_rows(inversion.num_frames, context),
+                                inversion.x_T.shape[-2:], vm.weight_dtype)
         with trained_weights(vm, vp2p_model.delta):
-            res = sample_edit(vm, inversion, edit.plan, options=options, host=make_host(vp2p_model, extra=extra),
+            res = sample_edit(vm, inversion, edit.plan, options=options,
+                              host=make_host(vp2p_model, extra=extra, memory_required=memory),
                               structure=guide, context=context, region=region)
         maps = VP2PMaps(maps=res.attention_maps, prompts=edit.prompts, token_labels=edit.token_labels,
                         blend_mask=res.blend_mask, blend_outline=res.blend_outline)

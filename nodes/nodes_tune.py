@@ -5,10 +5,13 @@ import time
 
 from comfy_api.latest import io
 
-from vp2p_core import Delta, TuneOptions, VP2PInputError, one_shot_tune, trained_weights
+import torch
+
+from vp2p_core import Delta, TuneOptions, VP2PInputError, one_shot_tune, trainable_parameter_names, trained_weights
+from vp2p_core.tuning import AUTOCAST
 
 from . import files
-from .host import make_host
+from .host import call_rows, make_host, working_memory
 from .schema import CATEGORY, VP2PModelIO, cache_input, context_input, source_prompt_input, widgets
 from .text import encode_text
 from .types import VP2PModel, check_context, context_key
@@ -77,9 +80,17 @@ class OneShotTune(io.ComfyNode):
             return delta
 
         def compute() -> Delta:
+            unet = vp2p_model.video.unet
+            trained = set(trainable_parameter_names(unet))
+            memory = working_memory("train" if options.gradient_checkpointing else "null_text",
+                                    call_rows(latents.shape[0], context), latents.shape[-2:],
+                                    AUTOCAST[options.precision] or torch.float32,
+                                    trained_parameters=sum(p.numel() for n, p in unet.named_parameters()
+                                                           if n in trained))
             with trained_weights(vp2p_model.video, vp2p_model.delta):
                 delta = one_shot_tune(vp2p_model.video, latents, text, source_prompt, options=options,
-                                      host=make_host(vp2p_model, previews=False), context=context)
+                                      host=make_host(vp2p_model, previews=False, memory_required=memory),
+                                      context=context)
             if vp2p_model.delta is not None:
                 delta.config["tuned_from"] = vp2p_model.delta.fingerprint
             return delta

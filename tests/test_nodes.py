@@ -432,6 +432,25 @@ def test_a_noise_mask_is_the_samplers_edit_region(chain, caplog):
     assert "latent: its noise_mask is ignored here; only Video-P2P Sampler's latent input uses one" in caplog.text
 
 
+def test_sampler_asks_for_the_working_memory_of_its_clips(chain, monkeypatch):
+    """The sampler's estimate for ComfyUI: 2 + 2n clips (source and its unconditional, n targets and theirs) of all
+    frames in one UNet call, plus n contrast clips with edit guidance; at these 16x16 latents, 1/16 of SD's area."""
+    import nodes.host
+    import nodes.nodes_sample
+
+    asked = []
+
+    def make_host(model, **kw):
+        asked.append(kw["memory_required"])
+        return nodes.host.make_host(model, **kw)
+
+    monkeypatch.setattr(nodes.nodes_sample, "make_host", make_host)
+    sample(chain.tuned, chain.inv, edit(chain.clip, SRC, "a blue ball on grass\na green ball on grass"))
+    sample(chain.tuned, chain.inv, edit(chain.clip, SRC, TGT), edit_guidance=2.0)
+    per_frame = 238 * 2 ** 20 / 16
+    assert asked == [int(6 * FRAMES * per_frame), int(5 * FRAMES * per_frame)]
+
+
 def test_blend_mask_composites_through_comfyui_image_composite_masked(chain):
     """BlendMask's per-frame masks at image size into ComfyUI's ImageCompositeMasked (destination = the source
     frames, source = the decoded edit): the source's pixels where the mask is 0, the edit's where it is 1, as the

@@ -5,11 +5,15 @@ converted UNet's output matches ComfyUI's own.
 """
 from __future__ import annotations
 
+import dataclasses
+import sys
+import types
+
 import pytest
 import torch
 
 from nodes.convert import LDM_PREFIX, UNetHolder, comfy_prediction_type, diffusers_unet_config, unet_from_ldm_state_dict
-from nodes.host import make_host, same_device
+from nodes.host import make_host, same_device, working_memory
 from test_nodes import make_model
 from vp2p_core import VP2PInputError
 
@@ -92,6 +96,30 @@ def test_plain_host_and_holder():
     holder.device = torch.device("cpu")  # ModelPatcher sets this; diffusers' own .device is read-only
     assert same_device(torch.device("cuda", 0), torch.device("cuda")) and not same_device(
         torch.device("cpu"), torch.device("cuda"))
+
+
+def test_working_memory_is_asked_of_comfyui_before_loading(monkeypatch):
+    """A stage's working memory from the activations measured per frame (SD 1.5's 64x64 latents, float32), scaled
+    by latent area and dtype, plus a tuning's gradients and AdamW moments; ComfyUI's load_models_gpu gets it, so it
+    frees that room before loading the UNet (stand-in modules for ComfyUI's here; the real one in integration)."""
+    mib = 2 ** 20
+    assert working_memory("infer", 1, (64, 64), torch.float32) == 238 * mib
+    assert working_memory("infer", 24, (64, 64), torch.float16) == 24 * 119 * mib
+    assert working_memory("null_text", 8, (32, 32), torch.float32) == 8 * 2244 * mib // 4
+    assert working_memory("train", 8, (64, 64), torch.bfloat16, trained_parameters=1000) == 8 * 547 * mib + 12000
+    with pytest.raises(ValueError, match="stage: expected one of"):
+        working_memory("decode", 1, (64, 64), torch.float32)
+    calls = []
+    mm = types.SimpleNamespace(load_models_gpu=lambda models, **kw: calls.append((len(models), kw)),
+                               throw_exception_if_processing_interrupted=lambda: None)
+    utils = types.SimpleNamespace(ProgressBar=lambda total: types.SimpleNamespace(update_absolute=lambda *a: None))
+    comfy = types.ModuleType("comfy")
+    comfy.model_management, comfy.utils = mm, utils
+    for name, module in (("comfy", comfy), ("comfy.model_management", mm), ("comfy.utils", utils)):
+        monkeypatch.setitem(sys.modules, name, module)
+    m = dataclasses.replace(make_model(), patcher=types.SimpleNamespace(load_device="cpu"))
+    make_host(m, previews=False, memory_required=12345).load_module(m.video.unet)
+    assert calls == [(1, {"memory_required": 12345, "force_full_load": True})]
 
 
 def test_ldm_state_dict_round_trip():
