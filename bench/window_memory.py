@@ -6,10 +6,11 @@ on a GPU (BENCHMARKS.md, "Clips of any length").
 Each case runs in a fresh process: an inflated UNet of SD 1.5's shapes (random weights, fp32), then one UNet call
 on ``rows`` frames of one clip (``infer``: no gradients, as DDIM inversion and the edit; ``train``: forward and
 backward of the tuning loss with gradient checkpointing, as OneShotTune runs by default; ``null_text``: forward and
-backward to the unconditional embedding only, as null-text inversion). Printed per case: the RSS after the weights are in memory,
-the peak RSS of the call, and their difference (the call's activations). The activations grow linearly with the
-rows a call sees; the slope per row is what one window adds, whatever the clip's length, since every stage holds
-the whole clip only as latents (4 x 64 x 64 per frame at 512 px).
+backward to the unconditional embedding only, as null-text inversion; ``null_text_checkpointed``: the same with
+gradient checkpointing, InversionOptions.null_text_checkpointing). Printed per case: the RSS after the weights are in
+memory, the peak RSS of the call, their difference (the call's activations) and the call's seconds. The activations
+grow linearly with the rows a call sees; the slope per row is what one window adds, whatever the clip's length,
+since every stage holds the whole clip only as latents (4 x 64 x 64 per frame at 512 px).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import json
 import resource
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -41,7 +43,7 @@ def sd15_unet():
     return unet
 
 
-MODES = ("infer", "train", "null_text")
+MODES = ("infer", "train", "null_text", "null_text_checkpointed")
 
 
 def one_case(rows: int, resolution: int, mode: str) -> dict:
@@ -53,27 +55,32 @@ def one_case(rows: int, resolution: int, mode: str) -> dict:
     unet = model.unet
     h = resolution // 8
     x = torch.randn(rows, 4, h, h)
-    text = torch.randn(1, 77, 768, requires_grad=mode == "null_text")
+    null_text = mode.startswith("null_text")
+    text = torch.randn(1, 77, 768, requires_grad=null_text)
     train = mode == "train"
     names = set(trainable_parameter_names(unet))
     for n, p in unet.named_parameters():
         p.requires_grad_(train and n in names)
-    if train:
+    if train or mode == "null_text_checkpointed":
         unet.enable_gradient_checkpointing()
+    if train:
         unet.train()
     before = rss_mib()
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
     if mode != "infer":
         out = video_forward(unet, x, torch.tensor([500]), text, rows)
         out.float().pow(2).mean().backward()
     else:
         with torch.no_grad():
             video_forward(unet, x, 500, text, rows)
+    seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     params = sum(p.numel() for p in unet.parameters())
     return {"rows": rows, "resolution": resolution, "mode": mode, "parameters": params,
             "rss_weights_mib": round(before, 1), "peak_mib": round(peak, 1),
-            "peak_before_call_mib": round(peak_before, 1), "call_mib": round(peak - max(before, 0.0), 1)}
+            "peak_before_call_mib": round(peak_before, 1), "call_mib": round(peak - max(before, 0.0), 1),
+            "seconds": round(seconds, 2)}
 
 
 def main(argv=None) -> int:

@@ -29,35 +29,6 @@ def progress_host() -> Host:
                 interrupt=mm.throw_exception_if_processing_interrupted)
 
 
-# Activations of one UNet call per frame it sees, at SD 1.5's 64x64 latents in float32, as bench.window_memory
-# measured them on the CPU (BENCHMARKS.md, "Memory of long clips at 512 px on a GPU, on paper"): inference (DDIM
-# inversion, the edit), a tuning step with gradient checkpointing, a null-text iteration (its backward is not
-# checkpointed; a tuning step without checkpointing is counted as one too).
-ACTIVATION_MIB_PER_FRAME = {"infer": 238, "train": 1094, "null_text": 2244}
-MEASURED_LATENT_AREA = 64 * 64
-
-
-def working_memory(stage: str, rows: int, latent_hw: Sequence[int], dtype: torch.dtype,
-                   trained_parameters: int = 0) -> int:
-    """Bytes a stage needs on the device besides the weights, for ComfyUI's ``load_models_gpu(memory_required=)``:
-    ``rows`` frames in one UNet call (clips x the frames of the clip or of a context window), the measured
-    activations scaled by latent area and by the size of ``dtype`` (the computation's), plus the gradients and
-    AdamW's two float32 moments of the ``trained_parameters`` of a tuning. Asked for before loading, ComfyUI unloads
-    other models (CLIP, VAE, a LoRA's source model) to make the room, instead of the run failing on a card that
-    had the weights' room alone. An estimate from CPU activations: a GPU's kernels add workspace to it."""
-    if stage not in ACTIVATION_MIB_PER_FRAME:
-        raise ValueError(f"stage: expected one of {sorted(ACTIVATION_MIB_PER_FRAME)}, got {stage!r}")
-    h, w = latent_hw
-    size = torch.empty((), dtype=dtype).element_size()
-    per_row = ACTIVATION_MIB_PER_FRAME[stage] * 2 ** 20 * (h * w / MEASURED_LATENT_AREA) * (size / 4)
-    return int(rows * per_row) + 12 * int(trained_parameters)
-
-
-def call_rows(frames: int, context=None) -> int:
-    """Frames one UNet call sees of one clip: the clip's, or its largest context window's (anchor rows included)."""
-    return frames if context is None else max(len(w) for w in context.windows(frames))
-
-
 def same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index or 0) == (b.index or 0)
 
@@ -108,4 +79,5 @@ def comfy_host(model: VP2PModel, previews: bool = True, extra: Sequence = (), me
                 m.to(device)
 
     return Host(device=torch.device(device), progress=progress,
-                interrupt=mm.throw_exception_if_processing_interrupted, load=load)
+                interrupt=mm.throw_exception_if_processing_interrupted, load=load,
+                free_memory=lambda: None if torch.device(device).type == "cpu" else int(mm.get_free_memory(device)))

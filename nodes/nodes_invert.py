@@ -6,9 +6,10 @@ from comfy_api.latest import io
 
 from vp2p_core import Inversion, InversionOptions, VP2PInputError, invert, trained_weights
 from vp2p_core.inversion import latent_thumbnail
+from vp2p_core.memory import call_rows, working_memory
 
 from . import files
-from .host import call_rows, make_host, working_memory
+from .host import make_host
 from .schema import CATEGORY, VP2PInversionIO, VP2PModelIO, cache_input, context_input, source_prompt_input, widgets
 from .text import encode_text
 from .types import VP2PModel, check_context, context_key
@@ -31,7 +32,8 @@ class NullTextVideoInvert(io.ComfyNode):
                 source_prompt_input("What the clip shows; use the tuning prompt."),
                 *widgets(InversionOptions, ["steps", "guidance", "mode", "inner_steps", "early_stop"]),
                 cache_input(),
-                *widgets(InversionOptions, ["lr_scale", "early_stop_ratio"], optional=["lr_scale", "early_stop_ratio"]),
+                *widgets(InversionOptions, ["lr_scale", "early_stop_ratio", "null_text_checkpointing"],
+                         optional=["lr_scale", "early_stop_ratio", "null_text_checkpointing"]),
                 context_input(),
             ],
             outputs=[VP2PInversionIO.Output("inversion", display_name="inversion",

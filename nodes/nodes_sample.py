@@ -4,8 +4,9 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from vp2p_core import Inversion, SamplerOptions, VP2PInputError, edit_region, sample_edit, trained_weights
+from vp2p_core.memory import call_rows, working_memory
 
-from .host import call_rows, make_host, working_memory
+from .host import make_host
 from .schema import (CATEGORY, VP2PEditIO, VP2PInversionIO, VP2PMapsIO, VP2PModelIO, VP2PStructureIO, context_input,
                      widgets)
 from .types import VP2PEdit, VP2PMaps, VP2PModel, VP2PStructure, check_context

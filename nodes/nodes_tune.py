@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import time
 
+import torch
 from comfy_api.latest import io
 
-import torch
-
 from vp2p_core import Delta, TuneOptions, VP2PInputError, one_shot_tune, trainable_parameter_names, trained_weights
+from vp2p_core.memory import call_rows, working_memory
 from vp2p_core.tuning import AUTOCAST
 
 from . import files
-from .host import call_rows, make_host, working_memory
+from .host import make_host
 from .schema import CATEGORY, VP2PModelIO, cache_input, context_input, source_prompt_input, widgets
 from .text import encode_text
 from .types import VP2PModel, check_context, context_key

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import vp2p_core.attention as attention
-from vp2p_core import (DDIMSchedule, Delta, EditOptions, Inversion, InversionOptions, SamplerOptions, TuneOptions, VP2PInputError, VideoModel, apply_delta,
+from vp2p_core import (DDIMSchedule, Delta, EditOptions, Host, Inversion, InversionOptions, SamplerOptions, TuneOptions, VP2PInputError, VideoModel, apply_delta,
                        build_edit_plan, invert, one_shot_tune, sample_edit, trainable_parameter_names,
                        trained_weights, video_forward)
 from vp2p_core.attention import TemporalAttnProcessor
@@ -234,6 +234,23 @@ def test_an_edit_region_keeps_the_source_outside_it(world, inversion):
                          (torch.ones(16, 0), "region: expected a mask \\[h, w\\]")]:
         with pytest.raises(VP2PInputError, match=message):
             sample_edit(model, inversion, plan, region=bad)
+
+
+def test_null_text_checkpointing_gives_the_same_embeddings(world, inversion):
+    """Gradient checkpointing in null-text inversion recomputes activations, the embeddings are the same; auto turns
+    it on only where the host's free memory is less than the iteration's activations (none known on a CPU), and the
+    UNet's own checkpointing setting is as it was afterwards."""
+    tok, emb, latents, model = world
+    opts = InversionOptions(mode="null_text", steps=STEPS, guidance=7.5)
+    for setting, free, on in [("on", None, True), ("auto", 1, True), ("auto", 2 ** 50, False), ("auto", None, False),
+                              ("off", 1, False)]:
+        host = Host(free_memory=lambda: free)
+        inv = invert(model, latents, emb[:1], emb[2:3], SRC, options=opts.replace(null_text_checkpointing=setting),
+                     host=host)
+        assert inv.stats["gradient_checkpointing"] is on, setting
+        assert torch.allclose(inv.null_embeddings, inversion.null_embeddings, atol=1e-6, rtol=0), setting
+        assert not model.unet.is_gradient_checkpointing
+    assert "null_text_checkpointing" not in opts.cache_key()  # the same embeddings: the same cache entry
 
 
 def test_several_targets_share_the_source_branch(world, inversion):

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from nodes.convert import LDM_PREFIX, UNetHolder, comfy_prediction_type, diffusers_unet_config, unet_from_ldm_state_dict
-from nodes.host import make_host, same_device, working_memory
+from nodes.host import make_host, same_device
+from vp2p_core.memory import working_memory
 from test_nodes import make_model
 from vp2p_core import VP2PInputError
 
@@ -105,7 +106,7 @@ def test_working_memory_is_asked_of_comfyui_before_loading(monkeypatch):
     mib = 2 ** 20
     assert working_memory("infer", 1, (64, 64), torch.float32) == 238 * mib
     assert working_memory("infer", 24, (64, 64), torch.float16) == 24 * 119 * mib
-    assert working_memory("null_text", 8, (32, 32), torch.float32) == 8 * 2244 * mib // 4
+    assert working_memory("null_text", 8, (32, 32), torch.float32) == 8 * 2029 * mib // 4
     assert working_memory("train", 8, (64, 64), torch.bfloat16, trained_parameters=1000) == 8 * 547 * mib + 12000
     with pytest.raises(ValueError, match="stage: expected one of"):
         working_memory("decode", 1, (64, 64), torch.float32)
@@ -120,6 +121,11 @@ def test_working_memory_is_asked_of_comfyui_before_loading(monkeypatch):
     m = dataclasses.replace(make_model(), patcher=types.SimpleNamespace(load_device="cpu"))
     make_host(m, previews=False, memory_required=12345).load_module(m.video.unet)
     assert calls == [(1, {"memory_required": 12345, "force_full_load": True})]
+    # null_text_checkpointing auto reads ComfyUI's free memory on a GPU, none on a CPU (its memory is the machine's)
+    mm.get_free_memory = lambda device: 5 * 2 ** 30
+    gpu = dataclasses.replace(m, patcher=types.SimpleNamespace(load_device="cuda:0"))
+    assert make_host(gpu, previews=False).available_memory() == 5 * 2 ** 30
+    assert make_host(m, previews=False).available_memory() is None
 
 
 def test_ldm_state_dict_round_trip():

@@ -62,6 +62,15 @@ class Host:
     load: Optional[Callable[[torch.nn.Module], None]] = None
     release: Callable[[], None] = release_freed_memory  # after each stage of pipeline.run
     log_every_s: float = 10.0
+    free_memory: Optional[Callable[[], Optional[int]]] = None  # bytes free on the device (ComfyUI: its own count)
+
+    def available_memory(self) -> Optional[int]:
+        """Bytes free on the compute device: the host's count, else CUDA's; None where it is not known (a CPU)."""
+        if self.free_memory is not None:
+            return self.free_memory()
+        if self.device.type == "cuda" and torch.cuda.is_available():
+            return int(torch.cuda.mem_get_info(self.device)[0])
+        return None
 
     def load_module(self, module: torch.nn.Module) -> None:
         """Put a module on the compute device (ComfyUI: load_models_gpu)."""

@@ -30,6 +30,7 @@ from .errors import VP2PInputError
 from .files import atomic_save, load_checked, meta_json
 from .host import Host
 from .inflation import video_forward
+from .memory import call_rows, checkpoint_null_text
 from .model import VideoModel
 from .options import InversionOptions
 from .schedule import DDIMConfig, DDIMSchedule
@@ -238,13 +239,22 @@ def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: to
     share of the clip's MSE (fuse weights normalised over the windows), so the losses sum to the clip's loss and
     a model whose frames do not interact gets the whole clip's gradient; the gradients of all windows are summed
     (one backward per window, so memory is one window's) and Adam takes one step per iteration. The stop test
-    needs every window's loss, so an iteration that stops has run its windows' backwards for nothing."""
+    needs every window's loss, so an iteration that stops has run its windows' backwards for nothing.
+    ``options.null_text_checkpointing`` (vp2p_core.memory.checkpoint_null_text) trades recomputation for the
+    backward's activations; the embeddings are the same either way."""
     unet = model.unet
     f = ddim[0].shape[0]
     T = schedule.num_steps
     guidance, inner_steps, early_stop, lr_scale, ratio = (options.guidance, options.inner_steps, options.early_stop,
                                                           options.lr_scale, options.early_stop_ratio)
     make_trainable_copyable(unet)
+    checkpointing = checkpoint_null_text(options.null_text_checkpointing, call_rows(f, context), ddim[0].shape[-2:],
+                                         next(unet.parameters()).dtype, host.available_memory())
+    was_checkpointing = bool(unet.is_gradient_checkpointing)
+    _set_checkpointing(unet, checkpointing)
+    if checkpointing:
+        log.info("null-text optimisation: gradient checkpointing on (null_text_checkpointing %s)",
+                 options.null_text_checkpointing)
     flags = [(p, p.requires_grad) for p in unet.parameters()]
     for p, _ in flags:
         p.requires_grad_(False)  # gradients for the embedding only
@@ -277,8 +287,19 @@ def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: to
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-    stats = {"inner_iterations": iters, "losses": losses, "null_backwards": backwards}
+        _set_checkpointing(unet, was_checkpointing)
+    stats = {"inner_iterations": iters, "losses": losses, "null_backwards": backwards,
+             "gradient_checkpointing": checkpointing}
     return torch.stack(nulls), torch.stack(traj), stats
+
+
+def _set_checkpointing(unet, on: bool) -> None:
+    """diffusers' gradient checkpointing on or off (it acts wherever gradients are enabled, in eval mode too)."""
+    if on != bool(unet.is_gradient_checkpointing):
+        if on:
+            unet.enable_gradient_checkpointing()
+        else:
+            unet.disable_gradient_checkpointing()
 
 
 def _stops(loss: float, first: float, bound: float, ratio: float) -> bool:
