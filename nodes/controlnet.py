@@ -204,6 +204,8 @@ def load_diffusers_controlnet(name: str) -> ControlNetHandle:
     path = find_diffusers_controlnet(name)
     mm = sys.modules.get("comfy.model_management")
     dtype = mm.unet_dtype() if mm is not None else torch.float32  # ComfyUI's choice for a model: fp16 on most GPUs
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):  # --fp8_*_unet, --fp64_unet: no manual cast here
+        dtype = torch.float16 if mm.should_use_fp16() else torch.float32
     try:
         with torch.inference_mode(False):
             cn = ControlNetModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True,

@@ -76,8 +76,10 @@ class NullTextVideoInvert(io.ComfyNode):
                 inv.model_aliases = vp2p_model.fingerprints[1:]
             return inv
 
-        memory = working_memory("null_text" if options.mode == "null_text" else "infer",
-                                call_rows(latents.shape[0], context), latents.shape[-2:], weights)
+        # null-text asks for the room to run without checkpointing (auto then checks what is free), unless it is on
+        stage = ("infer" if options.mode != "null_text" else
+                 "null_text_checkpointed" if options.null_text_checkpointing == "on" else "null_text")
+        memory = working_memory(stage, call_rows(latents.shape[0], context), latents.shape[-2:], weights)
 
         def compute() -> Inversion:
             with trained_weights(vp2p_model.video, vp2p_model.delta):

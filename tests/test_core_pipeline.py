@@ -236,20 +236,29 @@ def test_an_edit_region_keeps_the_source_outside_it(world, inversion):
             sample_edit(model, inversion, plan, region=bad)
 
 
-def test_null_text_checkpointing_gives_the_same_embeddings(world, inversion):
-    """Gradient checkpointing in null-text inversion recomputes activations, the embeddings are the same; auto turns
-    it on only where the host's free memory is less than the iteration's activations (none known on a CPU), and the
-    UNet's own checkpointing setting is as it was afterwards."""
+def test_null_text_checkpointing_gives_the_same_embeddings(world, inversion, monkeypatch):
+    """Gradient checkpointing in null-text inversion recomputes activations (its checkpoints run), the embeddings are
+    the same; auto turns it on only where the host's free memory is short of the iteration's activations (none
+    known on a CPU), and the UNet's own checkpointing setting is as it was afterwards, on or off."""
+    import torch.utils.checkpoint as checkpoint_module
+
     tok, emb, latents, model = world
     opts = InversionOptions(mode="null_text", steps=STEPS, guidance=7.5)
-    for setting, free, on in [("on", None, True), ("auto", 1, True), ("auto", 2 ** 50, False), ("auto", None, False),
-                              ("off", 1, False)]:
-        host = Host(free_memory=lambda: free)
+    calls = []
+    plain = checkpoint_module.checkpoint
+    monkeypatch.setattr(checkpoint_module, "checkpoint", lambda *a, **kw: calls.append(1) or plain(*a, **kw))
+    for setting, free, on, before in [("on", None, True, False), ("auto", 1, True, False),
+                                      ("auto", 2 ** 50, False, False), ("auto", None, False, False),
+                                      ("off", 1, False, False), ("off", None, False, True)]:
+        calls.clear()
+        if before:
+            model.unet.enable_gradient_checkpointing()
         inv = invert(model, latents, emb[:1], emb[2:3], SRC, options=opts.replace(null_text_checkpointing=setting),
-                     host=host)
-        assert inv.stats["gradient_checkpointing"] is on, setting
+                     host=Host(free_memory=lambda: free))
+        assert inv.stats["gradient_checkpointing"] is on and bool(calls) is on, setting
         assert torch.allclose(inv.null_embeddings, inversion.null_embeddings, atol=1e-6, rtol=0), setting
-        assert not model.unet.is_gradient_checkpointing
+        assert model.unet.is_gradient_checkpointing is before
+        model.unet.disable_gradient_checkpointing()
     assert "null_text_checkpointing" not in opts.cache_key()  # the same embeddings: the same cache entry
 
 

@@ -68,8 +68,9 @@ class Host:
         """Bytes free on the compute device: the host's count, else CUDA's; None where it is not known (a CPU)."""
         if self.free_memory is not None:
             return self.free_memory()
-        if self.device.type == "cuda" and torch.cuda.is_available():
-            return int(torch.cuda.mem_get_info(self.device)[0])
+        if self.device.type == "cuda" and torch.cuda.is_available():  # free, and what torch's cache holds unused
+            cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+            return int(torch.cuda.mem_get_info(self.device)[0] + cached)
         return None
 
     def load_module(self, module: torch.nn.Module) -> None:

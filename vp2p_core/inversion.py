@@ -251,7 +251,6 @@ def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: to
     checkpointing = checkpoint_null_text(options.null_text_checkpointing, call_rows(f, context), ddim[0].shape[-2:],
                                          next(unet.parameters()).dtype, host.available_memory())
     was_checkpointing = bool(unet.is_gradient_checkpointing)
-    _set_checkpointing(unet, checkpointing)
     if checkpointing:
         log.info("null-text optimisation: gradient checkpointing on (null_text_checkpointing %s)",
                  options.null_text_checkpointing)
@@ -264,6 +263,7 @@ def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: to
     e = empty.detach()
     loop = host.loop(T, "null-text optimisation")
     try:
+        _set_checkpointing(unet, checkpointing)
         for i, t in enumerate(schedule.timesteps.tolist()):
             target = ddim[T - 1 - i]
             windows = context.windows(f, step=i) if context else whole_clip(f)

@@ -15,6 +15,9 @@ import torch
 
 ACTIVATION_MIB_PER_FRAME = {"infer": 238, "train": 1094, "null_text": 2029, "null_text_checkpointed": 1114}
 MEASURED_LATENT_AREA = 64 * 64
+# auto checkpointing counts the activations x 1.1 + 1 GiB against the free memory: CPU-measured activations leave out
+# a GPU's kernel workspaces, and ComfyUI keeps 0.4-0.6 GiB in reserve that its free count includes
+CHECKPOINT_MARGIN = (1.1, 2 ** 30)
 
 
 def working_memory(stage: str, rows: int, latent_hw: Sequence[int], dtype: torch.dtype,
@@ -40,7 +43,9 @@ def checkpoint_null_text(setting: str, rows: int, latent_hw: Sequence[int], dtyp
                          free: Optional[int]) -> bool:
     """Whether null-text inversion's backward recomputes activations (gradient checkpointing) instead of holding
     them: ``setting`` on / off, or auto: on where the device's ``free`` bytes (None: not known, as on a CPU, whose
-    memory is the machine's) are fewer than the iteration's activations without it."""
+    memory is the machine's) are fewer than the iteration's activations without it, with a margin for the kernels'
+    workspace and what the host keeps in reserve (``CHECKPOINT_MARGIN``)."""
     if setting in ("on", "off"):
         return setting == "on"
-    return free is not None and working_memory("null_text", rows, latent_hw, dtype) > free
+    scale, extra = CHECKPOINT_MARGIN
+    return free is not None and scale * working_memory("null_text", rows, latent_hw, dtype) + extra > free
