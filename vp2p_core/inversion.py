@@ -203,7 +203,7 @@ def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Ten
         context.check_clip(latents.shape[0])
     unet = model.unet
     host.load_module(unet)
-    dtype = next(unet.parameters()).dtype
+    dtype = model.weight_dtype
     schedule = DDIMSchedule(model.schedule, num_steps)
     evals0 = model.evaluations()
     with torch.inference_mode(False):
@@ -249,7 +249,7 @@ def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: to
                                                           options.lr_scale, options.early_stop_ratio)
     make_trainable_copyable(unet)
     checkpointing = checkpoint_null_text(options.null_text_checkpointing, call_rows(f, context), ddim[0].shape[-2:],
-                                         next(unet.parameters()).dtype, host.available_memory())
+                                         model.weight_dtype, host.available_memory())
     was_checkpointing = bool(unet.is_gradient_checkpointing)
     if checkpointing:
         log.info("null-text optimisation: gradient checkpointing on (null_text_checkpointing %s)",

@@ -140,7 +140,7 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
     unet = model.unet
     host.load_module(unet)
     dev = host.device
-    dtype = next(unet.parameters()).dtype  # the embeddings'; latents stay float32 (video_forward casts)
+    dtype = model.weight_dtype  # the embeddings'; latents stay float32 (video_forward casts)
     schedule = DDIMSchedule(inversion.schedule, inversion.num_steps)
     n = plan.num_targets
     T = schedule.num_steps

@@ -155,7 +155,7 @@ def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, 
         opt = torch.optim.AdamW(trainable, lr=options.learning_rate, betas=options.betas,
                                 weight_decay=options.weight_decay, eps=options.eps)
         x0 = latents.clone().to(device, torch.float32)
-        cond = text.clone().to(device, next(unet.parameters()).dtype)
+        cond = text.clone().to(device, model.weight_dtype)
         gen = torch.Generator().manual_seed(options.seed)
         ac_dtype = AUTOCAST[options.precision]
         scaler = torch.amp.GradScaler(device.type) if ac_dtype == torch.float16 and device.type == "cuda" else None
