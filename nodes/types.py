@@ -59,8 +59,9 @@ class VP2PModel:
 
     @property
     def fingerprint(self) -> str:
-        """Base + delta (+ per-frame GroupNorm): the fingerprint an inversion made with this model records."""
-        return self.video.fingerprint_with("" if self.delta is None else self.delta.fingerprint)
+        """Base + delta (+ per-frame GroupNorm, + frame attention): the fingerprint an inversion made with this
+        model records."""
+        return self.fingerprints[0]
 
     @property
     def fingerprints(self) -> tuple[str, ...]:

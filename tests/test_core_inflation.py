@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from vp2p_core import VP2PInputError, VideoModel, inflate_unet, trainable_parameter_names, video_forward
 from vp2p_core.attention import FrameAttnProcessor, FrameState
-from vp2p_core.inflation import InflatedGroupNorm
+from vp2p_core.inflation import InflatedGroupNorm, set_frame_attention
+from vp2p_core.inversion import Inversion
 from vp2p_world.tiny import tiny_unet
 
 torch.set_num_threads(1)
@@ -217,3 +218,19 @@ def test_an_inversion_made_with_pooled_statistics_does_not_fit_a_per_frame_model
     clip = VideoModel.from_unet(tiny_unet(), group_norm="clip")
     assert clip.fingerprint == clip.base_fingerprint == frame.base_fingerprint != frame.fingerprint
     assert frame.fingerprint_with("d") != clip.fingerprint_with("d")
+
+
+def test_an_inversion_made_with_another_frame_attention_does_not_fit():
+    """frame_attention changes every prediction, so a mode other than 'first' (the only one before it entered)
+    enters the fingerprint; the sampler then refuses an inversion made under the other mode, by name."""
+    first = VideoModel.from_unet(tiny_unet(), group_norm="clip")
+    prev = VideoModel.from_unet(tiny_unet(), group_norm="clip", frame_attention="first_prev")
+    assert first.fingerprint == first.base_fingerprint == prev.base_fingerprint != prev.fingerprint
+    assert prev.frame_attention == "first_prev"
+    set_frame_attention(prev.unet, "first")  # the live mode, not the one it was inflated with
+    assert prev.fingerprint == first.fingerprint
+    inv = Inversion(x_T=torch.zeros(1, 4, 2, 2), source_embedding=torch.zeros(1, 77, 32), timesteps=torch.ones(1),
+                    mode="fast", guidance=1.0, prompt="p", model_fingerprint=first.fingerprint, schedule=first.schedule)
+    set_frame_attention(prev.unet, "first_prev")
+    with pytest.raises(VP2PInputError, match="made with the model"):
+        inv.check_model(prev.fingerprints)

@@ -50,7 +50,6 @@ class VideoModel:
     base_fingerprint: str = ""
     base_aliases: tuple[str, ...] = ()  # precision_aliases: the same weights held in half precision
     delta_fingerprint: str = ""
-    frame_attention: str = InflationOptions.frame_attention
     info: dict = field(default_factory=dict)
     vae_factor: int = SD_VAE_FACTOR  # image pixels per latent pixel (the VAE's downsampling)
 
@@ -63,7 +62,7 @@ class VideoModel:
         fp, aliases = base_fingerprint(unet), precision_aliases(unet)
         inflate_unet(unet, frame_attention=frame_attention, group_norm=group_norm)
         return cls(unet=unet, schedule=sched, latent_scale=latent_scale, base_fingerprint=fp, base_aliases=aliases,
-                   frame_attention=frame_attention, vae_factor=int(vae_factor))
+                   vae_factor=int(vae_factor))
 
     @property
     def group_norm(self) -> str:
@@ -71,10 +70,16 @@ class VideoModel:
         return self.state.group_norm
 
     @property
+    def frame_attention(self) -> str:
+        """InflationOptions.frame_attention of the inflated UNet (``set_frame_attention`` keeps the one copy)."""
+        return self.unet.vp2p_frame_attention
+
+    @property
     def fingerprint(self) -> str:
-        """Identifies base weights + tuned delta (+ per-frame GroupNorm): inversions are only valid for the same
-        fingerprint. Per-frame statistics change every prediction, so they enter it; pooled ones ("clip", the only
-        kind before the option) leave it as it was, so an inversion saved then still fits a "clip" model only."""
+        """Identifies base weights + tuned delta (+ per-frame GroupNorm, + frame attention other than the
+        default): inversions are only valid for the same fingerprint. Both settings change every prediction, so they
+        enter it; the values an inversion saved before each entered ("clip", "first") leave it as it was, so such an
+        inversion still fits only the model it was made with."""
         return self.fingerprint_with(self.delta_fingerprint)
 
     def fingerprint_with(self, delta_fingerprint: str, base: Optional[str] = None) -> str:
@@ -83,6 +88,8 @@ class VideoModel:
         parts = [base or self.base_fingerprint] + ([delta_fingerprint] if delta_fingerprint else [])
         if self.group_norm != "clip":
             parts.append(f"group_norm={self.group_norm}")
+        if self.frame_attention != "first":
+            parts.append(f"frame_attention={self.frame_attention}")
         return parts[0] if len(parts) == 1 else combine_fingerprints(*parts)
 
     def fingerprints_with(self, delta_fingerprint: str) -> tuple[str, ...]:
