@@ -45,7 +45,37 @@ def test_refinement_mapper_inserted_word(tok):
     # y: [BOS a fluffy cat EOS] aligned to x: [BOS a cat EOS]; 'fluffy' is new (alpha 0)
     assert mapper[:5].tolist() == [0, 1, -1, 2, 3]
     assert alphas[:5].tolist() == [1, 1, 0, 1, 1]
-    assert mapper[5:].tolist() == list(range(5, 77)) and alphas[5:].eq(1).all()
+    # the target's padding reads the source's, position for position after each EOS (the reference: position j)
+    assert mapper[5:].tolist() == list(range(4, 76)) and alphas[5:].eq(1).all()
+
+
+def test_refinement_mapper_shorter_target_reads_the_source_padding(tok):
+    mapper, alphas = refinement_mapper("a small red ball on grass", "a ball", tok)
+    # x: [BOS a small red ball on grass EOS] (8), y: [BOS a ball EOS] (4): y's padding reads x's, never 'on grass'
+    assert mapper[4:].tolist() == list(range(8, 77)) + [76] * 4 and alphas[4:].eq(1).all()
+
+
+def _shipped_clip_tokenizer():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "vp2p_world" / "weights" / "tokenizer"
+    if not (folder / "vocab.json").exists():
+        pytest.skip("shipped CLIP tokenizer not present")
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
+
+
+def test_replacement_mapper_gives_every_target_token_a_source():
+    """A source word of more tokens leaves fewer positions for the source's padding; every target position still
+    reads the source (before, the last target positions read nothing, so their attention summed to less than 1),
+    and punctuation after the last word pairs up instead of shifting EOS and padding by one."""
+    clip = _shipped_clip_tokenizer()
+    m = replacement_mapper("a axolotl sitting", "a cat sitting", clip)  # axolotl: 4 tokens, cat: 1
+    assert m[2:6, 2].tolist() == [1, 1, 1, 1] and m[6, 3] == 1 and m[7, 4] == 1  # (the reference's k/n spread)
+    assert m.sum(0)[3:].eq(1).all() and m[76, 74:].eq(1).all()
+    m = replacement_mapper("a red ball.", "a blue ball", clip)  # [BOS a red ball . EOS] -> [BOS a blue ball EOS]
+    assert m[5, 4] == 1 and m[4].sum() == 0 and m.sum(0).eq(1).all()  # '.' has no counterpart; EOS reads EOS
 
 
 def test_refinement_mapper_identical_prompts(tok):

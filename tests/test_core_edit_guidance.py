@@ -116,3 +116,11 @@ def test_contrast_rows_take_the_targets_control_at_the_source_tokens():
                            options=EditOptions(reweight_words="blue", reweight_values="2"))
     same = AttentionController(swap, num_steps=10, num_frames=1, latent_hw=(8, 8), blend_layers=[])
     assert torch.equal(same.contrast_alpha, same.alpha) and torch.equal(same.contrast_equalizer, same.equalizer)
+    # a swap to a word of more tokens: the source's last padding position maps to no target token and keeps the
+    # fill (weight 1, the plain window), not 0
+    longer = build_edit_plan(tok, "a red ball on grass", "a big-red ball on grass",
+                             options=EditOptions(reweight_words="big-red", reweight_values="2"))
+    ctrl = AttentionController(longer, num_steps=10, num_frames=1, latent_hw=(8, 8), blend_layers=[])
+    assert longer.mapper[0, 76].sum() == 0 and ctrl.contrast_equalizer[0, 76] == 1
+    assert ctrl.contrast_equalizer[0, 2] == 2 and ctrl.contrast_equalizer.min() == 1
+    assert torch.equal(ctrl.contrast_alpha[:, 0, 76], ctrl.contrast_alpha[:, 0, 75])

@@ -88,11 +88,14 @@ class EditPlan:
 def at_source_tokens(plan: EditPlan, values: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
     """Per-target-token ``values`` [..., n, 77] moved to the source's tokens through the plan's alignment, for the
     contrast rows (which hold the source's words). replace: each source token takes the mean over the target tokens
-    it maps to; refine: each aligned target token's value goes to its source token, ``fill`` (same shape) stays
-    where no target token is aligned (words the target dropped); none: unchanged (no control)."""
+    it maps to; refine: each aligned target token's value goes to its source token; ``fill`` (same shape) stays
+    where no target token is aligned (words the target dropped, punctuation only the source has); none: unchanged
+    (no control)."""
     if plan.mode == "replace":
         m = plan.mapper.to(values)  # [n, source 77, target 77]
-        return torch.einsum("bwk,...bk->...bw", m, values) / m.sum(-1).clamp_min(1e-12)
+        total = m.sum(-1)  # [n, 77]: 0 where a source token maps to no target token (punctuation the target lacks)
+        mean = torch.einsum("bwk,...bk->...bw", m, values) / total.clamp_min(1e-12)
+        return torch.where(total > 0, mean, fill)
     if plan.mode == "refine":
         out = fill.clone()
         for b in range(plan.num_targets):

@@ -55,7 +55,9 @@ def refinement_mapper(source: str, target: str, tokenizer: TokenizerLike, max_le
     alphas[: base.shape[0]] = base[:, 1].ne(-1).float()
     mapper = torch.zeros(max_len, dtype=torch.int64)
     mapper[: base.shape[0]] = base[:, 1]
-    mapper[base.shape[0]:] = len(y) + torch.arange(max_len - len(y))
+    # the target's padding reads the source's, position for position after each prompt's end (the reference reads
+    # source position j: where the source is longer, that is the words the target dropped)
+    mapper[base.shape[0]:] = (len(x) + torch.arange(max_len - len(y))).clamp_max(max_len - 1)
     return mapper, alphas
 
 
@@ -75,17 +77,21 @@ def replacement_mapper(source: str, target: str, tokenizer: TokenizerLike, max_l
             "other edits")
     mapper = np.zeros((max_len, max_len))
     i = j = 0  # the first source / target token not yet mapped
+    units = []  # (source positions, target positions) that pair up
     for wx, wy in zip(words_x, words_y):
-        for s, t in ((range(i, wx.tokens[0]), range(j, wy.tokens[0])), (wx.tokens, wy.tokens)):
-            s, t = [k for k in s if k < max_len], [k for k in t if k < max_len]
-            if len(s) == len(t):
-                mapper[s, t] = 1
-            elif s and t:
-                for t_ in t:
-                    mapper[s, t_] = 1 / len(t)
+        units += [(range(i, wx.tokens[0]), range(j, wy.tokens[0])), (wx.tokens, wy.tokens)]
         i, j = wx.tokens[-1] + 1, wy.tokens[-1] + 1
-    while i < max_len and j < max_len:  # EOS and padding
-        mapper[i, j] = 1
-        i += 1
-        j += 1
+    end_x, end_y = len(tokenizer.encode(source)) - 1, len(tokenizer.encode(target)) - 1  # EOS positions
+    units.append((range(i, end_x), range(j, end_y)))  # punctuation after the last word
+    for s, t in units:
+        s, t = [k for k in s if k < max_len], [k for k in t if k < max_len]
+        if len(s) == len(t):
+            mapper[s, t] = 1
+        elif s and t:
+            for t_ in t:
+                mapper[s, t_] = 1 / len(t)
+    # EOS and padding pair up position for position; where the source's run out first (it has more tokens), the
+    # target's last positions read the source's last, so that every target position reads one
+    for t_ in range(min(end_y, max_len), max_len):
+        mapper[min(end_x + t_ - end_y, max_len - 1), t_] = 1
     return torch.from_numpy(mapper).float()
