@@ -133,13 +133,19 @@ def cached_stage(cache_dir: str, kind: str, key: str, load: Callable[[Path], T],
                  compute: Callable[[], T]) -> tuple[T, bool]:
     """A stage's result from the cache (``load``, which checks it fits), or ``compute()`` saved there.
 
-    Returns the result and whether it came from the cache. Empty ``cache_dir``: always computed, nothing saved.
+    Returns the result and whether it came from the cache. Empty ``cache_dir``: always computed, nothing saved. A
+    cached file that does not load (damaged, or refused by ``load``'s checks) is computed again and replaced, with
+    a warning: the key names everything the result depends on, so a file under it that does not fit is no result.
     """
     path = cache_path(cache_dir, kind, key)
     if path is not None and path.is_file():
-        result = load(path)
-        log.info("Video-P2P: %s loaded from the cache, %s", kind, path)
-        return result, True
+        try:
+            result = load(path)
+        except (VP2PInputError, OSError) as e:  # load_checked turns a damaged file into VP2PInputError
+            log.warning("Video-P2P: the cached %s %s does not load (%s); computing it again", kind, path, e)
+        else:
+            log.info("Video-P2P: %s loaded from the cache, %s", kind, path)
+            return result, True
     result = compute()
     if path is not None:
         result.save(path)

@@ -12,7 +12,7 @@ from . import files
 from .host import make_host
 from .schema import CATEGORY, VP2PInversionIO, VP2PModelIO, cache_input, context_input, source_prompt_input, widgets
 from .text import encode_text
-from .types import VP2PModel, check_context, context_key
+from .types import VP2PModel, check_context, context_key, schedule_key
 
 
 class NullTextVideoInvert(io.ComfyNode):
@@ -62,7 +62,7 @@ class NullTextVideoInvert(io.ComfyNode):
                               frame_attention=vp2p_model.video.frame_attention, group_norm=vp2p_model.video.group_norm,
                               latents=files.tensor_hash(latents),
                               text=files.tensor_hash(src), empty=files.tensor_hash(empty), prompt=source_prompt,
-                              options=options.cache_key(), **context_key(context),
+                              options=options.cache_key(), **context_key(context), **schedule_key(vp2p_model),
                               # half weights: their DDIM latents are float32 now (bf16 / fp16 before; not reused)
                               **({} if weights == torch.float32 else {"weights": str(weights),
                                                                       "latent_dtype": "float32"}))

@@ -14,7 +14,7 @@ from . import files
 from .host import make_host
 from .schema import CATEGORY, VP2PModelIO, cache_input, context_input, source_prompt_input, widgets
 from .text import encode_text
-from .types import VP2PModel, check_context, context_key
+from .types import VP2PModel, check_context, context_key, schedule_key
 
 def loss_report(delta: Delta, seconds: float, cached: bool) -> str:
     head = f"delta for {delta.num_frames} frames, {delta.steps} steps, prompt {delta.prompt!r}"
@@ -70,7 +70,7 @@ class OneShotTune(io.ComfyNode):
                               frame_attention=vp2p_model.video.frame_attention, group_norm=vp2p_model.video.group_norm,
                               latents=files.tensor_hash(latents),
                               text=files.tensor_hash(text), prompt=source_prompt, options=options.cache_key(),
-                              **context_key(context))
+                              **context_key(context), **schedule_key(vp2p_model))
 
         def load(path) -> Delta:
             delta = Delta.load(path, what="cache_dir")

@@ -13,6 +13,7 @@ import torch
 
 from vp2p_core import (SD_LATENT_SCALE, SD_VAE_FACTOR, Delta, EditPlan, InflationOptions, StructureGuidance,
                        StructureOptions, VideoModel, VP2PInputError)
+from vp2p_core.schedule import DDIMConfig
 from vp2p_core.tuning import check_delta
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,13 @@ def check_context(context) -> None:
 def context_key(context) -> dict:
     """The context windows' part of a stage's cache key (nothing without windows, so old keys stay valid)."""
     return {} if context is None else {"context": context.options.cache_key()}
+
+
+def schedule_key(vp2p_model: "VP2PModel") -> dict:
+    """The noise schedule's part of a stage's cache key: the fingerprint is the weights', which ComfyUI's
+    ModelSamplingDiscrete can make a v-prediction model (nothing for SD's own eps schedule: old keys stay valid)."""
+    schedule = vp2p_model.video.schedule
+    return {} if schedule == DDIMConfig() else {"schedule": schedule.to_dict()}
 
 
 @dataclass(eq=False)
@@ -102,11 +110,7 @@ class VP2PModel:
         cfg = self.video.unet.config
         if s.shape[1] != cfg.in_channels:
             raise VP2PInputError(f"{what}: {s.shape[1]} latent channels, the model takes {cfg.in_channels}")
-        factor = 2 ** (len(cfg.block_out_channels) - 1)
-        if s.shape[-1] % factor or s.shape[-2] % factor:
-            raise VP2PInputError(
-                f"{what}: latents of {s.shape[-2]}x{s.shape[-1]} do not divide by {factor}; resize the frames to a "
-                f"multiple of {factor * 8} pixels (e.g. 512x512)")
+        self.video.check_latent_size(s.shape, what)
         if latent.get("noise_mask") is not None and not uses_noise_mask:
             log.warning("%s: its noise_mask is ignored here; only Video-P2P Sampler's latent input uses one (there "
                         "it confines the edit)", what)

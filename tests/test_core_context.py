@@ -208,3 +208,31 @@ def test_a_long_edit_through_windows_has_no_seams(world):
     ratio = seam_ratio(clip, ctx.windows(f))
     assert ratio <= 1.2, ratio
     assert ratio > 0.5, ratio  # (not a clip that stands still)
+
+
+def test_ddim_inversion_asks_each_timestep_for_the_windows_of_its_denoising_step(world):
+    """ComfyUI's uniform schedules shift their windows by the step number; DDIM inversion runs the timesteps
+    backwards (the last denoising step's first), so it asks for the step at which null-text and the edit meet the
+    same timestep, not for its own loop count."""
+    tok, emb, model = world
+    asked = []
+
+    def schedule(num_frames, step):
+        asked.append(step)
+        return standard_windows(num_frames, 4, 1)
+
+    context = ContextWindows(ContextOptions(context_length=4, context_overlap=1), schedule=schedule)
+    x = torch.randn(7, 4, 16, 16, generator=torch.Generator().manual_seed(5))
+    inversion_mod.ddim_inversion(model, x, emb[:1], DDIMSchedule(model.schedule, 3), context=context)
+    assert asked == [2, 1, 0]  # timesteps[2], [1], [0] of the denoising order: the low-noise end first
+
+
+def test_a_looped_window_through_the_first_frame_does_not_see_it_twice():
+    """A looped window that wraps ([3, 4, 0, 1]) holds frame 0 already: it moves to the front (the anchor row) with
+    its own weight, rather than a second copy of it prepended."""
+    context = ContextWindows(ContextOptions(context_length=4, context_overlap=1),
+                             schedule=lambda n, step: [[3, 4, 0, 1], [1, 2, 3, 4]],
+                             weight_function=lambda frames, n: [float(f + 1) for f in frames])
+    looped, plain = context.windows(5)
+    assert looped.frames == (0, 3, 4, 1) and looped.weights == (1.0, 4.0, 5.0, 2.0)
+    assert plain.frames == (0, 1, 2, 3, 4) and plain.weights == (0.0, 2.0, 3.0, 4.0, 5.0)

@@ -594,3 +594,58 @@ def test_fast_inversion_keeps_only_the_ends_of_the_ddim_trajectory(world):
     assert torch.equal(ends[0], full[0]) and torch.equal(ends[1], full[-1])
     inv = invert(model, latents, emb[:1], emb[2:3], SRC, options=InversionOptions(steps=4, mode="fast"))
     assert torch.equal(inv.x_T, full[-1])
+
+
+def test_null_text_learning_rate_decays_over_long_schedules(world, monkeypatch):
+    """The reference's rate 1e-2 * (1 - i/100) is kept for its 50 steps; over more steps it would reach 0 at step 100
+    and then turn negative (Adam refuses it, after a hundred steps' work). Past 50 steps the decay stretches."""
+    tok, emb, latents, model = world
+    rates = []
+    adam = torch.optim.Adam
+
+    def recording(params, lr):
+        rates.append(lr)
+        return adam(params, lr=lr)
+
+    monkeypatch.setattr(torch.optim, "Adam", recording)
+    for steps in (50, 120):
+        rates.clear()
+        invert(model, latents[:1, :, :8, :8], emb[:1], emb[2:3], SRC,
+               options=InversionOptions(mode="null_text", steps=steps, inner_steps=1, lr_scale=1.0))
+        assert len(rates) == steps and all(b < a for a, b in zip(rates, rates[1:])) and rates[-1] > 0
+        reference = [1e-2 * (1 - i / 100) for i in range(steps)] if steps <= 50 else \
+            [1e-2 * (1 - i / (2 * steps)) for i in range(steps)]
+        assert rates == pytest.approx(reference, rel=1e-12)
+
+
+def test_edit_refuses_an_inversion_of_another_schedule_or_latent_size(world, inversion):
+    """The fingerprint is the weights': the same weights read as v-prediction (another ComfyUI sampling node) would
+    take an eps inversion as theirs. And latents the UNet's downsampling does not divide have no attention grid."""
+    import dataclasses
+
+    tok, emb, latents, model = world
+    v_model = dataclasses.replace(model, schedule=dataclasses.replace(model.schedule, prediction_type="v_prediction"))
+    with pytest.raises(VP2PInputError, match="prediction_type 'epsilon' \\(the model: 'v_prediction'\\)"):
+        sample_edit(v_model, inversion, _plan(tok, emb), options=SamplerOptions())
+    with pytest.raises(VP2PInputError, match="latents: latents of 15x16 do not divide by 2"):
+        invert(model, latents[:, :, :15], emb[:1], emb[2:3], SRC, options=InversionOptions(mode="fast", steps=2))
+
+
+def test_a_hand_made_inversion_file_is_refused_by_name(inversion, tmp_path):
+    """A file lacking an entry its reader needs, or a null-text inversion with a null embedding short, is refused
+    naming the input and the file (before: a bare KeyError, or an IndexError steps into the edit)."""
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    path = tmp_path / "inv.safetensors"
+    inversion.save(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    tensors = load_file(str(path))
+    short = dict(tensors, null_embeddings=tensors["null_embeddings"][:-1])
+    save_file(short, str(path), metadata=meta)
+    with pytest.raises(VP2PInputError, match=f"inversion: .*of {STEPS} steps with {STEPS - 1} null embeddings"):
+        Inversion.load(path, what="inversion")
+    save_file(tensors, str(path), metadata={k: v for k, v in meta.items() if k != "model_fingerprint"})
+    with pytest.raises(VP2PInputError, match="inversion: .* lacks metadata model_fingerprint"):
+        Inversion.load(path, what="inversion")

@@ -40,7 +40,7 @@ def test_demo_reports_bad_prompts_clearly(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--steps", "0"], "--steps: expected a value in [1, 1000], got 0"),
+    (["--steps", "0"], "--steps: expected a value in [1, 500], got 0"),
     (["--tune-steps", "-1"], "--tune-steps: expected a value in [0, 10000], got -1"),
     (["--mask-threshold", "2"], "--mask-threshold: expected a value in [0.01, 0.99]"),
     (["--feather", "-1"], "--feather: expected a value in [0, 256], got -1"),

@@ -286,6 +286,11 @@ def test_tune_and_invert_caches_are_reused(chain, roots):
     # another seed is another delta
     other, log2 = tune(chain.model, chain.latent, chain.clip, steps=2, seed=34, cache_dir="")
     assert not log2.startswith("loaded") and other.delta.fingerprint != chain.tuned.delta.fingerprint
+    # a damaged cached file (a power cut, a full disk) is computed again and replaced, not an error on every run
+    path.write_bytes(path.read_bytes()[:100])
+    redone, log3 = tune(chain.model, chain.latent, chain.clip, steps=2, cache_dir="cache")
+    assert not log3.startswith("loaded") and redone.delta.fingerprint == chain.tuned.delta.fingerprint
+    assert Delta.load(path).fingerprint == chain.tuned.delta.fingerprint
 
 
 def test_inversion_lr_scale_is_used_and_keyed(chain, roots):

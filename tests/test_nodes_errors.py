@@ -15,7 +15,7 @@ from nodes.nodes_light import NormaliseLight
 from nodes.nodes_tune import OneShotTune
 from nodes.types import VP2PLight
 from test_nodes import SRC, TGT, FakeClip, edit, invert, make_latent, make_model, sample, tune
-from vp2p_core import VP2PInputError
+from vp2p_core import Delta, VP2PInputError
 
 torch.set_num_threads(1)
 
@@ -261,13 +261,18 @@ def test_empty_source_prompt_refused(setup):
             source_prompt="", steps=2, cache_dir="")
 
 
-def test_corrupt_cache_file_names_cache_dir(setup):
+def test_corrupt_cache_file_is_computed_again_with_a_warning_naming_cache_dir(setup, caplog):
     """A cache file that no longer reads (a disk error, an interrupted copy) is reported as the cache's, not as a
-    file name the user typed."""
+    file name the user typed, and computed again in its place: an error would stop every run until someone found
+    and deleted the file."""
     latent = make_latent(frames=3, seed=11)
-    tune(setup["model"], latent, setup["clip"], steps=1, seed=1, cache_dir="corrupt_cache")
+    first, _ = tune(setup["model"], latent, setup["clip"], steps=1, seed=1, cache_dir="corrupt_cache")
     cached = list((setup["base"] / "models" / "corrupt_cache").iterdir())
     assert len(cached) == 1
     cached[0].write_bytes(b"\x00" * 64)
-    with pytest.raises(VP2PInputError, match=r"^cache_dir: .*delta-"):
-        tune(setup["model"], latent, setup["clip"], steps=1, seed=1, cache_dir="corrupt_cache")
+    with caplog.at_level("WARNING", logger="nodes.files"):
+        again, log_text = tune(setup["model"], latent, setup["clip"], steps=1, seed=1, cache_dir="corrupt_cache")
+    assert "does not load (cache_dir: " in caplog.text and "computing it again" in caplog.text
+    assert not log_text.startswith("loaded") and again.delta.fingerprint == first.delta.fingerprint
+    assert list((setup["base"] / "models" / "corrupt_cache").iterdir()) == cached  # replaced, nothing beside it
+    assert Delta.load(cached[0]).fingerprint == first.delta.fingerprint

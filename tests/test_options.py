@@ -26,7 +26,7 @@ def test_defaults_pass_their_own_checks_and_every_widget_has_a_tooltip(cls):
     (TuneOptions, "steps", -1, "steps: expected a value in [0, 10000], got -1"),
     (TuneOptions, "precision", "fp8", "precision: expected one of"),
     (TuneOptions, "gradient_checkpointing", 1, "gradient_checkpointing: expected true or false"),
-    (InversionOptions, "steps", 0, "steps: expected a value in [1, 1000]"),
+    (InversionOptions, "steps", 0, "steps: expected a value in [1, 500]"),
     (InversionOptions, "lr_scale", 0.0, "lr_scale: expected a value in [0.01, 100]"),
     (InversionOptions, "mode", "exact", "mode: expected one of ('null_text', 'fast', 'negative_prompt')"),
     (EditOptions, "cross_replace", 1.5, "cross_replace: expected a fraction of the steps"),
@@ -73,6 +73,18 @@ def test_cache_key_changes_with_any_value():
         assert other != getattr(InversionOptions(), s.name)
         changed = InversionOptions(**{s.name: other}).cache_key()
         assert (changed == base) == (s.name == "null_text_checkpointing"), s.name
+    # fast and negative_prompt run no optimisation: its settings do not change their inversions
+    fast = InversionOptions(mode="fast")
+    for name in ("inner_steps", "early_stop", "early_stop_ratio", "lr_scale", "null_text_checkpointing"):
+        assert fast.replace(**{name: InversionOptions(mode="null_text", inner_steps=9, early_stop=0.5,
+                                                      early_stop_ratio=0.1, lr_scale=2.0,
+                                                      null_text_checkpointing="on").__dict__[name]}).cache_key() \
+            == fast.cache_key(), name
+    assert fast.replace(steps=7).cache_key() != fast.cache_key()
+    # tuning: gradient checkpointing gives the same delta, every other setting another one
+    tune = TuneOptions()
+    assert tune.replace(gradient_checkpointing=False).cache_key() == tune.cache_key()
+    assert tune.replace(steps=7).cache_key() != tune.cache_key()
 
 
 def test_world_defaults_and_flags_are_the_fields():

@@ -15,7 +15,9 @@ Frame attention's anchor (frame 0 of the window: Video-P2P's ``first``, the firs
 frame and the clip would drift apart at every boundary. A window that does not start with frame 0 gets it
 prepended as an *anchor row*: the UNet sees it (frame attention, GroupNorm and temporal attention include it)
 but its output has fuse weight 0 (GroupNorm includes it only with ``group_norm`` "clip"). Cost: one frame per
-window (1/16 more work at ComfyUI's default length).
+window (1/16 more work at ComfyUI's default length). A looped window that wraps through frame 0 has it already:
+that row moves to the front instead (temporal attention has no positional encoding, so for ``first`` this only
+reorders the rows).
 """
 from __future__ import annotations
 
@@ -146,7 +148,10 @@ class ContextWindows:
             else:
                 weights = fuse_weights(o.fuse_method, frames, num_frames, o.context_overlap)
             covered.update(f for f, w in zip(frames, weights) if w > 0)
-            if frames[0] != 0:  # the clip's first frame anchors frame attention in every window
+            if 0 in frames[1:]:  # a looped window wraps through the first frame: that row moves to the front
+                k = frames.index(0)
+                frames, weights = [0] + frames[:k] + frames[k + 1:], [weights[k]] + weights[:k] + weights[k + 1:]
+            elif frames[0] != 0:  # the clip's first frame anchors frame attention in every window
                 frames, weights = [0] + frames, [0.0] + weights
             out.append(Window(frames=tuple(frames), weights=tuple(weights)))
         missing = sorted(set(range(num_frames)) - covered)

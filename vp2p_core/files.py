@@ -59,6 +59,8 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metad
             os.chmod(tmp, 0o666 & ~_umask())
         except OSError:  # a file system without modes (FAT refuses a chmod): keep what it gave
             pass
+        with open(tmp, "rb") as f:  # on disk before the rename, so that a power cut leaves no empty file behind
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -85,9 +87,10 @@ def _umask() -> int:
 SAVED_BY = {"delta": "SaveVP2PDelta", "inversion": "SaveVP2PInversion"}
 
 
-def load_checked(path: str | os.PathLike, kind: str,
-                 what: str = "filename") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load a safetensors file of ours and check that it holds a ``kind`` (delta / inversion).
+def load_checked(path: str | os.PathLike, kind: str, what: str = "filename", tensors_needed: Sequence[str] = (),
+                 meta_needed: Sequence[str] = ()) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a safetensors file of ours and check that it holds a ``kind`` (delta / inversion) with the tensors and
+    metadata entries its reader needs.
 
     ``what`` names the input the path came from; every refusal names it, the file and what was expected."""
     path = Path(path)
@@ -106,6 +109,9 @@ def load_checked(path: str | os.PathLike, kind: str,
     if found != kind:
         found = with_article(f"{found} file") if found else "a safetensors file without Video-P2P's metadata"
         raise VP2PInputError(f"{what}: {str(path)!r} is {found}, not {with_article(kind)} file; {expected}")
+    missing = [k for k in tensors_needed if k not in tensors] + [f"metadata {k}" for k in meta_needed if k not in meta]
+    if missing:
+        raise VP2PInputError(f"{what}: {str(path)!r} lacks {', '.join(missing)}; {expected}")
     return tensors, meta
 
 

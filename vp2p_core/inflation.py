@@ -149,6 +149,15 @@ def frame_state(unet) -> FrameState:
     return unet.vp2p_state
 
 
+def set_gradient_checkpointing(unet, on: bool) -> None:
+    """diffusers' gradient checkpointing on or off (it acts wherever gradients are enabled, in eval mode too)."""
+    if on != bool(unet.is_gradient_checkpointing):
+        if on:
+            unet.enable_gradient_checkpointing()
+        else:
+            unet.disable_gradient_checkpointing()
+
+
 def set_frame_attention(unet, mode: str) -> None:
     state = frame_state(unet)
     for m in unet.modules():

@@ -1,8 +1,9 @@
 """DDIM inversion and null-text optimisation of one unconditional embedding shared by all frames.
 
 Modes:
-- ``null_text``: the reference's loop. Per step, Adam on the embedding, lr ``lr_scale`` * 1e-2*(1-i/100), up to
-  ``inner_steps`` iterations, stop when the loss < early_stop + i*2e-5 or (``early_stop_ratio`` > 0) below that
+- ``null_text``: the reference's loop. Per step, Adam on the embedding, lr ``lr_scale`` * 1e-2*(1-i/100) (the
+  reference's 50 steps; past 50 steps the decay stretches over them, 1-i/(2*steps), where the reference's rate
+  would reach 0 at step 100 and turn negative), up to ``inner_steps`` iterations, stop when the loss < early_stop + i*2e-5 or (``early_stop_ratio`` > 0) below that
   fraction of the step's first loss; the result seeds the next step. The reference's budget is lr_scale 1,
   10 iterations, ratio 0: on the small-world model its stop never fires and its small steps leave the loss high.
   The defaults (10, 4, 0.8) take larger steps and stop before they overshoot: on five clips they reconstruct
@@ -29,7 +30,7 @@ from .context import ContextWindows, Window, fuse, is_whole_clip, normalised_wei
 from .errors import VP2PInputError
 from .files import atomic_save, load_checked, meta_json
 from .host import Host
-from .inflation import video_forward
+from .inflation import set_gradient_checkpointing, video_forward
 from .memory import call_rows, checkpoint_null_text
 from .model import VideoModel
 from .options import InversionOptions
@@ -106,7 +107,13 @@ class Inversion:
     @classmethod
     def load(cls, path, what: str = "filename") -> "Inversion":
         """Read a file written by ``save``; ``what`` names the input the file came from in errors."""
-        t, meta = load_checked(path, "inversion", what)
+        t, meta = load_checked(path, "inversion", what, tensors_needed=("x_T", "source_embedding", "timesteps"),
+                               meta_needed=("mode", "guidance", "prompt", "model_fingerprint", "schedule"))
+        nulls = t.get("null_embeddings")
+        if meta["mode"] == "null_text" and (nulls is None or nulls.shape[0] != t["timesteps"].shape[0]):
+            found = "none" if nulls is None else f"{nulls.shape[0]}"
+            raise VP2PInputError(f"{what}: {str(path)!r} is a null-text inversion of {t['timesteps'].shape[0]} steps "
+                                 f"with {found} null embeddings; expected one per step, as SaveVP2PInversion writes")
         thumbnail = t.get("source_thumbnail")
         if thumbnail is not None and (thumbnail.dim() != 4 or tuple(thumbnail.shape[:2]) != tuple(t["x_T"].shape[:2])
                                       or not bool(torch.isfinite(thumbnail).all())):
@@ -177,8 +184,11 @@ def ddim_inversion(model: VideoModel, latents: torch.Tensor, text: torch.Tensor,
     x = latents
     out = [x]
     loop = host.loop(schedule.num_steps, "DDIM inversion")
+    T = schedule.num_steps
     for i, t in enumerate(schedule.timesteps.flip(0).tolist()):
-        windows = context.windows(f, step=i) if context else whole_clip(f)
+        # the windows of this timestep's step in denoising order, as null-text and the edit see it (ComfyUI's
+        # uniform schedules shift their windows from step to step)
+        windows = context.windows(f, step=T - 1 - i) if context else whole_clip(f)
         x = schedule.next_step(windowed_eps(model, schedule, x, t, text, windows), t, x)
         if keep_all:
             out.append(x)
@@ -199,6 +209,7 @@ def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Ten
         raise VP2PInputError("empty_embedding: null-text inversion starts from the empty prompt's embedding")
     if mode == "null_text":  # fp16 Adam's steps underflow: every null embedding NaN
         model.check_float32("model", "null-text inversion needs float32 weights (or mode fast)")
+    model.check_latent_size(latents.shape, "latents")
     if context is not None:
         context.check_clip(latents.shape[0])
     unet = model.unet
@@ -263,12 +274,12 @@ def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: to
     e = empty.detach()
     loop = host.loop(T, "null-text optimisation")
     try:
-        _set_checkpointing(unet, checkpointing)
+        set_gradient_checkpointing(unet, checkpointing)
         for i, t in enumerate(schedule.timesteps.tolist()):
             target = ddim[T - 1 - i]
             windows = context.windows(f, step=i) if context else whole_clip(f)
             e = e.detach().clone().requires_grad_(True)  # a new tensor: Adam steps it in place
-            opt = torch.optim.Adam([e], lr=lr_scale * 1e-2 * (1.0 - i / 100.0))
+            opt = torch.optim.Adam([e], lr=lr_scale * 1e-2 * (1.0 - i / max(100.0, 2.0 * T)))
             bound = early_stop + i * 2e-5
             if is_whole_clip(windows, f):
                 rec, j, loss_v, b = _null_step_whole(model, schedule, x, t, cond, e, target, guidance, inner_steps,
@@ -287,19 +298,10 @@ def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: to
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-        _set_checkpointing(unet, was_checkpointing)
+        set_gradient_checkpointing(unet, was_checkpointing)
     stats = {"inner_iterations": iters, "losses": losses, "null_backwards": backwards,
              "gradient_checkpointing": checkpointing}
     return torch.stack(nulls), torch.stack(traj), stats
-
-
-def _set_checkpointing(unet, on: bool) -> None:
-    """diffusers' gradient checkpointing on or off (it acts wherever gradients are enabled, in eval mode too)."""
-    if on != bool(unet.is_gradient_checkpointing):
-        if on:
-            unet.enable_gradient_checkpointing()
-        else:
-            unet.disable_gradient_checkpointing()
 
 
 def _stops(loss: float, first: float, bound: float, ratio: float) -> bool:

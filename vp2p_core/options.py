@@ -200,6 +200,12 @@ class TuneOptions(Options):
         if not (isinstance(b, tuple) and len(b) == 2 and all(_is_number(v) and 0.0 <= v < 1.0 for v in b)):
             raise VP2PInputError(f"betas: expected two numbers in [0, 1), got {b!r}")
 
+    def cache_key(self) -> dict:
+        """Every field but gradient_checkpointing, which trades memory for time and gives the same delta."""
+        key = super().cache_key()
+        key.pop("gradient_checkpointing")
+        return key
+
 
 # --------------------------------------------------------------------------------------------------------
 # inversion
@@ -216,7 +222,9 @@ CHECKPOINTING = ("auto", "on", "off")
 class InversionOptions(Options):
     """DDIM inversion and null-text optimisation (Mokady et al.; the Video-P2P reference's settings)."""
 
-    steps: int = option("int", 50, "DDIM steps; the sampler uses the same number.", min=1, max=1000)
+    steps: int = option("int", 50, "DDIM steps; the sampler uses the same number. At most 500: with SD's 1000 "
+                        "training timesteps and its leading spacing, more steps would stop short of the last "
+                        "timestep.", min=1, max=500)
     guidance: float = option("float", 7.5, "Classifier-free guidance the null-text optimisation reproduces; use "
                               "the sampler's.", **GUIDANCE)
     mode: str = option(
@@ -232,7 +240,8 @@ class InversionOptions(Options):
         "step started from (the previous step's embedding on this step's latent), before a large step overshoots; "
         "0: off (the reference).", min=0.0, max=1.0, step=0.01)
     lr_scale: float = option(
-        "float", 10.0, "Null-text: factor on the reference's learning rate (1e-2 * (1 - i/100)). The defaults (10, 4 "
+        "float", 10.0, "Null-text: factor on the reference's learning rate (1e-2 * (1 - i/100); over more than 50 "
+        "steps, 1e-2 * (1 - i/(2*steps))). The defaults (10, 4 "
         "inner steps, early_stop_ratio 0.8) reconstructed better than the reference's (1, 10, 0) on every clip "
         "measured, with a third of its backward passes (BENCHMARKS.md, Null-text budget).", min=0.01, max=100.0,
         step=0.1, round=0.01)
@@ -245,9 +254,13 @@ class InversionOptions(Options):
         choices=CHECKPOINTING)
 
     def cache_key(self) -> dict:
-        """Every field but null_text_checkpointing, which changes how the embeddings are computed, not them."""
+        """Every field but null_text_checkpointing, which changes how the embeddings are computed, not them, and
+        but the optimisation's settings where the mode runs none (fast, negative_prompt)."""
         key = super().cache_key()
         key.pop("null_text_checkpointing")
+        if self.mode != "null_text":
+            for name in ("inner_steps", "early_stop", "early_stop_ratio", "lr_scale"):
+                key.pop(name)
         return key
 
 

@@ -81,6 +81,11 @@ def edit_region(mask: torch.Tensor, num_frames: int, latent_hw: tuple[int, int],
 
 def check_edit_inputs(model: VideoModel, inversion: Inversion, plan: EditPlan) -> None:
     inversion.check_model(model.fingerprints)
+    if inversion.schedule != model.schedule:  # the fingerprint is the weights': the same ones read as eps or v
+        made, now = inversion.schedule.to_dict(), model.schedule.to_dict()
+        differ = ", ".join(f"{k} {made[k]!r} (the model: {now[k]!r})" for k in made if made[k] != now.get(k))
+        raise VP2PInputError(f"inversion: made with another noise schedule, {differ}; invert again with this model")
+    model.check_latent_size(inversion.x_T.shape, "inversion")
     if plan.source_embedding is None or plan.target_embeddings is None or plan.empty_embedding is None:
         raise VP2PInputError("edit: the plan has no text embeddings (source, targets, empty); encode its prompts")
     if plan.target_embeddings.shape[0] != plan.num_targets:

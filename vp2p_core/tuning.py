@@ -19,7 +19,7 @@ from .context import ContextWindows, is_whole_clip
 from .errors import VP2PInputError
 from .files import atomic_save, load_checked, meta_json, state_fingerprint
 from .host import Host
-from .inflation import trainable_parameter_names, video_forward
+from .inflation import set_gradient_checkpointing, trainable_parameter_names, video_forward
 from .model import VideoModel
 from .options import TuneOptions
 from .schedule import DDIMSchedule
@@ -55,7 +55,8 @@ class Delta:
     @classmethod
     def load(cls, path, what: str = "filename") -> "Delta":
         """Read a file written by ``save``; ``what`` names the input the file came from in errors."""
-        tensors, meta = load_checked(path, "delta", what)
+        tensors, meta = load_checked(path, "delta", what,
+                                     meta_needed=("base_fingerprint", "num_frames", "prompt", "steps"))
         return cls(tensors=tensors, base_fingerprint=meta["base_fingerprint"], num_frames=int(meta["num_frames"]),
                    prompt=meta["prompt"], steps=int(meta["steps"]), config=meta_json(meta, "config", {}),
                    losses=meta_json(meta, "losses", []), base_aliases=tuple(meta_json(meta, "base_aliases", [])))
@@ -159,9 +160,8 @@ def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, 
         gen = torch.Generator().manual_seed(options.seed)
         ac_dtype = AUTOCAST[options.precision]
         scaler = torch.amp.GradScaler(device.type) if ac_dtype == torch.float16 and device.type == "cuda" else None
-        was_training = unet.training
-        if options.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
+        was_training, was_checkpointing = unet.training, bool(unet.is_gradient_checkpointing)
+        set_gradient_checkpointing(unet, options.gradient_checkpointing)
         unet.train()
         losses: list[float] = []
         loop = host.loop(options.steps, "tuning")
@@ -201,8 +201,7 @@ def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, 
         finally:
             for n, p in params.items():
                 p.requires_grad_(flags[n])
-            if options.gradient_checkpointing:
-                unet.disable_gradient_checkpointing()
+            set_gradient_checkpointing(unet, was_checkpointing)
             unet.train(was_training)
             del opt
     delta = Delta(tensors={n: params[n].detach().cpu().clone() for n in names},
