@@ -122,27 +122,55 @@ def unet_from_ldm_state_dict(state_dict: dict, config: dict, dtype: torch.dtype 
     return unet.eval().requires_grad_(False)
 
 
+# ComfyUI's model_sampling classes whose maths the DDIM steps here do not follow (comfy/model_sampling.py and
+# ModelSamplingDiscrete's LCM); matched by class name so that nothing imports ComfyUI for it
+# (the most specific first: it names the refusal)
+UNSUPPORTED_SAMPLING = ("LCM", "IMG_TO_IMG", "X0", "EDM", "CONST", "COSMOS_RFLOW", "ModelSamplingDiscreteDistilled")
+
+
 def comfy_prediction_type(model) -> str:
-    """'epsilon' or 'v_prediction' from a ComfyUI MODEL; other parameterisations are refused."""
-    kind = getattr(getattr(model.model, "model_type", None), "name", str(getattr(model.model, "model_type", "?")))
+    """'epsilon' or 'v_prediction' from a ComfyUI MODEL: its ``model_sampling`` object, which ModelSamplingDiscrete
+    replaces (an SD 1.x v-prediction finetune is set up that way), else the checkpoint's model type. Other
+    parameterisations, distilled and zero-terminal-SNR schedules are refused: the DDIM steps follow SD's schedule."""
+    sampling = model.get_model_object("model_sampling") if hasattr(model, "get_model_object") else None
+    if sampling is None:
+        kind = getattr(getattr(model.model, "model_type", None), "name", str(getattr(model.model, "model_type", "?")))
+    else:
+        names = [c.__name__ for c in type(sampling).__mro__]
+        other = sorted((n for n in names if n in UNSUPPORTED_SAMPLING), key=UNSUPPORTED_SAMPLING.index)
+        if getattr(sampling, "zsnr", False):
+            raise VP2PInputError("MODEL: its sampling has zero terminal SNR (ModelSamplingDiscrete zsnr), which the "
+                                 "DDIM inversion here does not follow; turn zsnr off")
+        if int(getattr(sampling, "num_timesteps", 1000)) != 1000 or "ModelSamplingDiscrete" not in names:
+            other = other or [names[0]]
+        kind = other[0] if other else "V_PREDICTION" if "V_PREDICTION" in names else \
+            "EPS" if "EPS" in names else names[0]
     if kind == "EPS":
         return "epsilon"
     if kind == "V_PREDICTION":
         return "v_prediction"
     raise VP2PInputError(f"MODEL: prediction type {kind} is not supported; expected an eps or v-prediction "
-                         "SD 1.x/2.x checkpoint")
+                         "SD 1.x/2.x checkpoint (ModelSamplingDiscrete: eps or v_prediction)")
 
 
 def comfy_unet_state_dict(model) -> dict:
     """The UNet weights of a ComfyUI MODEL with its weight patches (LoRAs) applied, keys in LDM layout.
 
-    ``load_models_gpu`` makes this clone's patches the current ones; modules ComfyUI loaded in low-VRAM mode
-    keep unpatched weights, and get their patches applied here.
+    All clones of a checkpoint's MODEL share one diffusion model, whose weights ComfyUI patches in place when it
+    loads a clone. Where they hold no clone's patches, or this clone's, the patches are applied here on the
+    weights' own device (the CPU, before anything sampled): no copy of the checkpoint goes to the GPU only to be
+    read. Where another clone's are in place (another LoRA; for a MODEL without patches, any), ``load_models_gpu``
+    takes them off and makes this clone's current. Modules ComfyUI loaded in low-VRAM mode keep unpatched weights,
+    and get their patches applied here too. A weight patched here is rounded to its dtype as ComfyUI rounds one
+    it patches, so the result (and its fingerprint, a cache key) does not depend on which happened.
     """
+    import comfy.float
     import comfy.lora
     import comfy.model_management as mm
+    import comfy.model_patcher
 
-    if model.patches:
+    in_place = getattr(model.model, "current_weight_patches_uuid", None)
+    if in_place is not None and in_place != model.patches_uuid:
         mm.load_models_gpu([model], force_full_load=True)
     sd = {}
     dm = model.model.diffusion_model
@@ -155,7 +183,9 @@ def comfy_unet_state_dict(model) -> dict:
             w = p.detach()
             patch_key = f"diffusion_model.{key}"
             if patch_key in model.patches and not patched:
-                w = comfy.lora.calculate_weight(model.patches[patch_key], w.to(torch.float32, copy=True), patch_key)
+                w = comfy.float.stochastic_rounding(
+                    comfy.lora.calculate_weight(model.patches[patch_key], w.to(torch.float32, copy=True), patch_key),
+                    p.dtype, seed=comfy.model_patcher.string_to_seed(patch_key))
             sd[LDM_PREFIX + key] = w.to("cpu")
     return sd
 

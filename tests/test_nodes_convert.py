@@ -88,6 +88,28 @@ def test_prediction_type():
     with pytest.raises(VP2PInputError, match="FLOW"):
         comfy_prediction_type(fake("FLOW"))
 
+    # a MODEL's model_sampling (ComfyUI's classes by name; ModelSamplingDiscrete replaces it) wins over model_type
+    def sampling_class(*bases, name="ModelSamplingAdvanced"):
+        made = {}
+        for b in bases:  # ComfyUI's class names, each a subclass of the next
+            made[b] = type(b, (made[list(made)[-1]],) if made else (), {})
+        return type(name, (type("ModelSamplingDiscrete", (), {}), made[bases[-1]]), {})
+
+    def with_sampling(cls, zsnr=False, model_type="EPS"):
+        m = fake(model_type)
+        sampling = cls()
+        sampling.zsnr = zsnr
+        m.get_model_object = lambda name: sampling if name == "model_sampling" else None
+        return m
+
+    assert comfy_prediction_type(with_sampling(sampling_class("EPS", "V_PREDICTION"))) == "v_prediction"
+    assert comfy_prediction_type(with_sampling(sampling_class("EPS"), model_type="V_PREDICTION")) == "epsilon"
+    with pytest.raises(VP2PInputError, match="zero terminal SNR"):
+        comfy_prediction_type(with_sampling(sampling_class("EPS", "V_PREDICTION"), zsnr=True))
+    for bases, kind in ((("EPS", "X0"), "X0"), (("EPS", "V_PREDICTION", "EDM"), "EDM"), (("EPS", "LCM"), "LCM")):
+        with pytest.raises(VP2PInputError, match=f"prediction type {kind} is not supported"):
+            comfy_prediction_type(with_sampling(sampling_class(*bases)))
+
 
 def test_plain_host_and_holder():
     m = make_model()

@@ -44,12 +44,43 @@ def main(comfy_dir, ckpt, repo):
         diff = torch.randn(w.shape, generator=torch.Generator().manual_seed(1)) * 0.05
         patched = model.clone()
         patched.add_patches({"diffusion_model." + key: (diff,)}, 1.0)
-        unet_p = convert.comfy_model_to_unet(patched, "fp32")[0]
         dkey = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
-        got = dict(unet_p.named_parameters())[dkey] - dict(unet.named_parameters())[dkey]
-        out["patch_diff_error"] = float((got - diff).abs().max())
-        mm.load_models_gpu([model])  # the unpatched MODEL again: ComfyUI takes the patch back off
+
+        def patch_error():
+            unet_p = convert.comfy_model_to_unet(patched, "fp32")[0]
+            got = dict(unet_p.named_parameters())[dkey] - dict(unet.named_parameters())[dkey]
+            return float((got - diff).abs().max())
+
+        def loaded(patcher):
+            return any(lm.model is patcher for lm in mm.current_loaded_models)
+
+        # nothing loaded yet: the patch is applied where the weights are, and the clone is not loaded for it
+        out["patch_diff_error"] = patch_error()
+        out["patched_loaded_to_read"] = loaded(patched)
+        mm.load_models_gpu([model])  # the unpatched MODEL loaded, as a KSampler would
         out["model_unchanged_diff"] = float((model.model.diffusion_model(x, timesteps=t, context=c) - ref).abs().max())
+        other = model.clone()  # another clone's patch in place (another LoRA)
+        other.add_patches({"diffusion_model." + key: (-diff,)}, 1.0)
+        mm.load_models_gpu([other])
+        plain = convert.comfy_model_to_unet(model, "fp32")[0]  # the MODEL without patches: not the other's LoRA
+        out["plain_diff_other_in_place"] = float(max((a - b).abs().max() for a, b in
+                                                     zip(plain.parameters(), unet.parameters())))
+        mm.load_models_gpu([other])
+        out["patch_diff_error_other_in_place"] = patch_error()  # ComfyUI swaps the patches: ours are read
+        out["patch_diff_error_own_in_place"] = patch_error()  # ours in place now: read as they are
+        mm.load_models_gpu([model])  # ComfyUI takes the patches back off
+        out["model_unchanged_diff_after"] = float(
+            (model.model.diffusion_model(x, timesteps=t, context=c) - ref).abs().max())
+
+        from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
+
+        out["v_override"] = convert.comfy_prediction_type(ModelSamplingDiscrete().patch(model, "v_prediction", False)[0])
+        for sampling, zsnr in (("eps", True), ("lcm", False)):
+            try:
+                convert.comfy_prediction_type(ModelSamplingDiscrete().patch(model, sampling, zsnr)[0])
+                out[f"refused_{sampling}"] = ""
+            except Exception as e:  # VP2PInputError, from the module under test
+                out[f"refused_{sampling}"] = str(e)
 
         patcher = convert.make_patcher(unet)
         mm.load_models_gpu([patcher], force_full_load=True)

@@ -691,7 +691,9 @@ def test_stop_button_interrupts_tuning(comfy, word_swap):
 
 
 def test_conversion_matches_comfyui(comfy):
-    """nodes/convert.py's UNet gives ComfyUI's UNet output; a LoRA-style patch is applied; the MODEL is unchanged."""
+    """nodes/convert.py's UNet gives ComfyUI's UNet output; a LoRA-style patch is applied, whether no clone's,
+    another clone's or its own patches are in place in the shared weights, and without loading the clone where
+    none are; the MODEL without patches does not take another clone's; the MODEL is unchanged."""
     ckpt = comfy.base / "models" / "checkpoints" / CKPT
     r = subprocess.run([comfy.python, str(HERE / "check_conversion.py"), COMFYUI_DIR, str(ckpt), str(REPO)],
                        capture_output=True, text=True, timeout=600, env=comfy.env)
@@ -700,6 +702,12 @@ def test_conversion_matches_comfyui(comfy):
     print(f"\nconversion: {out}")
     assert out["max_diff"] < 1e-4 * max(1.0, out["ref_std"])
     assert out["patch_diff_error"] < 1e-6 and out["model_unchanged_diff"] == 0.0
+    assert out["patch_diff_error_other_in_place"] < 1e-6 and out["patch_diff_error_own_in_place"] < 1e-6
+    assert not out["patched_loaded_to_read"] and out["model_unchanged_diff_after"] == 0.0
+    assert out["plain_diff_other_in_place"] == 0.0
+    # ModelSamplingDiscrete's override is the prediction type; zsnr and LCM are refused by name
+    assert out["prediction"] == "epsilon" and out["v_override"] == "v_prediction"
+    assert "zero terminal SNR" in out["refused_eps"] and "prediction type LCM" in out["refused_lcm"]
     assert not out["inference_params"] and out["patcher_loaded"]
 
 
