@@ -98,13 +98,19 @@ def save_path(name: str, what: str) -> Path:
 
 
 def load_path(name: str, what: str) -> Path:
+    """The file ``name`` names under models/vp2p or output/. Where both hold one, the newer is read, with a
+    warning: a Save node writes to output/, and an older copy under models/ must not shadow what it just saved."""
     rel = safe_name(name, what)
     places = roots("models") + roots("output")
-    for root in places:
-        full = _inside(root, rel)
-        if full.is_file():
-            return full
-    raise VP2PInputError(f"{what}: no file {str(rel)!r} in {', '.join(str(p) for p in places)}")
+    found = [full for full in (_inside(root, rel) for root in places) if full.is_file()]
+    if not found:
+        raise VP2PInputError(f"{what}: no file {str(rel)!r} in {', '.join(str(p) for p in places)}")
+    if len(found) > 1:
+        newest = max(found, key=lambda p: p.stat().st_mtime)
+        log.warning("Video-P2P: %s %r is in %s; reading the newest, %s", what, str(rel),
+                    " and ".join(str(p) for p in found), newest)
+        return newest
+    return found[0]
 
 
 def cache_path(cache_dir: str, kind: str, key: str) -> Optional[Path]:

@@ -649,3 +649,36 @@ def test_a_hand_made_inversion_file_is_refused_by_name(inversion, tmp_path):
     save_file(tensors, str(path), metadata={k: v for k, v in meta.items() if k != "model_fingerprint"})
     with pytest.raises(VP2PInputError, match="inversion: .* lacks metadata model_fingerprint"):
         Inversion.load(path, what="inversion")
+
+
+def test_a_delta_records_the_inflation_it_was_tuned_under(world, tmp_path):
+    """The temporal layers learn what each frame's attention sees: a delta tuned under one frame_attention or
+    group_norm is refused by a model inflated with the other, by name; a delta saved before it recorded them fits."""
+    from vp2p_core.inflation import set_frame_attention
+
+    tok, emb, latents, _ = world
+    model = VideoModel.from_unet(tiny_unet(), group_norm="clip")
+    delta = one_shot_tune(model, latents, emb[:1], SRC, options=TuneOptions(steps=1))
+    delta.save(tmp_path / "d.safetensors")
+    delta = Delta.load(tmp_path / "d.safetensors")
+    assert delta.inflation == {"frame_attention": "first", "group_norm": "clip"}
+    apply_delta(model, delta)
+    other = VideoModel.from_unet(tiny_unet(), group_norm="frame")
+    with pytest.raises(VP2PInputError, match="delta: tuned with group_norm 'clip', but this model's is 'frame'"):
+        apply_delta(other, delta)
+    set_frame_attention(model.unet, "first_prev")
+    with pytest.raises(VP2PInputError, match="set InflateUNet's frame_attention to 'first'"):
+        apply_delta(model, delta)
+    delta.inflation = {}  # saved before deltas recorded it
+    apply_delta(model, delta)
+
+
+def test_null_text_checks_the_stop_button_inside_a_step(world):
+    """One null-text step is up to inner_steps forward and backward passes (times the windows): the host's
+    interrupt is asked before each, not only once per step."""
+    tok, emb, latents, model = world
+    calls = []
+    host = Host(interrupt=lambda: calls.append(1))
+    invert(model, latents, emb[:1], emb[2:3], SRC, host=host,
+           options=InversionOptions(mode="null_text", steps=2, inner_steps=3, early_stop=0.0, early_stop_ratio=0.0))
+    assert len(calls) == 2 + 2 + 2 * 3  # DDIM's 2 steps, null-text's 2, and its 3 inner iterations in each

@@ -563,11 +563,18 @@ def test_save_and_load_delta_and_inversion(chain, roots):
     assert torch.equal(inv.x_T, chain.inv.x_T)
     state = LoadVP2PDelta.fingerprint_inputs(filename="vp2p/ball.delta.safetensors")
     assert "ball.delta.safetensors" in state
-    # files under models/vp2p win over the output folder
+    # a name in both folders: the newer file is read (a Save writes to output/; an older copy under models/vp2p
+    # must not shadow it), with a warning
+    import os
+
+    saved = roots / "output" / "vp2p" / "ball.delta.safetensors"
     models_copy = roots / "models" / "vp2p" / "ball.delta.safetensors"
     models_copy.parent.mkdir(parents=True, exist_ok=True)
-    models_copy.write_bytes((roots / "output" / "vp2p" / "ball.delta.safetensors").read_bytes())
+    models_copy.write_bytes(saved.read_bytes())
+    os.utime(models_copy, (saved.stat().st_mtime + 10,) * 2)
     assert node_files.load_path("vp2p/ball.delta", "filename") == models_copy
+    os.utime(models_copy, (saved.stat().st_mtime - 10,) * 2)
+    assert node_files.load_path("vp2p/ball.delta", "filename") == saved
     # the sampler on loaded files gives what it gives on the originals
     e = edit(chain.clip, blend_words="ball")
     a = sample(chain.tuned, chain.inv, e)[0]["samples"]

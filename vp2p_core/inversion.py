@@ -283,10 +283,10 @@ def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: to
             bound = early_stop + i * 2e-5
             if is_whole_clip(windows, f):
                 rec, j, loss_v, b = _null_step_whole(model, schedule, x, t, cond, e, target, guidance, inner_steps,
-                                                     bound, ratio, opt)
+                                                     bound, ratio, opt, host.interrupt)
             else:
                 rec, j, loss_v, b = _null_step_windowed(model, schedule, x, t, cond, e, target, guidance,
-                                                        inner_steps, bound, ratio, opt, windows)
+                                                        inner_steps, bound, ratio, opt, windows, host.interrupt)
             backwards += b
             x = rec.detach()
             e = e.detach()
@@ -310,7 +310,7 @@ def _stops(loss: float, first: float, bound: float, ratio: float) -> bool:
     return loss < bound or (ratio > 0 and loss < ratio * first)
 
 
-def _null_step_whole(model, schedule, x, t, cond, e, target, guidance, inner_steps, bound, ratio, opt):
+def _null_step_whole(model, schedule, x, t, cond, e, target, guidance, inner_steps, bound, ratio, opt, interrupt):
     """One DDIM step's optimisation with all frames in one UNet call."""
     f = x.shape[0]
     with torch.no_grad():
@@ -318,6 +318,7 @@ def _null_step_whole(model, schedule, x, t, cond, e, target, guidance, inner_ste
     rec, j, loss_v, backwards = None, 0, float("nan"), 0
     with torch.enable_grad():
         for j in range(inner_steps):
+            interrupt()  # the stop button between a step's forward and backward passes, not only between steps
             eps_u = _eps(model, schedule, x, t, e, f)
             rec = schedule.prev_step(eps_u + guidance * (eps_c - eps_u), t, x)
             loss = F.mse_loss(rec, target)
@@ -343,7 +344,8 @@ def windowed_null_loss(rec: torch.Tensor, target: torch.Tensor, weights: torch.T
     return (per_frame * weights.to(per_frame.dtype)).sum() / num_frames
 
 
-def _null_step_windowed(model, schedule, x, t, cond, e, target, guidance, inner_steps, bound, ratio, opt, windows):
+def _null_step_windowed(model, schedule, x, t, cond, e, target, guidance, inner_steps, bound, ratio, opt, windows,
+                        interrupt):
     """One DDIM step's optimisation with the clip seen through context windows (see null_text_optimisation)."""
     f = x.shape[0]
     norm = normalised_weights(windows, f, device=x.device)
@@ -357,6 +359,7 @@ def _null_step_windowed(model, schedule, x, t, cond, e, target, guidance, inner_
         """The clip's guided step (windows fused) and loss; with ``grad``, each window's backward."""
         rec, total, n_back = torch.zeros_like(x), 0.0, 0
         for (idx, xw, tw, eps_c), wn in zip(parts, norm):
+            interrupt()  # a step is inner_steps x windows forward and backward passes: the stop button per window
             with torch.set_grad_enabled(grad):
                 eps_u = _eps(model, schedule, xw, t, e, len(idx))
                 rec_w = schedule.prev_step(eps_u + guidance * (eps_c - eps_u), t, xw)

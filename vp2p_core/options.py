@@ -261,6 +261,8 @@ class InversionOptions(Options):
         if self.mode != "null_text":
             for name in ("inner_steps", "early_stop", "early_stop_ratio", "lr_scale"):
                 key.pop(name)
+        elif self.steps > 50:  # the rate's decay over more steps changed (it turned negative past step 100)
+            key["lr_decay"] = "1 - i / (2 * steps)"
         return key
 
 

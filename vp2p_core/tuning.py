@@ -41,6 +41,8 @@ class Delta:
     config: dict = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
     base_aliases: tuple[str, ...] = ()  # VideoModel.base_aliases of the model it was tuned on
+    # the InflationOptions its temporal layers were trained under (frame_attention, group_norm); {}: saved before
+    inflation: dict = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
@@ -49,7 +51,7 @@ class Delta:
     def save(self, path) -> None:
         meta = {"vp2p_kind": "delta", "base_fingerprint": self.base_fingerprint, "num_frames": str(self.num_frames),
                 "prompt": self.prompt, "steps": str(self.steps), "config": self.config, "losses": self.losses,
-                "base_aliases": list(self.base_aliases)}
+                "base_aliases": list(self.base_aliases), "inflation": self.inflation}
         atomic_save(self.tensors, path, meta)
 
     @classmethod
@@ -59,7 +61,8 @@ class Delta:
                                      meta_needed=("base_fingerprint", "num_frames", "prompt", "steps"))
         return cls(tensors=tensors, base_fingerprint=meta["base_fingerprint"], num_frames=int(meta["num_frames"]),
                    prompt=meta["prompt"], steps=int(meta["steps"]), config=meta_json(meta, "config", {}),
-                   losses=meta_json(meta, "losses", []), base_aliases=tuple(meta_json(meta, "base_aliases", [])))
+                   losses=meta_json(meta, "losses", []), base_aliases=tuple(meta_json(meta, "base_aliases", [])),
+                   inflation=meta_json(meta, "inflation", {}))
 
 
 def make_trainable_copyable(module: torch.nn.Module) -> None:
@@ -85,6 +88,11 @@ def check_delta(model: VideoModel, delta: Delta, what: str = "delta", num_frames
     if num_frames is not None and num_frames != delta.num_frames:
         raise VP2PInputError(f"{what}: tuned on {delta.num_frames} frames, but the clip has {num_frames} frames; "
                              "tune on this clip, or use the clip it was tuned on")
+    for name, tuned_with in delta.inflation.items():  # its temporal layers learnt what these frames see
+        now = getattr(model, name)
+        if tuned_with != now:
+            raise VP2PInputError(f"{what}: tuned with {name} {tuned_with!r}, but this model's is {now!r}; set "
+                                 f"InflateUNet's {name} to {tuned_with!r}, or tune again")
     params = dict(model.unet.named_parameters())
     for name, t in delta.tensors.items():
         if name not in params:
@@ -206,7 +214,8 @@ def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, 
             del opt
     delta = Delta(tensors={n: params[n].detach().cpu().clone() for n in names},
                   base_fingerprint=model.base_fingerprint, num_frames=f, prompt=prompt, steps=options.steps,
-                  config=options.cache_key(), losses=losses, base_aliases=model.base_aliases)
+                  config=options.cache_key(), losses=losses, base_aliases=model.base_aliases,
+                  inflation={"frame_attention": model.frame_attention, "group_norm": model.group_norm})
     if context is not None and not is_whole_clip(context.windows(f), f):
         delta.config["context"] = context.options.cache_key()
     model.delta_fingerprint = delta.fingerprint
