@@ -161,8 +161,9 @@ def comfy_unet_state_dict(model) -> dict:
     weights' own device (the CPU, before anything sampled): no copy of the checkpoint goes to the GPU only to be
     read. Where another clone's are in place (another LoRA; for a MODEL without patches, any), ``load_models_gpu``
     takes them off and makes this clone's current. Modules ComfyUI loaded in low-VRAM mode keep unpatched weights,
-    and get their patches applied here too. A weight patched here is rounded to its dtype as ComfyUI rounds one
-    it patches, so the result (and its fingerprint, a cache key) does not depend on which happened.
+    and get their patches applied here too. A weight patched here is patched as ComfyUI patches one when it loads
+    the clone: in float32 on the clone's load device (one weight at a time), then rounded to its dtype, so that the
+    result (and its fingerprint, which deltas, inversions and caches record) does not depend on which happened.
     """
     import comfy.float
     import comfy.lora
@@ -182,10 +183,10 @@ def comfy_unet_state_dict(model) -> dict:
             key = f"{mname}.{pname}" if mname else pname
             w = p.detach()
             patch_key = f"diffusion_model.{key}"
-            if patch_key in model.patches and not patched:
-                w = comfy.float.stochastic_rounding(
-                    comfy.lora.calculate_weight(model.patches[patch_key], w.to(torch.float32, copy=True), patch_key),
-                    p.dtype, seed=comfy.model_patcher.string_to_seed(patch_key))
+            if patch_key in model.patches and not patched:  # as ModelPatcher.patch_weight_to_device does it
+                w = mm.cast_to_device(w, model.load_device, torch.float32, copy=True)
+                w = comfy.float.stochastic_rounding(comfy.lora.calculate_weight(model.patches[patch_key], w, patch_key),
+                                                    p.dtype, seed=comfy.model_patcher.string_to_seed(patch_key))
             sd[LDM_PREFIX + key] = w.to("cpu")
     return sd
 

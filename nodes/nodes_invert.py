@@ -62,7 +62,9 @@ class NullTextVideoInvert(io.ComfyNode):
                               frame_attention=vp2p_model.video.frame_attention, group_norm=vp2p_model.video.group_norm,
                               latents=files.tensor_hash(latents),
                               text=files.tensor_hash(src), empty=files.tensor_hash(empty), prompt=source_prompt,
-                              options=options.cache_key(), **context_key(context), **schedule_key(vp2p_model),
+                              options=options.cache_key(),
+                              **context_key(context, frame_attention=vp2p_model.video.frame_attention),
+                              **schedule_key(vp2p_model),
                               # half weights: their DDIM latents are float32 now (bf16 / fp16 before; not reused)
                               **({} if weights == torch.float32 else {"weights": str(weights),
                                                                       "latent_dtype": "float32"}))
@@ -79,7 +81,8 @@ class NullTextVideoInvert(io.ComfyNode):
         # null-text asks for the room to run without checkpointing (auto then checks what is free), unless it is on
         stage = ("infer" if options.mode != "null_text" else
                  "null_text_checkpointed" if options.null_text_checkpointing == "on" else "null_text")
-        memory = working_memory(stage, call_rows(latents.shape[0], context), latents.shape[-2:], weights)
+        rows = call_rows(latents.shape[0], context, frame_attention=vp2p_model.video.frame_attention)
+        memory = working_memory(stage, rows, latents.shape[-2:], weights)
 
         def compute() -> Inversion:
             with trained_weights(vp2p_model.video, vp2p_model.delta):

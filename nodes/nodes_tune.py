@@ -70,7 +70,8 @@ class OneShotTune(io.ComfyNode):
                               frame_attention=vp2p_model.video.frame_attention, group_norm=vp2p_model.video.group_norm,
                               latents=files.tensor_hash(latents),
                               text=files.tensor_hash(text), prompt=source_prompt, options=options.cache_key(),
-                              **context_key(context), **schedule_key(vp2p_model))
+                              **context_key(context, frame_attention=vp2p_model.video.frame_attention),
+                              **schedule_key(vp2p_model))
 
         def load(path) -> Delta:
             delta = Delta.load(path, what="cache_dir")
@@ -82,8 +83,9 @@ class OneShotTune(io.ComfyNode):
         def compute() -> Delta:
             unet = vp2p_model.video.unet
             trained = set(trainable_parameter_names(unet))
+            rows = call_rows(latents.shape[0], context, frame_attention=vp2p_model.video.frame_attention)
             memory = working_memory("train" if options.gradient_checkpointing else "null_text",
-                                    call_rows(latents.shape[0], context), latents.shape[-2:],
+                                    rows, latents.shape[-2:],
                                     AUTOCAST[options.precision] or torch.float32,
                                     trained_parameters=sum(p.numel() for n, p in unet.named_parameters()
                                                            if n in trained))

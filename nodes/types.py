@@ -13,6 +13,7 @@ import torch
 
 from vp2p_core import (SD_LATENT_SCALE, SD_VAE_FACTOR, Delta, EditPlan, InflationOptions, StructureGuidance,
                        StructureOptions, VideoModel, VP2PInputError)
+from vp2p_core.context import CORE_SCHEDULES
 from vp2p_core.schedule import DDIMConfig
 from vp2p_core.tuning import check_delta
 
@@ -35,9 +36,17 @@ def check_context(context) -> None:
         raise VP2PInputError(f"context: expected the output of VideoP2PContextWindows, got {type(context).__name__}")
 
 
-def context_key(context) -> dict:
-    """The context windows' part of a stage's cache key (nothing without windows, so old keys stay valid)."""
-    return {} if context is None else {"context": context.options.cache_key()}
+def context_key(context, frame_attention: str = InflationOptions.frame_attention) -> dict:
+    """The context windows' part of a stage's cache key (nothing without windows, so old keys stay valid). ComfyUI's
+    schedules (uniform, looped) and Tune-A-Video's frame attention are marked by the revision of how the stages
+    meet them: DDIM inversion asks each timestep for its denoising step's windows, a looped window keeps one copy of
+    frame 0, and first_prev windows hold their first frame's previous frame."""
+    if context is None:
+        return {}
+    key = {"context": context.options.cache_key()}
+    if context.options.context_schedule not in CORE_SCHEDULES or frame_attention != "first":
+        key["windows_revision"] = 2
+    return key
 
 
 def schedule_key(vp2p_model: "VP2PModel") -> dict:

@@ -236,3 +236,39 @@ def test_a_looped_window_through_the_first_frame_does_not_see_it_twice():
     looped, plain = context.windows(5)
     assert looped.frames == (0, 3, 4, 1) and looped.weights == (1.0, 4.0, 5.0, 2.0)
     assert plain.frames == (0, 1, 2, 3, 4) and plain.weights == (0.0, 2.0, 3.0, 4.0, 5.0)
+
+
+def test_first_prev_windows_hold_each_frames_previous_frame(world, monkeypatch):
+    """Tune-A-Video's frame attention reads each row's previous row: a window's first frame gets its previous frame
+    as a row of weight 0 (frame 4 of (0, 4, 5, 6, 7) would otherwise attend to frame 0 twice); every stage asks for
+    the windows with the model's frame_attention, and the memory estimate counts the row."""
+    from vp2p_core.memory import call_rows
+
+    context = windows(4, 1)
+    first = context.windows(11)
+    prev = context.windows(11, frame_attention="first_prev")
+    assert [w.frames for w in first] == [(0, 1, 2, 3), (0, 3, 4, 5, 6), (0, 6, 7, 8, 9), (0, 7, 8, 9, 10)]
+    assert [w.frames for w in prev] == [(0, 1, 2, 3), (0, 2, 3, 4, 5, 6), (0, 5, 6, 7, 8, 9), (0, 6, 7, 8, 9, 10)]
+    for a, b in zip(first, prev):  # the added rows weigh nothing; the others keep their weights
+        assert [w for w in b.weights if w] == [w for w in a.weights if w]
+        assert sum(b.weights) == sum(a.weights)
+    assert call_rows(11, context) == 5 and call_rows(11, context, frame_attention="first_prev") == 6
+    tok, emb, _ = world
+    model = VideoModel.from_unet(tiny_unet(), frame_attention="first_prev")
+    asked = []
+    real = ContextWindows.windows
+
+    def spy(self, num_frames, step=0, frame_attention="first"):
+        asked.append(frame_attention)
+        return real(self, num_frames, step=step, frame_attention=frame_attention)
+
+    monkeypatch.setattr(ContextWindows, "windows", spy)
+    x = torch.randn(7, 4, 16, 16, generator=torch.Generator().manual_seed(5))
+    inv = invert(model, x, emb[:1], emb[2:3], SRC, options=InversionOptions(mode="null_text", steps=2, inner_steps=1),
+                 context=context)
+    with trained_weights(model):
+        one_shot_tune(model, x, emb[:1], SRC, options=TuneOptions(steps=1), context=context)
+    plan = build_edit_plan(tok, SRC, [TGT], options=EditOptions())
+    plan.source_embedding, plan.target_embeddings, plan.empty_embedding = emb[:1], emb[1:2], emb[2:3]
+    sample_edit(model, inv, plan, context=context)
+    assert asked and set(asked) == {"first_prev"}

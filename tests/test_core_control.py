@@ -76,6 +76,8 @@ def test_replacement_mapper_gives_every_target_token_a_source():
     assert m.sum(0)[3:].eq(1).all() and m[76, 74:].eq(1).all()
     m = replacement_mapper("a red ball.", "a blue ball", clip)  # [BOS a red ball . EOS] -> [BOS a blue ball EOS]
     assert m[5, 4] == 1 and m[4].sum() == 0 and m.sum(0).eq(1).all()  # '.' has no counterpart; EOS reads EOS
+    m = replacement_mapper("a red ball", "a blue ball!!", clip)  # the target's '!!' joins its 'ball': 1/2 each
+    assert m[3, 3] == 0.5 and m[3, 4] == 0.5 and m[4, 5] == 1 and m.sum(0)[5:].eq(1).all()
 
 
 def test_refinement_mapper_identical_prompts(tok):

@@ -629,6 +629,10 @@ def test_edit_refuses_an_inversion_of_another_schedule_or_latent_size(world, inv
         sample_edit(v_model, inversion, _plan(tok, emb), options=SamplerOptions())
     with pytest.raises(VP2PInputError, match="latents: latents of 15x16 do not divide by 2"):
         invert(model, latents[:, :, :15], emb[:1], emb[2:3], SRC, options=InversionOptions(mode="fast", steps=2))
+    # an inversion saved before the steps' limit of 500, with more: refused naming the inversion
+    many = dataclasses.replace(inversion, timesteps=torch.arange(600).flip(0))
+    with pytest.raises(VP2PInputError, match="inversion: made with 600 DDIM steps, more than the 500"):
+        sample_edit(model, many, _plan(tok, emb), options=SamplerOptions())
 
 
 def test_a_hand_made_inversion_file_is_refused_by_name(inversion, tmp_path):
@@ -671,6 +675,10 @@ def test_a_delta_records_the_inflation_it_was_tuned_under(world, tmp_path):
         apply_delta(model, delta)
     delta.inflation = {}  # saved before deltas recorded it
     apply_delta(model, delta)
+    delta.inflation = {"frame_attention": 1}
+    delta.save(tmp_path / "bad.safetensors")
+    with pytest.raises(VP2PInputError, match="delta: .*bad.safetensors' records an inflation of"):
+        Delta.load(tmp_path / "bad.safetensors", what="delta")
 
 
 def test_null_text_checks_the_stop_button_inside_a_step(world):

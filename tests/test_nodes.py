@@ -602,3 +602,18 @@ def test_inflate_node_wires_conversion(monkeypatch):
     assert vm.video.frame_attention == "first_prev" and vm.latent_format == "LATENT_FORMAT"
     assert vm.video.group_norm == "clip" and vm.video.state.group_norm == "clip"
     assert not any(p.is_inference() for p in vm.video.unet.parameters())
+
+
+def test_context_key_marks_windows_whose_stages_changed():
+    """Cached results made through ComfyUI's uniform schedules or with first_prev windows were made before the
+    stages met those windows as they do now: their key carries the revision, the core schedules' keys are as
+    they were."""
+    from nodes.types import context_key
+    from vp2p_core.context import ContextWindows
+    from vp2p_core.options import ContextOptions
+
+    static = ContextWindows(ContextOptions())
+    assert context_key(None) == {} and context_key(static) == {"context": static.options.cache_key()}
+    assert context_key(static, frame_attention="first_prev")["windows_revision"] == 2
+    looped = ContextWindows(ContextOptions(context_schedule="looped_uniform"))
+    assert context_key(looped)["windows_revision"] == 2

@@ -17,7 +17,8 @@ prepended as an *anchor row*: the UNet sees it (frame attention, GroupNorm and t
 but its output has fuse weight 0 (GroupNorm includes it only with ``group_norm`` "clip"). Cost: one frame per
 window (1/16 more work at ComfyUI's default length). A looped window that wraps through frame 0 has it already:
 that row moves to the front instead (temporal attention has no positional encoding, so for ``first`` this only
-reorders the rows).
+reorders the rows). With ``first_prev`` a window's first frame also gets its previous frame as a row of weight 0
+(``with_previous_rows``).
 """
 from __future__ import annotations
 
@@ -129,8 +130,9 @@ class ContextWindows:
         if self.schedule is None and num_frames > o.context_length:
             standard_windows(num_frames, o.context_length, o.context_overlap, o.context_schedule)  # raises if not core
 
-    def windows(self, num_frames: int, step: int = 0) -> list[Window]:
-        """The windows of step ``step`` over a clip of ``num_frames`` frames, anchor rows included."""
+    def windows(self, num_frames: int, step: int = 0, frame_attention: str = "first") -> list[Window]:
+        """The windows of step ``step`` over a clip of ``num_frames`` frames, anchor rows included; with the model's
+        ``frame_attention`` "first_prev", previous-frame rows too (``with_previous_rows``)."""
         o = self.options
         if num_frames <= o.context_length:
             return whole_clip(num_frames)
@@ -153,12 +155,29 @@ class ContextWindows:
                 frames, weights = [0] + frames[:k] + frames[k + 1:], [weights[k]] + weights[:k] + weights[k + 1:]
             elif frames[0] != 0:  # the clip's first frame anchors frame attention in every window
                 frames, weights = [0] + frames, [0.0] + weights
+            if frame_attention == "first_prev":
+                frames, weights = with_previous_rows(frames, weights)
             out.append(Window(frames=tuple(frames), weights=tuple(weights)))
         missing = sorted(set(range(num_frames)) - covered)
         if missing:
             raise VP2PInputError(f"context windows: frames {missing[:8]} of {num_frames} are in no window "
                                  f"(context_length {o.context_length}, context_overlap {o.context_overlap})")
         return out
+
+
+def with_previous_rows(frames: list[int], weights: list[float]) -> tuple[list[int], list[float]]:
+    """Tune-A-Video's frame attention (``first_prev``) reads each row's previous row in the window. A frame whose
+    previous frame is not the row before it (a window's first frame, 4 in (0, 4, 5, 6, 7)) gets that frame as a row
+    before it with fuse weight 0, as the anchor: (0, 3, 4, 5, 6, 7). Without it, frame 4 would attend to frame 0
+    twice and the window's start would lose its link to the frame before it. Cost: one row per window."""
+    out_f, out_w = frames[:1], weights[:1]
+    for f, w in zip(frames[1:], weights[1:]):
+        if f > 0 and out_f[-1] != f - 1:
+            out_f.append(f - 1)
+            out_w.append(0.0)
+        out_f.append(f)
+        out_w.append(w)
+    return out_f, out_w
 
 
 def normalised_weights(windows: Sequence[Window], num_frames: int, device=None) -> list[torch.Tensor]:

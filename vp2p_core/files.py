@@ -59,7 +59,8 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metad
             os.chmod(tmp, 0o666 & ~_umask())
         except OSError:  # a file system without modes (FAT refuses a chmod): keep what it gave
             pass
-        with open(tmp, "rb") as f:  # on disk before the rename, so that a power cut leaves no empty file behind
+        with open(tmp, "r+b") as f:  # on disk before the rename, so that a power cut leaves no empty file behind
+            # (r+b: Windows' fsync, FlushFileBuffers, needs a handle that may write)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

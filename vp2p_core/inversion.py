@@ -3,8 +3,8 @@
 Modes:
 - ``null_text``: the reference's loop. Per step, Adam on the embedding, lr ``lr_scale`` * 1e-2*(1-i/100) (the
   reference's 50 steps; past 50 steps the decay stretches over them, 1-i/(2*steps), where the reference's rate
-  would reach 0 at step 100 and turn negative), up to ``inner_steps`` iterations, stop when the loss < early_stop + i*2e-5 or (``early_stop_ratio`` > 0) below that
-  fraction of the step's first loss; the result seeds the next step. The reference's budget is lr_scale 1,
+  would reach 0 at step 100 and turn negative), up to ``inner_steps`` iterations, stop when the loss <
+  early_stop + i*2e-5 or (``early_stop_ratio`` > 0) below that fraction of the step's first loss; the result seeds the next step. The reference's budget is lr_scale 1,
   10 iterations, ratio 0: on the small-world model its stop never fires and its small steps leave the loss high.
   The defaults (10, 4, 0.8) take larger steps and stop before they overshoot: on five clips they reconstruct
   1.4-7.5 dB better with a third of the reference's backward passes (bench/null_text_budget.py, BENCHMARKS.md).
@@ -135,8 +135,8 @@ class Inversion:
         if not {self.model_fingerprint, *self.model_aliases} & set(fingerprints):
             raise VP2PInputError(
                 f"{what}: made with the model {self.model_fingerprint}, but this model is {fingerprints[0]} "
-                "(another checkpoint, LoRA or tuning; the same one in another precision fits); invert again with "
-                "this model")
+                "(another checkpoint, LoRA or tuning, or InflateUNet's frame_attention or group_norm set otherwise; "
+                "the same one in another precision fits); invert again with this model")
 
     def check_latents(self, latents: torch.Tensor, what: str = "inversion") -> None:
         """Refuse this inversion for a clip (scaled latents [F,C,h,w]) of another length or frame size, or (when
@@ -188,7 +188,8 @@ def ddim_inversion(model: VideoModel, latents: torch.Tensor, text: torch.Tensor,
     for i, t in enumerate(schedule.timesteps.flip(0).tolist()):
         # the windows of this timestep's step in denoising order, as null-text and the edit see it (ComfyUI's
         # uniform schedules shift their windows from step to step)
-        windows = context.windows(f, step=T - 1 - i) if context else whole_clip(f)
+        windows = (context.windows(f, step=T - 1 - i, frame_attention=model.frame_attention) if context
+                   else whole_clip(f))
         x = schedule.next_step(windowed_eps(model, schedule, x, t, text, windows), t, x)
         if keep_all:
             out.append(x)
@@ -259,8 +260,9 @@ def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: to
     guidance, inner_steps, early_stop, lr_scale, ratio = (options.guidance, options.inner_steps, options.early_stop,
                                                           options.lr_scale, options.early_stop_ratio)
     make_trainable_copyable(unet)
-    checkpointing = checkpoint_null_text(options.null_text_checkpointing, call_rows(f, context), ddim[0].shape[-2:],
-                                         model.weight_dtype, host.available_memory())
+    checkpointing = checkpoint_null_text(options.null_text_checkpointing,
+                                         call_rows(f, context, frame_attention=model.frame_attention),
+                                         ddim[0].shape[-2:], model.weight_dtype, host.available_memory())
     was_checkpointing = bool(unet.is_gradient_checkpointing)
     if checkpointing:
         log.info("null-text optimisation: gradient checkpointing on (null_text_checkpointing %s)",
@@ -277,7 +279,8 @@ def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: to
         set_gradient_checkpointing(unet, checkpointing)
         for i, t in enumerate(schedule.timesteps.tolist()):
             target = ddim[T - 1 - i]
-            windows = context.windows(f, step=i) if context else whole_clip(f)
+            windows = (context.windows(f, step=i, frame_attention=model.frame_attention) if context
+                       else whole_clip(f))
             e = e.detach().clone().requires_grad_(True)  # a new tensor: Adam steps it in place
             opt = torch.optim.Adam([e], lr=lr_scale * 1e-2 * (1.0 - i / max(100.0, 2.0 * T)))
             bound = early_stop + i * 2e-5

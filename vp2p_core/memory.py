@@ -34,9 +34,12 @@ def working_memory(stage: str, rows: int, latent_hw: Sequence[int], dtype: torch
     return int(rows * per_row) + 12 * int(trained_parameters)
 
 
-def call_rows(frames: int, context=None) -> int:
-    """Frames one UNet call sees of one clip: the clip's, or its largest context window's (anchor rows included)."""
-    return frames if context is None else max(len(w) for w in context.windows(frames))
+def call_rows(frames: int, context=None, frame_attention: str = "first") -> int:
+    """Frames one UNet call sees of one clip: the clip's, or its largest context window's (anchor and previous-frame
+    rows included)."""
+    if context is None:
+        return frames
+    return max(len(w) for w in context.windows(frames, frame_attention=frame_attention))
 
 
 def checkpoint_null_text(setting: str, rows: int, latent_hw: Sequence[int], dtype: torch.dtype,

@@ -76,10 +76,11 @@ class VideoModel:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies base weights + tuned delta (+ per-frame GroupNorm, + frame attention other than the
-        default): inversions are only valid for the same fingerprint. Both settings change every prediction, so they
-        enter it; the values an inversion saved before each entered ("clip", "first") leave it as it was, so such an
-        inversion still fits only the model it was made with."""
+        """Identifies base weights + tuned delta (+ per-frame GroupNorm, + frame attention other than "first"):
+        inversions are only valid for the same fingerprint. Both settings change every prediction, so they enter
+        it; the values they had before they entered ("clip", "first") leave it as it was, so an inversion saved
+        then with those values still fits. One saved with frame attention "first_prev" before it entered recorded
+        the plain fingerprint: a "first_prev" model refuses it (invert again), a "first" model would take it."""
         return self.fingerprint_with(self.delta_fingerprint)
 
     def fingerprint_with(self, delta_fingerprint: str, base: Optional[str] = None) -> str:

@@ -86,6 +86,10 @@ def check_edit_inputs(model: VideoModel, inversion: Inversion, plan: EditPlan) -
         differ = ", ".join(f"{k} {made[k]!r} (the model: {now[k]!r})" for k in made if made[k] != now.get(k))
         raise VP2PInputError(f"inversion: made with another noise schedule, {differ}; invert again with this model")
     model.check_latent_size(inversion.x_T.shape, "inversion")
+    most = model.schedule.num_train_timesteps // 2
+    if inversion.num_steps > most:  # saved before the steps' limit: DDIMSchedule would name only "steps"
+        raise VP2PInputError(f"inversion: made with {inversion.num_steps} DDIM steps, more than the {most} that "
+                             "reach the last timestep; invert again with at most that many")
     if plan.source_embedding is None or plan.target_embeddings is None or plan.empty_embedding is None:
         raise VP2PInputError("edit: the plan has no text embeddings (source, targets, empty); encode its prompts")
     if plan.target_embeddings.shape[0] != plan.num_targets:
@@ -200,7 +204,8 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
                 n_clips = x_in.shape[0]
                 k = ctrl.controlled_clips
                 target_rows = list(range(1, k)) + list(range(n_clips - n, n_clips))
-                windows = context.windows(f, step=i) if context is not None else whole_clip(f)
+                windows = (context.windows(f, step=i, frame_attention=model.frame_attention) if context is not None
+                           else whole_clip(f))
                 ctrl.set_windows(windows)
 
                 def predict(xw: torch.Tensor, w: Window, weights: torch.Tensor) -> torch.Tensor:

@@ -65,8 +65,10 @@ def replacement_mapper(source: str, target: str, tokenizer: TokenizerLike, max_l
     """[max_len, max_len] matrix M with target map = source map @ M (word swap).
 
     Words are the tokenizer's (``token_words``: 'rabbit,' is 'rabbit' and a comma). The prompts pair up word by
-    word, and so do the tokens between words (BOS, punctuation). A source unit of k tokens that becomes n target
-    tokens spreads weight 1/n. After such a unit the source and target positions differ; unlike the reference
+    word, and so do the tokens between words (BOS, punctuation). Punctuation only the target has joins the word
+    before it, so that it reads a map ('ball' -> 'ball!' pairs as the reference pairs its space-split words);
+    punctuation only the source has maps nowhere. A source unit of k tokens that becomes n target tokens spreads
+    weight 1/n. After such a unit the source and target positions differ; unlike the reference
     (which then maps j -> j) we keep them aligned.
     """
     words_x, words_y = token_words(source, tokenizer), token_words(target, tokenizer)
@@ -83,8 +85,14 @@ def replacement_mapper(source: str, target: str, tokenizer: TokenizerLike, max_l
         i, j = wx.tokens[-1] + 1, wy.tokens[-1] + 1
     end_x, end_y = len(tokenizer.encode(source)) - 1, len(tokenizer.encode(target)) - 1  # EOS positions
     units.append((range(i, end_x), range(j, end_y)))  # punctuation after the last word
+    merged: list[tuple[list[int], list[int]]] = []
     for s, t in units:
         s, t = [k for k in s if k < max_len], [k for k in t if k < max_len]
+        if t and not s and merged:  # punctuation only the target has joins the word before it (as in the
+            merged[-1] = (merged[-1][0], merged[-1][1] + t)  # reference, whose words are split at spaces)
+        else:
+            merged.append((s, t))
+    for s, t in merged:
         if len(s) == len(t):
             mapper[s, t] = 1
         elif s and t:

@@ -59,10 +59,15 @@ class Delta:
         """Read a file written by ``save``; ``what`` names the input the file came from in errors."""
         tensors, meta = load_checked(path, "delta", what,
                                      meta_needed=("base_fingerprint", "num_frames", "prompt", "steps"))
+        inflation = meta_json(meta, "inflation", {})
+        if not isinstance(inflation, dict) or not set(inflation) <= {"frame_attention", "group_norm"} or \
+                not all(isinstance(v, str) for v in inflation.values()):
+            raise VP2PInputError(f"{what}: {str(path)!r} records an inflation of {inflation!r}; expected its "
+                                 "frame_attention and group_norm, as SaveVP2PDelta writes")
         return cls(tensors=tensors, base_fingerprint=meta["base_fingerprint"], num_frames=int(meta["num_frames"]),
                    prompt=meta["prompt"], steps=int(meta["steps"]), config=meta_json(meta, "config", {}),
                    losses=meta_json(meta, "losses", []), base_aliases=tuple(meta_json(meta, "base_aliases", [])),
-                   inflation=meta_json(meta, "inflation", {}))
+                   inflation=inflation)
 
 
 def make_trainable_copyable(module: torch.nn.Module) -> None:
@@ -175,7 +180,8 @@ def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, 
         loop = host.loop(options.steps, "tuning")
         try:
             for step in range(options.steps):
-                windows = context.windows(f, step=step) if context is not None else None
+                windows = (context.windows(f, step=step, frame_attention=model.frame_attention)
+                           if context is not None else None)
                 if windows is None or is_whole_clip(windows, f):
                     xs, fw, rows = x0, f, None  # the whole clip (no draw: the same random stream as ever)
                 else:
@@ -216,7 +222,7 @@ def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, 
                   base_fingerprint=model.base_fingerprint, num_frames=f, prompt=prompt, steps=options.steps,
                   config=options.cache_key(), losses=losses, base_aliases=model.base_aliases,
                   inflation={"frame_attention": model.frame_attention, "group_norm": model.group_norm})
-    if context is not None and not is_whole_clip(context.windows(f), f):
+    if context is not None and not is_whole_clip(context.windows(f, frame_attention=model.frame_attention), f):
         delta.config["context"] = context.options.cache_key()
     model.delta_fingerprint = delta.fingerprint
     return delta

@@ -46,9 +46,12 @@ def main(comfy_dir, ckpt, repo):
         patched.add_patches({"diffusion_model." + key: (diff,)}, 1.0)
         dkey = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
 
+        weights = []  # the patched weight each read gave
+
         def patch_error():
             unet_p = convert.comfy_model_to_unet(patched, "fp32")[0]
-            got = dict(unet_p.named_parameters())[dkey] - dict(unet.named_parameters())[dkey]
+            weights.append(dict(unet_p.named_parameters())[dkey].detach().clone())
+            got = weights[-1] - dict(unet.named_parameters())[dkey]
             return float((got - diff).abs().max())
 
         def loaded(patcher):
@@ -68,6 +71,8 @@ def main(comfy_dir, ckpt, repo):
         mm.load_models_gpu([other])
         out["patch_diff_error_other_in_place"] = patch_error()  # ComfyUI swaps the patches: ours are read
         out["patch_diff_error_own_in_place"] = patch_error()  # ours in place now: read as they are
+        # patched here or by ComfyUI when it loaded the clone: the same bits (the fingerprint hashes them)
+        out["patch_reads_identical"] = all(torch.equal(weights[0], w) for w in weights[1:])
         mm.load_models_gpu([model])  # ComfyUI takes the patches back off
         out["model_unchanged_diff_after"] = float(
             (model.model.diffusion_model(x, timesteps=t, context=c) - ref).abs().max())
