@@ -530,6 +530,18 @@ def test_blend_mask_composites_through_comfyui_image_composite_masked(chain):
                                              outline=maps.blend_outline).flatten(0, 1))
     whole = run(BlendMask, attention_maps=maps, images=near, source_images=frames, mask_dilation=8, feather=4)[0]
     assert (found <= whole).all() and not torch.equal(found, whole), "the noise frames' odd colours were not taken out"
+    # frames go through in chunks (ComfyUI's progress bar and stop button between them): the same weights, since
+    # every frame's is its own
+    import nodes.nodes_composite as composite_node
+
+    every = dict(mask_dilation=8, feather=4, change_threshold=0.3, refine_radius=6, occluder_threshold=0.3)
+    at_once = run(BlendMask, attention_maps=maps, images=near, source_images=frames, **every)[0]
+    chunk = composite_node.COMPOSITE_CHUNK
+    try:
+        composite_node.COMPOSITE_CHUNK = 2  # 3 frames: a chunk of 2 and one of 1
+        assert torch.equal(run(BlendMask, attention_maps=maps, images=near, source_images=frames, **every)[0], at_once)
+    finally:
+        composite_node.COMPOSITE_CHUNK = chunk
     needs = "source_images: change_threshold, refine_radius and occluder_threshold above 0"
     for kw, message in [(dict(), needs + " compare"),
                         (dict(source_images=frames[:2]), "source_images: expected the edit's 3 frames of 128x128"),
