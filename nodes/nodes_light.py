@@ -41,5 +41,5 @@ class NormaliseLight(io.ComfyNode):
     @classmethod
     def execute(cls, images) -> io.NodeOutput:
         check_frames(images, "images")  # named as the node's input, before the core names it ``frames``
-        gains = estimate_light(images)
+        gains = estimate_light(images, what="images")
         return io.NodeOutput(remove_light(images, gains), VP2PLight(gains=gains))

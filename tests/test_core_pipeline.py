@@ -228,6 +228,18 @@ def test_an_edit_region_keeps_the_source_outside_it(world, inversion):
     assert torch.equal(both.blend_mask, alone.blend_mask * per_frame[None, :, None])
     assert both.blend_mask[:, 1:].sum() > 0
     assert both.blend_outline and alone.blend_outline  # a recolour's outline blend, within the region, stays one
+    # a soft region (a feathered mask) edits in part; the exported mask is where it edits at all, so that the
+    # composite, which reads the mask above 1/2, keeps what the sampler edited
+    soft = torch.full((16, 16), 0.4)
+    soft[:, :4] = 0
+    half = sample_edit(model, inversion, plan, region=soft)
+    src = half.source.unsqueeze(0).expand_as(half.edited)
+    assert torch.equal(half.edited[..., :4], src[..., :4]) and (half.edited[..., 4:] - src[..., 4:]).abs().amax() > 1e-3
+    assert torch.equal(half.blend_mask[0, :, 0], (soft > 0).float().expand(FRAMES, -1, -1))
+    from vp2p_core import CompositeOptions, composite_mask
+
+    pasted = composite_mask(half.blend_mask, (64, 64), CompositeOptions(mask_dilation=0, feather=0))
+    assert pasted[..., 16:].eq(1).all() and pasted[..., :16].eq(0).all()  # before: 0 everywhere (0.4 < 1/2)
     for bad, message in [(torch.ones(2, 16, 16), "region: 2 masks of \\(16, 16\\) for a clip of 3 frames"),
                          (torch.full((16, 16), 1.5), "region: expected values in 0..1, got 1.5..1.5"),
                          (torch.ones(3, 2, 16, 16), "region: expected a mask \\[h, w\\]"),

@@ -96,3 +96,17 @@ def test_run_edits_the_clip_as_evenly_lit_and_gives_its_light_back():
     lit = composite_frames(edited=res.decoded, source=clip.frames.to(res.decoded.dtype), mask=res.edit.blend_mask,
                            options=CompositeOptions(composite=True), outline=res.edit.blend_outline)
     assert torch.equal(res.edited, lit)
+
+
+def test_ground_truth_reads_the_objects_colour_not_the_backgrounds():
+    """The target prompt's colour words: 'green' of 'green grass' is the background's name, not the object's colour
+    (before, a yellow ball on green grass rendered a green ball as the truth)."""
+    from vp2p_world.demo import ground_truth, load_clip
+    from vp2p_world.render import render
+
+    _, scene, _ = load_clip("blue ball bounce green grass", 2, 64)
+    truth = ground_truth(scene, "a blue ball bouncing on green grass", "a yellow ball bouncing on green grass")
+    assert torch.equal(truth.frames, render(scene.replace(colour="yellow")).frames)
+    truth = ground_truth(scene, "a blue ball bouncing on green grass", "a blue ball bouncing on sand")
+    assert torch.equal(truth.frames, render(scene.replace(background="sand")).frames)
+    assert ground_truth(scene, "a blue ball bouncing on green grass", "a blue ball bouncing on green grass") is None

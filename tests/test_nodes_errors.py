@@ -153,6 +153,8 @@ def test_decode_errors():
         run(NormaliseLight, images=torch.zeros(2, 8, 8))
     with pytest.raises(VP2PInputError, match="images: expected RGB frames"):
         run(NormaliseLight, images=torch.zeros(0, 8, 8, 3))
+    with pytest.raises(VP2PInputError, match="images: expected finite values in 0..1, got NaN"):
+        run(NormaliseLight, images=torch.full((2, 8, 8, 3), float("nan")))
 
 
 # --- files ------------------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def check_frames(frames: torch.Tensor, what: str) -> None:
         raise VP2PInputError(f"{what}: expected RGB frames [frames, height, width, 3], got {shape}")
 
 
-def estimate_light(frames: torch.Tensor) -> torch.Tensor:
+def estimate_light(frames: torch.Tensor, what: str = "frames") -> torch.Tensor:
     """The light's RGB gain per frame [F, 3] (float32, in [MIN_GAIN, 1]), relative to each channel's brightest
     frame. ``frames`` [F, H, W, 3] in 0..1.
 
@@ -96,7 +96,7 @@ def estimate_light(frames: torch.Tensor) -> torch.Tensor:
     logs, lit, medians, spectra = [], [], [], []
     for frame in frames.detach():  # one frame at a time: no full-size float copy of a long clip
         if not bool(torch.isfinite(frame).all()):
-            raise VP2PInputError("frames: expected finite values in 0..1, got NaN or infinity")
+            raise VP2PInputError(f"{what}: expected finite values in 0..1, got NaN or infinity")
         x = frame[::stride, ::stride].float().permute(2, 0, 1).contiguous()  # [3, h, w]
         logs.append(x.clamp_min(_DARK).log())
         lit.append((x > _DARK) & (x < _SATURATED))

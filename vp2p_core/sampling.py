@@ -47,8 +47,8 @@ class EditResult:
     edited: torch.Tensor  # [n,F,C,h,w]
     source: torch.Tensor  # [F,C,h,w]: the source branch's reconstruction
     attention_maps: Optional[torch.Tensor] = None  # [1+n,F,hb,wb,77] averaged over steps and blend layers
-    # [n,F,1,h,w] where the edit is: AttentionController.edit_mask, times the edit region when there is one (or the
-    # region alone without local blend)
+    # [n,F,1,h,w] where the edit is: AttentionController.edit_mask, within the edit region when there is one (or the
+    # region alone without local blend; the region wherever it is above 0)
     blend_mask: Optional[torch.Tensor] = None
     # blend_mask is the very region the sampler blended in (an outline blend: a recolour), so outside it the edit's
     # latents are the source's; False for a grown blend (a shape swap), whose new outline may pass the mask, and for
@@ -253,9 +253,12 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
     stats = {"forwards": state.forward_clips - evals0, "source_uncond": src_needs_uncond,
              "reused_source_trajectory": trajectory is not None}
     maps, mask, outline = ctrl.attention_maps(), ctrl.edit_mask(), ctrl.edit_mask_is_blend_region
-    if region is not None:  # the exported mask: local blend's within the region, or the region alone
+    if region is not None:  # the exported mask: local blend's within the region, or the region alone; the region
+        # as where the sampler edited at all (a soft region's edge edits in part, and the composite, which reads the
+        # mask above 1/2, would hand a feathered region's outer half, or a region of 0.5, back to the source)
         outline = outline and mask is not None
-        mask = region.expand(n, -1, -1, -1, -1) if mask is None else mask * region
+        support = region.gt(0).to(region.dtype)
+        mask = support.expand(n, -1, -1, -1, -1) if mask is None else mask * support
     return EditResult(edited=x_tgt.detach().cpu(), source=x_src.detach().cpu(),
                       attention_maps=None if maps is None else maps.cpu(),
                       blend_mask=None if mask is None else mask.cpu(), stats=stats, blend_outline=outline)

@@ -103,7 +103,7 @@ HELD_OUT_FIRST_SEED = 401
 
 def held_out_cases(count: int, frames: int = 8, first_seed: int = HELD_OUT_FIRST_SEED) -> list[Case]:
     """``count`` random clips outside the suite (the ones BENCHMARKS.md quotes as held-out: seeds 401-424; edit
-    guidance's strength was chosen on them, no setting since). Clip i (seed first_seed + i) is a random scene,
+    guidance's strength and recolour_margin were chosen on them, so their recolour figures are in-sample for those). Clip i (seed first_seed + i) is a random scene,
     moving (random camera, light, growth, occluder, texture) when i is odd; every third (i % 3 == 2) swaps the
     object's shape for another, the rest its colour."""
     out = []
@@ -429,7 +429,9 @@ def markdown(summary: dict, rows: list[dict], command: str, meta: dict) -> str:
     ok = successful_cases(rows)
     if ok:
         lines += ["", f"Temporal consistency on the {len(ok)} cases that every method edits in at least "
-                  f"{SUCCESS:.0%} of frames ({', '.join(ok)}): a flicker figure not confounded by failed edits.", "",
+                  f"{SUCCESS:.0%} of frames ({', '.join(ok)}): the mean frame-to-frame change, not confounded by failed "
+                  "edits, but not compensated for motion or light either (the flicker columns above are; on a moving "
+                  "clip the truth changes too).", "",
                   "| method | object colour change | background change |", "|---|---|---|"]
         for m, s in summarise([r for r in rows if r["case"] in ok]).items():
             lines.append(f"| {m} | {cell(s, 'tc_object')} | {cell(s, 'tc_background')} |")

@@ -100,15 +100,17 @@ def ground_truth(scene, source_prompt: str, target_prompt: str):
         return None
     t = f" {target_prompt} "
     changes = {}
+    for b in sorted(BACKGROUNDS, key=len, reverse=True):  # multi-word names first, then out of the way: the
+        if f" {b} " in t:  # 'green' of 'green grass' is not the object's colour
+            if b != scene.background:
+                changes["background"] = b
+            t = t.replace(f" {b} ", " ")
     for c in COLOURS:
         if f" {c} " in t and c != scene.colour:
             changes["colour"] = c
     for s in SHAPES:
         if f" {s} " in t and s != scene.shape:
             changes["shape"] = s
-    for b in BACKGROUNDS:
-        if f" {b} " in t and b != scene.background:
-            changes["background"] = b
     return render(scene.replace(**changes)) if changes else None
 
 
