@@ -12,6 +12,7 @@ from comfy_api.latest import io
 from vp2p_core import estimate_light, remove_light
 from vp2p_core.light import check_frames
 
+from . import host
 from .schema import CATEGORY, VP2PLightIO
 from .types import VP2PLight
 
@@ -41,5 +42,5 @@ class NormaliseLight(io.ComfyNode):
     @classmethod
     def execute(cls, images) -> io.NodeOutput:
         check_frames(images, "images")  # named as the node's input, before the core names it ``frames``
-        gains = estimate_light(images, what="images")
+        gains = estimate_light(images, what="images", host=host.progress_host())
         return io.NodeOutput(remove_light(images, gains), VP2PLight(gains=gains))

@@ -257,3 +257,25 @@ def test_bad_input_is_refused_by_name():
         remove_light(clip, gains * 0)
     with pytest.raises(VP2PInputError, match="normalise_light: expected true or false"):
         LightOptions(normalise_light=1)
+
+
+def test_a_long_clip_reports_progress_and_can_be_stopped():
+    """Hundreds of frames take tens of seconds: the host hears of every 8 frames and 64 frame pairs, its bar ends
+    full, and its stop button stops the estimate; the gains are the same as without a host."""
+    from vp2p_core import Host
+
+    clip = torch.rand(40, 16, 16, 3, generator=torch.Generator().manual_seed(2)) * 0.8 + 0.1
+    seen = []
+    gains = estimate_light(clip, host=Host(progress=lambda step, total, preview: seen.append((step, total))))
+    pairs = sum(40 - k for k in (1, 2, 4, 8, 16, 32))
+    total = 5 + -(-pairs // 64)
+    assert seen == [(i, total) for i in range(1, total + 1)] and torch.equal(gains, estimate_light(clip))
+
+    class Stop(Exception):
+        pass
+
+    def stop():
+        raise Stop
+
+    with pytest.raises(Stop):
+        estimate_light(clip, host=Host(interrupt=stop))

@@ -35,6 +35,7 @@ from typing import Optional
 import torch
 
 from .errors import VP2PInputError
+from .host import Host
 
 # The smallest gain: a frame darker than this share of the brightest (a fade to black, a frame mostly black) is
 # brightened at most 1 / MIN_GAIN times, rather than have its noise blown up to white.
@@ -58,7 +59,7 @@ def check_frames(frames: torch.Tensor, what: str) -> None:
         raise VP2PInputError(f"{what}: expected RGB frames [frames, height, width, 3], got {shape}")
 
 
-def estimate_light(frames: torch.Tensor, what: str = "frames") -> torch.Tensor:
+def estimate_light(frames: torch.Tensor, what: str = "frames", host: Host = Host()) -> torch.Tensor:
     """The light's RGB gain per frame [F, 3] (float32, in [MIN_GAIN, 1]), relative to each channel's brightest
     frame. ``frames`` [F, H, W, 3] in 0..1.
 
@@ -84,8 +85,9 @@ def estimate_light(frames: torch.Tensor, what: str = "frames") -> torch.Tensor:
     ``_SPREAD_FLOOR``^2), the spread taken over the channels it measured. A channel with under 1% of a pair's
     pixels lit in both frames (a frame fading to black, a colour with no blue in it) counts the ratio of the two
     frames' medians instead; a pair with no channel measured weighs as if exact. At most ``_PIXELS`` pixels per
-    frame are read (a regular grid)."""
-    check_frames(frames, "frames")
+    frame are read (a regular grid). ``host``: progress and the stop button, every few frames and pairs (128 frames
+    at 512 px take a few seconds on one CPU thread; a clip of hundreds, tens)."""
+    check_frames(frames, what)
     if frames.device.type == "mps":  # its spectra and fit are float64, which Apple's GPUs do not have
         frames = frames.cpu()
     count, height, width = frames.shape[:3]
@@ -93,8 +95,14 @@ def estimate_light(frames: torch.Tensor, what: str = "frames") -> torch.Tensor:
     grid_height, grid_width = -(-height // stride), -(-width // stride)  # the grid frame[::stride, ::stride]
     window = torch.outer(torch.hann_window(grid_height, periodic=False, dtype=torch.float64),
                          torch.hann_window(grid_width, periodic=False, dtype=torch.float64)).to(frames.device)
+    pairs = [(t - k, t) for k in _powers_of_two_below(count) for t in range(k, count)]
+    loop = host.loop(-(-count // _FRAMES_PER_TICK) + -(-len(pairs) // _PAIRS_PER_TICK), "Normalise Light")
+    ticks = 0
     logs, lit, medians, spectra = [], [], [], []
-    for frame in frames.detach():  # one frame at a time: no full-size float copy of a long clip
+    for i, frame in enumerate(frames.detach()):  # one frame at a time: no full-size float copy of a long clip
+        if i % _FRAMES_PER_TICK == 0 and i:
+            ticks += 1
+            loop.step(ticks)
         if not bool(torch.isfinite(frame).all()):
             raise VP2PInputError(f"{what}: expected finite values in 0..1, got NaN or infinity")
         x = frame[::stride, ::stride].float().permute(2, 0, 1).contiguous()  # [3, h, w]
@@ -102,10 +110,14 @@ def estimate_light(frames: torch.Tensor, what: str = "frames") -> torch.Tensor:
         lit.append((x > _DARK) & (x < _SATURATED))
         medians.append(x.flatten(1).median(dim=1).values.clamp_min(_DARK).log())
         spectra.append(_spectrum(logs[-1].mean(dim=0), window))
+    ticks += 1
+    loop.step(ticks)
     least = max(1, logs[0][0].numel() // 100)
-    pairs = [(t - k, t) for k in _powers_of_two_below(count) for t in range(k, count)]
     changes, weights = [], []
-    for s, t in pairs:
+    for j, (s, t) in enumerate(pairs):
+        if j % _PAIRS_PER_TICK == 0 and j:
+            ticks += 1
+            loop.step(ticks)
         change, deviation, enough = _compare(logs[s], lit[s], logs[t], lit[t], (0, 0), least)
         shift = _shift_between(spectra[s], spectra[t], grid_width)
         if shift != (0, 0):
@@ -119,10 +131,15 @@ def estimate_light(frames: torch.Tensor, what: str = "frames") -> torch.Tensor:
         else:  # too few lit pixels in every channel: the frames' medians, as if exact
             weights.append(1.0 / _SPREAD_FLOOR ** 2)
         changes.append(torch.where(enough, change, medians[t] - medians[s]))
+    if pairs:
+        loop.step(ticks + 1)
     light = _fit_light(pairs, torch.stack(changes).double().cpu() if pairs else None, count,
                        weights=torch.tensor(weights, dtype=torch.float64))  # [F, 3], in logs
     gains = (light - light.max(dim=0, keepdim=True).values).exp()
     return gains.clamp(MIN_GAIN, 1.0).float()
+
+
+_FRAMES_PER_TICK, _PAIRS_PER_TICK = 8, 64  # estimate_light's progress (each tick: one host update, one stop check)
 
 
 def _spectrum(luminance: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
