@@ -144,8 +144,8 @@ def test_markdown_renders_the_new_columns_and_nan_for_rows_without_them():
                    "edit accuracy", "shape swaps: new shape at any size", "background PSNR", "seconds",
                    "UNet evaluations"):
         assert f"| {header} |" in md, header
-    assert ("| videop2p_fast | 0.75 | 1.00 | 20.00 | 25.00 | 0.500 | 0.400 | 0.250 | nan | nan | 0.0123 | 0.0051 | "
-            "0.0007 | 0.0100 | 0.0200 | 30.00 | 1.0 | 10 |") in md
+    assert ("| videop2p_fast | 0.75 | 1.00 | 20.00 | 25.00 | 0.00 | 25.00 | 0.500 | 0.400 | 0.250 | nan | nan | 0.0123 | "
+            "0.0051 | 0.0007 | 0.0100 | 0.0200 | 30.00 | 1.0 | 10 |") in md
     assert ("| a | p2p_per_frame | 0.75 | nan | 20.00 | 25.00 | 0.500 | nan | nan | nan | nan | "
             "nan | nan | nan | 0.0100 |") in md
     assert "| a | videop2p_fast+composite | 1.00 | nan | 20.00 | 25.00 | 0.500 | 0.600 | 0.250 |" in md

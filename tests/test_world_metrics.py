@@ -113,6 +113,14 @@ def test_benchmark_summary_tables_on_hand_made_rows():
                                                       edit=EditOptions().cache_key()))
     assert "| p2p_per_frame | 1.00 | 0.50 |" in md  # accuracy by kind: colour, shape
     assert "| videop2p_fast | 0.0100 | 0.0050 |" in md  # flicker on the case both edited
+    # exact backgrounds score the metric's cap: their share and the others' mean beside the plain mean
+    capped = [dict(r, bg_psnr=v) for r, v in zip(rows, (100.0, 30.0, 36.0, 100.0))]
+    s = benchmark.summarise(capped)
+    assert s["p2p_per_frame"]["bg_psnr"] == 68.0 and s["p2p_per_frame"]["bg_exact"] == 0.5
+    assert s["p2p_per_frame"]["bg_psnr_inexact"] == 36.0 and math.isnan(s["videop2p_fast"]["bg_psnr_inexact"])
+    assert "exact backgrounds | background PSNR of the others" in benchmark.markdown(s, capped, "cmd", dict(
+        machine="m", cases=2, frames=8, steps=2, guidance=7.5, inner_steps=1, lr_scale=1.0, tune_steps=0,
+        tune_seconds=0.0, edit=EditOptions().cache_key()))
 
 
 def test_benchmark_frame_noise_is_per_frame_seeded_and_off_at_zero():
