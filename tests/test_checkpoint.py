@@ -191,6 +191,8 @@ def test_components_from_single_file(written):
     family, unet, vae, te, _, path = written
     cm = Components.from_single_file(path, TOKENIZER, prediction_type="v_prediction")
     assert cm.model.schedule.prediction_type == "v_prediction"
+    # SD 2.x's OpenCLIP pads with "!" (token 0), SD 1.x's CLIP with its end token
+    assert cm.tokenizer.pad_token == ("!" if family == "sd2" else "<|endoftext|>")
     ids = cm.tokenizer(["a rabbit is jumping on the grass"], padding="max_length", max_length=77,
                        return_tensors="pt").input_ids
     _close(cm.encode_prompts(["a rabbit is jumping on the grass"]), te(ids)[0])

@@ -110,3 +110,41 @@ def test_ground_truth_reads_the_objects_colour_not_the_backgrounds():
     truth = ground_truth(scene, "a blue ball bouncing on green grass", "a blue ball bouncing on sand")
     assert torch.equal(truth.frames, render(scene.replace(background="sand")).frames)
     assert ground_truth(scene, "a blue ball bouncing on green grass", "a blue ball bouncing on green grass") is None
+
+
+@pytest.mark.parametrize("module", ["vp2p_world.demo", "vp2p_world.benchmark", "vp2p_world.gen1_benchmark",
+                                    "vp2p_world.long_clip_benchmark"])
+def test_help_prints_every_option(module, capsys):
+    """--help lists every flag with its option's tooltip; a tooltip's '%' ("15-21% more time") crashed argparse."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    run = mod.parse_args if hasattr(mod, "parse_args") else mod.main
+    with pytest.raises(SystemExit) as exit_:
+        run(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage:" in out and "--guidance" in out
+
+
+def test_demo_refuses_an_out_file_and_an_unreadable_clip_before_any_work(tmp_path, capsys, monkeypatch):
+    """--out naming a file (the outputs are written after the run) and a clip file no reader takes are refused by
+    flag before the model loads; a folder's other files (notes, a .txt) are skipped, not read as frames."""
+    from vp2p_core import pipeline
+    from vp2p_world import demo
+
+    monkeypatch.setattr(pipeline.Components, "from_folder", lambda *a, **k: pytest.fail("loaded the model"))
+    blocked = tmp_path / "taken"
+    blocked.write_text("a file")
+    broken = tmp_path / "clip.mp4"
+    broken.write_bytes(b"not a video")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a frame")
+    for argv, message in [(["--out", str(blocked / "demo")], f"--out: {blocked} is a file"),
+                          (["--clip", str(broken)], f"--clip: {broken} could not be read as a video"),
+                          (["--clip", str(folder)], f"--clip: {folder} has 0 frames, fewer than --frames 8")]:
+        with pytest.raises(SystemExit) as exit_:
+            demo.main(argv)
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err

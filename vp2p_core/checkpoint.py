@@ -287,12 +287,19 @@ def load_single_file(path: str | Path, prediction_type: Optional[str] = None,
                             latent_scale=v_cfg["scaling_factor"])
 
 
-def load_tokenizer(folder: str | Path):
-    """The CLIP tokenizer whose files (vocab.json, merges.txt) are in ``folder``, offline. A single-file
-    checkpoint holds none: the caller names the one its text encoder was trained with."""
+# SD 2.x's OpenCLIP pads its prompts with "!" (token 0; its tokenizer config's pad_token, ComfyUI's SD2 tokenizer),
+# SD 1.x's CLIP with the end token: the same BPE files serve both
+PAD_TOKENS = {"sd1": None, "sd2": "!"}
+
+
+def load_tokenizer(folder: str | Path, family: str = "sd1"):
+    """The CLIP tokenizer whose files (vocab.json, merges.txt) are in ``folder``, offline, padding as the text
+    encoder of ``family`` (sd1 / sd2) was trained. A single-file checkpoint holds none: the caller names the one
+    its text encoder was trained with."""
     from transformers import CLIPTokenizer
 
     folder = Path(folder)
     if not (folder / "vocab.json").is_file():
         raise VP2PInputError(f"tokenizer: {str(folder)!r} has no CLIP tokenizer files (vocab.json, merges.txt)")
-    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77, local_files_only=True)
+    pad = {} if PAD_TOKENS[family] is None else {"pad_token": PAD_TOKENS[family]}
+    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77, local_files_only=True, **pad)

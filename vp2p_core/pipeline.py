@@ -115,15 +115,16 @@ class Components:
         prediction_type None = guess (v_pred key / ComfyUI's SD2 heuristic, else epsilon).
 
         The file holds no tokenizer: ``tokenizer`` is the one its text encoder was trained with (SD's CLIP BPE
-        tokenizer), as an object or as the folder of its files (vocab.json, merges.txt)."""
+        tokenizer), as an object or as the folder of its files (vocab.json, merges.txt), which then pads as the
+        checkpoint's family does (``load_tokenizer``)."""
         from .checkpoint import load_single_file, load_tokenizer
 
         m = load_single_file(path, prediction_type=prediction_type, dtype=dtype, device=device)
         model = VideoModel.from_unet(m.unet, latent_scale=m.latent_scale, frame_attention=frame_attention,
                                      schedule=DDIMConfig(prediction_type=m.prediction_type),
                                      vae_factor=vae_factor(m.vae), group_norm=group_norm)
-        if isinstance(tokenizer, (str, Path)):
-            tokenizer = load_tokenizer(tokenizer)
+        if isinstance(tokenizer, (str, Path)):  # SD 2.x pads with "!", SD 1.x with the end token
+            tokenizer = load_tokenizer(tokenizer, family=m.family)
         return cls(tokenizer=tokenizer, text_encoder=m.text_encoder, vae=m.vae, model=model,
                    device=torch.device(device))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,10 @@ class BarProgress:
             self.bar.close()
 
 
+VIDEO_SUFFIXES = (".gif", ".mp4", ".mov", ".webm", ".mkv", ".avi")  # read frame by frame
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")  # a folder's frames; other files skipped
+
+
 def load_clip(spec: str, frames: int, resolution: int):
     """A named rendered scene ('red ball bounce green grass') or a folder of frames / a GIF or MP4 file."""
     from vp2p_core import VP2PInputError
@@ -56,8 +61,16 @@ def load_clip(spec: str, frames: int, resolution: int):
     if path.exists():
         import imageio.v3 as iio
 
-        files = sorted(path.iterdir(), key=lambda p: (len(p.stem), p.stem)) if path.is_dir() else [path]
-        imgs = [im for f in files for im in (iio.imread(f) if f.suffix.lower() in (".gif", ".mp4") else [iio.imread(f)])]
+        files = sorted((f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES),
+                       key=lambda p: (len(p.stem), p.stem)) if path.is_dir() else [path]
+        imgs = []
+        for f in files:
+            video = f.suffix.lower() in VIDEO_SUFFIXES
+            try:  # a video's frames, or one image
+                imgs += list(iio.imread(f)) if video else [iio.imread(f)]
+            except Exception as e:  # imageio's plugins raise their own kinds
+                kind = "a video" if video else "an image"
+                raise VP2PInputError(f"--clip: {f} could not be read as {kind} ({type(e).__name__}: {e})") from None
         if len(imgs) < frames:
             raise VP2PInputError(f"--clip: {spec} has {len(imgs)} frames, fewer than --frames {frames}")
         x = torch.from_numpy(np.stack(imgs[:frames])[..., :3]).float() / 255.0
@@ -207,6 +220,12 @@ def parse_args(argv):
     model = Path(a.model)
     if not model.exists():
         fail(p, f"--model: {a.model} does not exist; give a diffusers SD folder or a .safetensors file")
+    out = Path(a.out)
+    blocker = next((q for q in (out, *out.parents) if q.exists()), None)  # the outputs are written after the run
+    if blocker is not None and not blocker.is_dir():
+        fail(p, f"--out: {blocker} is a file; give a folder to write the edit into")
+    if blocker is not None and not os.access(blocker, os.W_OK):
+        fail(p, f"--out: {blocker} cannot be written to; give a folder you can write to")
     return p, a
 
 

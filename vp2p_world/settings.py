@@ -101,7 +101,8 @@ def add_option_flags(parser: argparse.ArgumentParser, cls: type[Options], prefix
         if s.name in skip:
             continue
         default = base.get(s.name, s.default)
-        kw = dict(dest=prefix.replace("-", "_") + s.name, default=default, help=f"{s.tooltip} (default: {default})")
+        help_text = f"{s.tooltip} (default: {default})".replace("%", "%%")  # argparse formats help with %
+        kw = dict(dest=prefix.replace("-", "_") + s.name, default=default, help=help_text)
         if s.kind == "bool":
             kw["action"] = argparse.BooleanOptionalAction
         elif s.kind == "choice":
