@@ -149,3 +149,23 @@ def test_plan_errors_name_the_input(tok):
         build_edit_plan(tok, "a ball", "a cube", options=EditOptions(cross_replace=1.5))
     with pytest.raises(VP2PInputError, match="target_prompts"):
         build_edit_plan(tok, "a ball", [])
+
+
+def test_several_targets_take_the_blend_and_reweight_words_they_have(tok):
+    """'cat dog' for the targets 'a cat ...' and 'a dog ...': each target its own word, as the reference's per-prompt
+    word lists; a word in no target, or a target with none of the blend words, is refused by name; one target still
+    needs every word."""
+    source, targets = "a rabbit on grass", ["a cat on grass", "a dog on grass"]
+    plan = build_edit_plan(tok, source, targets, options=EditOptions(
+        blend_words="rabbit", blend_target_words="cat dog", reweight_words="cat dog", reweight_values="2 3"))
+    assert plan.blend.target_tokens == [[2], [2]]
+    assert plan.equalizer[0, 2] == 2 and plan.equalizer[1, 2] == 3 and plan.equalizer[:, 3:].eq(1).all()
+    with pytest.raises(VP2PInputError, match="blend_target_words \\(target prompt\\): the word 'cow' is in no target"):
+        build_edit_plan(tok, source, targets, options=EditOptions(blend_words="rabbit",
+                                                                  blend_target_words="cat dog cow"))
+    with pytest.raises(VP2PInputError, match="none of the words \\['cat'\\] is in the target prompt 'a dog on grass'"):
+        build_edit_plan(tok, source, targets, options=EditOptions(blend_words="rabbit", blend_target_words="cat"))
+    only_cat = build_edit_plan(tok, source, targets, options=EditOptions(reweight_words="cat", reweight_values="2"))
+    assert only_cat.equalizer[0, 2] == 2 and only_cat.equalizer[1].eq(1).all()  # the dog's prompt left alone
+    with pytest.raises(VP2PInputError, match="blend_target_words \\(target prompt\\): the word 'dog' is not in"):
+        build_edit_plan(tok, source, targets[:1], options=EditOptions(blend_words="rabbit", blend_target_words="cat dog"))

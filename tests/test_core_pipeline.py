@@ -641,6 +641,11 @@ def test_edit_refuses_an_inversion_of_another_schedule_or_latent_size(world, inv
         sample_edit(v_model, inversion, _plan(tok, emb), options=SamplerOptions())
     with pytest.raises(VP2PInputError, match="latents: latents of 15x16 do not divide by 2"):
         invert(model, latents[:, :, :15], emb[:1], emb[2:3], SRC, options=InversionOptions(mode="fast", steps=2))
+    # the edit's source prompt encoded by another CLIP than the inversion's (here: another prompt's embedding)
+    other_clip = _plan(tok, emb)
+    other_clip.source_embedding = emb[3:4]
+    with pytest.raises(VP2PInputError, match="clip: the source prompt's embedding is .*% away from the one the inv"):
+        sample_edit(model, inversion, other_clip, options=SamplerOptions())
     # an inversion saved before the steps' limit of 500, with more: refused naming the inversion
     many = dataclasses.replace(inversion, timesteps=torch.arange(600).flip(0))
     with pytest.raises(VP2PInputError, match="inversion: made with 600 DDIM steps, more than the 500"):

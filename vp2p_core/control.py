@@ -155,10 +155,10 @@ def build_edit_plan(tokenizer: TokenizerLike, source_prompt: str, target_prompts
         if mode == "none":
             raise VP2PInputError("reweight_words: reweighting needs attention control; edit_mode 'none' has none")
         eq = torch.ones(len(targets), MAX_TOKENS)
-        for word, value in reweight.items():
-            for i, t in enumerate(targets):
-                idx = words_token_indices(t, [word], tokenizer, "reweight_words")
-                eq[i, idx] = float(value)
+        present = targets_with_words(targets, list(reweight), tokenizer, "reweight_words", every_target=False)
+        for i, (t, words) in enumerate(zip(targets, present)):
+            for word in words:
+                eq[i, words_token_indices(t, [word], tokenizer, "reweight_words")] = float(reweight[word])
         plan.equalizer = eq
     src_words = parse_words(options.blend_words)
     if src_words:
@@ -172,11 +172,31 @@ def build_edit_plan(tokenizer: TokenizerLike, source_prompt: str, target_prompts
         source_only = options.blend_from == "source" or (options.blend_from == "auto" and same)
         plan.blend = BlendSpec(
             source_tokens=words_token_indices(source_prompt, src_words, tokenizer, "blend_words (source prompt)"),
-            target_tokens=[words_token_indices(t, tgt_words, tokenizer, tgt_what)
-                           for t in targets],
+            target_tokens=[words_token_indices(t, words, tokenizer, tgt_what)
+                           for t, words in zip(targets, targets_with_words(targets, tgt_words, tokenizer, tgt_what))],
             threshold=options.mask_threshold, start=options.blend_start, dilation=options.blend_dilation,
             smoothing=options.blend_smoothing, region=region, source_only=source_only)
     return plan
+
+
+def targets_with_words(targets: Sequence[str], words: Sequence[str], tokenizer: TokenizerLike, what: str,
+                       every_target: bool = True) -> list[list[str]]:
+    """Each target prompt's share of ``words``. One target: all of them (one it lacks is an error naming it).
+    Several: each target takes the words it has, as the reference's per-prompt word lists ('cat dog' for the
+    targets 'a cat ...' and 'a dog ...'); a word in no target is an error, and so is a target with none of the
+    words where ``every_target`` (a blend region needs words in every target; reweighting may leave one alone)."""
+    if len(targets) == 1:
+        words_token_indices(targets[0], words, tokenizer, what)  # raises for a word the prompt lacks
+        return [list(words)]
+    present = [[w for w in words if word_token_indices(t, w, tokenizer)] for t in targets]
+    missing = [w for w in words if not any(w in p for p in present)]
+    if missing:
+        raise VP2PInputError(f"{what}: the word {missing[0]!r} is in no target prompt {list(targets)!r}")
+    if every_target:
+        for t, p in zip(targets, present):
+            if not p:
+                raise VP2PInputError(f"{what}: none of the words {list(words)!r} is in the target prompt {t!r}")
+    return present
 
 
 def blend_layer_names(unet, layer_names: Sequence[str]) -> list[str]:

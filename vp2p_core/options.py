@@ -298,9 +298,11 @@ class EditOptions(Options):
         "clip is kept. Empty: no local blend.")
     blend_target_words: str = option(
         "str", "", "Local blend: the matching words of the target prompt (e.g. 'cat'); empty: the same words as "
-        "blend_words.")
+        "blend_words. With several target prompts each takes the words it has ('cat dog' for 'a cat ...' and "
+        "'a dog ...').")
     reweight_words: str = option(
-        "str", "", "Words of the target prompt whose attention is scaled, e.g. 'origami'. Empty: no reweighting.")
+        "str", "", "Words of the target prompt whose attention is scaled, e.g. 'origami'. Empty: no reweighting. "
+        "With several target prompts each scales the words it has.")
     reweight_values: str = option(
         "str", "", "Scale for the reweight words: one value for all (e.g. '2') or one per word ('2, 0.5').")
     mask_threshold: float = option(

@@ -79,6 +79,12 @@ def edit_region(mask: torch.Tensor, num_frames: int, latent_hw: tuple[int, int],
     return m.expand(num_frames, -1, -1, -1).contiguous()
 
 
+# relative distance between the inversion's source embedding and the edit's beyond which they come from different
+# encoders. Measured on the shipped text encoder: its penultimate layer (CLIPSetLastLayer -2) is 52% away, its q/v
+# weights perturbed by a tenth of their spread (a LoRA's size) 3%; fp16's rounding is about 0.05% per value
+SAME_ENCODER_TOLERANCE = 0.02
+
+
 def check_edit_inputs(model: VideoModel, inversion: Inversion, plan: EditPlan) -> None:
     inversion.check_model(model.fingerprints)
     if inversion.schedule != model.schedule:  # the fingerprint is the weights': the same ones read as eps or v
@@ -99,6 +105,15 @@ def check_edit_inputs(model: VideoModel, inversion: Inversion, plan: EditPlan) -
         raise VP2PInputError(
             f"edit: text embeddings of width {plan.source_embedding.shape[-1]} but the inversion used "
             f"{inversion.source_embedding.shape[-1]} (another text encoder)")
+    # the source branch runs on the inversion's embedding, the targets on the plan's: the same encoder must have made
+    # both (a CLIPSetLastLayer or a CLIP LoRA on one path only would edit with mismatched branches, silently)
+    made, now = (e.detach().to("cpu", torch.float32) for e in (inversion.source_embedding, plan.source_embedding))
+    if made.shape == now.shape:
+        apart = float((made - now).norm() / made.norm().clamp_min(1e-12))
+        if apart > SAME_ENCODER_TOLERANCE:
+            raise VP2PInputError(
+                f"clip: the source prompt's embedding is {apart:.0%} away from the one the inversion was made with; "
+                "encode the edit with the CLIP the inversion used (the same CLIPSetLastLayer and LoRAs)")
     if inversion.prompt and plan.source_prompt.split() != inversion.prompt.split():  # whitespace aside
         raise VP2PInputError(
             f"source_prompt: {plan.source_prompt!r} is not the prompt the inversion was made with "
