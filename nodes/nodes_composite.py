@@ -84,18 +84,20 @@ class BlendMask(io.ComfyNode):
             return io.NodeOutput(composite_mask(mask, size, options, what="images",
                                                 outline=attention_maps.blend_outline).flatten(0, 1).float().cpu())
         edited, source = cls._edit_and_source(images, source_images, n, f, options.change_threshold > 0)
-        # colour channels only: an RGBA or grey clip beside an RGB edit is fine. Every frame's weight is its own
-        # (the guided filter, the ring around the mask, dilation and feather are per frame), so frames go in chunks,
-        # with ComfyUI's progress bar and stop button between them: 48 frames at 512 px with refine_radius 8 take
-        # about half a minute on a 2-core CPU
+        # colour channels only: an RGBA or grey clip beside an RGB edit is fine. Without the occluder test every
+        # frame's weight is its own (the guided filter, the ring around the mask, dilation and feather are per
+        # frame), so frames go in chunks, with ComfyUI's progress bar and stop button between them: 48 frames at
+        # 512 px with refine_radius 8 take about half a minute on a 2-core CPU. The occluder test reads the object's
+        # colour over the whole clip (occluder_mask), so with it the clip goes in one piece
+        chunk = COMPOSITE_CHUNK if options.occluder_threshold <= 0 else f
         alpha = torch.empty(n, f, *size, dtype=torch.float32)
-        loop = host.progress_host().loop(-(-f // COMPOSITE_CHUNK), "Blend Mask")
-        for i in range(0, f, COMPOSITE_CHUNK):
-            part = slice(i, i + COMPOSITE_CHUNK)
+        loop = host.progress_host().loop(-(-f // chunk), "Blend Mask")
+        for i in range(0, f, chunk):
+            part = slice(i, i + chunk)
             alpha[:, part] = composite_alpha(mask[:, part], edited=edited[:, part], source=source[:, part],
                                              options=options, outline=attention_maps.blend_outline,
                                              what="images").float().cpu()
-            loop.step(i // COMPOSITE_CHUNK + 1)
+            loop.step(i // chunk + 1)
         return io.NodeOutput(alpha.flatten(0, 1))
 
     @staticmethod

@@ -534,14 +534,21 @@ def test_blend_mask_composites_through_comfyui_image_composite_masked(chain):
     # every frame's is its own
     import nodes.nodes_composite as composite_node
 
-    every = dict(mask_dilation=8, feather=4, change_threshold=0.3, refine_radius=6, occluder_threshold=0.3)
+    every = dict(mask_dilation=8, feather=4, change_threshold=0.3, refine_radius=6)
     at_once = run(BlendMask, attention_maps=maps, images=near, source_images=frames, **every)[0]
-    chunk = composite_node.COMPOSITE_CHUNK
+    chunk, real = composite_node.COMPOSITE_CHUNK, composite_node.composite_alpha
+    calls = []
     try:
         composite_node.COMPOSITE_CHUNK = 2  # 3 frames: a chunk of 2 and one of 1
+        composite_node.composite_alpha = lambda mask, **kw: calls.append(mask.shape[1]) or real(mask, **kw)
         assert torch.equal(run(BlendMask, attention_maps=maps, images=near, source_images=frames, **every)[0], at_once)
+        assert calls == [2, 1]
+        # the occluder test reads the object's colour over the whole clip: one piece
+        calls.clear()
+        run(BlendMask, attention_maps=maps, images=near, source_images=frames, occluder_threshold=0.3, **every)
+        assert calls == [FRAMES]
     finally:
-        composite_node.COMPOSITE_CHUNK = chunk
+        composite_node.COMPOSITE_CHUNK, composite_node.composite_alpha = chunk, real
     needs = "source_images: change_threshold, refine_radius and occluder_threshold above 0"
     for kw, message in [(dict(), needs + " compare"),
                         (dict(source_images=frames[:2]), "source_images: expected the edit's 3 frames of 128x128"),

@@ -79,6 +79,8 @@ def edit_region(mask: torch.Tensor, num_frames: int, latent_hw: tuple[int, int],
     return m.expand(num_frames, -1, -1, -1).contiguous()
 
 
+REGION_FLOOR = 1.0 / 255  # an edit region below this is noise (a mask read from an 8-bit image), not a region
+
 # relative distance between the inversion's source embedding and the edit's beyond which they come from different
 # encoders. Measured on the shipped text encoder: its penultimate layer (CLIPSetLastLayer -2) is 52% away, its q/v
 # weights perturbed by a tenth of their spread (a LoRA's size) 3%; fp16's rounding is about 0.05% per value
@@ -105,6 +107,10 @@ def check_edit_inputs(model: VideoModel, inversion: Inversion, plan: EditPlan) -
         raise VP2PInputError(
             f"edit: text embeddings of width {plan.source_embedding.shape[-1]} but the inversion used "
             f"{inversion.source_embedding.shape[-1]} (another text encoder)")
+    if inversion.prompt and plan.source_prompt.split() != inversion.prompt.split():  # whitespace aside
+        raise VP2PInputError(
+            f"source_prompt: {plan.source_prompt!r} is not the prompt the inversion was made with "
+            f"({inversion.prompt!r}); expected the inversion's source prompt (or invert again with this one)")
     # the source branch runs on the inversion's embedding, the targets on the plan's: the same encoder must have made
     # both (a CLIPSetLastLayer or a CLIP LoRA on one path only would edit with mismatched branches, silently)
     made, now = (e.detach().to("cpu", torch.float32) for e in (inversion.source_embedding, plan.source_embedding))
@@ -114,10 +120,6 @@ def check_edit_inputs(model: VideoModel, inversion: Inversion, plan: EditPlan) -
             raise VP2PInputError(
                 f"clip: the source prompt's embedding is {apart:.0%} away from the one the inversion was made with; "
                 "encode the edit with the CLIP the inversion used (the same CLIPSetLastLayer and LoRAs)")
-    if inversion.prompt and plan.source_prompt.split() != inversion.prompt.split():  # whitespace aside
-        raise VP2PInputError(
-            f"source_prompt: {plan.source_prompt!r} is not the prompt the inversion was made with "
-            f"({inversion.prompt!r}); expected the inversion's source prompt (or invert again with this one)")
 
 
 def independent_prediction(model: VideoModel, schedule: DDIMSchedule, x: torch.Tensor, t: int, uncond: torch.Tensor,
@@ -269,10 +271,11 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
              "reused_source_trajectory": trajectory is not None}
     maps, mask, outline = ctrl.attention_maps(), ctrl.edit_mask(), ctrl.edit_mask_is_blend_region
     if region is not None:  # the exported mask: local blend's within the region, or the region alone; the region
-        # as where the sampler edited at all (a soft region's edge edits in part, and the composite, which reads the
-        # mask above 1/2, would hand a feathered region's outer half, or a region of 0.5, back to the source)
+        # as where the sampler edited (a soft region's edge edits in part, and the composite, which reads the mask
+        # above 1/2, would hand a feathered region's outer half, or a region of 0.5, back to the source), but for a
+        # mask's 8-bit noise (REGION_FLOOR), which would otherwise paste the VAE's round trip over the whole frame
         outline = outline and mask is not None
-        support = region.gt(0).to(region.dtype)
+        support = region.gt(REGION_FLOOR).to(region.dtype)
         mask = support.expand(n, -1, -1, -1, -1) if mask is None else mask * support
     return EditResult(edited=x_tgt.detach().cpu(), source=x_src.detach().cpu(),
                       attention_maps=None if maps is None else maps.cpu(),
