@@ -79,7 +79,7 @@ def edit_region(mask: torch.Tensor, num_frames: int, latent_hw: tuple[int, int],
     return m.expand(num_frames, -1, -1, -1).contiguous()
 
 
-REGION_FLOOR = 1.0 / 255  # an edit region below this is noise (a mask read from an 8-bit image), not a region
+REGION_FLOOR = 1.0 / 255  # an edit region at or below this is noise (a mask read from an 8-bit image), not a region
 
 # relative distance between the inversion's source embedding and the edit's beyond which they come from different
 # encoders. Measured on the shipped text encoder: its penultimate layer (CLIPSetLastLayer -2) is 52% away, its q/v
