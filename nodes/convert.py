@@ -157,10 +157,10 @@ def comfy_unet_state_dict(model) -> dict:
     """The UNet weights of a ComfyUI MODEL with its weight patches (LoRAs) applied, keys in LDM layout.
 
     All clones of a checkpoint's MODEL share one diffusion model, whose weights ComfyUI patches in place when it
-    loads a clone. Where they hold no clone's patches, or this clone's, the patches are applied here on the
-    weights' own device (the CPU, before anything sampled): no copy of the checkpoint goes to the GPU only to be
-    read. Where another clone's are in place (another LoRA; for a MODEL without patches, any), ``load_models_gpu``
-    takes them off and makes this clone's current. Modules ComfyUI loaded in low-VRAM mode keep unpatched weights,
+    loads a clone. Where they hold no clone's patches, or this clone's, the patches are applied here, weight by
+    weight: no copy of the whole checkpoint goes to the GPU only to be read. Where another clone's are in place
+    (another LoRA; for a MODEL without patches, any), ``load_models_gpu`` takes them off and makes this clone's
+    current. Modules ComfyUI loaded in low-VRAM mode keep unpatched weights,
     and get their patches applied here too. A weight patched here is patched as ComfyUI patches one when it loads
     the clone: in float32 on the clone's load device (one weight at a time), then rounded to its dtype, so that the
     result (and its fingerprint, which deltas, inversions and caches record) does not depend on which happened.

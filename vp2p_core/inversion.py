@@ -4,8 +4,9 @@ Modes:
 - ``null_text``: the reference's loop. Per step, Adam on the embedding, lr ``lr_scale`` * 1e-2*(1-i/100) (the
   reference's 50 steps; past 50 steps the decay stretches over them, 1-i/(2*steps), where the reference's rate
   would reach 0 at step 100 and turn negative), up to ``inner_steps`` iterations, stop when the loss <
-  early_stop + i*2e-5 or (``early_stop_ratio`` > 0) below that fraction of the step's first loss; the result seeds the next step. The reference's budget is lr_scale 1,
-  10 iterations, ratio 0: on the small-world model its stop never fires and its small steps leave the loss high.
+  early_stop + i*2e-5 or (``early_stop_ratio`` > 0) below that fraction of the step's first loss; the result
+  seeds the next step. The reference's budget is lr_scale 1, 10 iterations, ratio 0: on the small-world model its
+  stop never fires and its small steps leave the loss high.
   The defaults (10, 4, 0.8) take larger steps and stop before they overshoot: on five clips they reconstruct
   1.4-7.5 dB better with a third of the reference's backward passes (bench/null_text_budget.py, BENCHMARKS.md).
   We test the stop condition *before* stepping, so the embedding kept is one whose loss is known to be

@@ -94,7 +94,7 @@ def check_edit_inputs(model: VideoModel, inversion: Inversion, plan: EditPlan) -
         differ = ", ".join(f"{k} {made[k]!r} (the model: {now[k]!r})" for k in made if made[k] != now.get(k))
         raise VP2PInputError(f"inversion: made with another noise schedule, {differ}; invert again with this model")
     model.check_latent_size(inversion.x_T.shape, "inversion")
-    most = model.schedule.num_train_timesteps // 2
+    most = model.schedule.max_steps
     if inversion.num_steps > most:  # saved before the steps' limit: DDIMSchedule would name only "steps"
         raise VP2PInputError(f"inversion: made with {inversion.num_steps} DDIM steps, more than the {most} that "
                              "reach the last timestep; invert again with at most that many")

@@ -20,6 +20,11 @@ class DDIMConfig:
     steps_offset: int = 1
     prediction_type: str = "epsilon"
 
+    @property
+    def max_steps(self) -> int:
+        """The most DDIM steps that reach the last timestep: with leading spacing, more give a step ratio of 1."""
+        return self.num_train_timesteps // 2
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -35,8 +40,8 @@ class DDIMSchedule:
     def __init__(self, config: DDIMConfig = DDIMConfig(), num_steps: int = 50):
         if config.prediction_type not in ("epsilon", "v_prediction"):
             raise VP2PInputError(f"prediction_type: expected 'epsilon' or 'v_prediction', got {config.prediction_type!r}")
-        if not 1 <= num_steps <= config.num_train_timesteps // 2:  # beyond, step_ratio 1 stops short of the end
-            raise VP2PInputError(f"steps: expected 1..{config.num_train_timesteps // 2}, got {num_steps}")
+        if not 1 <= num_steps <= config.max_steps:
+            raise VP2PInputError(f"steps: expected 1..{config.max_steps}, got {num_steps}")
         self.config, self.num_steps = config, num_steps
         n = config.num_train_timesteps
         if config.beta_schedule == "scaled_linear":
