@@ -43,12 +43,17 @@ def test_temporal_smoothing_fills_a_one_frame_hole_and_drops_a_speck():
     m = square(frames=5)
     m[2] = 0  # the attention missed the object on one frame
     m[3, 0, 0] = 1  # a one-frame speck
-    m[4, 15, 15] = 1  # a speck on the last frame: the last frame stands in for the frame past it
+    m[4, 15, 15] = 1  # a speck on the last frame: a tie between the two frames inside its window, kept
     out = smooth_mask_frames(m, 1)
     expected = square(frames=5)
     expected[4, 15, 15] = 1
     assert torch.equal(out, expected), "the hole is not filled or the speck not dropped"
     assert torch.equal(smooth_mask_frames(m, 0), m)
+    ends = torch.tensor([0.0, 1, 1, 1, 0])[:, None, None]  # the attention missed the first and the last frame
+    assert smooth_mask_frames(ends, 1).flatten().tolist() == [0, 1, 1, 1, 0]  # 1 of the 2 frames inside: a tie
+    # radius 2: frames 0-2 and 2-4 are inside the end frames' windows, 2 of 3 on (the end frame as padding: 2 of 5)
+    assert smooth_mask_frames(ends, 2).flatten().tolist() == [1, 1, 1, 1, 1], "an end frame's hole is not filled"
+    assert smooth_mask_frames(ends, 8).flatten().tolist() == [1, 1, 1, 1, 1]  # the whole clip: 3 of 5
     clips = torch.stack([m, m])[:, :, None]  # [n, F, 1, h, w]: frames on dim 1
     assert torch.equal(smooth_mask_frames(clips, 1, frame_dim=1)[1, :, 0], out)
 
@@ -231,6 +236,20 @@ def test_composite_keeps_the_source_outside_and_the_edit_inside(dilation, feathe
     assert torch.equal(out[inside], edited[inside]), "a pixel of the mask is not the edit's"
     ramp = (alpha > 0) & (alpha < 1)
     assert ramp.any() == (feather > 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_edit_keeps_the_full_precision_source_outside_bit_for_bit(dtype):
+    edited, source, mask = clip_pair()
+    edited[:, 10, 14] = float("nan")  # inside the mask: must not leak out through 0 * NaN
+    options = CompositeOptions(composite=True, mask_dilation=4, feather=2)
+    out = composite_frames(edited=edited.to(dtype), source=source, mask=mask, options=options)
+    alpha = composite_mask(mask, (32, 32), options)
+    assert out.dtype == torch.float32
+    assert torch.equal(out[alpha == 0], source[alpha == 0]), "the source was rounded to the edit's precision"
+    inside = (alpha == 1) & ~edited.isnan().any(-1)
+    assert torch.equal(out[inside], edited.to(dtype).float()[inside])
+    assert not out[alpha == 0].isnan().any()
 
 
 def test_composite_of_several_targets_and_off():

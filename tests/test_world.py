@@ -65,6 +65,10 @@ def test_bad_scene_is_refused_by_name():
         Scene(colour="teal")
     with pytest.raises(ValueError, match="shape"):
         Scene(shape="cube")
+    with pytest.raises(ValueError, match="seed"):
+        Scene(seed=-1)
+    with pytest.raises(ValueError, match="frames"):
+        Scene(frames=2.5)
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer

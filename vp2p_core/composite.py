@@ -60,19 +60,24 @@ def feather_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def smooth_mask_frames(mask: torch.Tensor, radius: int, frame_dim: int = 0) -> torch.Tensor:
-    """Majority vote over time: a pixel of a binary mask is on where at least half of the frames within
-    ``radius`` of its frame (those inside the clip) have it on. Fills a frame the mask missed and drops a
-    one-frame speck; at the clip's ends, the end frame stands in for the frames beyond it. 0 returns the mask
-    as float, unchanged."""
+    """Majority vote over time: a pixel of a binary mask is on where more than half of the frames within
+    ``radius`` of its frame that are inside the clip have it on; a tie (only near the clip's ends, where the
+    window is shorter) keeps the frame's own value. Fills a frame the mask missed and drops a one-frame speck,
+    at the ends too once the radius leaves a majority there (radius 2 repairs the first frame from frames 1-2;
+    padding by the end frame never would). 0 returns the mask as float, unchanged."""
     m = mask.float()
     r = int(radius)
     if r <= 0 or m.shape[frame_dim] == 1:
         return m
     x = m.movedim(frame_dim, -1)
     shape = x.shape
-    padded = F.pad(x.reshape(-1, 1, shape[-1]), (r, r), mode="replicate")
-    mean = F.avg_pool1d(padded, 2 * r + 1, stride=1)
-    return mean.reshape(shape).ge(0.5).float().movedim(-1, frame_dim)
+    flat = x.reshape(-1, 1, shape[-1])
+    on = flat.ge(0.5).float()
+    # exact counts of the frames inside each window, and of those with the pixel on
+    votes = F.pad(on, (r, r)).unfold(-1, 2 * r + 1, 1).sum(-1)
+    inside = F.pad(torch.ones_like(on[:1]), (r, r)).unfold(-1, 2 * r + 1, 1).sum(-1)
+    keep = (2 * votes > inside) | ((2 * votes == inside) & on.bool())
+    return keep.float().reshape(shape).movedim(-1, frame_dim)
 
 
 def upsample_mask(mask: torch.Tensor, size: Sequence[int], what: str = "mask") -> torch.Tensor:
@@ -351,7 +356,8 @@ def composite_frames(*, edited: torch.Tensor, source: torch.Tensor, mask: torch.
     edited: [F,H,W,C] or [n,F,H,W,C] frames in 0..1; source: the source clip [F,H,W,C], the frames the edit was
     made from, at the same size; mask: the edit's blend mask at latent size, [F,1,h,w] or [n,F,1,h,w]
     (``EditResult.blend_mask``); outline: ``EditResult.blend_outline`` (with ``options.recolour_margin`` off, such a
-    mask is pasted without dilation or feather). Returns frames shaped as ``edited``: exactly the source's where the
+    mask is pasted without dilation or feather). Returns frames shaped as ``edited``, in the wider of the two
+    inputs' dtypes: exactly the source's where the
     composite mask is 0 (outside the dilated mask), exactly the edit's where it is 1, a blend on the feather; with
     ``options.change_threshold`` the mask is also weighed by ``change_weight`` (the source's pixel where the
     edit hardly changed it), with ``options.refine_radius`` it is first snapped to the edges of the source and
@@ -372,10 +378,13 @@ def composite_frames(*, edited: torch.Tensor, source: torch.Tensor, mask: torch.
         shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise VP2PInputError(f"mask: expected the edit's blend mask [{', '.join(map(str, lead))}, 1, h, w], got "
                              f"{shape}")
-    src = source.to(edited.device, edited.dtype)
-    alpha = composite_alpha(mask, edited=edited, source=src, options=options, outline=outline)[..., None]
-    # alpha * edit + (1 - alpha) * source: exactly the source where alpha is 0, exactly the edit where it is 1
-    return alpha * edited + (1.0 - alpha) * src
+    # in the wider of the two dtypes, so that a half-precision edit does not round the source's pixels
+    dtype = torch.promote_types(edited.dtype, source.dtype)
+    edit, src = edited.to(dtype), source.to(edited.device, dtype)
+    alpha = composite_alpha(mask, edited=edit, source=src, options=options, outline=outline)[..., None].to(dtype)
+    blend = alpha * edit + (1.0 - alpha) * src
+    # exactly the source where alpha is 0 and exactly the edit where it is 1 (a NaN in the edit stays inside)
+    return torch.where(alpha == 0, src, torch.where(alpha == 1, edit, blend))
 
 
 def latent_pixels(pixels: int, factor: int) -> int:

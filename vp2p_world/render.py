@@ -131,8 +131,10 @@ class Scene:
             raise ValueError(f"Scene.path must be one of {tuple(PATHS)}, got {self.path!r}")
         if not (0.03 <= self.size <= 0.3):
             raise ValueError(f"Scene.size must be in [0.03, 0.3] (fraction of the frame width), got {self.size}")
-        if self.frames < 1 or self.resolution < 8:
-            raise ValueError(f"Scene.frames must be >= 1 and resolution >= 8, got {self.frames}, {self.resolution}")
+        for name, low in (("frames", 1), ("resolution", 8), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"Scene.{name} must be an integer >= {low}, got {value!r}")
         if self.camera not in CAMERAS:
             raise ValueError(f"Scene.camera must be one of {CAMERAS}, got {self.camera!r}")
         if self.lighting not in LIGHTINGS:
@@ -233,8 +235,8 @@ class Clip:
         frames = (frames if isinstance(frames, torch.Tensor) else torch.as_tensor(np.asarray(frames))).float()
         pairs = slice(0, self.scene.frames - 1) if t is None else slice(self._check_pair(t), t + 1)
         ratio = self.gains[1:][pairs] / self.gains[:-1][pairs]
-        out = _sample(frames[pairs].permute(0, 3, 1, 2), self._flows[pairs]).permute(0, 2, 3, 1)
-        out = out * ratio[:, None, None, :]
+        out = _sample(frames[pairs].permute(0, 3, 1, 2), self._flows[pairs].to(frames.device)).permute(0, 2, 3, 1)
+        out = out * ratio[:, None, None, :].to(out.device)
         return out if t is None else out[0]
 
     def valid(self, t: Optional[int] = None, region: str = "frame", border: int = 1) -> torch.Tensor:
