@@ -71,9 +71,10 @@ def test_demo_checks_every_argument_before_any_work(argv, message, capsys, monke
 def test_run_edits_the_clip_as_evenly_lit_and_gives_its_light_back():
     """``run`` with ``normalise_light``: the VAE encodes the frames with their light taken out, every decoded frame
     (edit and reconstruction) gets it back, and the composite pastes that over the frames as lit, so outside the
-    mask the result is the lit source's own pixels."""
+    mask the result is the lit source's own pixels. The clip's tuning leaves the components as they were."""
     from vp2p_core import (CompositeOptions, EditOptions, InversionOptions, LightOptions, TuneOptions,
                            composite_frames, estimate_light, remove_light, restore_light)
+    from vp2p_core import Host, VP2PInputError
     from vp2p_core.pipeline import Components, run
     from vp2p_world.render import Scene, render
 
@@ -84,9 +85,16 @@ def test_run_edits_the_clip_as_evenly_lit_and_gives_its_light_back():
     encode, decode = comps.encode_frames, comps.decode_latents
     comps.encode_frames = lambda frames, **kw: encoded.append(frames) or encode(frames, **kw)
     comps.decode_latents = lambda latents, **kw: decoded.append(decode(latents, **kw)) or decoded[-1]
+    before = {k: v.clone() for k, v in comps.model.unet.state_dict().items()}
+    fingerprint = comps.model.delta_fingerprint
     res = run(comps, clip.frames, clip.caption, clip.caption.replace("green", "red"), tune=TuneOptions(steps=1),
               inversion=InversionOptions(steps=2, mode="fast"), edit=EditOptions(blend_words="triangle"),
               composite=CompositeOptions(composite=True), light=LightOptions(normalise_light=True))
+    after = comps.model.unet.state_dict()
+    assert res.delta is not None and comps.model.delta_fingerprint == fingerprint
+    assert all(torch.equal(before[k], after[k]) for k in before), "the clip's tuning stayed in the components"
+    with pytest.raises(VP2PInputError, match="host"):
+        run(comps, clip.frames, clip.caption, clip.caption, host=Host(device=torch.device("meta")))
     gains = estimate_light(clip.frames)
     assert float((gains[:, 0].max() - gains[:, 0].min())) > 0.05, "the test needs a clip whose light changes"
     assert torch.equal(res.light, gains) and torch.equal(encoded[0], remove_light(clip.frames, gains))

@@ -25,7 +25,7 @@ from .options import (SD_LATENT_SCALE, CompositeOptions, DecodeOptions, EditOpti
                       InversionOptions, LightOptions, SamplerOptions, TuneOptions)
 from .sampling import EditResult, sample_edit
 from .schedule import DDIMConfig
-from .tuning import Delta, one_shot_tune
+from .tuning import Delta, one_shot_tune, trained_weights
 
 log = logging.getLogger(__name__)
 
@@ -185,12 +185,22 @@ class RunResult:
     light: Optional[torch.Tensor] = None  # the light's RGB gain per frame [F,3] taken out before encoding, or None
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """cuda and cuda:0 are the same device here: an index left out means the current one."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 def run(components: Components, frames: torch.Tensor, source: str, targets: str | Sequence[str],
         tune: TuneOptions = TuneOptions(), inversion: InversionOptions = InversionOptions(),
         edit: EditOptions = EditOptions(), sampler: SamplerOptions = SamplerOptions(),
-        composite: CompositeOptions = CompositeOptions(), host: Host = Host(),
+        composite: CompositeOptions = CompositeOptions(), host: Optional[Host] = None,
         context: Optional[ContextWindows] = None, light: LightOptions = LightOptions()) -> RunResult:
     """Inflated model -> tune -> invert -> edit -> decode (-> composite), on one clip (frames [F,H,W,3]).
+
+    The tuning is this clip's alone: afterwards ``components.model`` has its own weights back (the tuned ones are
+    ``RunResult.delta``), so a second run, on this clip or another, starts from the same model.
+    ``host``: None = a plain host on the components' device (the UNet computes where they were loaded); a host on
+    another device is refused.
 
     ``context``: tuning, inversion and the edit see the clip through these windows (None: all frames at once);
     the VAE encodes and decodes in chunks of frames either way.
@@ -203,6 +213,11 @@ def run(components: Components, frames: torch.Tensor, source: str, targets: str 
     timings, evals = {}, {}
     cm = components
     state = cm.model.state
+    if host is None:
+        host = Host(device=cm.device)
+    elif not _same_device(torch.device(host.device), torch.device(cm.device)):
+        raise VP2PInputError(f"host: its device {host.device} is not the components' {cm.device}; expected a host on "
+                             "the device the models were loaded on (or None)")
 
     def stage(name, fn):
         e0, t0 = state.forward_clips, time.perf_counter()
@@ -218,14 +233,15 @@ def run(components: Components, frames: torch.Tensor, source: str, targets: str 
     latents = stage("encode", lambda: cm.encode_frames(to_encode))
     plan = stage("plan", lambda: cm.plan(source, targets, options=edit))
     delta = None
-    if tune.steps > 0:
-        delta = stage("tune", lambda: one_shot_tune(cm.model, latents, plan.source_embedding, source, options=tune,
-                                                    host=host, context=context))
-    inv = stage("invert", lambda: invert(cm.model, latents, source_embedding=plan.source_embedding,
-                                         empty_embedding=plan.empty_embedding, prompt=source, options=inversion,
-                                         host=host, context=context))
-    res = stage("edit", lambda: sample_edit(cm.model, inv, plan, options=sampler, host=host,
-                                                   context=context))
+    with trained_weights(cm.model):  # this clip's tuning is undone on the way out
+        if tune.steps > 0:
+            delta = stage("tune", lambda: one_shot_tune(cm.model, latents, plan.source_embedding, source,
+                                                        options=tune, host=host, context=context))
+        inv = stage("invert", lambda: invert(cm.model, latents, source_embedding=plan.source_embedding,
+                                             empty_embedding=plan.empty_embedding, prompt=source,
+                                             options=inversion, host=host, context=context))
+        res = stage("edit", lambda: sample_edit(cm.model, inv, plan, options=sampler, host=host,
+                                                context=context))
     n, f = res.edited.shape[:2]
     decoded = stage("decode", lambda: with_light(cm.decode_latents(res.edited.flatten(0, 1)), gains)
                     .view(n, f, *frames.shape[1:]))
