@@ -240,3 +240,40 @@ def test_refuses_incomplete_checkpoint(written, tmp_path):
     save_file({k: v for k, v in sd.items() if not k.startswith("first_stage_model.")}, str(p))
     with pytest.raises(VP2PInputError, match="no VAE"):
         load_single_file(p)
+
+
+def test_refuses_inpainting_and_class_conditioned_unets(written, tmp_path):
+    """A UNet that takes the masked image beside the latent (9 input channels) or a class embedding would fail at
+    its first call, or run without its conditioning: refused when the file is read."""
+    *_, sd, _ = written
+    key = "model.diffusion_model.input_blocks.0.0.weight"
+    inpaint = tmp_path / "inpaint.safetensors"
+    weight = sd[key]
+    save_file({**sd, key: torch.cat([weight, weight[:, :4], weight[:, :1]], 1).contiguous()}, str(inpaint))
+    with pytest.raises(VP2PInputError, match=r"inpaint\.safetensors.*9 input and 4 output channels"):
+        load_single_file(inpaint)
+    unclip = tmp_path / "unclip.safetensors"
+    save_file({**sd, "model.diffusion_model.label_emb.0.0.weight": torch.zeros(2, 2)}, str(unclip))
+    with pytest.raises(VP2PInputError, match=r"unclip\.safetensors.*class-conditioned"):
+        load_single_file(unclip)
+
+
+def test_a_folders_scheduler_is_read_and_an_unsupported_one_refused(tmp_path):
+    import json
+
+    from vp2p_core.pipeline import scheduler_config
+
+    path = tmp_path / "scheduler_config.json"
+    path.write_text(json.dumps({"prediction_type": "v_prediction", "beta_schedule": "linear", "steps_offset": 1}))
+    config = scheduler_config(path)
+    assert (config.prediction_type, config.beta_schedule, config.steps_offset) == ("v_prediction", "linear", 1)
+    for bad, words in (({"rescale_betas_zero_snr": True}, "zero-terminal-SNR"),
+                       ({"trained_betas": [0.1, 0.2]}, "trained-betas"),
+                       ({"beta_schedule": "squaredcos_cap_v2"}, "beta_schedule"),
+                       ({"prediction_type": "sample"}, "prediction_type")):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(VP2PInputError, match=f"scheduler_config.json.*{words}"):
+            scheduler_config(path)
+    path.write_text("{not json")
+    with pytest.raises(VP2PInputError, match="scheduler_config.json.*JSON"):
+        scheduler_config(path)

@@ -249,3 +249,27 @@ def test_source_prompt_other_than_the_inversions_is_refused():
     msg = str(e.value)
     assert msg.startswith("source_prompt: ") and "'a red cube on grass'" in msg and "'a red ball on grass'" in msg
     check_edit_inputs(*_edit_inputs("a red ball on grass", " a red  ball\non grass "))  # whitespace aside: the same
+
+
+def test_damaged_metadata_is_refused_by_name_not_a_crash(tmp_path):
+    """Metadata a reader cannot parse (bad JSON, a mode or schedule no sampler knows) is refused as a damaged file,
+    which the nodes' cache makes again, instead of a JSONDecodeError, or a 'fast' edit of an unknown mode."""
+    from vp2p_core import Delta, Inversion
+    from vp2p_core.schedule import DDIMConfig
+
+    x = {"x_T": torch.zeros(2, 4, 8, 8), "source_embedding": torch.zeros(1, 77, 8), "timesteps": torch.arange(3)}
+    good = {"vp2p_kind": "inversion", "mode": "fast", "guidance": "7.5", "prompt": "a", "model_fingerprint": "m",
+            "schedule": '{"prediction_type": "epsilon"}'}
+    atomic_save(x, tmp_path / "ok.safetensors", good)
+    assert Inversion.load(tmp_path / "ok.safetensors").schedule == DDIMConfig()
+    for name, bad, words in (("json", {"schedule": "{oops"}, "metadata that cannot be read"),
+                             ("mode", {"mode": "null_text_x"}, "inversion mode 'null_text_x'"),
+                             ("pred", {"schedule": '{"prediction_type": "sample"}'}, "prediction_type"),
+                             ("guidance", {"guidance": "high"}, "metadata that cannot be read")):
+        atomic_save(x, tmp_path / f"{name}.safetensors", {**good, **bad})
+        with pytest.raises(VP2PInputError, match=f"inversion_file: .*{name}.safetensors.*{words}"):
+            Inversion.load(tmp_path / f"{name}.safetensors", what="inversion_file")
+    delta = {"vp2p_kind": "delta", "base_fingerprint": "b", "num_frames": "2", "prompt": "a", "steps": "1"}
+    atomic_save({"w": torch.zeros(2)}, tmp_path / "d.safetensors", {**delta, "losses": "[0.5,"})
+    with pytest.raises(VP2PInputError, match="delta_file: .*metadata that cannot be read"):
+        Delta.load(tmp_path / "d.safetensors", what="delta_file")

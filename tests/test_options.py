@@ -75,9 +75,9 @@ def test_cache_key_changes_with_any_value():
         assert (changed == base) == (s.name == "null_text_checkpointing"), s.name
     # fast and negative_prompt run no optimisation: its settings do not change their inversions
     fast = InversionOptions(mode="fast")
-    for name in ("inner_steps", "early_stop", "early_stop_ratio", "lr_scale", "null_text_checkpointing"):
+    for name in ("inner_steps", "early_stop", "early_stop_ratio", "lr_scale", "null_text_checkpointing", "guidance"):
         assert fast.replace(**{name: InversionOptions(mode="null_text", inner_steps=9, early_stop=0.5,
-                                                      early_stop_ratio=0.1, lr_scale=2.0,
+                                                      early_stop_ratio=0.1, lr_scale=2.0, guidance=3.0,
                                                       null_text_checkpointing="on").__dict__[name]}).cache_key() \
             == fast.cache_key(), name
     assert fast.replace(steps=7).cache_key() != fast.cache_key()

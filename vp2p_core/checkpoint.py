@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 
 from .errors import VP2PInputError
+from .model import check_text_to_image_unet
 from .options import SD_LATENT_SCALE
 
 UNET_PREFIX = "model.diffusion_model."
@@ -266,6 +267,10 @@ def load_single_file(path: str | Path, prediction_type: Optional[str] = None,
     except (KeyError, StopIteration, IndexError) as e:
         raise VP2PInputError(f"checkpoint: {str(path)!r} does not have the Stable Diffusion 1.x/2.x layout "
                              f"(could not find {e})") from None
+    if any(k.startswith(UNET_PREFIX + "label_emb.") for k in ckpt):
+        raise VP2PInputError(f"checkpoint: {str(path)!r} has a class-conditioned UNet (label_emb: unCLIP, an "
+                             "upscaler); expected an SD 1.x/2.x text-to-image checkpoint")
+    check_text_to_image_unet(u_cfg, v_cfg["latent_channels"], what=f"checkpoint {str(path)!r}")
     family = "sd2" if (open_clip or u_cfg["use_linear_projection"]) else "sd1"
     pred = prediction_type or guess_prediction_type(ckpt, family)
     if family == "sd2" and pred == "v_prediction":

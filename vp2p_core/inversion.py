@@ -34,7 +34,7 @@ from .host import Host
 from .inflation import set_gradient_checkpointing, video_forward
 from .memory import call_rows, checkpoint_null_text
 from .model import VideoModel
-from .options import InversionOptions
+from .options import INVERSION_MODES, InversionOptions
 from .schedule import DDIMConfig, DDIMSchedule
 from .tuning import make_trainable_copyable
 
@@ -121,13 +121,21 @@ class Inversion:
             raise VP2PInputError(f"{what}: {str(path)!r} holds a source_thumbnail of shape {tuple(thumbnail.shape)} "
                                  f"(or not finite); expected finite values [frames, channels, h, w] of its x_T's "
                                  f"{tuple(t['x_T'].shape[:2])}, as SaveVP2PInversion writes")
-        return cls(x_T=t["x_T"], source_embedding=t["source_embedding"], timesteps=t["timesteps"],
-                   mode=meta["mode"], guidance=float(meta["guidance"]), prompt=meta["prompt"],
-                   model_fingerprint=meta["model_fingerprint"],
-                   schedule=DDIMConfig.from_dict(meta_json(meta, "schedule")),
-                   null_embeddings=t.get("null_embeddings"), trajectory=t.get("trajectory"),
-                   stats=meta_json(meta, "stats", {}), source_thumbnail=t.get("source_thumbnail"),
-                   model_aliases=tuple(meta_json(meta, "model_aliases", [])))
+        if meta["mode"] not in INVERSION_MODES:
+            raise VP2PInputError(f"{what}: {str(path)!r} records the inversion mode {meta['mode']!r}; expected one of "
+                                 f"{', '.join(INVERSION_MODES)}")
+        try:  # metadata a reader cannot parse is a damaged file (a cached one is then made again), not a crash
+            schedule = DDIMConfig.from_dict(meta_json(meta, "schedule"))
+            DDIMSchedule(schedule, 1)
+            return cls(x_T=t["x_T"], source_embedding=t["source_embedding"], timesteps=t["timesteps"],
+                       mode=meta["mode"], guidance=float(meta["guidance"]), prompt=meta["prompt"],
+                       model_fingerprint=meta["model_fingerprint"], schedule=schedule,
+                       null_embeddings=t.get("null_embeddings"), trajectory=t.get("trajectory"),
+                       stats=meta_json(meta, "stats", {}), source_thumbnail=t.get("source_thumbnail"),
+                       model_aliases=tuple(meta_json(meta, "model_aliases", [])))
+        except (ValueError, TypeError, AttributeError, VP2PInputError) as e:
+            raise VP2PInputError(f"{what}: {str(path)!r} holds metadata that cannot be read ({e}); expected an "
+                                 "inversion file written by SaveVP2PInversion") from None
 
     def check_model(self, fingerprints: str | Sequence[str], what: str = "inversion") -> None:
         """Refuse this inversion for a model (``VideoModel.fingerprints``: its fingerprint and those of its weights

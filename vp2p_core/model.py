@@ -22,6 +22,22 @@ def _image_weights(unet) -> list:
     return [(n, p) for n, p in unet.named_parameters() if not any(f".{t}" in f".{n}" for t in TEMPORAL_PREFIXES)]
 
 
+def check_text_to_image_unet(config, latent_channels: int, what: str = "model") -> None:
+    """Refuse UNets this method cannot drive: latent channels other than the VAE's in or out (inpainting: 9 in,
+    depth-to-image: 5), or class / added embeddings (unCLIP, SD-XL), which the inflated UNet would be called
+    without. config: a diffusers UNet2DConditionModel config (mapping or object)."""
+    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    channels = (int(get("in_channels", 4)), int(get("out_channels", 4)))
+    if channels != (int(latent_channels), int(latent_channels)):
+        raise VP2PInputError(f"{what}: a UNet with {channels[0]} input and {channels[1]} output channels over a VAE "
+                             f"of {latent_channels} latent channels (an inpainting or depth-to-image model?); "
+                             "expected an SD 1.x/2.x text-to-image UNet")
+    extra = [k for k in ("class_embed_type", "num_class_embeds", "addition_embed_type") if get(k) is not None]
+    if extra:
+        raise VP2PInputError(f"{what}: a class-conditioned UNet ({', '.join(extra)}: unCLIP, SD-XL) is not "
+                             "supported; expected an SD 1.x/2.x text-to-image UNet")
+
+
 def base_fingerprint(unet) -> str:
     """Fingerprint of the 2D weights (temporal modules left out): names the checkpoint a delta was made for."""
     return state_fingerprint(_image_weights(unet))

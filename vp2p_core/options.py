@@ -255,11 +255,12 @@ class InversionOptions(Options):
 
     def cache_key(self) -> dict:
         """Every field but null_text_checkpointing, which changes how the embeddings are computed, not them, and
-        but the optimisation's settings where the mode runs none (fast, negative_prompt)."""
+        but the optimisation's settings and its guidance where the mode runs none (fast, negative_prompt: their
+        inversion is the same at any guidance, which only the sampler reads)."""
         key = super().cache_key()
         key.pop("null_text_checkpointing")
         if self.mode != "null_text":
-            for name in ("inner_steps", "early_stop", "early_stop_ratio", "lr_scale"):
+            for name in ("inner_steps", "early_stop", "early_stop_ratio", "lr_scale", "guidance"):
                 key.pop(name)
         elif self.steps > 50:  # the rate's decay over more steps changed (it turned negative past step 100)
             key["lr_decay"] = "1 - i / (2 * steps)"

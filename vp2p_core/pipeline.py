@@ -20,11 +20,11 @@ from .errors import VP2PInputError
 from .host import Host
 from .inversion import Inversion, invert
 from .light import take_light_out, with_light
-from .model import VideoModel
+from .model import VideoModel, check_text_to_image_unet
 from .options import (SD_LATENT_SCALE, CompositeOptions, DecodeOptions, EditOptions, InflationOptions,
                       InversionOptions, LightOptions, SamplerOptions, TuneOptions)
 from .sampling import EditResult, sample_edit
-from .schedule import DDIMConfig
+from .schedule import DDIMConfig, DDIMSchedule
 from .tuning import Delta, one_shot_tune, trained_weights
 
 log = logging.getLogger(__name__)
@@ -65,18 +65,38 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu",
     # the same output within 6e-4), and tensor-core kernels in fp16 on a GPU
     vae = AutoencoderKL.from_pretrained(folder / "vae", **kw).to(device, memory_format=torch.channels_last).eval()
     unet = UNet2DConditionModel.from_pretrained(folder / "unet", **kw).to(device).eval()
+    check_text_to_image_unet(unet.config, vae.config.latent_channels, what=f"model {str(folder)!r}")
     sched = DDIMConfig()
     sched_file = folder / "scheduler" / "scheduler_config.json"
     if sched_file.is_file():
-        import json
-
-        raw = json.loads(sched_file.read_text())
-        sched = DDIMConfig(prediction_type=raw.get("prediction_type", "epsilon"),
-                           beta_start=raw.get("beta_start", 0.00085), beta_end=raw.get("beta_end", 0.012),
-                           beta_schedule=raw.get("beta_schedule", "scaled_linear"),
-                           num_train_timesteps=raw.get("num_train_timesteps", 1000))
+        sched = scheduler_config(sched_file)
     scale = float(getattr(vae.config, "scaling_factor", SD_LATENT_SCALE))
     return FolderModels(tokenizer=tok, text_encoder=te, vae=vae, unet=unet, schedule=sched, latent_scale=scale)
+
+
+def scheduler_config(path: Path) -> DDIMConfig:
+    """The DDIM schedule of a folder's scheduler_config.json: its betas and prediction type. Like the reference,
+    the steps are SD's (leading spacing, steps_offset 1, no alpha set to one) whatever the file says; a file whose
+    model was trained on another noise schedule (zero terminal SNR, its own betas) is refused, not run wrongly."""
+    import json
+
+    what = f"scheduler: {str(path)!r}"
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise VP2PInputError(f"{what} could not be read as JSON ({e})") from None
+    if raw.get("rescale_betas_zero_snr") or raw.get("trained_betas") is not None:
+        raise VP2PInputError(f"{what}: a zero-terminal-SNR or trained-betas schedule is not supported; expected SD's "
+                             "scaled-linear or linear betas")
+    config = DDIMConfig(prediction_type=raw.get("prediction_type", "epsilon"),
+                        beta_start=raw.get("beta_start", 0.00085), beta_end=raw.get("beta_end", 0.012),
+                        beta_schedule=raw.get("beta_schedule", "scaled_linear"),
+                        num_train_timesteps=raw.get("num_train_timesteps", 1000))
+    try:
+        DDIMSchedule(config, 1)  # an unknown prediction type or beta schedule fails now, not at the first step
+    except VP2PInputError as e:
+        raise VP2PInputError(f"{what}: {e}") from None
+    return config
 
 
 def vae_factor(vae) -> int:

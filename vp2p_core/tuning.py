@@ -59,14 +59,20 @@ class Delta:
         """Read a file written by ``save``; ``what`` names the input the file came from in errors."""
         tensors, meta = load_checked(path, "delta", what,
                                      meta_needed=("base_fingerprint", "num_frames", "prompt", "steps"))
-        inflation = meta_json(meta, "inflation", {})
+        try:  # metadata a reader cannot parse is a damaged file (a cached one is then made again), not a crash
+            inflation = meta_json(meta, "inflation", {})
+            config, losses = meta_json(meta, "config", {}), meta_json(meta, "losses", [])
+            aliases, num_frames, steps = tuple(meta_json(meta, "base_aliases", [])), int(meta["num_frames"]), \
+                int(meta["steps"])
+        except (ValueError, TypeError) as e:
+            raise VP2PInputError(f"{what}: {str(path)!r} holds metadata that cannot be read ({e}); expected a delta "
+                                 "file written by SaveVP2PDelta") from None
         if not isinstance(inflation, dict) or not set(inflation) <= {"frame_attention", "group_norm"} or \
                 not all(isinstance(v, str) for v in inflation.values()):
             raise VP2PInputError(f"{what}: {str(path)!r} records an inflation of {inflation!r}; expected its "
                                  "frame_attention and group_norm, as SaveVP2PDelta writes")
-        return cls(tensors=tensors, base_fingerprint=meta["base_fingerprint"], num_frames=int(meta["num_frames"]),
-                   prompt=meta["prompt"], steps=int(meta["steps"]), config=meta_json(meta, "config", {}),
-                   losses=meta_json(meta, "losses", []), base_aliases=tuple(meta_json(meta, "base_aliases", [])),
+        return cls(tensors=tensors, base_fingerprint=meta["base_fingerprint"], num_frames=num_frames,
+                   prompt=meta["prompt"], steps=steps, config=config, losses=losses, base_aliases=aliases,
                    inflation=inflation)
 
 
