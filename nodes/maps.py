@@ -34,7 +34,7 @@ def attention_grid(maps: torch.Tensor, token_labels: list[list[str]], frame: int
     """maps [P, F, hb, wb, 77] -> IMAGE [1, H, W, 3]: one row per prompt, one column per token (BOS/EOS
     and padding left out), each map scaled to its own maximum as Prompt-to-Prompt shows them."""
     if maps is None:
-        raise VP2PInputError("maps: the sampler stored no attention maps for this edit")
+        raise VP2PInputError("attention_maps: the sampler stored no attention maps for this edit")
     p, f = maps.shape[:2]
     if frame >= f:
         raise VP2PInputError(f"frame: {frame} is past the last frame ({f - 1}); use -1 for the average of all frames")
@@ -60,10 +60,8 @@ def attention_grid(maps: torch.Tensor, token_labels: list[list[str]], frame: int
     return out.unsqueeze(0).clamp(0, 1)
 
 
-def mask_images(mask: Optional[torch.Tensor], scale: int = 8) -> torch.Tensor:
-    """LocalBlend mask [n, F, 1, h, w] -> MASK [n*F, h*scale, w*scale] (empty [0,...] when there is none)."""
-    if mask is None:
-        return torch.zeros(0, scale, scale)
+def mask_images(mask: torch.Tensor, scale: int = 8) -> torch.Tensor:
+    """LocalBlend mask [n, F, 1, h, w] -> MASK [n*F, h*scale, w*scale]."""
     m = mask.float().flatten(0, 1)  # [n*F, 1, h, w]
     m = F.interpolate(m, scale_factor=scale, mode="nearest")
     return m[:, 0].clamp(0, 1)

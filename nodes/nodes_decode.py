@@ -38,8 +38,9 @@ class DecodeFrames(io.ComfyNode):
         if not isinstance(latent, dict) or "samples" not in latent:
             raise VP2PInputError(f"latent: expected a LATENT, got {type(latent).__name__}")
         samples = latent["samples"]
-        if samples.dim() != 4 or samples.shape[0] == 0:
-            raise VP2PInputError(f"latent: expected [frames, channels, h, w] latents, got {tuple(samples.shape)}")
+        if not isinstance(samples, torch.Tensor) or samples.dim() != 4 or samples.shape[0] == 0:
+            found = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
+            raise VP2PInputError(f"latent: expected [frames, channels, h, w] latents, got {found}")
         channels = getattr(vae, "latent_channels", None)  # ComfyUI's VAE: 4 for SD 1.x/2.x/XL, 16 for SD3 / Flux
         if isinstance(channels, int) and samples.shape[1] != channels:
             raise VP2PInputError(f"latent: {samples.shape[1]} latent channels, but the vae decodes {channels}; "

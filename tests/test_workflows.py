@@ -326,6 +326,19 @@ def test_local_blend_workflows_composite_over_the_source_frames():
                           "vp2p_structure_depth"}
 
 
+def test_every_saved_video_plays_at_the_source_clips_frame_rate():
+    """CreateVideo's fps comes from GetVideoComponents of the clip that is edited (the one loaded from rabbit.mp4),
+    not a fixed number: a 30-fps clip saved at 8 fps played in slow motion."""
+    for path in UI_FILES:
+        api = json.loads((WF / "api" / path.name).read_text())
+        where = f"api/{path.name}"
+        for video in (n for n in api.values() if n["class_type"] == "CreateVideo"):
+            src, slot = video["inputs"]["fps"]
+            parts = api[src]
+            assert parts["class_type"] == "GetVideoComponents" and slot == 2, where
+            assert api[parts["inputs"]["video"][0]]["inputs"]["file"] == "rabbit.mp4", where
+
+
 def test_files_are_what_the_generator_writes():
     spec = importlib.util.spec_from_file_location("make_workflows", WF / "make_workflows.py")
     mod = importlib.util.module_from_spec(spec)

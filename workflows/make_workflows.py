@@ -17,7 +17,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 # Core nodes used here, as ComfyUI 0.3.64 defines them: (name, type) of each input in order ("W" = a
-# widget), optional sockets, output (name, type), extra widget values the frontend stores (upload button).
+# widget), optional sockets, output (name, type), extra widget values the frontend stores (upload button), and
+# the defaults of widgets a workflow links (the value the widget shows when the link is taken away).
 CORE = {
     "CheckpointLoaderSimple": {"inputs": [("ckpt_name", "W")],
                                "outputs": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]},
@@ -30,7 +31,7 @@ CORE = {
                               ("crop", "W")], "outputs": [("IMAGE", "IMAGE")]},
     "VAEEncode": {"inputs": [("pixels", "IMAGE"), ("vae", "VAE")], "outputs": [("LATENT", "LATENT")]},
     "CreateVideo": {"inputs": [("images", "IMAGE"), ("fps", "W"), ("audio", "AUDIO?")],
-                    "outputs": [("VIDEO", "VIDEO")]},
+                    "outputs": [("VIDEO", "VIDEO")], "defaults": {"fps": 30.0}},
     "SaveVideo": {"inputs": [("video", "VIDEO"), ("filename_prefix", "W"), ("format", "W"), ("codec", "W")],
                   "outputs": []},
     "PreviewImage": {"inputs": [("images", "IMAGE")], "outputs": []},
@@ -83,6 +84,10 @@ class Graph:
         self.nodes.append({"id": nid, "type": type_, "title": title, "pos": list(pos), "inputs": inputs})
         return nid
 
+    def find(self, type_: str) -> int | None:
+        """The id of the first node of this type (None: none yet)."""
+        return next((n["id"] for n in self.nodes if n["type"] == type_), None)
+
     def connect(self, nid: int, name: str, source: tuple[int, int]) -> None:
         """Link input ``name`` of node ``nid`` to ``source`` (node, output index), replacing its link."""
         self.nodes[nid - 1]["inputs"][name] = source
@@ -96,6 +101,18 @@ class Graph:
         """The node's inputs: what the graph sets, the widget defaults for the rest."""
         return {**sig[n["type"]].get("defaults", {}), **n["inputs"]}
 
+    def slots(self, n: dict, sig: dict) -> list[tuple[str, str]]:
+        """The node's input slots as the frontend saves them: its sockets in order, then each widget a link
+        drives (typed by the output it links to)."""
+        s = sig[n["type"]]
+        sockets = [(name, kind) for name, kind in s["inputs"] if kind != "W"]
+        linked = []
+        for name, kind in s["inputs"]:
+            v = n["inputs"].get(name)
+            if kind == "W" and isinstance(v, tuple):
+                linked.append((name, sig[self.nodes[v[0] - 1]["type"]]["outputs"][v[1]][1]))
+        return sockets + linked
+
     def api(self, sig: dict) -> dict:
         out = {}
         for n in self.nodes:
@@ -108,7 +125,7 @@ class Graph:
                 if name not in n["inputs"]:
                     continue
                 v = n["inputs"][name]
-                inputs[name] = [str(v[0]), v[1]] if kind != "W" else v
+                inputs[name] = [str(v[0]), v[1]] if isinstance(v, tuple) else v
             out[str(n["id"])] = {"class_type": n["type"], "inputs": inputs,
                                  "_meta": {"title": n["title"] or n["type"]}}
         return out
@@ -120,8 +137,7 @@ class Graph:
         for n in self.nodes:
             if n["type"] == "Note":
                 continue
-            sockets = [(name, kind) for name, kind in sig[n["type"]]["inputs"] if kind != "W"]
-            for slot, (name, kind) in enumerate(sockets):
+            for slot, (name, kind) in enumerate(self.slots(n, sig)):
                 if name in n["inputs"]:
                     src, idx = n["inputs"][name]
                     link_id += 1
@@ -144,12 +160,15 @@ class Graph:
             inputs, widgets = [], []
             for name, kind in s["inputs"]:
                 if kind == "W":
-                    widgets.append(n["inputs"][name])
+                    linked = isinstance(n["inputs"][name], tuple)
+                    widgets.append(s["defaults"][name] if linked else n["inputs"][name])
                     widgets += s.get("extra", {}).get(name, [])
-                    continue
+            for name, kind in self.slots(n, sig):
                 entry = {"name": name, "type": kind.rstrip("?"), "link": in_links.get((n["id"], name))}
                 if kind.endswith("?"):
                     entry["shape"] = 7
+                if name in dict(s["inputs"]) and dict(s["inputs"])[name] == "W":
+                    entry["widget"] = {"name": name}
                 inputs.append(entry)
             outputs = [{"name": name, "type": typ, "links": out_links.get((n["id"], i), []), "slot_index": i}
                        for i, (name, typ) in enumerate(s["outputs"])]
@@ -215,7 +234,10 @@ def sample_and_save(g: Graph, ckpt: int, tuned: int, inv: int, edit: int, prefix
     sampler = g.add("VideoP2PSampler", pos=(COL[4], 0), vp2p_model=(tuned, 0), inversion=(inv, 0),
                     edit=(edit, 0), **sampler_widgets, **extra)
     frames = g.add("DecodeFrames", pos=(COL[4], 260), vae=(ckpt, 2), latent=(sampler, 0))
-    video = g.add("CreateVideo", pos=(COL[5], 0), images=(frames, 0), fps=8.0)
+    # at the source clip's own frame rate (GetVideoComponents' fps): the edit plays as fast as the clip (a graph
+    # that loads its clip later links it then)
+    parts = g.find("GetVideoComponents")
+    video = g.add("CreateVideo", pos=(COL[5], 0), images=(frames, 0), fps=(parts, 2) if parts else 30.0)
     g.add("SaveVideo", pos=(COL[5], 160), video=(video, 0), filename_prefix=f"video/{prefix}", format="auto",
           codec="auto")
     maps = g.add("AttentionMaps", pos=(COL[4], 440), attention_maps=(sampler, 2))
@@ -315,7 +337,8 @@ def reedit() -> Graph:
                 filename="vp2p/rabbit.inversion.safetensors")
     edit = edit_node(g, ckpt, "a tiger is jumping on the grass", "replace", "rabbit", "tiger")
     outputs = sample_and_save(g, ckpt, tuned, inv, edit, "vp2p_reedit", None)
-    scaled = clip_frames(g)  # the clip's frames, for the pixels outside the edit
+    scaled = clip_frames(g)  # the clip's frames, for the pixels outside the edit, and its frame rate
+    g.connect(outputs[2], "fps", (g.find("GetVideoComponents"), 2))
     composite(g, *outputs, scaled)
     light = normalise_light(g, scaled, outputs[1], None)  # the light the saved inversion's clip was encoded without
     # the clip as the inversion saw it (evenly lit), encoded only to check that the inversion is this clip's
@@ -340,11 +363,12 @@ def structure_depth() -> Graph:
            "Tuning and inversion are the same as in the word-swap workflow and load from its cache; the edit is "
            "pasted over the clip's frames through its local-blend mask.",
            pos=(COL[0], -300))
-    ckpt, latent, scaled = clip_input(g)
+    frames = 8
+    ckpt, latent, scaled = clip_input(g, frames=frames)
     depth_video = g.add("LoadVideo", "Load the depth clip (white = near)", pos=(COL[0], 820), file="rabbit_depth.mp4")
     depth_parts = g.add("GetVideoComponents", pos=(COL[0], 1200), video=(depth_video, 0))
-    depth_first = g.add("ImageFromBatch", "First 8 depth frames", pos=(COL[1], 820), image=(depth_parts, 0),
-                        batch_index=0, length=8)
+    depth_first = g.add("ImageFromBatch", f"First {frames} depth frames", pos=(COL[1], 820),
+                        image=(depth_parts, 0), batch_index=0, length=frames)
     depth = g.add("ImageScale", "Depth at the clip's size", pos=(COL[1], 1020), image=(depth_first, 0),
                   upscale_method="bilinear", width=512, height=512, crop="center")
     cnet = g.add("ControlNetLoader", pos=(COL[2], 820), control_net_name="control_v11f1p_sd15_depth.safetensors")
@@ -362,7 +386,7 @@ def structure_depth() -> Graph:
 
 def long_clip() -> Graph:
     g = Graph("Video-P2P on a long clip (context windows)")
-    g.note("Video-P2P word swap on 48 frames (6 s at 8 fps): 'rabbit' -> 'cat'.\n\n"
+    g.note("Video-P2P word swap on 48 frames (2 s of a 24-fps clip): 'rabbit' -> 'cat'.\n\n"
            "Context Windows (Video-P2P) lets tuning, inversion and the sampler see the clip 16 frames at a time "
            "(ComfyUI's ContextWindowsManual settings); every window also sees the clip's first frame, so all "
            "windows follow one frame, and overlapping windows are blended (fuse_method). Time per frame and "
@@ -395,13 +419,31 @@ def render() -> dict[str, str]:
     return out
 
 
-def main() -> None:
-    for rel, text in render().items():
-        path = HERE / rel
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Write the shipped workflows (UI and API format) from their "
+                                            "descriptions.")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file differs from what "
+                                                         "would be written")
+    p.add_argument("--out", default=str(HERE), help="folder to write into (default: workflows/ of this repository)")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    files = render()  # every file is made before any is written
+    if a.check:
+        stale = [rel for rel, text in files.items() if not (out / rel).is_file() or (out / rel).read_text() != text]
+        for rel in stale:
+            print("differs:", rel)
+        return 1 if stale else 0
+    for rel, text in files.items():
+        path = out / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        print("wrote", path.relative_to(REPO))
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)  # a file is either the old one or the new one, never half-written
+        print("wrote", rel)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
