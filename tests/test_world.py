@@ -89,6 +89,53 @@ def test_training_pool_adds_moving_clips_without_changing_its_scenes():
         FramePool(3, clips=1, moving=1.5)
 
 
+def test_a_resumed_run_draws_the_batches_the_whole_run_would():
+    """``skip`` draws what the skipped stage's steps drew from the pool's one generator, so that a run resumed at
+    the UNet (or at stage 2) trains on the whole run's batches."""
+    from vp2p_world.train import FramePool
+
+    whole, resumed = FramePool(3, clips=4, frames=2), FramePool(3, clips=4, frames=2)
+    for _ in range(5):
+        whole.sample(3)
+    resumed.skip(5, 3)
+    a, b = whole.sample(3), resumed.sample(3)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_a_model_folder_is_swapped_in_whole_or_not_at_all(tmp_path):
+    """A stage folder, the model and the ControlNet are written beside their place and swapped in: a write that
+    fails leaves the old folder as it was and nothing else; a missing parent folder is made."""
+    from vp2p_world.train import write_folder_atomically
+
+    out = tmp_path / "runs" / "cn"
+    write_folder_atomically(out, lambda tmp: (tmp / "a.txt").write_text("first"))
+    assert (out / "a.txt").read_text() == "first"
+
+    def fails(tmp):
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_folder_atomically(out, fails)
+    assert (out / "a.txt").read_text() == "first" and sorted(p.name for p in out.parent.iterdir()) == ["cn"]
+    write_folder_atomically(out, lambda tmp: (tmp / "b.txt").write_text("second"))
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"] and sorted(p.name for p in out.parent.iterdir()) == ["cn"]
+
+
+@pytest.mark.parametrize("flags,named", [(["--batch", "1"], "--batch"), (["--vae-steps", "0"], "--vae-steps"),
+                                         (["--unet-steps", "-1"], "--unet-steps"), (["--clips", "0"], "--clips"),
+                                         (["--vae-from", "no/such/folder"], "--vae-from")])
+def test_train_refuses_flags_that_would_train_nothing_or_nans_by_name(flags, named, tmp_path, capsys):
+    """--batch 1 gave the VAE fine-tune an empty half (a NaN loss, a NaN VAE written over --out); --vae-steps 0
+    divided by zero; a mistyped folder was looked up on the Hugging Face Hub."""
+    from vp2p_world.train import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*flags, "--out", str(tmp_path / "W")])
+    assert exit_info.value.code == 2 and named in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("command", ["train", "train_controlnet"])
 def test_train_refuses_a_moving_share_out_of_range_by_its_flag_and_writes_nothing(command, tmp_path, capsys):
     import importlib

@@ -69,8 +69,11 @@ def sample(model: dict, prompts: list[str], steps: int = InversionOptions.steps,
     gen = torch.Generator().manual_seed(seed)
     size = unet.config.sample_size
     noise = torch.randn(len(prompts), unet.config.in_channels, size, size, generator=gen)
+    from tqdm import tqdm
+
     out = []
-    for i in range(0, len(prompts), chunk):
+    for i in tqdm(range(0, len(prompts), chunk), desc=f"sampling {len(prompts)} prompts", unit="chunk",
+                  disable=None):
         p = prompts[i : i + chunk]
         cond = encode_text(model, p)
         uncond = encode_text(model, [""]).expand_as(cond)
@@ -230,6 +233,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="write the figures and per-sample results as JSON")
     p.add_argument("--maps", action="store_true", help="also measure how well the word maps mark their regions")
     a = p.parse_args(argv)
+    if a.n < 1 or a.steps < 1:
+        p.error(f"--n and --steps: expected at least 1 each, got {a.n}, {a.steps}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(a.threads)
 

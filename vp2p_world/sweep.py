@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from vp2p_core import EditOptions, InversionOptions, invert, sample_edit, trained_weights
+from vp2p_core import EditOptions, InversionOptions, SamplerOptions, invert, sample_edit, trained_weights
 from vp2p_core.pipeline import Components
 
 from .benchmark import Case, case_edit, measure
@@ -83,7 +83,8 @@ def main(argv=None) -> int:
                 edit = world_options(EditOptions, cross_replace=cross, self_replace=self_, mask_threshold=thr,
                                      self_replace_on=a.self_replace_on)
                 plan = comps.plan(src.caption, target, options=case_edit(case, edit))
-                res = sample_edit(comps.model, inv, plan)
+                # the small world's sampler, as the demo and the benchmarks run it (edit guidance on)
+                res = sample_edit(comps.model, inv, plan, options=world_options(SamplerOptions))
                 row = measure(case, src, comps.decode_latents(res.edited[0]), comps.decode_latents(res.source))
                 row.update(case=case.name, cross_replace=cross, self_replace=self_, mask_threshold=thr,
                            mask=float(res.blend_mask.float().mean()))

@@ -97,7 +97,9 @@ class FramePool:
         self.scenes = [random_scene(rng, frames=frames) for _ in range(clips)]
         self.scenes = [s.replace(**random_motion(motion_rng, s.size)) if motion_rng.random() < moving else s
                        for s in self.scenes]
-        clips = [render(s) for s in self.scenes]
+        from tqdm import tqdm
+
+        clips = [render(s) for s in tqdm(self.scenes, desc="rendering the training pool", unit="clip", disable=None)]
         self.frames = torch.stack([(c.frames * 255).round().to(torch.uint8) for c in clips])
         self.masks = torch.stack([c.masks for c in clips])  # [clips, frames, H, W] bool
         # what the VAE must keep sharp: the object and the occluder (a thin dark post the VAE otherwise paints
@@ -114,6 +116,13 @@ class FramePool:
 
     def images(self, ci, fi) -> torch.Tensor:
         return self.frames[ci, fi].permute(0, 3, 1, 2).float() / 127.5 - 1
+
+    def skip(self, steps: int, n: int) -> None:
+        """Draw what ``steps`` calls of ``sample(n)`` would, and drop it: a run resumed after a stage trains on
+        the batches the whole run would have drawn there (every stage but the VAE fine-tune draws from this
+        pool's one generator)."""
+        for _ in range(max(0, int(steps))):
+            self.sample(n)
 
     def batch(self, n: int):
         ci, fi, caps = self.sample(n)
@@ -150,8 +159,9 @@ def object_loss_weights(masks: torch.Tensor, size: int, weight: float, grow: int
 
 @torch.no_grad()
 def round_trip(vae, seed: int, moving: float, clips: int = 32) -> tuple[torch.Tensor, float]:
-    """Latent means of 8 frames per clip of ``clips`` held-out clips (seed + 3, never in a training pool) and
-    their round trip's PSNR."""
+    """Latent means of ``8 * clips`` frames drawn at random (with replacement) from ``clips`` held-out clips
+    (seed + 3, never in a training pool), and their round trip's PSNR. Drawn, not every frame, as when the shipped
+    VAE's scaling factor was measured: every frame would give another factor and another model."""
     x, _ = FramePool(seed + 3, clips=clips, moving=moving).batch(8 * clips)
     z = vae.encode(x).latent_dist.mean
     return z, float(10 * torch.log10(4.0 / F.mse_loss(vae.decode(z).sample.clamp(-1, 1), x)))
@@ -367,8 +377,9 @@ def train_unet(pool: "FramePool", vae, tokenizer, steps: int, batch: int, seed: 
     if isinstance(resume, tuple):  # the next stage of the same run
         unet, te = (m.train() for m in resume)
     elif resume:  # a second stage from a trained folder
-        te = CLIPTextModel.from_pretrained(Path(resume) / "text_encoder", torch_dtype=torch.float32).train()
-        unet = UNet2DConditionModel.from_pretrained(Path(resume) / "unet", torch_dtype=torch.float32).train()
+        kw = dict(torch_dtype=torch.float32, local_files_only=True)
+        te = CLIPTextModel.from_pretrained(Path(resume) / "text_encoder", **kw).train()
+        unet = UNet2DConditionModel.from_pretrained(Path(resume) / "unet", **kw).train()
     else:
         te = CLIPTextModel(text_config())
         unet = UNet2DConditionModel(**unet_config(te.config.hidden_size))
@@ -444,6 +455,43 @@ def train_unet(pool: "FramePool", vae, tokenizer, steps: int, batch: int, seed: 
                                       "grounding_loss": gema if grounding_weight > 0 else None}
 
 
+def recorded_args(args: dict) -> dict:
+    """The command's arguments for the training record, with paths inside the repository made relative to it
+    (a record names no machine's folders)."""
+    repo = HERE.parent
+    out = {}
+    for k, v in args.items():
+        if isinstance(v, str) and Path(v).is_absolute() and Path(v).resolve().is_relative_to(repo):
+            v = str(Path(v).resolve().relative_to(repo))
+        out[k] = v
+    return out
+
+
+def write_folder_atomically(out: Path, write, keep: tuple = ()) -> None:
+    """Call ``write(tmp)`` on a new folder beside ``out`` and swap it in: ``out`` is the old folder or the new one,
+    never half-written (the old one waits as ``out.old`` during the swap; a crash there leaves it to restore).
+    The subfolders named in ``keep`` that ``out`` already has and the new one lacks are carried over."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    try:
+        write(tmp)
+        backup = None
+        if out.exists():
+            backup = out.with_name(out.name + ".old")
+            shutil.rmtree(backup, ignore_errors=True)
+            for sub in keep:
+                if (out / sub).exists() and not (tmp / sub).exists():
+                    shutil.copytree(out / sub, tmp / sub)
+            os.replace(out, backup)
+        os.replace(tmp, out)
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def save_folder(out: Path, vae, unet, te, stats: dict, half: bool = True, keep: tuple = ("tokenizer",)) -> None:
     """Write the diffusers folder next to ``out`` and swap it in (never a half-written model).
 
@@ -457,10 +505,8 @@ def save_folder(out: Path, vae, unet, te, stats: dict, half: bool = True, keep: 
 
     if half:
         vae, unet, te = (copy.deepcopy(m).half() for m in (vae, unet, te))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         vae.save_pretrained(tmp / "vae", safe_serialization=True)
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         for sub in ("vae", "unet"):  # a loaded model remembers where it came from; the folder should not
@@ -478,20 +524,8 @@ def save_folder(out: Path, vae, unet, te, stats: dict, half: bool = True, keep: 
             "vae": ["diffusers", "AutoencoderKL"], "safety_checker": [None, None],
             "feature_extractor": [None, None], "requires_safety_checker": False}, indent=1))
         (tmp / "training.json").write_text(json.dumps(stats, indent=1))
-        backup = None
-        if out.exists():
-            backup = out.with_name(out.name + ".old")
-            shutil.rmtree(backup, ignore_errors=True)
-            for sub in keep:
-                if (out / sub).exists() and not (tmp / sub).exists():
-                    shutil.copytree(out / sub, tmp / sub)
-            os.replace(out, backup)
-        os.replace(tmp, out)
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_folder_atomically(out, write, keep=keep)
 
 
 def main(argv=None) -> int:
@@ -534,6 +568,20 @@ def main(argv=None) -> int:
     p.add_argument("--vae-from", default="", help="a trained VAE folder (skip the VAE stage)")
     p.add_argument("--resume", default="", help="start the UNet/text stages from this model folder (e.g. W.stage1)")
     a = p.parse_args(argv)
+    for flag in ("vae_steps", "unet_steps", "grounding_steps", "vae_tune_steps"):
+        if getattr(a, flag) < 0:
+            p.error(f"--{flag.replace('_', '-')}: expected a step count >= 0, got {getattr(a, flag)}")
+    if not a.vae_from and a.vae_steps < 1:
+        p.error("--vae-steps: the VAE stage needs at least 1 step (or --vae-from FOLDER to skip it)")
+    if a.batch < (2 if a.vae_tune_steps else 1):
+        p.error(f"--batch: expected at least {2 if a.vae_tune_steps else 1} (the VAE fine-tune's batch is half still "
+                f"and half moving frames), got {a.batch}")
+    if a.clips < 1:
+        p.error(f"--clips: expected at least 1 clip, got {a.clips}")
+    for flag in ("vae_from", "resume"):
+        folder = getattr(a, flag)
+        if folder and not Path(folder).is_dir():
+            p.error(f"--{flag.replace('_', '-')}: {folder!r} is not a folder")
     if not (a.unet_steps or a.grounding_steps or a.vae_tune_steps):
         raise SystemExit("--unet-steps, --grounding-steps and --vae-tune-steps are all 0: nothing to train")
     if not (a.unet_steps or a.grounding_steps) and not (a.resume and a.vae_from):
@@ -546,22 +594,32 @@ def main(argv=None) -> int:
     from transformers import CLIPTokenizer
 
     out = Path(a.out)
-    tok = CLIPTokenizer.from_pretrained(str(TOKENIZER), model_max_length=77)
+    tok = CLIPTokenizer.from_pretrained(str(TOKENIZER), model_max_length=77, local_files_only=True)
     t0 = time.perf_counter()
     pool = command_line_pool(p, a.seed, clips=a.clips, moving=a.moving)
     log.info("rendered %d clips (%.0fs)", a.clips, time.perf_counter() - t0)
     if a.vae_from:
         from diffusers import AutoencoderKL
 
-        vae = AutoencoderKL.from_pretrained(a.vae_from, torch_dtype=torch.float32).eval()
+        vae = AutoencoderKL.from_pretrained(a.vae_from, torch_dtype=torch.float32, local_files_only=True).eval()
         stats_file = Path(a.vae_from) / "stats.json"  # a shipped model's vae/ has none (its training.json has them)
         s1 = json.loads(stats_file.read_text()) if stats_file.exists() else {}
+        pool.skip(a.vae_steps, a.batch)  # the VAE stage's draws
     else:
         vae, s1 = train_vae(pool, a.vae_steps, a.batch, a.seed, object_weight=a.vae_object_weight)
         stage = out.with_name(out.name + ".vae")  # lets a stopped run resume at the UNet
-        vae.save_pretrained(stage, safe_serialization=True)
-        (stage / "stats.json").write_text(json.dumps(s1))
+        write_folder_atomically(stage, lambda tmp: (vae.save_pretrained(tmp, safe_serialization=True),
+                                                    (tmp / "stats.json").write_text(json.dumps(s1))))
     stats = {**s1, "vae_seconds": time.perf_counter() - t0}
+    if a.resume and a.grounding_steps and not a.unet_steps:  # resumed at stage 2: stage 1's draws and record
+        record = Path(a.resume) / "training.json"
+        stage1 = json.loads(record.read_text()).get("unet_stage_1") if record.is_file() else None
+        if stage1 is None:
+            log.warning("--resume %s records no stage 1 (training.json): stage 2 draws other batches than a whole "
+                        "run would", a.resume)
+        else:
+            pool.skip(stage1["steps"], a.batch)
+            stats["unet_stage_1"] = stage1
     common = dict(min_snr_gamma=a.min_snr_gamma, ema_decay=a.ema, offset_noise=a.offset_noise)
     models = a.resume
     if a.unet_steps:
@@ -583,8 +641,9 @@ def main(argv=None) -> int:
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel
 
-        te = CLIPTextModel.from_pretrained(Path(a.resume) / "text_encoder", torch_dtype=torch.float32).eval()
-        unet = UNet2DConditionModel.from_pretrained(Path(a.resume) / "unet", torch_dtype=torch.float32).eval()
+        kw = dict(torch_dtype=torch.float32, local_files_only=True)
+        te = CLIPTextModel.from_pretrained(Path(a.resume) / "text_encoder", **kw).eval()
+        unet = UNet2DConditionModel.from_pretrained(Path(a.resume) / "unet", **kw).eval()
         earlier = Path(a.resume) / "training.json"
         if earlier.exists():
             stats = json.loads(earlier.read_text())
@@ -597,7 +656,8 @@ def main(argv=None) -> int:
         pool.encode_all(vae)
         vae, stats["vae_finetune"] = finetune_vae(vae, pool, a.vae_tune_steps, a.batch, a.seed + 12,
                                                   anchor=a.vae_anchor, object_weight=a.vae_object_weight)
-    run = dict(total_seconds=time.perf_counter() - t0, threads=a.threads, args=vars(a), torch=torch.__version__)
+    run = dict(total_seconds=time.perf_counter() - t0, threads=a.threads, args=recorded_args(vars(a)),
+               torch=torch.__version__)
     (stats["vae_finetune"] if finetune_only else stats).update(run)
     save_folder(out, vae, unet, te, stats, keep=("tokenizer", "controlnet") if finetune_only else ("tokenizer",))
     print(json.dumps(stats, indent=1))

@@ -10,17 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .train import MOVING_SHARE, command_line_pool, warmup_cosine
+from .train import MOVING_SHARE, command_line_pool, recorded_args, warmup_cosine, write_folder_atomically
 
 log = logging.getLogger("vp2p_world.train_controlnet")
 HERE = Path(__file__).resolve().parent
@@ -29,18 +26,6 @@ HERE = Path(__file__).resolve().parent
 def mask_images(masks: torch.Tensor, ci, fi) -> torch.Tensor:
     """The conditioning images [N,3,H,W] in 0..1: the object's mask of each sampled frame."""
     return masks[ci, fi].float()[:, None].expand(-1, 3, -1, -1).contiguous()
-
-
-def recorded_args(args: dict) -> dict:
-    """The command's arguments for the training record, with paths inside the repository made relative to it
-    (a record names no machine's folders)."""
-    repo = HERE.parent
-    out = {}
-    for k, v in args.items():
-        if isinstance(v, str) and Path(v).is_absolute() and Path(v).resolve().is_relative_to(repo):
-            v = str(Path(v).resolve().relative_to(repo))
-        out[k] = v
-    return out
 
 
 def main(argv=None) -> int:
@@ -58,14 +43,20 @@ def main(argv=None) -> int:
                    help="share of the pool's clips with random camera, light, growth, occluder and texture")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
+    if a.steps < 1 or a.batch < 1 or a.clips < 1:
+        p.error(f"--steps, --batch and --clips: expected at least 1 each, got {a.steps}, {a.batch}, {a.clips}")
+    m = Path(a.model)
+    missing = [sub for sub in ("tokenizer", "text_encoder", "vae", "unet") if not (m / sub).is_dir()]
+    if missing:
+        p.error(f"--model: {a.model!r} is not a model folder (no {', '.join(missing)})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)
-    m = Path(a.model)
-    tok = CLIPTokenizer.from_pretrained(str(m / "tokenizer"), model_max_length=77)
-    te = CLIPTextModel.from_pretrained(m / "text_encoder", torch_dtype=torch.float32).eval().requires_grad_(False)
-    vae = AutoencoderKL.from_pretrained(m / "vae", torch_dtype=torch.float32).eval().requires_grad_(False)
-    unet = UNet2DConditionModel.from_pretrained(m / "unet", torch_dtype=torch.float32).eval().requires_grad_(False)
+    kw = dict(torch_dtype=torch.float32, local_files_only=True)
+    tok = CLIPTokenizer.from_pretrained(str(m / "tokenizer"), model_max_length=77, local_files_only=True)
+    te = CLIPTextModel.from_pretrained(m / "text_encoder", **kw).eval().requires_grad_(False)
+    vae = AutoencoderKL.from_pretrained(m / "vae", **kw).eval().requires_grad_(False)
+    unet = UNet2DConditionModel.from_pretrained(m / "unet", **kw).eval().requires_grad_(False)
     torch.manual_seed(a.seed)
     factor = 64 // unet.config.sample_size
     steps_down = {4: (16, 32, 32), 8: (16, 32, 96, 256)}[factor]
@@ -104,17 +95,14 @@ def main(argv=None) -> int:
         if step % 100 == 0 or step == a.steps - 1:
             log.info("controlnet %d/%d loss %.4f (%.0fs)", step + 1, a.steps, ema, time.perf_counter() - t0)
     out = Path(a.out)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         cn.eval().half().save_pretrained(tmp, safe_serialization=True)  # fp16 keeps the shipped folder small
         (tmp / "training.json").write_text(json.dumps({"loss": ema, "seconds": time.perf_counter() - t0,
-                                                       "args": recorded_args(vars(a)), "condition": "object mask"}, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                                                       "args": recorded_args(vars(a)), "condition": "object mask"},
+                                                      indent=1))
+
+    write_folder_atomically(out, write)
     print(f"controlnet written to {out} (loss {ema:.4f}, {time.perf_counter() - t0:.0f}s)")
     return 0
 
