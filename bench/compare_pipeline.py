@@ -107,7 +107,6 @@ def run_ours(a, path: str, settings: str) -> dict:
                        sampler=SamplerOptions())
     whole = time.perf_counter() - t_start
     st = res.inversion.stats
-    x0 = comps.encode_frames(frames)
     tm, ev = res.timings, res.evaluations
     stages = {
         "load": dict(seconds=load_s + tm["encode"] + tm["plan"], evaluations=0, backwards=0),
@@ -118,7 +117,10 @@ def run_ours(a, path: str, settings: str) -> dict:
         "edit": dict(seconds=tm["edit"] + tm["decode"] + tm.get("decode_source", 0.0), evaluations=ev["edit"],
                      backwards=0),
     }
-    peak = peak_rss_mib()  # the first edit's; the re-edit below holds a second result beside it
+    # the first edit's; read before the benchmark's own encode of the clip (for the PSNR) and the re-edit below,
+    # which holds a second result beside it
+    peak = peak_rss_mib()
+    x0 = comps.encode_frames(frames)
     old_word, new_word = ("blue", "yellow") if a.world else ("railway", "river")
     reedit = time_reedit(comps, res, source, target.replace(old_word, new_word),
                          replace(edit, reweight_words=new_word) if edit.reweight_words else edit)
@@ -136,10 +138,12 @@ def time_reedit(comps, first, source: str, target: str, edit) -> dict:
     from vp2p_core import Delta, Inversion, apply_delta, sample_edit
 
     with tempfile.TemporaryDirectory() as d:
-        first.delta.save(Path(d) / "delta.safetensors")
+        if first.delta is not None:  # None: the first edit ran no tuning (--tune-steps 0)
+            first.delta.save(Path(d) / "delta.safetensors")
         first.inversion.save(Path(d) / "inversion.safetensors")
         e0, t0 = comps.model.evaluations(), time.perf_counter()
-        apply_delta(comps.model, Delta.load(Path(d) / "delta.safetensors"))
+        if first.delta is not None:
+            apply_delta(comps.model, Delta.load(Path(d) / "delta.safetensors"))
         inv = Inversion.load(Path(d) / "inversion.safetensors")
         plan = comps.plan(source, target, options=edit)
         res = sample_edit(comps.model, inv, plan)
@@ -172,6 +176,26 @@ def run_reference(a, work: Path) -> None:
            "--threads", str(a.threads)] + (["--grad-ckpt"] if a.grad_ckpt else [])
     print("[compare] reference: " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
+
+
+def adopt_reference_settings(p: argparse.ArgumentParser, a, work: Path) -> None:
+    """Our side again on a finished reference run: take its frames, steps and threads where the command does not
+    name them, and refuse a command that names others (the two sides would do different work)."""
+    summary = work / "summary.json"
+    if not summary.is_file():
+        return
+    s = json.loads(summary.read_text())
+    recorded = {"frames": s.get("frames"), "steps": s.get("p2p_steps"), "tune_steps": s.get("tune_steps"),
+                "threads": (s.get("env") or {}).get("threads")}
+    for name, value in recorded.items():
+        if value is None:
+            continue
+        given = getattr(a, name)
+        if given is None:
+            setattr(a, name, value)
+        elif given != value:
+            p.error(f"--{name.replace('_', '-')}: {given}, but the reference run in {work} used {value}; "
+                    "expected the same (or leave the flag out)")
 
 
 def reference_figures(work: Path) -> dict:
@@ -260,8 +284,8 @@ def main(argv=None) -> int:
                    "ours at the defaults")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (tiny: 50, the reference's; world: 25)")
     p.add_argument("--tune-steps", type=int, default=None, help="tuning steps (tiny: 20; world: 60, the demo's)")
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--frames", type=int, default=None, help="default 8 (or the finished reference run's)")
+    p.add_argument("--threads", type=int, default=None, help="default 1 (or the finished reference run's)")
     p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in tuning, both sides")
     p.add_argument("--paths", default=",".join(PATHS), help="null_text,fast")
     p.add_argument("--inversion", help='ours: InversionOptions other than the defaults, as JSON ({"inner_steps": 4})')
@@ -270,6 +294,13 @@ def main(argv=None) -> int:
     p.add_argument("--settings", default="defaults", choices=("defaults", "reference"), help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.world and (a.frames not in (None, 8) or a.grad_ckpt):
+        p.error("--frames and --grad-ckpt: the small world's run is its rendered 8-frame clip without gradient "
+                "checkpointing; leave them out with --world")
+    if not a.world and not a.child and not a.reference and a.work:
+        adopt_reference_settings(p, a, Path(a.work))
+    a.frames = a.frames or 8
+    a.threads = a.threads if a.threads is not None else 1
     a.steps = a.steps or (25 if a.world else 50)
     a.tune_steps = a.tune_steps if a.tune_steps is not None else (60 if a.world else 20)
     if a.inversion:

@@ -176,7 +176,8 @@ def stage(name: str, cfg: dict, workdir: str, tuned: bool, steps: int) -> dict:
             ev0 = model.evaluations()
             with PeakRSS() as mem:
                 t0 = time.perf_counter()
-                options = InversionOptions(steps=steps, inner_steps=REF_INNER)  # the reference's settings
+                # the reference's settings: its 10 iterations at its rate, and its own stop (not ours by ratio)
+                options = InversionOptions(steps=steps, inner_steps=REF_INNER, lr_scale=1.0, early_stop_ratio=0.0)
                 nulls, traj, st = null_text_optimisation(model, ddim, cond=src, empty=empty, schedule=schedule, options=options,
                                                          host=Host())
                 row["time_s"] = time.perf_counter() - t0
