@@ -530,7 +530,8 @@ def save_folder(out: Path, vae, unet, te, stats: dict, half: bool = True, keep: 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(HERE / "weights"))
+    p.add_argument("--out", required=True, help="the model folder to write (replaced whole when it exists; the "
+                                                "shipped one is vp2p_world/weights)")
     p.add_argument("--vae-steps", type=int, default=800)
     p.add_argument("--vae-object-weight", type=float, default=10.0,
                    help="extra VAE loss weight on the object's pixels and rim (0: plain mean)")
