@@ -714,3 +714,34 @@ def test_null_text_checks_the_stop_button_inside_a_step(world):
     invert(model, latents, emb[:1], emb[2:3], SRC, host=host,
            options=InversionOptions(mode="null_text", steps=2, inner_steps=3, early_stop=0.0, early_stop_ratio=0.0))
     assert len(calls) == 2 + 2 + 2 * 3  # DDIM's 2 steps, null-text's 2, and its 3 inner iterations in each
+
+
+def test_decoupled_guidance_gives_the_target_the_empty_prompt_and_the_source_its_null_embeddings(world, inversion):
+    """Null-text inversion's embeddings belong to the source branch. With decoupled guidance (the default) the
+    target's unconditional prediction uses the empty prompt, so an edit to the same prompt without attention control
+    is plain guided sampling from x_T; without it the target replays the source exactly. A negative-prompt inversion
+    (the source prompt as the unconditional) is replayed by the same edit, whichever the target's unconditional."""
+    tok, emb, latents, model = world
+    plan = build_edit_plan(tok, SRC, SRC, options=EditOptions(edit_mode="none"))
+    plan.source_embedding, plan.target_embeddings, plan.empty_embedding = emb[:1], emb[:1], emb[2:3]
+    plain = _guided_reconstruction(model, inversion.x_T, emb[:1], emb[2:3], STEPS, 7.5)
+    decoupled = sample_edit(model, inversion, plan)
+    coupled = sample_edit(model, inversion, plan, options=SamplerOptions(decoupled_guidance=False))
+    assert torch.allclose(decoupled.edited[0], plain, atol=1e-3)
+    assert torch.allclose(coupled.edited[0], coupled.source, atol=1e-4)
+    assert (decoupled.edited[0] - coupled.edited[0]).abs().max() > 0.1, "the test needs the two to differ"
+    negative = invert(model, latents, emb[:1], emb[2:3], SRC, options=InversionOptions(mode="negative_prompt",
+                                                                                       steps=STEPS))
+    replay = sample_edit(model, negative, plan)
+    assert torch.allclose(replay.edited[0], replay.source, atol=1e-4)
+
+
+def test_a_trajectory_made_at_another_guidance_is_not_replayed(world, inversion):
+    """The stored source trajectory is the null-text inversion's at its guidance: an edit at another guidance
+    recomputes the source branch (one more forward per step) instead of replaying a path it would not take."""
+    tok, emb, latents, model = world
+    same = sample_edit(model, inversion, _plan(tok, emb))
+    other = sample_edit(model, inversion, _plan(tok, emb), options=SamplerOptions(guidance=5.0))
+    assert same.stats["reused_source_trajectory"] and same.stats["forwards"] == STEPS * 3
+    assert not other.stats["reused_source_trajectory"] and other.stats["forwards"] == STEPS * 4
+    assert (other.source - inversion.trajectory[-1]).abs().max() > 1e-2

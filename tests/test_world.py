@@ -115,7 +115,7 @@ def test_a_model_folder_is_swapped_in_whole_or_not_at_all(tmp_path):
         (tmp / "a.txt").write_text("half")
         raise RuntimeError("disk full")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="disk full"):
         write_folder_atomically(out, fails)
     assert (out / "a.txt").read_text() == "first" and sorted(p.name for p in out.parent.iterdir()) == ["cn"]
     write_folder_atomically(out, lambda tmp: (tmp / "b.txt").write_text("second"))

@@ -7,7 +7,6 @@ the benchmarks reproduce on them, so a default ``Scene`` must keep rendering exa
 world could move (hashes recorded from the renderer before motion existed).
 """
 import hashlib
-import time
 
 import numpy as np
 import pytest
@@ -203,9 +202,7 @@ def test_edit_truth_keeps_camera_light_occluder_and_caption():
 def test_clips_of_8_to_32_frames(frames):
     scene = Scene(shape="triangle", colour="purple", background="snow", path="circle", camera="pan+zoom",
                   lighting="flicker", occluder=True, texture=True, growth=1.3, size=0.15, seed=frames, frames=frames)
-    t0 = time.perf_counter()
     clip = render(scene)
-    seconds = time.perf_counter() - t0
     assert clip.frames.shape == (frames, 64, 64, 3) and clip.masks.shape == (frames, 64, 64)
     assert clip.flow().shape == (frames - 1, 64, 64, 2) and clip.valid().shape == (frames - 1, 64, 64)
     assert clip.warp(clip.frames).shape == (frames - 1, 64, 64, 3) and clip.warp(clip.frames, 3).shape == (64, 64, 3)
@@ -213,8 +210,6 @@ def test_clips_of_8_to_32_frames(frames):
     assert bool(clip.masks.flatten(1).any(1).all())
     err = (clip.warp(clip.frames) - clip.frames[1:]).abs().amax(-1)[clip.valid()]
     assert float(err.max()) < ONE
-    if frames == 16:
-        assert seconds < 0.5, seconds  # typically 0.05 s
     with pytest.raises(ValueError, match="pair"):
         clip.flow(frames - 1)
 
