@@ -286,7 +286,8 @@ def main(argv=None) -> int:
     p.add_argument("--tune-steps", type=int, default=None, help="tuning steps (tiny: 20; world: 60, the demo's)")
     p.add_argument("--frames", type=int, default=None, help="default 8 (or the finished reference run's)")
     p.add_argument("--threads", type=int, default=None, help="default 1 (or the finished reference run's)")
-    p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in tuning, both sides")
+    p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in tuning, both sides (a "
+                   "finished reference run does not record it: give it again as that run had it)")
     p.add_argument("--paths", default=",".join(PATHS), help="null_text,fast")
     p.add_argument("--inversion", help='ours: InversionOptions other than the defaults, as JSON ({"inner_steps": 4})')
     p.add_argument("--json", help="write every figure here")

@@ -270,7 +270,9 @@ def test_a_folders_scheduler_is_read_and_an_unsupported_one_refused(tmp_path):
     for bad, words in (({"rescale_betas_zero_snr": True}, "zero-terminal-SNR"),
                        ({"trained_betas": [0.1, 0.2]}, "trained-betas"),
                        ({"beta_schedule": "squaredcos_cap_v2"}, "beta_schedule"),
-                       ({"prediction_type": "sample"}, "prediction_type")):
+                       ({"prediction_type": "sample"}, "prediction_type"),
+                       ({"beta_start": "0.00085"}, "wrong type"),
+                       ([0.1], "expected a JSON object")):
         path.write_text(json.dumps(bad))
         with pytest.raises(VP2PInputError, match=f"scheduler_config.json.*{words}"):
             scheduler_config(path)

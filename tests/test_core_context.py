@@ -192,22 +192,35 @@ def test_tuning_draws_one_window_per_step_and_leaves_the_anchor_out_of_the_loss(
     assert set(seen) <= {8, 9} and 9 in seen  # a window (8 frames), with the clip's first frame where it lacks it
 
 
-def test_a_long_edit_through_windows_has_no_seams(world):
+def test_a_long_edit_through_windows_has_no_seams():
     """24 frames of a slowly moving pattern, 8-frame windows: the frame-to-frame change where the windows change
-    is no larger than inside them."""
-    tok, emb, model = world
+    is no larger than inside them. The model's frames interact strongly (temporal attention's output at 0.3, six
+    times the other tests'), so windows that neither overlap nor share the first frame leave seams (ratio 1.65
+    measured), which the overlapping windows with their anchor do not (1.04)."""
+    tok = ToyTokenizer()
+    emb = toy_embed(tok, [SRC, TGT, ""])
+    g = torch.Generator().manual_seed(3)
+    model = VideoModel.from_unet(tiny_unet())
+    with torch.no_grad():
+        for n, p in model.unet.named_parameters():
+            if "attn_temp.to_out" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    model.delta_fingerprint = "test"
     f = 24
     g = torch.Generator().manual_seed(11)
     base = torch.randn(4, 16, 40, generator=g) * 0.8
     base = torch.nn.functional.avg_pool1d(base.flatten(0, 1)[:, None], 5, 1, 2)[:, 0].view(4, 16, 40) * 2
     latents = torch.stack([base[:, :, k:k + 16] for k in range(f)])  # a pan, one latent pixel per frame
-    ctx = windows(8, 2)
-    inv = invert(model, latents, emb[:1], emb[2:3], SRC, options=InversionOptions(mode="fast", steps=6), context=ctx)
-    res = sample_edit(model, inv, _plan(tok, emb, blend_words="ball"), context=ctx)
-    clip = res.edited[0]
-    ratio = seam_ratio(clip, ctx.windows(f))
-    assert ratio <= 1.2, ratio
-    assert ratio > 0.5, ratio  # (not a clip that stands still)
+
+    def seams(ctx):
+        inv = invert(model, latents, emb[:1], emb[2:3], SRC, options=InversionOptions(mode="fast", steps=6),
+                     context=ctx)
+        return seam_ratio(sample_edit(model, inv, _plan(tok, emb, blend_words="ball"), context=ctx).edited[0],
+                          ctx.windows(f))
+
+    ratio, apart = seams(windows(8, 2)), seams(windows(8, 0, context_schedule="batched"))
+    assert 0.5 < ratio <= 1.2, ratio  # (above 0.5: not a clip that stands still)
+    assert apart > 1.3, f"windows kept apart show no seam ({apart}): the test cannot tell"
 
 
 def test_ddim_inversion_asks_each_timestep_for_the_windows_of_its_denoising_step(world):

@@ -90,16 +90,20 @@ def test_training_pool_adds_moving_clips_without_changing_its_scenes():
 
 
 def test_a_resumed_run_draws_the_batches_the_whole_run_would():
-    """``skip`` draws what the skipped stage's steps drew from the pool's one generator, so that a run resumed at
-    the UNet (or at stage 2) trains on the whole run's batches."""
-    from vp2p_world.train import FramePool
+    """A resumed run replays the skipped stage's draws from the pool's one generator, as many as the resumed folder
+    records (its steps at its batch, whatever this command's flags), so that it trains on the whole run's batches;
+    a folder that records none replays nothing."""
+    from vp2p_world.train import FramePool, skip_recorded_draws
 
-    whole, resumed = FramePool(3, clips=4, frames=2), FramePool(3, clips=4, frames=2)
+    whole, resumed, unrecorded = (FramePool(3, clips=4, frames=2) for _ in range(3))
     for _ in range(5):
         whole.sample(3)
-    resumed.skip(5, 3)
-    a, b = whole.sample(3), resumed.sample(3)
+    skip_recorded_draws(resumed, {"steps": 5, "batch": 3}, "the VAE stage", "W.vae")
+    skip_recorded_draws(unrecorded, None, "the VAE stage", "weights/vae")
+    a, b, c = whole.sample(3), resumed.sample(3), unrecorded.sample(3)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]
+    fresh = FramePool(3, clips=4, frames=2).sample(3)
+    assert torch.equal(c[0], fresh[0]) and torch.equal(c[1], fresh[1])
 
 
 def test_a_model_folder_is_swapped_in_whole_or_not_at_all(tmp_path):

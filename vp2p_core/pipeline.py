@@ -85,6 +85,8 @@ def scheduler_config(path: Path) -> DDIMConfig:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise VP2PInputError(f"{what} could not be read as JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise VP2PInputError(f"{what}: expected a JSON object of scheduler settings, got {type(raw).__name__}")
     if raw.get("rescale_betas_zero_snr") or raw.get("trained_betas") is not None:
         raise VP2PInputError(f"{what}: a zero-terminal-SNR or trained-betas schedule is not supported; expected SD's "
                              "scaled-linear or linear betas")
@@ -96,6 +98,8 @@ def scheduler_config(path: Path) -> DDIMConfig:
         DDIMSchedule(config, 1)  # an unknown prediction type or beta schedule fails now, not at the first step
     except VP2PInputError as e:
         raise VP2PInputError(f"{what}: {e}") from None
+    except (TypeError, ValueError) as e:  # a number given as a string
+        raise VP2PInputError(f"{what}: a setting of the wrong type ({e}); expected numbers for the betas") from None
     return config
 
 

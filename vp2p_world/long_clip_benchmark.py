@@ -4,7 +4,7 @@ through context windows, each length in a fresh process so that its peak memory 
     python -m vp2p_world.long_clip_benchmark --frames 16,32,64,128 --context-length 16 --context-overlap 4
 
 Per length: seconds per frame of the whole path and of each stage, peak RSS of the process, UNet evaluations
-(window calls: one per window and pass; the rows the UNet saw per step, anchor rows included, are
+(clips per window call: one prompt x one window = 1; the rows the UNet saw per step, anchor rows included, are
 ``unet_rows_per_step``), edit accuracy (the object's colour in every frame), warp error
 and flicker against the rendered truth, and the seam ratio: the frame-to-frame change (motion compensated) across
 window boundaries over the change inside windows. The clip is one scene at every length: a red ball sliding on

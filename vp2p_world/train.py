@@ -120,7 +120,7 @@ class FramePool:
     def skip(self, steps: int, n: int) -> None:
         """Draw what ``steps`` calls of ``sample(n)`` would, and drop it: a run resumed after a stage trains on
         the batches the whole run would have drawn there (every stage but the VAE fine-tune draws from this
-        pool's one generator)."""
+        pool's one generator; ``skip_recorded_draws`` reads how many from the resumed folder)."""
         for _ in range(max(0, int(steps))):
             self.sample(n)
 
@@ -135,6 +135,17 @@ class FramePool:
         out = [vae.encode(flat[i:i + chunk].permute(0, 3, 1, 2).float() / 127.5 - 1).latent_dist.mean
                for i in range(0, flat.shape[0], chunk)]
         self.latents = torch.cat(out).view(*self.frames.shape[:2], *out[0].shape[1:])
+
+
+def skip_recorded_draws(pool: "FramePool", draws, stage: str, folder: str) -> None:
+    """A run resumed from ``folder`` replays the draws of the ``stage`` it skips, as recorded there ({"steps",
+    "batch"}), so that it trains on the batches the whole run would have. A folder that records none (made before
+    the record, or not a stage of this run, e.g. the shipped VAE) replays nothing, with a note."""
+    if not draws:
+        log.info("%s: %s records no draws of %s; the batches from here on are this run's own, not a whole run's",
+                 folder, folder, stage)
+        return
+    pool.skip(draws["steps"], draws["batch"])
 
 
 def command_line_pool(parser: argparse.ArgumentParser, seed: int, clips: int, moving: float) -> FramePool:
@@ -605,29 +616,31 @@ def main(argv=None) -> int:
         vae = AutoencoderKL.from_pretrained(a.vae_from, torch_dtype=torch.float32, local_files_only=True).eval()
         stats_file = Path(a.vae_from) / "stats.json"  # a shipped model's vae/ has none (its training.json has them)
         s1 = json.loads(stats_file.read_text()) if stats_file.exists() else {}
-        pool.skip(a.vae_steps, a.batch)  # the VAE stage's draws
+        skip_recorded_draws(pool, s1.pop("draws", None), "the VAE stage", a.vae_from)
     else:
         vae, s1 = train_vae(pool, a.vae_steps, a.batch, a.seed, object_weight=a.vae_object_weight)
         stage = out.with_name(out.name + ".vae")  # lets a stopped run resume at the UNet
+        draws = {"steps": a.vae_steps, "batch": a.batch}  # what a run resumed from this folder replays
         write_folder_atomically(stage, lambda tmp: (vae.save_pretrained(tmp, safe_serialization=True),
-                                                    (tmp / "stats.json").write_text(json.dumps(s1))))
+                                                    (tmp / "stats.json").write_text(json.dumps({**s1,
+                                                                                               "draws": draws}))))
     stats = {**s1, "vae_seconds": time.perf_counter() - t0}
     if a.resume and a.grounding_steps and not a.unet_steps:  # resumed at stage 2: stage 1's draws and record
         record = Path(a.resume) / "training.json"
         stage1 = json.loads(record.read_text()).get("unet_stage_1") if record.is_file() else None
-        if stage1 is None:
-            log.warning("--resume %s records no stage 1 (training.json): stage 2 draws other batches than a whole "
-                        "run would", a.resume)
-        else:
-            pool.skip(stage1["steps"], a.batch)
+        if stage1 is not None:
             stats["unet_stage_1"] = stage1
+        has_draws = stage1 is not None and "batch" in stage1
+        draws = {"steps": stage1["steps"], "batch": stage1["batch"]} if has_draws else None
+        skip_recorded_draws(pool, draws, "stage 1", a.resume)
     common = dict(min_snr_gamma=a.min_snr_gamma, ema_decay=a.ema, offset_noise=a.offset_noise)
     models = a.resume
     if a.unet_steps:
         t1 = time.perf_counter()
         unet, te, s = train_unet(pool, vae, tok, a.unet_steps, a.batch, a.seed + 10, lr=a.lr, resume=models,
                                  object_weight=a.object_weight, **common)
-        stats["unet_stage_1"] = {**s, "steps": a.unet_steps, "lr": a.lr, "seconds": time.perf_counter() - t1}
+        stats["unet_stage_1"] = {**s, "steps": a.unet_steps, "batch": a.batch, "lr": a.lr,
+                                 "seconds": time.perf_counter() - t1}
         models = (unet, te)
         if a.grounding_steps:  # lets a stopped run resume at the grounding stage (--resume W.stage1 --unet-steps 0)
             save_folder(out.with_name(out.name + ".stage1"), vae, unet, te, stats, half=False)

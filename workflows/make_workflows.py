@@ -386,7 +386,7 @@ def structure_depth() -> Graph:
 
 def long_clip() -> Graph:
     g = Graph("Video-P2P on a long clip (context windows)")
-    g.note("Video-P2P word swap on 48 frames (2 s of a 24-fps clip): 'rabbit' -> 'cat'.\n\n"
+    g.note("Video-P2P word swap on 48 frames of the clip: 'rabbit' -> 'cat'.\n\n"
            "Context Windows (Video-P2P) lets tuning, inversion and the sampler see the clip 16 frames at a time "
            "(ComfyUI's ContextWindowsManual settings); every window also sees the clip's first frame, so all "
            "windows follow one frame, and overlapping windows are blended (fuse_method). Time per frame and "
