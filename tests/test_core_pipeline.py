@@ -13,7 +13,7 @@ from vp2p_core import (DDIMSchedule, Delta, EditOptions, Host, Inversion, Invers
 from vp2p_core.attention import TemporalAttnProcessor
 from vp2p_core.inversion import ddim_inversion, latent_thumbnail
 from vp2p_core.schedule import DDIMConfig
-from vp2p_world.tiny import ToyTokenizer, tiny_unet, toy_embed
+from vp2p_world.tiny import ToyTokenizer, tiny_unet, tiny_video_model, toy_embed
 
 torch.set_num_threads(1)
 
@@ -28,13 +28,7 @@ def world():
     emb = toy_embed(tok, [SRC, TGT, "", "a green ball on grass"])
     g = torch.Generator().manual_seed(3)
     latents = torch.randn(FRAMES, 4, 16, 16, generator=g) * 0.8
-    model = VideoModel.from_unet(tiny_unet())
-    # make the temporal path non-trivial, as after tuning
-    with torch.no_grad():
-        for n, p in model.unet.named_parameters():
-            if "attn_temp.to_out" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    model.delta_fingerprint = "test"
+    model = tiny_video_model(g)  # the temporal path non-trivial, as after tuning
     return tok, emb, latents, model
 
 

@@ -55,3 +55,17 @@ def toy_embed(tokenizer: ToyTokenizer, prompts: list[str], dim: int = 32, seed: 
         ids = ids + [ToyTokenizer.EOS] * (77 - len(ids))
         out.append(table[torch.tensor(ids)])
     return torch.stack(out)
+
+
+def tiny_video_model(generator: torch.Generator, temporal_scale: float = 0.05):
+    """The tiny UNet inflated, its temporal attention's output projections drawn from ``generator`` at
+    ``temporal_scale`` (zero after inflation: a model whose frames interact, as after tuning), fingerprinted "test"."""
+    from vp2p_core import VideoModel
+
+    model = VideoModel.from_unet(tiny_unet())
+    with torch.no_grad():
+        for n, p in model.unet.named_parameters():
+            if "attn_temp.to_out" in n:
+                p.copy_(torch.randn(p.shape, generator=generator) * temporal_scale)
+    model.delta_fingerprint = "test"
+    return model
