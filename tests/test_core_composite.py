@@ -109,6 +109,18 @@ def test_blend_mask_defaults_are_the_identity_and_the_union_of_both_words():
     assert torch.equal(out, lat[:1] + ref * (lat - lat[:1])) and torch.equal(ctrl.last_mask, ref[1:])
 
 
+def test_local_blend_waits_for_blend_start():
+    """blend_start 0.5 of 10 steps: the first five steps leave the latents as the sampler made them (the target
+    branch free to form), the sixth blends them through the mask."""
+    ctrl = controller(EditOptions(blend_words="ball", blend_target_words="cube", blend_start=0.5))
+    assert ctrl.blend_start == 5
+    lat = torch.randn(2, F_, 4, H, W, generator=torch.Generator().manual_seed(4))
+    for step in range(5):
+        assert torch.equal(ctrl.end_step(lat), lat) and ctrl.last_mask is None, f"blended at step {step}"
+    ref = reference_mask(ctrl)
+    assert torch.equal(ctrl.end_step(lat), lat[:1] + ref * (lat - lat[:1])) and ctrl.cur_step == 6
+
+
 @pytest.mark.parametrize("pixels,factor,latent", [(16, 8, 2), (9, 8, 2), (16, 4, 4), (1, 4, 1)])
 def test_blend_dilation_is_in_image_pixels(pixels, factor, latent):
     opts = EditOptions(blend_words="ball", blend_target_words="cube", blend_dilation=pixels)

@@ -162,3 +162,32 @@ def test_a_float32_controlnet_steers_a_half_precision_unet(setup, controlnet):
     sg = StructureGuidance.from_images(diffusers_controlnet(controlnet), images, (16, 16), F_)
     res = sample_edit(half, inv, plan, structure=sg)
     assert res.edited.dtype == torch.float32 and torch.isfinite(res.edited).all()  # float32 latents, bf16 UNet
+
+
+def test_temporal_guidance_is_gen1s_formula_on_one_step(setup):
+    """One DDIM step without attention control, by hand: eps = eps_u + w (eps_c - eps_u) + (w_t - 1)(eps_u -
+    eps_img), eps_img the unconditional prediction with every frame on its own. A flipped sign or the conditional
+    row in place of the unconditional would pass the tests above and fail here."""
+    from vp2p_core import DDIMSchedule, video_forward
+
+    model, _, plan = setup
+    tok = ToyTokenizer()
+    emb = toy_embed(tok, [SRC, TGT, ""])
+    latents = torch.randn(F_, 4, 16, 16, generator=torch.Generator().manual_seed(4))
+    inv = invert(model, latents, emb[:1], emb[2:3], SRC, options=InversionOptions(mode="fast", steps=1))
+    bare = build_edit_plan(tok, SRC, TGT, options=EditOptions(edit_mode="none", self_replace=0.0))
+    bare.source_embedding, bare.target_embeddings, bare.empty_embedding = emb[:1], emb[1:2], emb[2:3]
+    res = sample_edit(model, inv, bare, options=SamplerOptions(temporal_guidance=2.5, guidance=7.5))
+    sched = DDIMSchedule(model.schedule, 1)
+    t = int(sched.timesteps[0])
+    x = inv.x_T
+    with torch.no_grad():
+        def eps(text, **kw):
+            return sched.to_eps(video_forward(model.unet, x, t, text.expand(F_, -1, -1), F_, **kw), t, x)
+
+        e_u, e_c, e_img = eps(emb[2:3]), eps(emb[1:2]), eps(emb[2:3], independent=True)
+    assert (e_u - e_img).abs().max() > 1e-3, "the test needs frames that see each other"
+    expected = sched.prev_step(e_u + 7.5 * (e_c - e_u) + 1.5 * (e_u - e_img), t, x)
+    assert torch.allclose(res.edited[0], expected, atol=1e-4), (res.edited[0] - expected).abs().max()
+    flipped = sched.prev_step(e_u + 7.5 * (e_c - e_u) - 1.5 * (e_u - e_img), t, x)
+    assert (res.edited[0] - flipped).abs().max() > 1e-3, "the term is too small to tell its sign"  # 0.0016
