@@ -273,3 +273,37 @@ def test_first_prev_windows_hold_each_frames_previous_frame(world, monkeypatch):
     plan.source_embedding, plan.target_embeddings, plan.empty_embedding = emb[:1], emb[1:2], emb[2:3]
     sample_edit(model, inv, plan, context=context)
     assert asked and set(asked) == {"first_prev"}
+
+
+def test_attention_maps_through_windows_are_the_whole_clips():
+    """Each window adds its frames' cross-attention maps at their fuse weights, and a step counts once however many
+    windows it has: with the same maps for every frame, the exported maps (and the blend mask) through windows
+    (0-3, then 3-6 with frame 0 as a weightless anchor) equal the whole clip's, over two steps."""
+    from vp2p_core.context import Window, whole_clip
+    from vp2p_core.control import AttentionController
+
+    tok = ToyTokenizer()
+    plan = build_edit_plan(tok, SRC, [TGT], options=EditOptions(blend_words="ball"))
+    f, n_tok = 7, 64
+    g = torch.Generator().manual_seed(8)
+    per_frame = torch.softmax(torch.randn(2, 1, 2, n_tok, 77, generator=g) * 3, -1)  # [1+n, 1, heads, N, 77]
+    steps = [per_frame * (1 + s) for s in range(2)]  # another map each step
+
+    def run(windows):
+        ctrl = AttentionController(plan, num_steps=4, num_frames=f, latent_hw=(16, 16), blend_layers=["up"],
+                                   vae_factor=8)
+        for probs in steps:
+            ctrl.set_windows(windows)
+            for w, wn in zip(windows, normalised_weights(windows, f)):
+                if len(windows) > 1:
+                    ctrl.enter_window(w, wn)
+                ctrl.cross(probs.expand(-1, len(w), -1, -1, -1).clone(), "up")
+            ctrl.leave_windows()
+            ctrl.end_step(torch.zeros(2, f, 4, 16, 16))
+        return ctrl
+
+    whole = run(whole_clip(f))
+    split = run([Window((0, 1, 2, 3), (1, 2, 2, 1)), Window((0, 3, 4, 5, 6), (0, 1, 2, 2, 1))])
+    assert torch.allclose(split.attention_maps(), whole.attention_maps(), atol=1e-6)
+    assert split.map_count == whole.map_count == 2
+    assert torch.equal(split.edit_mask(), whole.edit_mask())
