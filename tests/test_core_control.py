@@ -80,6 +80,22 @@ def test_replacement_mapper_gives_every_target_token_a_source():
     assert m[3, 3] == 0.5 and m[3, 4] == 0.5 and m[4, 5] == 1 and m.sum(0)[5:].eq(1).all()
 
 
+def test_a_word_swap_into_a_hyphenated_word_pairs_space_separated_pieces():
+    """The reference's Spider-Man config is a word swap: 'man' -> 'Spider-Man' has one word more as the tokenizer
+    splits it, but as many space-separated pieces, which pair up as the reference pairs them (the piece's three
+    tokens at 1/3 each, hyphen included); the rest stays aligned."""
+    clip = _shipped_clip_tokenizer()
+    src, tgt = "a man is driving a motorbike in the forest", "a Spider-Man is driving a motorbike in the forest"
+    m = replacement_mapper(src, tgt, clip)  # [BOS a man is ...] -> [BOS a spider - man is ...]
+    assert m[2, 2:5].tolist() == pytest.approx([1 / 3] * 3) and m[2].sum() == pytest.approx(1)
+    assert all(m[k, k + 2] == 1 for k in range(3, 11)) and m[:2, :2].equal(torch.eye(2))
+    assert m.sum(1)[:11].eq(1).all()
+    plan = build_edit_plan(clip, src, tgt, options=EditOptions(edit_mode="replace"))
+    assert plan.mode == "replace" and torch.equal(plan.mapper[0], m)
+    with pytest.raises(VP2PInputError, match="space-separated pieces differ"):
+        replacement_mapper("a man is driving", "a tall Spider-Man is driving", clip)
+
+
 def test_refinement_mapper_identical_prompts(tok):
     mapper, alphas = refinement_mapper("a red ball", "a red ball", tok)
     assert mapper.tolist() == list(range(77)) and alphas.eq(1).all()

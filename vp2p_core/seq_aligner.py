@@ -61,28 +61,45 @@ def refinement_mapper(source: str, target: str, tokenizer: TokenizerLike, max_le
     return mapper, alphas
 
 
+def _piece_tokens(prompt: str, tokenizer: TokenizerLike) -> list[range]:
+    """The token positions of each space-separated piece of the prompt (CLIP encodes each piece on its own;
+    ``token_words`` checks that the tokenizer does)."""
+    out, pos = [], 1
+    for piece in prompt.split():
+        n = len(list(tokenizer.encode(piece))) - 2
+        out.append(range(pos, pos + n))
+        pos += n
+    return out
+
+
 def replacement_mapper(source: str, target: str, tokenizer: TokenizerLike, max_len: int = MAX_TOKENS) -> torch.Tensor:
     """[max_len, max_len] matrix M with target map = source map @ M (word swap).
 
     Words are the tokenizer's (``token_words``: 'rabbit,' is 'rabbit' and a comma). The prompts pair up word by
     word, and so do the tokens between words (BOS, punctuation). Punctuation only the target has joins the word
     before it, so that it reads a map ('ball' -> 'ball!' pairs as the reference pairs its space-split words);
-    punctuation only the source has maps nowhere. A source unit of k tokens that becomes n target tokens spreads
-    weight 1/n. After such a unit the source and target positions differ; unlike the reference
+    punctuation only the source has maps nowhere. Where the word counts differ but the space-separated pieces'
+    do not ('man' -> 'Spider-Man'), the pieces pair up, punctuation inside them included, as in the reference. A
+    source unit of k tokens that becomes n target tokens spreads weight 1/n. After such a unit the source and target positions differ; unlike the reference
     (which then maps j -> j) we keep them aligned.
     """
     words_x, words_y = token_words(source, tokenizer), token_words(target, tokenizer)
-    if len(words_x) != len(words_y):
-        raise VP2PInputError(
-            f"target_prompts: a word swap (replace) needs the same number of words as source_prompt, but the source "
-            f"has {len(words_x)} ({source!r}) and the target {len(words_y)} ({target!r}); use edit_mode refine for "
-            "other edits")
-    mapper = np.zeros((max_len, max_len))
-    i = j = 0  # the first source / target token not yet mapped
     units = []  # (source positions, target positions) that pair up
-    for wx, wy in zip(words_x, words_y):
-        units += [(range(i, wx.tokens[0]), range(j, wy.tokens[0])), (wx.tokens, wy.tokens)]
-        i, j = wx.tokens[-1] + 1, wy.tokens[-1] + 1
+    if len(words_x) == len(words_y):
+        i = j = 0  # the first source / target token not yet mapped
+        for wx, wy in zip(words_x, words_y):
+            units += [(range(i, wx.tokens[0]), range(j, wy.tokens[0])), (wx.tokens, wy.tokens)]
+            i, j = wx.tokens[-1] + 1, wy.tokens[-1] + 1
+    else:  # 'man' -> 'Spider-Man': the reference's pairing, by space-separated pieces, punctuation and all
+        pieces_x, pieces_y = _piece_tokens(source, tokenizer), _piece_tokens(target, tokenizer)
+        if len(pieces_x) != len(pieces_y):
+            raise VP2PInputError(
+                f"target_prompts: a word swap (replace) needs the same number of words as source_prompt, but the "
+                f"source has {len(words_x)} ({source!r}) and the target {len(words_y)} ({target!r}), and their "
+                "space-separated pieces differ in number too; use edit_mode refine for other edits")
+        units = [(range(0, 1), range(0, 1))] + list(zip(pieces_x, pieces_y))  # BOS, then piece by piece
+        i, j = pieces_x[-1][-1] + 1, pieces_y[-1][-1] + 1
+    mapper = np.zeros((max_len, max_len))
     end_x, end_y = len(tokenizer.encode(source)) - 1, len(tokenizer.encode(target)) - 1  # EOS positions
     units.append((range(i, end_x), range(j, end_y)))  # punctuation after the last word
     merged: list[tuple[list[int], list[int]]] = []
