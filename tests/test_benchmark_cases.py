@@ -348,3 +348,15 @@ def test_recolour_the_model_draws_back_to_the_old_colour_succeeds_with_edit_guid
     assert rows[0.0]["accuracy"] <= 0.625, rows[0.0]  # measured: 0.50
     assert rows[None]["accuracy"] >= 0.875, rows[None]  # measured: 1.00
     assert rows[None]["psnr_truth"] > rows[0.0]["psnr_truth"] + 0.5  # measured: 16.11 against 15.08 dB
+
+
+def test_a_partial_run_leaves_benchmarks_md_alone(monkeypatch, capsys):
+    """The recorded section is the whole suite's, with analysis around it: a run of some cases or methods prints
+    its table and writes nothing (before, --cases 1 replaced the section), and the command it prints is quoted."""
+    written = []
+    monkeypatch.setattr(benchmark, "write_section", lambda *args, **kw: written.append(args))
+    torch.manual_seed(0)
+    assert benchmark.main(["--only", "red->blue ball", "--steps", "2", "--tune-steps", "1", "--frames", "4",
+                           "--methods", "videop2p_fast", "--threads", "1"]) == 0
+    assert written == []
+    assert "--only 'red->blue ball' --steps 2" in capsys.readouterr().out
