@@ -1,5 +1,6 @@
 """The small world's edit benchmark in a world that moves: its suite, its new columns and methods, a tiny smoke run."""
 import math
+import shlex
 
 import pytest
 import torch
@@ -350,13 +351,14 @@ def test_recolour_the_model_draws_back_to_the_old_colour_succeeds_with_edit_guid
     assert rows[None]["psnr_truth"] > rows[0.0]["psnr_truth"] + 0.5  # measured: 16.11 against 15.08 dB
 
 
-def test_a_partial_run_leaves_benchmarks_md_alone(monkeypatch, capsys):
-    """The recorded section is the whole suite's, with analysis around it: a run of some cases or methods prints
-    its table and writes nothing (before, --cases 1 replaced the section), and the command it prints is quoted."""
+@pytest.mark.parametrize("part", [["--cases", "1"], ["--only", "red->blue ball"]])
+def test_a_partial_run_leaves_benchmarks_md_alone(part, monkeypatch, capsys):
+    """The recorded section is the whole suite's, with analysis around it: a run of some cases (every default
+    method) prints its table and writes nothing (before, --cases 1 replaced the section), and the command it
+    prints is quoted."""
     written = []
     monkeypatch.setattr(benchmark, "write_section", lambda *args, **kw: written.append(args))
     torch.manual_seed(0)
-    assert benchmark.main(["--only", "red->blue ball", "--steps", "2", "--tune-steps", "1", "--frames", "4",
-                           "--methods", "videop2p_fast", "--threads", "1"]) == 0
+    assert benchmark.main([*part, "--steps", "2", "--tune-steps", "1", "--frames", "4", "--threads", "1"]) == 0
     assert written == []
-    assert "--only 'red->blue ball' --steps 2" in capsys.readouterr().out
+    assert f"{part[0]} {shlex.quote(part[1])} --steps 2" in capsys.readouterr().out

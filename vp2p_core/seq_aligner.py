@@ -80,8 +80,8 @@ def replacement_mapper(source: str, target: str, tokenizer: TokenizerLike, max_l
     before it, so that it reads a map ('ball' -> 'ball!' pairs as the reference pairs its space-split words);
     punctuation only the source has maps nowhere. Where the word counts differ but the space-separated pieces'
     do not ('man' -> 'Spider-Man'), the pieces pair up, punctuation inside them included, as in the reference. A
-    source unit of k tokens that becomes n target tokens spreads weight 1/n. After such a unit the source and target positions differ; unlike the reference
-    (which then maps j -> j) we keep them aligned.
+    source unit of k tokens that becomes n target tokens spreads weight 1/n. After such a unit the source and
+    target positions differ; unlike the reference (which then maps j -> j) we keep them aligned.
     """
     words_x, words_y = token_words(source, tokenizer), token_words(target, tokenizer)
     units = []  # (source positions, target positions) that pair up
@@ -98,7 +98,7 @@ def replacement_mapper(source: str, target: str, tokenizer: TokenizerLike, max_l
                 f"source has {len(words_x)} ({source!r}) and the target {len(words_y)} ({target!r}), and their "
                 "space-separated pieces differ in number too; use edit_mode refine for other edits")
         units = [(range(0, 1), range(0, 1))] + list(zip(pieces_x, pieces_y))  # BOS, then piece by piece
-        i, j = pieces_x[-1][-1] + 1, pieces_y[-1][-1] + 1
+        i, j = pieces_x[-1].stop, pieces_y[-1].stop
     mapper = np.zeros((max_len, max_len))
     end_x, end_y = len(tokenizer.encode(source)) - 1, len(tokenizer.encode(target)) - 1  # EOS positions
     units.append((range(i, end_x), range(j, end_y)))  # punctuation after the last word

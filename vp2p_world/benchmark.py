@@ -107,9 +107,9 @@ HELD_OUT_FIRST_SEED = 401
 def held_out_cases(count: int, frames: int = 8, first_seed: int = HELD_OUT_FIRST_SEED) -> list[Case]:
     """``count`` random clips outside the suite (the ones BENCHMARKS.md quotes as held-out: seeds 401-424; edit
     guidance's strength was chosen on all of them and recolour_margin on their recolours, so their figures are
-    in-sample for those). Clip i (seed first_seed + i) is a random scene,
-    moving (random camera, light, growth, occluder, texture) when i is odd; every third (i % 3 == 2) swaps the
-    object's shape for another, the rest its colour."""
+    in-sample for those). Clip i (seed first_seed + i) is a random scene, moving (random camera, light, growth,
+    occluder, texture) when i is odd; every third (i % 3 == 2) swaps the object's shape for another, the rest its
+    colour."""
     out = []
     for i in range(count):
         seed = first_seed + i
@@ -616,11 +616,13 @@ def main(argv=None) -> int:
     print(md)
     if a.json:
         Path(a.json).write_text(json.dumps({"rows": rows, "summary": summary, "meta": meta}, indent=1))
-    partial = a.held_out or a.cases or a.only or a.methods != ",".join(DEFAULT_METHODS)
+    methods = {m for m in a.methods.split(",") if m}
+    partial = a.held_out or a.cases or a.only or not methods >= set(DEFAULT_METHODS)
     if not a.no_write and not partial:
         write_section(Path(__file__).resolve().parents[1] / "BENCHMARKS.md", md)
     elif not a.no_write:  # a part of the run would replace the whole section and its analysis
-        log.info("a partial run (--held-out, --cases, --only or --methods): BENCHMARKS.md is left as it is")
+        log.warning("a partial run (--held-out, --cases, --only or --methods without every default method): "
+                    "BENCHMARKS.md is left as it is")
     return 0
 
 
