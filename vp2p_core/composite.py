@@ -357,12 +357,12 @@ def composite_frames(*, edited: torch.Tensor, source: torch.Tensor, mask: torch.
     made from, at the same size; mask: the edit's blend mask at latent size, [F,1,h,w] or [n,F,1,h,w]
     (``EditResult.blend_mask``); outline: ``EditResult.blend_outline`` (with ``options.recolour_margin`` off, such a
     mask is pasted without dilation or feather). Returns frames shaped as ``edited``, in the wider of the two
-    inputs' dtypes: exactly the source's where the
-    composite mask is 0 (outside the dilated mask), exactly the edit's where it is 1, a blend on the feather; with
-    ``options.change_threshold`` the mask is also weighed by ``change_weight`` (the source's pixel where the
-    edit hardly changed it), with ``options.refine_radius`` it is first snapped to the edges of the source and
-    the edit (``refine_mask``), and with ``options.occluder_threshold`` what is in front of the object keeps the
-    source's pixels (``occluder_mask``). With ``options.composite`` off, ``edited`` as it is.
+    inputs' dtypes: exactly the source's where the composite mask is 0 (outside the dilated mask), exactly the
+    edit's where it is 1, a blend on the feather; with ``options.change_threshold`` the mask is also weighed by
+    ``change_weight`` (the source's pixel where the edit hardly changed it), with ``options.refine_radius`` it is
+    first snapped to the edges of the source and the edit (``refine_mask``), and with ``options.occluder_threshold``
+    what is in front of the object keeps the source's pixels (``occluder_mask``). With ``options.composite`` off,
+    ``edited`` as it is.
     """
     e_shape = _image_shape(edited, "edited")
     s_shape = _image_shape(source, "source")
