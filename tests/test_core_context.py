@@ -308,3 +308,28 @@ def test_attention_maps_through_windows_are_the_whole_clips():
     assert torch.allclose(split.attention_maps(), whole.attention_maps(), atol=1e-6)
     assert split.map_count == whole.map_count == 2
     assert torch.equal(split.edit_mask(), whole.edit_mask())
+
+
+def test_a_host_schedule_is_checked_at_every_step_before_any_work():
+    """ComfyUI's uniform schedules change their windows from step to step, and with a stride above 1 some steps leave
+    frames uncovered: the stage refuses that before it starts, naming the step, instead of failing at that step after
+    the work before it. The row count for memory is the largest over the steps."""
+    def schedule(num_frames, step):  # step 3 leaves frame 9 out; step 1 has a window without frame 0 (an anchor row)
+        return {1: [[1, 2, 3, 4, 5, 6], [0, 7, 8, 9]], 3: [[0, 1, 2, 3, 4, 5], [0, 6, 7, 8]]}.get(
+            step, [[0, 1, 2, 3, 4, 5], [0, 6, 7, 8, 9]])
+    ctx = ContextWindows(ContextOptions(context_length=6, context_overlap=2, context_schedule="standard_uniform"),
+                         schedule=schedule)
+    ctx.check_clip(10, steps=3)
+    with pytest.raises(VP2PInputError, match=r"frames \[9\] of 10 are in no window.*at step 3 of latents's 5"):
+        ctx.check_clip(10, steps=5)
+    from vp2p_core.memory import call_rows
+
+    assert call_rows(10, ctx) == 6 and call_rows(10, ctx, steps=3) == 7  # step 1: (0, 1..6), the anchor row
+
+
+def test_relative_weights_peak_in_the_middle_of_a_window_that_wraps():
+    """A looped window past the clip's end (60..63, 0..11) weighs its rows by their place in it, as an unwrapped one:
+    at most 1, the peak in the middle (by frame index the weights were about 2 and peaked at frame 0)."""
+    wrapped = fuse_weights("relative", list(range(60, 64)) + list(range(12)), 64, 4)
+    plain = fuse_weights("relative", list(range(20, 36)), 64, 4)
+    assert wrapped == pytest.approx(plain) and max(wrapped) <= 1 and wrapped.index(max(wrapped)) in (7, 8)

@@ -91,10 +91,10 @@ def fuse_weights(method: str, frames: Sequence[int], num_frames: int, overlap: i
         half = (n + 1) // 2
         up = list(range(1, half + 1))
         return [float(v) for v in up + up[::-1][n % 2:]]
-    if method == "relative":
-        mid = (frames[0] + frames[-1]) / 2
-        span = (frames[-1] - frames[0] + 1e-2) / 2
-        return [max(1e-2, 1 - abs(i - mid) / span) for i in frames]
+    if method == "relative":  # by the row's place in the window: a looped window that wraps past the clip's
+        mid = (n - 1) / 2  # end (60..63, 0..11) has its middle in the middle too (by frame index: weights near 2)
+        span = (n - 1 + 1e-2) / 2
+        return [max(1e-2, 1 - abs(i - mid) / span) for i in range(n)]
     if method == "overlap-linear":
         w = [1.0] * n
         k = min(overlap, n)  # a window shorter than the overlap (batched's last) ramps over all of it
@@ -118,8 +118,10 @@ class ContextWindows:
     schedule: Optional[WindowSchedule] = None
     weight_function: Optional[WeightFunction] = None
 
-    def check_clip(self, num_frames: int, what: str = "latents") -> None:
-        """Refuse, before anything runs, a clip these windows cannot cover."""
+    def check_clip(self, num_frames: int, what: str = "latents", steps: int = 1) -> None:
+        """Refuse, before anything runs, a clip these windows cannot cover at any of a stage's ``steps`` (a host's
+        schedule changes its windows from step to step: ComfyUI's uniform ones with a stride above 1 leave frames
+        uncovered at some steps)."""
         o = self.options
         if num_frames < 1:
             raise VP2PInputError(f"{what}: expected at least one frame")
@@ -129,6 +131,14 @@ class ContextWindows:
                                  "use standard_static or a shorter context_length")
         if self.schedule is None and num_frames > o.context_length:
             standard_windows(num_frames, o.context_length, o.context_overlap, o.context_schedule)  # raises if not core
+        if self.schedule is not None and num_frames > o.context_length:
+            for step in range(max(1, int(steps))):
+                try:
+                    self.windows(num_frames, step)
+                except VP2PInputError as e:
+                    raise VP2PInputError(f"{e}, at step {step} of {what}'s {steps} (context_schedule "
+                                         f"{o.context_schedule}, context_stride {o.context_stride}); try "
+                                         "context_stride 1 or another schedule") from None
 
     def windows(self, num_frames: int, step: int = 0, frame_attention: str = "first") -> list[Window]:
         """The windows of step ``step`` over a clip of ``num_frames`` frames, anchor rows included; with the model's
@@ -169,7 +179,8 @@ def with_previous_rows(frames: list[int], weights: list[float]) -> tuple[list[in
     """Tune-A-Video's frame attention (``first_prev``) reads each row's previous row in the window. A frame whose
     previous frame is not the row before it (a window's first frame, 4 in (0, 4, 5, 6, 7)) gets that frame as a row
     before it with fuse weight 0, as the anchor: (0, 3, 4, 5, 6, 7). Without it, frame 4 would attend to frame 0
-    twice and the window's start would lose its link to the frame before it. Cost: one row per window."""
+    twice and the window's start would lose its link to the frame before it. Cost: one row per window, and one per
+    row of a strided window (context_stride above 1), whose rows never follow each other."""
     out_f, out_w = frames[:1], weights[:1]
     for f, w in zip(frames[1:], weights[1:]):
         if f > 0 and out_f[-1] != f - 1:

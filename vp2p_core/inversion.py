@@ -221,7 +221,7 @@ def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Ten
         model.check_float32("model", "null-text inversion needs float32 weights (or mode fast)")
     model.check_latent_size(latents.shape, "latents")
     if context is not None:
-        context.check_clip(latents.shape[0])
+        context.check_clip(latents.shape[0], steps=num_steps)
     unet = model.unet
     host.load_module(unet)
     dtype = model.weight_dtype
@@ -270,7 +270,7 @@ def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: to
                                                           options.lr_scale, options.early_stop_ratio)
     make_trainable_copyable(unet)
     checkpointing = checkpoint_null_text(options.null_text_checkpointing,
-                                         call_rows(f, context, frame_attention=model.frame_attention),
+                                         call_rows(f, context, frame_attention=model.frame_attention, steps=T),
                                          ddim[0].shape[-2:], model.weight_dtype, host.available_memory())
     was_checkpointing = bool(unet.is_gradient_checkpointing)
     if checkpointing:

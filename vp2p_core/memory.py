@@ -34,12 +34,14 @@ def working_memory(stage: str, rows: int, latent_hw: Sequence[int], dtype: torch
     return int(rows * per_row) + 12 * int(trained_parameters)
 
 
-def call_rows(frames: int, context=None, frame_attention: str = "first") -> int:
+def call_rows(frames: int, context=None, frame_attention: str = "first", steps: int = 1) -> int:
     """Frames one UNet call sees of one clip: the clip's, or its largest context window's (anchor and previous-frame
-    rows included)."""
+    rows included) over a stage's ``steps`` (a host's schedule shifts its windows from step to step, and a window
+    that does not hold frame 0 gains an anchor row)."""
     if context is None:
         return frames
-    return max(len(w) for w in context.windows(frames, frame_attention=frame_attention))
+    return max(len(w) for step in range(max(1, int(steps)) if context.schedule is not None else 1)
+               for w in context.windows(frames, step=step, frame_attention=frame_attention))
 
 
 def checkpoint_null_text(setting: str, rows: int, latent_hw: Sequence[int], dtype: torch.dtype,

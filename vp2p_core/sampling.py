@@ -162,7 +162,7 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
     if num_frames is not None and num_frames != f:
         raise VP2PInputError(f"latents: {num_frames} frames, but the inversion was made from {f}")
     if context is not None:
-        context.check_clip(f)
+        context.check_clip(f, steps=inversion.num_steps)
     unet = model.unet
     host.load_module(unet)
     dev = host.device

@@ -158,7 +158,7 @@ def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, 
     model.check_float32("model", "one-shot tuning needs float32 weights (TuneOptions.precision sets bf16 / fp16 "
                                  "autocast)")
     if context is not None:
-        context.check_clip(latents.shape[0])
+        context.check_clip(latents.shape[0], steps=options.steps)
     unet = model.unet
     host.load_module(unet)
     device = host.device
