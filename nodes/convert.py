@@ -191,10 +191,27 @@ def comfy_unet_state_dict(model) -> dict:
     return sd
 
 
+def ignored_model_patches(model) -> list[str]:
+    """The MODEL's patches that are not weight patches (FreeU, IPAdapter, PAG, attention replacements, CFG
+    functions, model wrappers): the conversion takes the weights (LoRAs applied) and model_sampling only, and the
+    Video-P2P sampler runs its own guidance, so these have no effect on the edit."""
+    options = getattr(model, "model_options", None) or {}
+    names = [k for k in ("model_function_wrapper", "sampler_cfg_function", "sampler_pre_cfg_function",
+                         "sampler_post_cfg_function") if options.get(k)]
+    transformer = options.get("transformer_options") or {}
+    names += [f"transformer_options.{k}" for k in ("patches", "patches_replace") if transformer.get(k)]
+    names += [f"object_patches.{k}" for k in (getattr(model, "object_patches", None) or {}) if k != "model_sampling"]
+    return names
+
+
 def comfy_model_to_unet(model, weight_dtype: str):
     """(diffusers UNet, prediction_type, latent_scale, latent_format, info) for a ComfyUI MODEL."""
     if not hasattr(model, "model") or not hasattr(model.model, "diffusion_model"):
         raise VP2PInputError(f"model: expected a ComfyUI MODEL (from a checkpoint loader), got {type(model).__name__}")
+    ignored = ignored_model_patches(model)
+    if ignored:
+        log.warning("Video-P2P: the model's %s have no effect here: InflateUNet takes its weights (LoRAs applied) and "
+                    "its model_sampling only, and the Video-P2P sampler runs its own guidance", ", ".join(ignored))
     prediction = comfy_prediction_type(model)
     unet_config = dict(model.model.model_config.unet_config)
     config = diffusers_unet_config(unet_config)

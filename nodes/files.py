@@ -154,6 +154,11 @@ def cached_stage(cache_dir: str, kind: str, key: str, load: Callable[[Path], T],
             return result, True
     result = compute()
     if path is not None:
-        result.save(path)
-        log.info("Video-P2P: %s cached at %s", kind, path)
+        try:
+            result.save(path)
+        except OSError as e:  # a read-only models folder or a full disk costs the cache, not the finished result
+            log.warning("Video-P2P: could not cache the %s at %s (%s); the result is used as it is, and cache_dir "
+                        "'' turns caching off", kind, path, e)
+        else:
+            log.info("Video-P2P: %s cached at %s", kind, path)
     return result, False

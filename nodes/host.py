@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 import torch
 
 from vp2p_core import Host
+from vp2p_core.host import same_device
 
 from .types import VP2PModel
 
@@ -27,10 +28,6 @@ def progress_host() -> Host:
     bar = comfy.utils.ProgressBar(1)
     return Host(progress=lambda step, total, preview: bar.update_absolute(step, total),
                 interrupt=mm.throw_exception_if_processing_interrupted)
-
-
-def same_device(a: torch.device, b: torch.device) -> bool:
-    return a.type == b.type and (a.index or 0) == (b.index or 0)
 
 
 def make_host(model: VP2PModel, previews: bool = True, extra: Sequence = (), memory_required: int = 0) -> Host:

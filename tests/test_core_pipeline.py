@@ -739,3 +739,22 @@ def test_a_trajectory_made_at_another_guidance_is_not_replayed(world, inversion)
     assert same.stats["reused_source_trajectory"] and same.stats["forwards"] == STEPS * 3
     assert not other.stats["reused_source_trajectory"] and other.stats["forwards"] == STEPS * 4
     assert (other.source - inversion.trajectory[-1]).abs().max() > 1e-2
+
+
+def test_trained_weights_holds_no_parameter_a_stage_replaces():
+    """A stage inside ``trained_weights`` may replace the UNet's parameters (make_trainable_copyable does, after
+    ComfyUI's inference-mode load); the replaced ones must be freed, not kept alive beside the new (on a GPU: the
+    whole UNet twice), and the block's end still restores the trainable weights into the new ones."""
+    import gc
+    import weakref
+
+    model = tiny_video_model(torch.Generator().manual_seed(0))
+    name = next(n for n in trainable_parameter_names(model.unet) if "attn_temp" in n)
+    owner, attr = model.unet.get_submodule(name.rsplit(".", 1)[0]), name.rsplit(".", 1)[1]
+    before = getattr(owner, attr).detach().clone()
+    with trained_weights(model):
+        old = weakref.ref(getattr(owner, attr))
+        setattr(owner, attr, torch.nn.Parameter(getattr(owner, attr).detach() + 1.0))
+        gc.collect()
+        assert old() is None, "trained_weights kept a replaced parameter alive"
+    assert torch.equal(getattr(owner, attr), before)

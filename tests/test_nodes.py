@@ -293,6 +293,19 @@ def test_tune_and_invert_caches_are_reused(chain, roots):
     assert Delta.load(path).fingerprint == chain.tuned.delta.fingerprint
 
 
+def test_a_cache_that_cannot_be_written_costs_the_cache_not_the_result(chain, roots, monkeypatch, caplog):
+    """A read-only models folder or a full disk: the tuned result is returned (with a warning that names cache_dir),
+    not an OSError after all the work."""
+    def refuse(self, path):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(Delta, "save", refuse)
+    with caplog.at_level("WARNING"):
+        tuned, log_text = tune(chain.model, chain.latent, chain.clip, steps=2, seed=35, cache_dir="cache")
+    assert tuned.delta is not None and not log_text.startswith("loaded")
+    assert "could not cache the delta" in caplog.text and "cache_dir" in caplog.text
+
+
 def test_inversion_lr_scale_is_used_and_keyed(chain, roots):
     """The optional lr_scale reaches the null-text optimiser and gets its own cache entry."""
     scaled = invert(chain.tuned, chain.latent, chain.clip, steps=4, inner_steps=2, cache_dir="cache", lr_scale=5.0)
@@ -614,8 +627,11 @@ def test_inflate_node_wires_conversion(monkeypatch):
         return unet, "v_prediction", 0.13, "LATENT_FORMAT", {"model": "fake"}
 
     monkeypatch.setattr(convert, "comfy_model_to_unet", fake_convert)
-    monkeypatch.setattr(convert, "make_patcher", lambda unet: None)
+    # ComfyUI's ModelPatcher counts the model's size when it is made: it must see the temporal layers
+    monkeypatch.setattr(convert, "make_patcher", lambda unet: sum(p.numel() for p in unet.parameters()))
     vm = run(InflateUNet, model=object(), frame_attention="first_prev", group_norm="clip")[0]
+    assert vm.patcher == sum(p.numel() for p in vm.video.unet.parameters()) > sum(p.numel() for p in
+                                                                                 tiny_unet().parameters())
     assert isinstance(vm, VP2PModel) and calls["dtype"] == "fp32"
     assert vm.video.schedule.prediction_type == "v_prediction" and vm.latent_scale == 0.13
     assert vm.video.frame_attention == "first_prev" and vm.latent_format == "LATENT_FORMAT"

@@ -173,3 +173,20 @@ def test_ldm_state_dict_round_trip():
         a = ref(x, torch.tensor([10, 700]), encoder_hidden_states=c).sample
         b = unet(x, torch.tensor([10, 700]), encoder_hidden_states=c).sample
     assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_patches_that_are_not_weights_are_named_as_ignored():
+    """FreeU, IPAdapter, PAG and CFG functions patch the MODEL's forward or its guidance, which the conversion does
+    not carry: the user is told which, instead of seeing them silently have no effect."""
+    from types import SimpleNamespace
+
+    from nodes.convert import ignored_model_patches
+
+    plain = SimpleNamespace(model_options={"transformer_options": {}}, object_patches={"model_sampling": object()})
+    assert ignored_model_patches(plain) == []
+    patched = SimpleNamespace(
+        model_options={"transformer_options": {"patches": {"output_block_patch": [object()]}, "patches_replace": {}},
+                       "sampler_post_cfg_function": [object()], "sampler_cfg_function": None},
+        object_patches={"model_sampling": object(), "diffusion_model.forward": object()})
+    assert ignored_model_patches(patched) == ["sampler_post_cfg_function", "transformer_options.patches",
+                                              "object_patches.diffusion_model.forward"]

@@ -52,6 +52,11 @@ def release_freed_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are one: "cuda" is "cuda:0" (an index left out means the first)."""
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
 @dataclass
 class Host:
     """Plain callables a host provides; every field has a plain-torch default."""

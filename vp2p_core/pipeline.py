@@ -17,7 +17,7 @@ from .composite import composite_frames
 from .context import ContextWindows
 from .control import EditPlan, build_edit_plan
 from .errors import VP2PInputError
-from .host import Host
+from .host import Host, same_device
 from .inversion import Inversion, invert
 from .light import take_light_out, with_light
 from .model import VideoModel, check_text_to_image_unet
@@ -209,11 +209,6 @@ class RunResult:
     light: Optional[torch.Tensor] = None  # the light's RGB gain per frame [F,3] taken out before encoding, or None
 
 
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    """cuda and cuda:0 are the same device here: an index left out means the current one."""
-    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
-
-
 def run(components: Components, frames: torch.Tensor, source: str, targets: str | Sequence[str],
         tune: TuneOptions = TuneOptions(), inversion: InversionOptions = InversionOptions(),
         edit: EditOptions = EditOptions(), sampler: SamplerOptions = SamplerOptions(),
@@ -239,7 +234,7 @@ def run(components: Components, frames: torch.Tensor, source: str, targets: str 
     state = cm.model.state
     if host is None:
         host = Host(device=cm.device)
-    elif not _same_device(torch.device(host.device), torch.device(cm.device)):
+    elif not same_device(torch.device(host.device), torch.device(cm.device)):
         raise VP2PInputError(f"host: its device {host.device} is not the components' {cm.device}; expected a host on "
                              "the device the models were loaded on (or None)")
 

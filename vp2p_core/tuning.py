@@ -132,6 +132,9 @@ def trained_weights(model: VideoModel, delta: Optional[Delta] = None):
     names = trainable_parameter_names(model.unet)
     with torch.inference_mode(False):
         saved = {n: params[n].detach().to("cpu", copy=True) for n in names}
+    # no reference to the parameters across the block: a stage may replace them (make_trainable_copyable, after
+    # ComfyUI's inference-mode load), and the old ones held here stayed on the GPU beside the new (the whole UNet)
+    del params
     saved_fp = model.delta_fingerprint
     if delta is not None:
         apply_delta(model, delta)
