@@ -197,10 +197,13 @@ def ignored_model_patches(model) -> list[str]:
     Video-P2P sampler runs its own guidance, so these have no effect on the edit."""
     options = getattr(model, "model_options", None) or {}
     names = [k for k in ("model_function_wrapper", "sampler_cfg_function", "sampler_pre_cfg_function",
-                         "sampler_post_cfg_function") if options.get(k)]
+                         "sampler_post_cfg_function", "sampler_calc_cond_batch_function", "denoise_mask_function",
+                         "context_handler") if options.get(k)]
     transformer = options.get("transformer_options") or {}
     names += [f"transformer_options.{k}" for k in ("patches", "patches_replace") if transformer.get(k)]
     names += [f"object_patches.{k}" for k in (getattr(model, "object_patches", None) or {}) if k != "model_sampling"]
+    if any(getattr(model, "wrappers", None) or {}):
+        names.append("wrappers")
     return names
 
 

@@ -18,6 +18,8 @@ from typing import Callable, Optional, TypeVar
 
 import torch
 
+from safetensors import SafetensorError
+
 from vp2p_core import VP2PInputError
 
 log = logging.getLogger(__name__)
@@ -156,7 +158,8 @@ def cached_stage(cache_dir: str, kind: str, key: str, load: Callable[[Path], T],
     if path is not None:
         try:
             result.save(path)
-        except OSError as e:  # a read-only models folder or a full disk costs the cache, not the finished result
+        except (OSError, SafetensorError) as e:  # a read-only folder or a full disk (safetensors' own error)
+            # costs the cache, not the finished result
             log.warning("Video-P2P: could not cache the %s at %s (%s); the result is used as it is, and cache_dir "
                         "'' turns caching off", kind, path, e)
         else:

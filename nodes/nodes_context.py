@@ -3,7 +3,8 @@
 The windows come from ComfyUI's own schedule and fuse-weight functions (``comfy.context_windows``), with the
 node ContextWindowsManual's names and defaults, so a ComfyUI user already knows them; the core takes them as
 frame-index lists and weights. One exception: ComfyUI's ``relative`` fuse is a running average inside its own
-sampler loop rather than a weight function, so its weights come from the core (the same average); so do
+sampler loop rather than a weight function, so its weights come from the core (the same average, except on a
+looped window past the clip's end, which ComfyUI weighs by frame index, about 2 and peaking at frame 0); so do
 overlap-linear's where ComfyUI's function fails (a window shorter than the overlap, or no overlap).
 """
 from __future__ import annotations

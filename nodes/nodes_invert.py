@@ -81,7 +81,8 @@ class NullTextVideoInvert(io.ComfyNode):
         # null-text asks for the room to run without checkpointing (auto then checks what is free), unless it is on
         stage = ("infer" if options.mode != "null_text" else
                  "null_text_checkpointed" if options.null_text_checkpointing == "on" else "null_text")
-        rows = call_rows(latents.shape[0], context, frame_attention=vp2p_model.video.frame_attention)
+        rows = call_rows(latents.shape[0], context, frame_attention=vp2p_model.video.frame_attention,
+                         steps=options.steps)
         memory = working_memory(stage, rows, latents.shape[-2:], weights)
 
         def compute() -> Inversion:

@@ -82,7 +82,8 @@ class VideoP2PSampler(io.ComfyNode):
             extra = [structure.control]
         n = edit.plan.num_targets  # clips per UNet call, at most: source (and its uncond), targets, their unconds
         clips = 2 + 2 * n + (n if options.edit_guidance else 0)  # and edit guidance's contrast rows
-        rows = call_rows(inversion.num_frames, context, frame_attention=vp2p_model.video.frame_attention)
+        rows = call_rows(inversion.num_frames, context, frame_attention=vp2p_model.video.frame_attention,
+                         steps=inversion.num_steps)
         memory = working_memory("infer", clips * rows, inversion.x_T.shape[-2:], vm.weight_dtype)
         if structure is not None:  # the ControlNet (a copy of the UNet's encoder) on the targets' rows: half a UNet's
             memory += working_memory("infer", n * rows, inversion.x_T.shape[-2:], vm.weight_dtype) // 2

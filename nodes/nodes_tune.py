@@ -83,7 +83,8 @@ class OneShotTune(io.ComfyNode):
         def compute() -> Delta:
             unet = vp2p_model.video.unet
             trained = set(trainable_parameter_names(unet))
-            rows = call_rows(latents.shape[0], context, frame_attention=vp2p_model.video.frame_attention)
+            rows = call_rows(latents.shape[0], context, frame_attention=vp2p_model.video.frame_attention,
+                             steps=options.steps)
             memory = working_memory("train" if options.gradient_checkpointing else "null_text",
                                     rows, latents.shape[-2:],
                                     AUTOCAST[options.precision] or torch.float32,

@@ -40,11 +40,15 @@ def context_key(context, frame_attention: str = InflationOptions.frame_attention
     """The context windows' part of a stage's cache key (nothing without windows, so old keys stay valid). ComfyUI's
     schedules (uniform, looped) and Tune-A-Video's frame attention are marked by the revision of how the stages
     meet them: DDIM inversion asks each timestep for its denoising step's windows, a looped window keeps one copy of
-    frame 0, and first_prev windows hold their first frame's previous frame."""
+    frame 0, and first_prev windows hold their first frame's previous frame (2); relative weights on ComfyUI's
+    schedules go by the row's place in the window (3: a looped window past the clip's end weighed about 2)."""
     if context is None:
         return {}
     key = {"context": context.options.cache_key()}
-    if context.options.context_schedule not in CORE_SCHEDULES or frame_attention != "first":
+    o = context.options
+    if o.context_schedule not in CORE_SCHEDULES and o.fuse_method == "relative":
+        key["windows_revision"] = 3
+    elif o.context_schedule not in CORE_SCHEDULES or frame_attention != "first":
         key["windows_revision"] = 2
     return key
 

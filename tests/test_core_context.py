@@ -320,7 +320,7 @@ def test_a_host_schedule_is_checked_at_every_step_before_any_work():
     ctx = ContextWindows(ContextOptions(context_length=6, context_overlap=2, context_schedule="standard_uniform"),
                          schedule=schedule)
     ctx.check_clip(10, steps=3)
-    with pytest.raises(VP2PInputError, match=r"frames \[9\] of 10 are in no window.*at step 3 of latents's 5"):
+    with pytest.raises(VP2PInputError, match=r"frames \[9\] of 10 are in no window.*at step 4 of 5 for latents.*try another schedule"):
         ctx.check_clip(10, steps=5)
     from vp2p_core.memory import call_rows
 

@@ -296,14 +296,18 @@ def test_tune_and_invert_caches_are_reused(chain, roots):
 def test_a_cache_that_cannot_be_written_costs_the_cache_not_the_result(chain, roots, monkeypatch, caplog):
     """A read-only models folder or a full disk: the tuned result is returned (with a warning that names cache_dir),
     not an OSError after all the work."""
-    def refuse(self, path):
-        raise OSError(30, "Read-only file system")
+    from safetensors import SafetensorError
 
-    monkeypatch.setattr(Delta, "save", refuse)
-    with caplog.at_level("WARNING"):
-        tuned, log_text = tune(chain.model, chain.latent, chain.clip, steps=2, seed=35, cache_dir="cache")
-    assert tuned.delta is not None and not log_text.startswith("loaded")
-    assert "could not cache the delta" in caplog.text and "cache_dir" in caplog.text
+    for error, seed in ((OSError(30, "Read-only file system"), 35), (SafetensorError("No space left on device"), 36)):
+        def refuse(self, path, error=error):
+            raise error
+
+        monkeypatch.setattr(Delta, "save", refuse)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            tuned, log_text = tune(chain.model, chain.latent, chain.clip, steps=2, seed=seed, cache_dir="cache")
+        assert tuned.delta is not None and not log_text.startswith("loaded")
+        assert "could not cache the delta" in caplog.text and "cache_dir" in caplog.text
 
 
 def test_inversion_lr_scale_is_used_and_keyed(chain, roots):
@@ -652,3 +656,6 @@ def test_context_key_marks_windows_whose_stages_changed():
     assert context_key(static, frame_attention="first_prev")["windows_revision"] == 2
     looped = ContextWindows(ContextOptions(context_schedule="looped_uniform"))
     assert context_key(looped)["windows_revision"] == 2
+    relative = ContextWindows(ContextOptions(context_schedule="looped_uniform", fuse_method="relative"))
+    assert context_key(relative)["windows_revision"] == 3  # its weights on a wrapping window changed
+    assert "windows_revision" not in context_key(ContextWindows(ContextOptions(fuse_method="relative")))

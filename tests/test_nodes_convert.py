@@ -190,3 +190,6 @@ def test_patches_that_are_not_weights_are_named_as_ignored():
         object_patches={"model_sampling": object(), "diffusion_model.forward": object()})
     assert ignored_model_patches(patched) == ["sampler_post_cfg_function", "transformer_options.patches",
                                               "object_patches.diffusion_model.forward"]
+    windows = SimpleNamespace(model_options={"transformer_options": {}, "context_handler": object()},
+                              object_patches={}, wrappers={})  # ComfyUI's own Context Windows node on the MODEL
+    assert ignored_model_patches(windows) == ["context_handler"]

@@ -81,7 +81,7 @@ def fuse_weights(method: str, frames: Sequence[int], num_frames: int, overlap: i
     """One weight per frame of a window (before normalising over the windows that share a frame).
 
     pyramid: 1, 2, ... up to the middle and back down (FreeNoise's weighted average); relative: 1 at the window's
-    middle falling linearly to 0.01 at its ends, relative to the frame index; flat: 1; overlap-linear: 1, but a
+    middle falling linearly to 0.01 at its ends, by the row's place in the window; flat: 1; overlap-linear: 1, but a
     linear ramp from ~0 to 1 over the first ``overlap`` frames (not in the clip's first window) and from 1 to ~0
     over the last ones (not in its last window)."""
     n = len(frames)
@@ -136,9 +136,10 @@ class ContextWindows:
                 try:
                     self.windows(num_frames, step)
                 except VP2PInputError as e:
-                    raise VP2PInputError(f"{e}, at step {step} of {what}'s {steps} (context_schedule "
-                                         f"{o.context_schedule}, context_stride {o.context_stride}); try "
-                                         "context_stride 1 or another schedule") from None
+                    hint = "context_stride 1 or another schedule" if o.context_stride > 1 else "another schedule"
+                    raise VP2PInputError(f"{e}, at step {step + 1} of {steps} for {what} (context_schedule "
+                                         f"{o.context_schedule}, context_stride {o.context_stride}); try {hint}"
+                                         ) from None
 
     def windows(self, num_frames: int, step: int = 0, frame_attention: str = "first") -> list[Window]:
         """The windows of step ``step`` over a clip of ``num_frames`` frames, anchor rows included; with the model's

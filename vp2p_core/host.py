@@ -53,8 +53,13 @@ def release_freed_memory() -> None:
 
 
 def same_device(a: torch.device, b: torch.device) -> bool:
-    """Whether two devices are one: "cuda" is "cuda:0" (an index left out means the first)."""
-    return a.type == b.type and (a.index or 0) == (b.index or 0)
+    """Whether two devices are one: "cuda" is the current CUDA device (torch.cuda.set_device), the first if none."""
+    def index(d: torch.device) -> int:
+        if d.index is not None:
+            return d.index
+        return torch.cuda.current_device() if d.type == "cuda" and torch.cuda.is_available() else 0
+
+    return a.type == b.type and index(a) == index(b)
 
 
 @dataclass

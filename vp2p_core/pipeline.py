@@ -247,7 +247,7 @@ def run(components: Components, frames: torch.Tensor, source: str, targets: str 
         return out
 
     if context is not None:
-        context.check_clip(frames.shape[0], what="frames")
+        context.check_clip(frames.shape[0], what="frames", steps=max(tune.steps, inversion.steps))
     to_encode, gains = take_light_out(frames, light.normalise_light)
     latents = stage("encode", lambda: cm.encode_frames(to_encode))
     plan = stage("plan", lambda: cm.plan(source, targets, options=edit))
