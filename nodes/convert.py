@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from vp2p_core import VP2PInputError
+from vp2p_core.model import check_text_to_image_unet
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +220,7 @@ def comfy_model_to_unet(model, weight_dtype: str):
     unet_config = dict(model.model.model_config.unet_config)
     config = diffusers_unet_config(unet_config)
     latent_format = model.model.latent_format
-    if int(getattr(latent_format, "latent_channels", 4)) != config["in_channels"]:
-        raise VP2PInputError("MODEL: latent channels differ from the UNet's input; expected an SD 1.x/2.x checkpoint")
+    check_text_to_image_unet(config, int(getattr(latent_format, "latent_channels", 4)), what="MODEL")
     unet = unet_from_ldm_state_dict(comfy_unet_state_dict(model), config, TORCH_DTYPES[weight_dtype])
     info = {"prediction_type": prediction, "model": type(model.model.model_config).__name__,
             "patches": len(model.patches), "weight_dtype": weight_dtype}

@@ -125,8 +125,7 @@ class Inversion:
             raise VP2PInputError(f"{what}: {str(path)!r} records the inversion mode {meta['mode']!r}; expected one of "
                                  f"{', '.join(INVERSION_MODES)}")
         try:  # metadata a reader cannot parse is a damaged file (a cached one is then made again), not a crash
-            schedule = DDIMConfig.from_dict(meta_json(meta, "schedule"))
-            DDIMSchedule(schedule, 1)
+            schedule = DDIMConfig.from_dict(meta_json(meta, "schedule")).check()
             return cls(x_T=t["x_T"], source_embedding=t["source_embedding"], timesteps=t["timesteps"],
                        mode=meta["mode"], guidance=float(meta["guidance"]), prompt=meta["prompt"],
                        model_fingerprint=meta["model_fingerprint"], schedule=schedule,

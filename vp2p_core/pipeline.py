@@ -24,7 +24,7 @@ from .model import VideoModel, check_text_to_image_unet
 from .options import (SD_LATENT_SCALE, CompositeOptions, DecodeOptions, EditOptions, InflationOptions,
                       InversionOptions, LightOptions, SamplerOptions, TuneOptions)
 from .sampling import EditResult, sample_edit
-from .schedule import DDIMConfig, DDIMSchedule
+from .schedule import DDIMConfig
 from .tuning import Delta, one_shot_tune, trained_weights
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def scheduler_config(path: Path) -> DDIMConfig:
                         beta_schedule=raw.get("beta_schedule", "scaled_linear"),
                         num_train_timesteps=raw.get("num_train_timesteps", 1000))
     try:
-        DDIMSchedule(config, 1)  # an unknown prediction type or beta schedule fails now, not at the first step
+        config.check()  # an unknown prediction type or beta schedule fails now, not at the first step
     except VP2PInputError as e:
         raise VP2PInputError(f"{what}: {e}") from None
     except (TypeError, ValueError) as e:  # a number given as a string

@@ -20,6 +20,12 @@ class DDIMConfig:
     steps_offset: int = 1
     prediction_type: str = "epsilon"
 
+    def check(self) -> "DDIMConfig":
+        """Refuse a prediction type or beta schedule the DDIM steps cannot run, as a schedule of any length would
+        (a folder's scheduler file, a saved inversion's record), before any step runs."""
+        DDIMSchedule(self, 1)
+        return self
+
     @property
     def max_steps(self) -> int:
         """The most DDIM steps that reach the last timestep: with leading spacing, more give a step ratio of 1."""
