@@ -98,9 +98,21 @@ def object_colours(frames, masks) -> list[str]:
     return out
 
 
-def object_hue_accuracy(frames, masks, colour: str) -> float:
-    """Share of frames whose object (inside ``masks``) has ``colour``'s hue."""
+def object_present(frames, truth: Clip, share: float = 0.5) -> torch.Tensor:
+    """[F] bool: the object segmented from the truth's plates (``segment_object``, on the frames as lit) covers at
+    least ``share`` of the truth's object mask. A colour read over the truth's mask alone passes a frame whose object
+    vanished wherever the background has a world colour's hue (green grass, blue water, yellow sand)."""
+    seg, m = segment_object(frames, truth), _t(truth.masks).bool()
+    covered = (seg & m).flatten(1).sum(1).float()
+    return covered >= share * m.flatten(1).sum(1).float().clamp(min=1)
+
+
+def object_hue_accuracy(frames, masks, colour: str, present: Optional[torch.Tensor] = None) -> float:
+    """Share of frames whose object (inside ``masks``) has ``colour``'s hue; given ``present`` ([F] bool,
+    ``object_present``), only where the object is there."""
     names = object_colours(frames, masks)
+    if present is not None:
+        names = [n if bool(p) else "none" for n, p in zip(names, present)]
     return sum(n == colour for n in names) / len(names)
 
 
@@ -191,15 +203,16 @@ def shape_any_size_accuracy(edited, truth: Clip, shape: str) -> float:
     return sum(drawn[i] == shape for i in judged) / len(judged)
 
 
-def background_accuracy(edited, object_masks, target: str, source: str) -> float:
-    """Share of frames whose background (outside the object) is nearer the target background's colour."""
+def background_accuracy(edited, object_masks, target: str) -> float:
+    """Share of frames whose background (outside the object) is, of the world's backgrounds, nearest the target's
+    colour (nearer the target than the source alone passed a flat gray frame for grass -> sand)."""
     edited, m = _t(edited).float(), _t(object_masks).bool()
-    tgt = torch.tensor(BACKGROUNDS[target][0])
-    src = torch.tensor(BACKGROUNDS[source][0])
+    names = list(BACKGROUNDS)
+    refs = torch.tensor([BACKGROUNDS[n][0] for n in names])
     hits = 0
     for f, mm in zip(edited, m):
         mean = f[~mm].mean(0)
-        hits += int((mean - tgt).norm() < (mean - src).norm())
+        hits += int(names[int((refs - mean).norm(dim=1).argmin())] == target)
     return hits / edited.shape[0]
 
 
