@@ -92,10 +92,11 @@ def test_world_defaults_and_flags_are_the_fields():
     p = argparse.ArgumentParser()
     add_option_flags(p, TuneOptions, prefix="tune-")
     add_option_flags(p, EditOptions)
-    a = p.parse_args(["--cross-replace", "0.5", "--tune-steps", "7", "--no-tune-gradient-checkpointing"])
+    a = p.parse_args(["--cross-replace", "0.3", "--tune-steps", "7", "--no-tune-gradient-checkpointing"])
     tune, edit = options_from_args(a, TuneOptions, prefix="tune-"), options_from_args(a, EditOptions)
     assert tune.steps == 7 and tune.gradient_checkpointing is False
-    assert edit.cross_replace == 0.5 and edit.self_replace_on == WORLD_DEFAULTS[EditOptions]["self_replace_on"]
+    assert edit.cross_replace == 0.3 and edit.self_replace == WORLD_DEFAULTS[EditOptions]["self_replace"] == 0.8
+    assert edit.self_replace_on == WORLD_DEFAULTS[EditOptions]["self_replace_on"]
     assert world_options(TuneOptions).steps == WORLD_DEFAULTS[TuneOptions]["steps"] != TuneOptions().steps
     with pytest.raises(VP2PInputError, match="^--tune-steps: expected a value in"):
         options_from_args(p.parse_args(["--tune-steps", "-3"]), TuneOptions, prefix="tune-")

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--mask-threshold", default="0.3,0.5")
     p.add_argument("--self-replace-on", default=world_options(EditOptions).self_replace_on,
                    choices=EditOptions.setting("self_replace_on").choices)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=world_options(InversionOptions).steps)
     p.add_argument("--frames", type=int, default=4)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", default="", help="also write every row here")
