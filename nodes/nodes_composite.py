@@ -121,7 +121,8 @@ class BlendMask(io.ComfyNode):
             repeated = f" (or {n * f}: repeated per target)" if n > 1 else ""
             raise VP2PInputError(f"source_images: expected the edit's {f} frames{repeated} of {images.shape[1]}x"
                                  f"{images.shape[2]} ([frames, height, width, channels]), got {shape}")
-        if refuse_same and (images is source_images or torch.equal(images[..., :3], source_images[..., :3])):
+        if refuse_same and (images is source_images or torch.equal(images[..., :3],
+                                                                  source_images[..., :3].to(images.device))):
             raise VP2PInputError("images: the same frames as source_images; with change_threshold, expected "
                                  "DecodeFrames' images (the edit), or the mask would be empty")
         edited = images.reshape(n, f, *images.shape[1:])

@@ -92,6 +92,10 @@ def test_a_word_swap_into_a_hyphenated_word_pairs_space_separated_pieces():
     assert m.sum(1)[:11].eq(1).all()
     plan = build_edit_plan(clip, src, tgt, options=EditOptions(edit_mode="replace"))
     assert plan.mode == "replace" and torch.equal(plan.mapper[0], m)
+    auto = build_edit_plan(clip, src, tgt, options=EditOptions(edit_mode="auto"))  # the reference's config too
+    assert auto.mode == "replace" and torch.equal(auto.mapper[0], m)
+    added = build_edit_plan(clip, src, "a tall Spider-Man is driving a motorbike in the forest", options=EditOptions())
+    assert added.mode == "refine"
     with pytest.raises(VP2PInputError, match="space-separated pieces differ"):
         replacement_mapper("a man is driving", "a tall Spider-Man is driving", clip)
 

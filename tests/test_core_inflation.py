@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from vp2p_core import VP2PInputError, VideoModel, inflate_unet, trainable_parameter_names, video_forward
 from vp2p_core.attention import FrameAttnProcessor, FrameState
-from vp2p_core.inflation import InflatedGroupNorm, set_frame_attention
+from vp2p_core.inflation import InflatedGroupNorm, is_inflated, set_frame_attention
 from vp2p_core.inversion import Inversion
 from vp2p_world.tiny import tiny_unet
 
@@ -148,9 +148,15 @@ def test_group_norm_frame_makes_each_frame_its_own_statistics():
     assert (out["clip"][0] - out["clip"][1]).abs().max() > 1e-3
 
 
-def test_group_norm_must_be_known():
+def test_group_norm_and_frame_attention_must_be_known():
+    """Refused by name before the UNet changes (a bad frame attention was a plain ValueError, half-way through
+    inflating)."""
+    unet = tiny_unet()
     with pytest.raises(VP2PInputError, match="group_norm"):
-        inflate_unet(tiny_unet(), group_norm="batch")
+        inflate_unet(unet, group_norm="batch")
+    with pytest.raises(VP2PInputError, match="^frame_attention: "):
+        inflate_unet(unet, frame_attention="previous")
+    assert not is_inflated(unet)
 
 
 def test_any_clip_length_and_independent_frames():

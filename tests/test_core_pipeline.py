@@ -599,6 +599,9 @@ def test_fast_inversion_keeps_only_the_ends_of_the_ddim_trajectory(world):
     ends = ddim_inversion(model, latents, emb[:1], sched, keep_all=False)
     assert len(full) == 5 and len(ends) == 2
     assert torch.equal(ends[0], full[0]) and torch.equal(ends[1], full[-1])
+    # null-text's path waits elsewhere (the CPU, when the UNet is on a GPU): every latent but x_T goes there
+    kept = ddim_inversion(model, latents, emb[:1], sched, keep_on=torch.device("meta"))
+    assert len(kept) == 5 and torch.equal(kept[-1], full[-1]) and all(x.device.type == "meta" for x in kept[:-1])
     inv = invert(model, latents, emb[:1], emb[2:3], SRC, options=InversionOptions(steps=4, mode="fast"))
     assert torch.equal(inv.x_T, full[-1])
 

@@ -129,10 +129,11 @@ def build_edit_plan(tokenizer: TokenizerLike, source_prompt: str, target_prompts
     for t in targets:
         check_prompt_length(tokenizer, t, "target_prompts")
     mode = options.edit_mode
-    if mode == "auto":
-        n_source = len(prompt_words(source_prompt, tokenizer))
-        same_len = all(len(prompt_words(t, tokenizer)) == n_source for t in targets)
-        mode = "replace" if same_len else "refine"
+    if mode == "auto":  # replace wherever replacement_mapper pairs the prompts: the same number of words, or of
+        # space-separated pieces (the reference's man -> Spider-Man config is a word swap)
+        n_words, n_pieces = len(prompt_words(source_prompt, tokenizer)), len(source_prompt.split())
+        swaps = all(len(prompt_words(t, tokenizer)) == n_words or len(t.split()) == n_pieces for t in targets)
+        mode = "replace" if swaps else "refine"
     plan = EditPlan(source_prompt=source_prompt, target_prompts=targets, mode=mode,
                     cross_replace=fraction_pair(options.cross_replace),
                     self_replace=fraction_pair(options.self_replace), self_replace_on=options.self_replace_on,

@@ -115,7 +115,8 @@ def inflate_unet(unet, frame_attention: str = InflationOptions.frame_attention,
                  group_norm: str = InflationOptions.group_norm):
     """Inflate ``unet`` in place into the T2S model and return it. Idempotent (a second call sets
     ``frame_attention`` and ``group_norm``)."""
-    InflationOptions(group_norm=group_norm)  # the option's own check (VP2PInputError naming group_norm)
+    # the options' own checks (a VP2PInputError naming frame_attention or group_norm) before anything changes
+    InflationOptions(frame_attention=frame_attention, group_norm=group_norm)
     if is_inflated(unet):
         set_frame_attention(unet, frame_attention)
         frame_state(unet).group_norm = group_norm

@@ -185,12 +185,14 @@ def windowed_eps(model: VideoModel, schedule: DDIMSchedule, x: torch.Tensor, t, 
 @torch.no_grad()
 def ddim_inversion(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, schedule: DDIMSchedule,
                    host: Host = Host(), context: Optional[ContextWindows] = None,
-                   keep_all: bool = True) -> list[torch.Tensor]:
+                   keep_all: bool = True, keep_on: Optional[torch.device] = None) -> list[torch.Tensor]:
     """[x_0, x_1, ..., x_T] with the source prompt and no guidance (the reference's ``ddim_loop``); with
-    ``keep_all`` False only [x_0, x_T] (fast inversion needs no more, and a long clip's T latents add up)."""
+    ``keep_all`` False only [x_0, x_T] (fast inversion needs no more, and a long clip's T latents add up).
+    ``keep_on``: where the kept latents before x_T go (null-text keeps them on the CPU and takes one to the device
+    per step: 128 frames at 512 px, 50 steps, are 400 MiB of float32); x_T stays where it was computed."""
     f = latents.shape[0]
     x = latents
-    out = [x]
+    out = [x if keep_on is None else x.to(keep_on)]
     loop = host.loop(schedule.num_steps, "DDIM inversion")
     T = schedule.num_steps
     for i, t in enumerate(schedule.timesteps.flip(0).tolist()):
@@ -199,10 +201,10 @@ def ddim_inversion(model: VideoModel, latents: torch.Tensor, text: torch.Tensor,
         windows = (context.windows(f, step=T - 1 - i, frame_attention=model.frame_attention) if context
                    else whole_clip(f))
         x = schedule.next_step(windowed_eps(model, schedule, x, t, text, windows), t, x)
-        if keep_all:
-            out.append(x)
+        if keep_all and i < T - 1:
+            out.append(x if keep_on is None else x.to(keep_on))
         loop.step(i + 1, preview=x)
-    return out if keep_all else [latents, x]
+    return out + [x] if keep_all else [latents, x]
 
 
 def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Tensor,
@@ -233,7 +235,7 @@ def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Ten
         overall = 2 * steps if mode == "null_text" else steps  # one progress bar over both stages
         t0 = time.perf_counter()
         ddim = ddim_inversion(model, x0, cond, schedule, host.stage(0, overall), context=context,
-                              keep_all=mode == "null_text")
+                              keep_all=mode == "null_text", keep_on=torch.device("cpu"))
         stats = {"ddim_forwards": model.evaluations() - evals0, "ddim_seconds": time.perf_counter() - t0}
         inv = Inversion(x_T=ddim[-1].detach().cpu(), source_embedding=cond.detach().cpu(),
                         timesteps=schedule.timesteps.clone(), mode=mode, guidance=float(guidance), prompt=prompt,
@@ -286,7 +288,7 @@ def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: to
     try:
         set_gradient_checkpointing(unet, checkpointing)
         for i, t in enumerate(schedule.timesteps.tolist()):
-            target = ddim[T - 1 - i]
+            target = ddim[T - 1 - i].to(x.device)  # the path waits on the CPU (ddim_inversion's keep_on)
             windows = (context.windows(f, step=i, frame_attention=model.frame_attention) if context
                        else whole_clip(f))
             e = e.detach().clone().requires_grad_(True)  # a new tensor: Adam steps it in place
@@ -302,7 +304,7 @@ def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: to
             x = rec.detach()
             e = e.detach()
             nulls.append(e[0])
-            traj.append(x)
+            traj.append(x.cpu())  # the trajectory is the inversion's, on the CPU (a long clip's T latents add up)
             iters.append(j + 1)
             losses.append(loss_v)
             loop.step(i + 1, preview=x, loss=loss_v, inner=j + 1)
