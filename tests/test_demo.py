@@ -135,6 +135,21 @@ def test_help_prints_every_option(module, capsys):
     assert "usage:" in out and "--guidance" in out
 
 
+@pytest.mark.parametrize("args, message", [(["--weights", "1,5"], "--weights: temporal_guidance: expected a value in"),
+                                           (["--levels", "0,x"], "--levels: expected comma-separated numbers"),
+                                           (["--levels", "-1"], "--levels: structure_blur: expected a value in")])
+def test_gen1_benchmark_refuses_its_list_flags_before_any_work(args, message, capsys, monkeypatch):
+    """w_t and t_s values out of their options' ranges were refused minutes in, after tuning and inversion, with a
+    traceback; now by flag, before the model loads."""
+    from vp2p_core import pipeline
+    from vp2p_world import gen1_benchmark
+
+    monkeypatch.setattr(pipeline.Components, "from_folder", lambda *a, **k: pytest.fail("loaded the model"))
+    with pytest.raises(SystemExit) as exit_:
+        gen1_benchmark.main(args + ["--no-write"])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_demo_refuses_an_out_file_and_an_unreadable_clip_before_any_work(tmp_path, capsys, monkeypatch):
     """--out naming a file (the outputs are written after the run) and a clip file no reader takes are refused by
     flag before the model loads; a folder's other files (notes, a .txt) are skipped, not read as frames."""

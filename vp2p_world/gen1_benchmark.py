@@ -129,12 +129,29 @@ def mean_by(rows, key, fields):
     return {k: {f: sum(r[f] for r in v) / len(v) for f in fields} for k, v in out.items()}
 
 
+def _values(text: str, flag: str, check) -> list[float]:
+    """Comma-separated numbers of a list flag, each checked by its option before any work (``check`` raises the
+    option's VP2PInputError, renamed here to the flag)."""
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise VP2PInputError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise VP2PInputError(f"{flag}: expected at least one value")
+    for v in values:
+        try:
+            check(v)
+        except VP2PInputError as e:
+            raise VP2PInputError(f"{flag}: {e}") from None
+    return values
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_option_flags(p, TuneOptions, prefix="tune-")
     add_option_flags(p, InversionOptions, defaults={"mode": "fast"})
-    p.add_argument("--levels", default="0,2,4,8")
-    p.add_argument("--weights", default="1,1.5,2")
+    p.add_argument("--levels", default="0,2,4,8", help="structure_blur (t_s) values, comma-separated")
+    p.add_argument("--weights", default="1,1.5,2", help="temporal_guidance (w_t) values, comma-separated")
     add_option_flags(p, EditOptions, skip=("edit_mode", "blend_words", "blend_target_words", "reweight_words",
                                            "reweight_values"))  # each clip has its words
     add_option_flags(p, SamplerOptions, skip=("guidance", "temporal_guidance"))  # w_t: --weights
@@ -149,6 +166,8 @@ def main(argv=None) -> int:
         edit = options_from_args(a, EditOptions)
         sampler = options_from_args(a, SamplerOptions, guidance=inversion.guidance)
         light = options_from_args(a, LightOptions)
+        levels = _values(a.levels, "--levels", lambda v: StructureOptions(structure_blur=v))
+        wts = _values(a.weights, "--weights", lambda v: sampler.replace(temporal_guidance=v))
     except VP2PInputError as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
     from diffusers import ControlNetModel
@@ -156,8 +175,6 @@ def main(argv=None) -> int:
     comps = Components.from_folder(WEIGHTS)
     cn = ControlNetModel.from_pretrained(WEIGHTS / "controlnet", local_files_only=True,
                                          torch_dtype=torch.float32).eval()
-    levels = [float(x) for x in a.levels.split(",")]
-    wts = [float(x) for x in a.weights.split(",")]
     shape_clips = moving(SHAPE_CLIPS) if a.moving else SHAPE_CLIPS
     colour_clips = list(zip(moving([c for c, _ in COLOUR_CLIPS]), [t for _, t in COLOUR_CLIPS])) if a.moving \
         else COLOUR_CLIPS
