@@ -150,7 +150,7 @@ def stage(name: str, cfg: dict, workdir: str, tuned: bool, steps: int) -> dict:
         if name in ("tune", "pretune"):
             with PeakRSS() as mem:
                 t0 = time.perf_counter()
-                delta = one_shot_tune(model, latents, src, SOURCE,
+                delta = one_shot_tune(model, latents=latents, text=src, prompt=SOURCE,
                                       options=TuneOptions(steps=steps, gradient_checkpointing=False))
                 row["time_s"] = time.perf_counter() - t0
             row.update(steps=steps, per_step_s=row["time_s"] / steps, backwards=steps,
@@ -192,7 +192,7 @@ def stage(name: str, cfg: dict, workdir: str, tuned: bool, steps: int) -> dict:
         elif name in ("edit_null", "edit_fast"):
             inv = Inversion.load(os.path.join(workdir, "inv_null.safetensors" if name == "edit_null" else
                                               "inv_fast.safetensors"))
-            plan = build_edit_plan(tok, SOURCE, TARGET,
+            plan = build_edit_plan(tok, source_prompt=SOURCE, target_prompts=TARGET,
                                    options=EditOptions(blend_words=BLEND[0], blend_target_words=BLEND[1]))
             plan.source_embedding, plan.target_embeddings, plan.empty_embedding = src, tgt, empty
             with PeakRSS() as mem:

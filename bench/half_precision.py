@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     latents = comps.encode_frames(clip.frames)
     plan = comps.plan(source, target, options=EditOptions(blend_words="ball"))
     torch.manual_seed(0)
-    one_shot_tune(comps.model, latents, plan.source_embedding, source, options=TuneOptions(steps=a.tune_steps))
+    one_shot_tune(comps.model, latents=latents, text=plan.source_embedding, prompt=source,
+                  options=TuneOptions(steps=a.tune_steps))
     inversion = InversionOptions(mode="fast", steps=a.steps)
     unet = comps.model.unet
 

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         lat = comps.encode_frames(clip.frames)
         txt, empty = comps.encode_prompts([clip.caption]), comps.encode_prompts([""])
         with trained_weights(comps.model):
-            delta = one_shot_tune(comps.model, lat, txt, clip.caption,
+            delta = one_shot_tune(comps.model, latents=lat, text=txt, prompt=clip.caption,
                                   options=TuneOptions(steps=a.tune_steps, gradient_checkpointing=False))
         for name, kw in settings:
             t0 = time.perf_counter()

@@ -40,7 +40,7 @@ class AttentionEditController(io.ComfyNode):
     def execute(cls, clip, source_prompt: str, target_prompts: str, **widget_values) -> io.NodeOutput:
         options = EditOptions.from_values(widget_values)
         tok = tokenizer_from_clip(clip)
-        plan = build_edit_plan(tok, source_prompt, target_prompts, options=options)
+        plan = build_edit_plan(tok, source_prompt=source_prompt, target_prompts=target_prompts, options=options)
         plan.source_embedding = encode_text(clip, plan.source_prompt, "source_prompt")
         plan.target_embeddings = encode_texts(clip, plan.target_prompts, "target_prompts")
         plan.empty_embedding = encode_text(clip, "", "empty prompt")

@@ -91,7 +91,8 @@ class OneShotTune(io.ComfyNode):
                                     trained_parameters=sum(p.numel() for n, p in unet.named_parameters()
                                                            if n in trained))
             with trained_weights(vp2p_model.video, vp2p_model.delta):
-                delta = one_shot_tune(vp2p_model.video, latents, text, source_prompt, options=options,
+                delta = one_shot_tune(vp2p_model.video, latents=latents, text=text, prompt=source_prompt,
+                                      options=options,
                                       host=make_host(vp2p_model, previews=False, memory_required=memory),
                                       context=context)
             if vp2p_model.delta is not None:

@@ -187,7 +187,7 @@ class Components:
 
     def plan(self, source: str, targets: str | Sequence[str], options: EditOptions = EditOptions(),
              cross_replace_words: Optional[dict] = None) -> EditPlan:
-        plan = build_edit_plan(self.tokenizer, source, targets, options=options,
+        plan = build_edit_plan(self.tokenizer, source_prompt=source, target_prompts=targets, options=options,
                                cross_replace_words=cross_replace_words)
         plan.source_embedding = self.encode_prompts([source])
         plan.target_embeddings = self.encode_prompts(plan.target_prompts)
@@ -254,8 +254,8 @@ def run(components: Components, frames: torch.Tensor, source: str, targets: str 
     delta = None
     with trained_weights(cm.model):  # this clip's tuning is undone on the way out
         if tune.steps > 0:
-            delta = stage("tune", lambda: one_shot_tune(cm.model, latents, plan.source_embedding, source,
-                                                        options=tune, host=host, context=context))
+            delta = stage("tune", lambda: one_shot_tune(cm.model, latents=latents, text=plan.source_embedding,
+                                                        prompt=source, options=tune, host=host, context=context))
         inv = stage("invert", lambda: invert(cm.model, latents, source_embedding=plan.source_embedding,
                                              empty_embedding=plan.empty_embedding, prompt=source,
                                              options=inversion, host=host, context=context))

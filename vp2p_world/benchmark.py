@@ -591,7 +591,8 @@ def main(argv=None) -> int:
         if any(m.removesuffix(COMPOSITE) != "p2p_per_frame" for m in methods):  # per-frame P2P never tunes
             t0 = time.perf_counter()
             with trained_weights(comps.model, None):
-                delta = one_shot_tune(comps.model, latents, comps.encode_prompts([src.caption]), src.caption,
+                delta = one_shot_tune(comps.model, latents=latents, text=comps.encode_prompts([src.caption]),
+                                      prompt=src.caption,
                                       options=tune)
             tune_seconds += time.perf_counter() - t0
         for m in methods:

@@ -64,7 +64,7 @@ def prepare(comps: Components, scene: Scene, tune: TuneOptions, inversion: Inver
     latents = comps.encode_frames(to_encode)
     text = comps.encode_prompts([clip.caption])
     with trained_weights(comps.model):
-        delta = one_shot_tune(comps.model, latents, text, clip.caption, options=tune)
+        delta = one_shot_tune(comps.model, latents=latents, text=text, prompt=clip.caption, options=tune)
     with trained_weights(comps.model, delta):
         inv = invert(comps.model, latents, source_embedding=text, empty_embedding=comps.encode_prompts([""]),
                      prompt=clip.caption, options=inversion)
