@@ -219,14 +219,13 @@ def unlit_frames(case: Case, edited: torch.Tensor, truth) -> torch.Tensor:
 
 def edit_accuracy(case: Case, edited: torch.Tensor, truth) -> float:
     """Share of frames where the edited attribute is right: the object's hue and the background's colour judged on
-    the ``unlit_frames``; a shape, and whether a recoloured object is there at all, on the frames as they are,
-    segmented against the truth's plates, which carry the light too."""
+    the ``unlit_frames``; a shape on the frames as they are, segmented against the truth's plates, which carry the
+    light too."""
     ts = case.target_scene
     if case.kind == "shape":
         return metrics.shape_accuracy(edited, truth, render(case.scene))
-    if case.kind in ("colour", "reweight"):  # a frame counts where its object is there (as lit) and of the colour
-        return metrics.object_hue_accuracy(unlit_frames(case, edited, truth), truth.masks, ts.colour,
-                                           present=metrics.object_present(edited, truth))
+    if case.kind in ("colour", "reweight"):
+        return metrics.object_hue_accuracy(unlit_frames(case, edited, truth), truth.masks, ts.colour)
     return metrics.background_accuracy(unlit_frames(case, edited, truth), truth.masks, ts.background)
 
 

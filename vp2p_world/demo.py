@@ -168,8 +168,7 @@ def quality(source, recon, edited, clip, truth, decoded=None) -> dict:
     ref = truth if truth is not None else clip
     if truth is not None:
         q["psnr_to_truth"] = metrics.psnr(edited, truth.frames)
-        q["object_colour_accuracy"] = metrics.object_hue_accuracy(
-            edited, truth.masks, truth.scene.colour, present=metrics.object_present(edited, truth))
+        q["object_colour_accuracy"] = metrics.object_hue_accuracy(edited, truth.masks, truth.scene.colour)
     q["structure_iou"] = metrics.mask_iou(metrics.segment_object(edited, ref), clip.masks)
     tc = metrics.temporal_consistency(edited, ref.masks)
     q["object_colour_change"], q["background_change"] = tc["object"], tc["background"]

@@ -114,8 +114,7 @@ def temporal_rows(comps, weights, tune: TuneOptions, inversion: InversionOptions
                          "background_change": tc["background"],
                          "warp_error": metrics.normalised_warp_error(frames, truth),
                          "flicker_object": fl["object"], "flicker_background": fl["background"],
-                         "accuracy": metrics.object_hue_accuracy(
-                             frames, truth.masks, colour, present=metrics.object_present(frames, truth)),
+                         "accuracy": metrics.object_hue_accuracy(frames, truth.masks, colour),
                          "psnr_truth": metrics.psnr(frames, truth.frames), "evaluations": res.stats["forwards"],
                          "seconds": seconds})
             print(rows[-1], flush=True)

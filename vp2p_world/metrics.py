@@ -98,21 +98,12 @@ def object_colours(frames, masks) -> list[str]:
     return out
 
 
-def object_present(frames, truth: Clip, share: float = 0.5) -> torch.Tensor:
-    """[F] bool: the object segmented from the truth's plates (``segment_object``, on the frames as lit) covers at
-    least ``share`` of the truth's object mask. A colour read over the truth's mask alone passes a frame whose object
-    vanished wherever the background has a world colour's hue (green grass, blue water, yellow sand)."""
-    seg, m = segment_object(frames, truth), _t(truth.masks).bool()
-    covered = (seg & m).flatten(1).sum(1).float()
-    return covered >= share * m.flatten(1).sum(1).float().clamp(min=1)
-
-
-def object_hue_accuracy(frames, masks, colour: str, present: Optional[torch.Tensor] = None) -> float:
-    """Share of frames whose object (inside ``masks``) has ``colour``'s hue; given ``present`` ([F] bool,
-    ``object_present``), only where the object is there."""
+def object_hue_accuracy(frames, masks, colour: str) -> float:
+    """Share of frames whose object (inside ``masks``) has ``colour``'s hue. Read over the truth's mask, so where the
+    background has the target's hue (green grass, blue water, sand's yellow) a frame whose object vanished counts
+    too: an upper bound there. No test of the object's presence separates the two in this world: the VAE's round
+    trip of the bare background differs from it as much as a dark green ball on grass does (BENCHMARKS.md)."""
     names = object_colours(frames, masks)
-    if present is not None:
-        names = [n if bool(p) else "none" for n, p in zip(names, present)]
     return sum(n == colour for n in names) / len(names)
 
 
