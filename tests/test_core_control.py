@@ -94,8 +94,12 @@ def test_a_word_swap_into_a_hyphenated_word_pairs_space_separated_pieces():
     assert plan.mode == "replace" and torch.equal(plan.mapper[0], m)
     auto = build_edit_plan(clip, src, tgt, options=EditOptions(edit_mode="auto"))  # the reference's config too
     assert auto.mode == "replace" and torch.equal(auto.mapper[0], m)
-    added = build_edit_plan(clip, src, "a tall Spider-Man is driving a motorbike in the forest", options=EditOptions())
-    assert added.mode == "refine"
+    # pieces pair by position: a word added beside the hyphenated one would shift every word after it, so refine
+    for other in ("a tall Spider-Man is driving a motorbike in the forest",
+                  "Spider-Man is driving a red motorbike in the forest"):
+        assert build_edit_plan(clip, src, other, options=EditOptions()).mode == "refine", other
+    assert build_edit_plan(clip, "a cat on a sofa", "a cat-shaped lamp on sofa", options=EditOptions()).mode == "refine"
+    assert build_edit_plan(clip, "a ball , on grass", "a big ball on grass", options=EditOptions()).mode == "refine"
     with pytest.raises(VP2PInputError, match="space-separated pieces differ"):
         replacement_mapper("a man is driving", "a tall Spider-Man is driving", clip)
 

@@ -110,6 +110,19 @@ def fraction_pair(v) -> tuple[float, float]:
     return (0.0, float(v)) if isinstance(v, (int, float)) else (float(v[0]), float(v[1]))
 
 
+def _is_word_swap(source: str, target: str, tokenizer: TokenizerLike) -> bool:
+    """``auto``'s test for replace: the same number of words, or the same space-separated pieces but where a piece
+    becomes one of another number of words (the reference's man -> Spider-Man config). Pieces pair by position,
+    so a piece that changes into another single word beside it means a word added and one dropped ('a man is
+    driving a car' -> 'Spider-Man is driving a red car'): refine aligns that, replace would shift every word."""
+    if len(prompt_words(source, tokenizer)) == len(prompt_words(target, tokenizer)):
+        return True
+    pieces_s, pieces_t = source.split(), target.split()
+    return len(pieces_s) == len(pieces_t) and all(
+        a.lower() == b.lower() or len(prompt_words(a, tokenizer)) != len(prompt_words(b, tokenizer))
+        for a, b in zip(pieces_s, pieces_t))
+
+
 def build_edit_plan(tokenizer: TokenizerLike, source_prompt: str, target_prompts: str | Sequence[str],
                     options: EditOptions = EditOptions(), cross_replace_words: Optional[dict] = None) -> EditPlan:
     """Resolve prompts and options into token-level tensors; bad input raises VP2PInputError naming it.
@@ -129,10 +142,8 @@ def build_edit_plan(tokenizer: TokenizerLike, source_prompt: str, target_prompts
     for t in targets:
         check_prompt_length(tokenizer, t, "target_prompts")
     mode = options.edit_mode
-    if mode == "auto":  # replace wherever replacement_mapper pairs the prompts: the same number of words, or of
-        # space-separated pieces (the reference's man -> Spider-Man config is a word swap)
-        n_words, n_pieces = len(prompt_words(source_prompt, tokenizer)), len(source_prompt.split())
-        swaps = all(len(prompt_words(t, tokenizer)) == n_words or len(t.split()) == n_pieces for t in targets)
+    if mode == "auto":
+        swaps = all(_is_word_swap(source_prompt, t, tokenizer) for t in targets)
         mode = "replace" if swaps else "refine"
     plan = EditPlan(source_prompt=source_prompt, target_prompts=targets, mode=mode,
                     cross_replace=fraction_pair(options.cross_replace),

@@ -188,11 +188,12 @@ def ddim_inversion(model: VideoModel, latents: torch.Tensor, text: torch.Tensor,
                    keep_all: bool = True, keep_on: Optional[torch.device] = None) -> list[torch.Tensor]:
     """[x_0, x_1, ..., x_T] with the source prompt and no guidance (the reference's ``ddim_loop``); with
     ``keep_all`` False only [x_0, x_T] (fast inversion needs no more, and a long clip's T latents add up).
-    ``keep_on``: where the kept latents before x_T go (null-text keeps them on the CPU and takes one to the device
-    per step: 128 frames at 512 px, 50 steps, are 400 MiB of float32); x_T stays where it was computed."""
+    ``keep_on``: with ``keep_all``, where the latents before x_T go (null-text keeps them on the CPU and takes one
+    to the device per step: 128 frames at 512 px, 50 steps, are 400 MiB of float32); x_T stays where it was
+    computed."""
     f = latents.shape[0]
     x = latents
-    out = [x if keep_on is None else x.to(keep_on)]
+    out = [x if keep_on is None or not keep_all else x.to(keep_on)]
     loop = host.loop(schedule.num_steps, "DDIM inversion")
     T = schedule.num_steps
     for i, t in enumerate(schedule.timesteps.flip(0).tolist()):

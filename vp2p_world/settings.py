@@ -17,14 +17,15 @@ from vp2p_core.options import (CompositeOptions, EditOptions, InversionOptions, 
 WORLD_DEFAULTS: dict[type, dict] = {
     # A 2-core CPU runs the whole demo in well under a minute with 60 tuning steps and 20 DDIM steps (the paper:
     # 500 and 50); the 16-MB model fits in memory without gradient checkpointing, which would cost ~30% time.
-    # Every recorded edit benchmark ran 20 steps (the demo ran 25 until it took these settings from here).
+    # Every recorded run of the edit benchmark passed 20 steps (the demo ran 25 until it took them from here).
     TuneOptions: dict(steps=60, gradient_checkpointing=False),
     InversionOptions: dict(steps=20),
     # Both self-attentions: the tiny model's frame attention carries the object's shape, and replacing only
     # the temporal one (the reference) lets the target branch move the object (BENCHMARKS.md). The injection
     # lengths, 50% / 80% of the steps instead of SD's 20% / 50%, were chosen on held-out clips by
-    # ``python -m vp2p_world.sweep``; every recorded edit benchmark passed them as flags, and the demo, which did
-    # not, edited at SD's until they moved here (its clip: 26.1 -> 27.3 dB to the truth, structure IoU 0.90 -> 0.93).
+    # ``python -m vp2p_world.sweep``; every recorded run of the edit benchmark passed them as flags, while the demo,
+    # the Gen-1 and long-clip benchmarks edited at SD's until they moved here (BENCHMARKS.md says how to rerun those;
+    # the demo's clip: 26.1 -> 27.3 dB to the truth, structure IoU 0.90 -> 0.93).
     EditOptions: dict(self_replace_on="both", cross_replace=0.5, self_replace=0.8),
     # Edit guidance 2 for the first half of the steps: the tiny model draws the old colour back from the inverted
     # noise on some recolours (green -> red triangle: Tune-A-Video 0.12 of the frames, BENCHMARKS.md), and a larger
