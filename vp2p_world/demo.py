@@ -259,8 +259,9 @@ def main(argv=None) -> int:
             raise VP2PInputError("--target-prompts: give the edited prompt for your clip")
         if target.strip() == source.strip():
             raise VP2PInputError(f"--target-prompts: the edited prompt is the source prompt {source!r}; give the edit")
-        blend = a.blend_words if a.blend_words is not None else (scene.shape if scene is not None else "")
-        edit = options_from_args(a, EditOptions, blend_words=blend)
+        # the rendered object's word unless --blend-words is given (an override would be refused by field name)
+        blend = {} if a.blend_words is not None else {"blend_words": scene.shape if scene is not None else ""}
+        edit = options_from_args(a, EditOptions, **blend)
         no_mask = {} if edit.blend_words.strip() else {"composite": False}  # no blend words: no mask to composite
         composite = options_from_args(a, CompositeOptions, **no_mask)
         light = options_from_args(a, LightOptions)
