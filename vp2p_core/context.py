@@ -28,7 +28,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .errors import VP2PInputError
-from .options import FUSE_METHODS, ContextOptions
+from .options import FUSE_METHODS, ContextOptions, InflationOptions
 
 # (num_frames, step) -> windows as lists of clip frame indices
 WindowSchedule = Callable[[int, int], Sequence[Sequence[int]]]
@@ -62,7 +62,8 @@ def is_whole_clip(windows: Sequence[Window], num_frames: int) -> bool:
     return len(windows) == 1 and windows[0].frames == tuple(range(num_frames))
 
 
-def standard_windows(num_frames: int, length: int, overlap: int, schedule: str = "standard_static") -> list[list[int]]:
+def standard_windows(num_frames: int, length: int, overlap: int,
+                     schedule: str = ContextOptions.context_schedule) -> list[list[int]]:
     """``standard_static``: windows of ``length`` frames every ``length - overlap`` frames, the last one moved back
     to end on the last frame; ``batched``: consecutive windows without overlap, the last one shorter. A clip of at
     most ``length`` frames is one window."""
@@ -141,7 +142,8 @@ class ContextWindows:
                                          f"{o.context_schedule}, context_stride {o.context_stride}); try {hint}"
                                          ) from None
 
-    def windows(self, num_frames: int, step: int = 0, frame_attention: str = "first") -> list[Window]:
+    def windows(self, num_frames: int, step: int = 0,
+                frame_attention: str = InflationOptions.frame_attention) -> list[Window]:
         """The windows of step ``step`` over a clip of ``num_frames`` frames, anchor rows included; with the model's
         ``frame_attention`` "first_prev", previous-frame rows too (``with_previous_rows``)."""
         o = self.options

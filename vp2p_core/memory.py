@@ -13,6 +13,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from .options import InflationOptions
+
 ACTIVATION_MIB_PER_FRAME = {"infer": 238, "train": 1094, "null_text": 2029, "null_text_checkpointed": 1114}
 MEASURED_LATENT_AREA = 64 * 64
 # auto checkpointing counts the activations x 1.1 + 1 GiB against the free memory: CPU-measured activations leave out
@@ -34,7 +36,8 @@ def working_memory(stage: str, rows: int, latent_hw: Sequence[int], dtype: torch
     return int(rows * per_row) + 12 * int(trained_parameters)
 
 
-def call_rows(frames: int, context=None, frame_attention: str = "first", steps: int = 1) -> int:
+def call_rows(frames: int, context=None, frame_attention: str = InflationOptions.frame_attention,
+              steps: int = 1) -> int:
     """Frames one UNet call sees of one clip: the clip's, or its largest context window's (anchor and previous-frame
     rows included) over a stage's ``steps`` (a host's schedule shifts its windows from step to step, and a window
     that does not hold frame 0 gains an anchor row)."""
