@@ -224,9 +224,10 @@ def edit_accuracy(case: Case, edited: torch.Tensor, truth) -> float:
     ts = case.target_scene
     if case.kind == "shape":
         return metrics.shape_accuracy(edited, truth, render(case.scene))
+    edited = unlit_frames(case, edited, truth)
     if case.kind in ("colour", "reweight"):
-        return metrics.object_hue_accuracy(unlit_frames(case, edited, truth), truth.masks, ts.colour)
-    return metrics.background_accuracy(unlit_frames(case, edited, truth), truth.masks, ts.background)
+        return metrics.object_hue_accuracy(edited, truth.masks, ts.colour)
+    return metrics.background_accuracy(edited, truth.masks, ts.background)
 
 
 def shape_any_size(case: Case, edited: torch.Tensor, truth) -> float:
@@ -591,8 +592,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             with trained_weights(comps.model, None):
                 delta = one_shot_tune(comps.model, latents=latents, text=comps.encode_prompts([src.caption]),
-                                      prompt=src.caption,
-                                      options=tune)
+                                      prompt=src.caption, options=tune)
             tune_seconds += time.perf_counter() - t0
         for m in methods:
             row = run_case(comps, case, m, delta, latents, inversion=inversion, edit=edit, sampler=sampler,
