@@ -193,7 +193,11 @@ def ddim_inversion(model: VideoModel, latents: torch.Tensor, text: torch.Tensor,
     computed."""
     f = latents.shape[0]
     x = latents
-    out = [x if keep_on is None or not keep_all else x.to(keep_on)]
+
+    def kept(v: torch.Tensor) -> torch.Tensor:
+        return v if keep_on is None else v.to(keep_on)
+
+    out = [kept(x) if keep_all else x]
     loop = host.loop(schedule.num_steps, "DDIM inversion")
     T = schedule.num_steps
     for i, t in enumerate(schedule.timesteps.flip(0).tolist()):
@@ -203,7 +207,7 @@ def ddim_inversion(model: VideoModel, latents: torch.Tensor, text: torch.Tensor,
                    else whole_clip(f))
         x = schedule.next_step(windowed_eps(model, schedule, x, t, text, windows), t, x)
         if keep_all and i < T - 1:
-            out.append(x if keep_on is None else x.to(keep_on))
+            out.append(kept(x))
         loop.step(i + 1, preview=x)
     return out + [x] if keep_all else [latents, x]
 
