@@ -104,6 +104,30 @@ def test_reused_trajectory_equals_recomputed_source(world, inversion):
     assert torch.allclose(a.edited, b.edited, atol=1e-4)
 
 
+def test_the_edit_previews_the_clean_latent_it_heads_for(world, inversion, monkeypatch):
+    """The sampler's preview is the first target's first frame as predicted clean (as KSampler previews): from
+    the middle of the schedule on it is far nearer the edit that comes out than that step's noisy latent, and at
+    the last step it is that edit but for the schedule's final alpha."""
+    tok, emb, latents, model = world
+    previews, noisy = [], []
+    prev_step = DDIMSchedule.prev_step
+
+    def recording(self, eps, t, sample):
+        if sample.dim() == 5:  # the targets' latents (the source replays its trajectory)
+            noisy.append(sample[0, :1].clone())
+        return prev_step(self, eps, t, sample)
+
+    monkeypatch.setattr(DDIMSchedule, "prev_step", recording)
+    host = Host(progress=lambda step, total, preview: previews.append(preview.clone()))
+    res = sample_edit(model, inversion, _plan(tok, emb), host=host)
+    final = res.edited[0, :1]
+    assert len(previews) == len(noisy) == STEPS and all(p.shape == final.shape for p in previews)
+    assert _relative(previews[-1], final) < 0.05
+    # measured: the preview 0.78 -> 0.008 of the edit's norm away over the 8 steps, the noisy latent 0.93 -> 0.12
+    for i in range(STEPS // 2, STEPS - 1):  # the last step's latent is nearly clean itself
+        assert _relative(previews[i], final) < 0.5 * _relative(noisy[i], final), i
+
+
 def test_local_blend_keeps_source_outside_mask(world, inversion):
     tok, emb, latents, model = world
     res = sample_edit(model, inversion, _plan(tok, emb, blend_words="ball", mask_threshold=0.9))

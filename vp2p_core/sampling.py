@@ -259,11 +259,14 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
                         eps_src = eps_src_c
                     new_src = schedule.prev_step(eps_src, t, x_src)
                 new_tgt = schedule.prev_step(eps_tgt, t, x_tgt)
+                # the first target's first frame as it would come out now, as KSampler previews (the noisy latent
+                # shows noise until the last steps)
+                preview = schedule.predicted_x0(eps_tgt[0, :1], t, x_tgt[0, :1])
                 both = ctrl.end_step(torch.cat([new_src.unsqueeze(0), new_tgt]))
                 x_src, x_tgt = both[0], both[1:]
                 if region is not None:
                     x_tgt = x_src + region * (x_tgt - x_src)
-                loop.step(i + 1, preview=x_tgt[0])
+                loop.step(i + 1, preview=preview)
     finally:
         state.controller = None
         ctrl.contrast = False

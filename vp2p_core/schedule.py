@@ -72,11 +72,15 @@ class DDIMSchedule:
         a = self.alpha(int(t))
         return a ** 0.5 * model_output + (1 - a) ** 0.5 * sample
 
+    def predicted_x0(self, eps: torch.Tensor, t: int, sample: torch.Tensor) -> torch.Tensor:
+        """The clean latent the prediction at t points to (what ComfyUI's samplers preview)."""
+        a_t = self.alpha(int(t))
+        return (sample - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
+
     def prev_step(self, eps: torch.Tensor, t: int, sample: torch.Tensor) -> torch.Tensor:
         t = int(t)
-        a_t = self.alpha(t)
         a_prev = self.alpha(t - self.step_ratio)
-        x0 = (sample - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
+        x0 = self.predicted_x0(eps, t, sample)
         return a_prev ** 0.5 * x0 + (1 - a_prev) ** 0.5 * eps
 
     def next_step(self, eps: torch.Tensor, t: int, sample: torch.Tensor) -> torch.Tensor:
