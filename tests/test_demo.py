@@ -150,6 +150,21 @@ def test_gen1_benchmark_refuses_its_list_flags_before_any_work(args, message, ca
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, message", [(["--cross-replace", "0.2,1.5"], "--cross-replace: cross_replace: expected"),
+                                           (["--self-replace", "0.5,x"], "--self-replace: expected comma-separated"),
+                                           (["--mask-threshold", ""], "--mask-threshold: expected at least one")])
+def test_sweep_refuses_its_grid_flags_before_any_work(args, message, capsys, monkeypatch):
+    """The sweep's grid values are checked by their options before the model loads (a typo failed after the
+    first case's inversion)."""
+    from vp2p_core import pipeline
+    from vp2p_world import sweep
+
+    monkeypatch.setattr(pipeline.Components, "from_folder", lambda *a, **k: pytest.fail("loaded the model"))
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_demo_refuses_an_out_file_and_an_unreadable_clip_before_any_work(tmp_path, capsys, monkeypatch):
     """--out naming a file (the outputs are written after the run) and a clip file no reader takes are refused by
     flag before the model loads; a folder's other files (notes, a .txt) are skipped, not read as frames."""

@@ -37,7 +37,7 @@ from vp2p_core.pipeline import Components
 from . import metrics
 from .benchmark import write_section
 from .render import Scene, render
-from .settings import add_option_flags, options_from_args
+from .settings import add_option_flags, option_values, options_from_args
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 
@@ -128,23 +128,6 @@ def mean_by(rows, key, fields):
     return {k: {f: sum(r[f] for r in v) / len(v) for f in fields} for k, v in out.items()}
 
 
-def _values(text: str, flag: str, check) -> list[float]:
-    """Comma-separated numbers of a list flag, each checked by its option before any work (``check`` raises the
-    option's VP2PInputError, renamed here to the flag)."""
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise VP2PInputError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise VP2PInputError(f"{flag}: expected at least one value")
-    for v in values:
-        try:
-            check(v)
-        except VP2PInputError as e:
-            raise VP2PInputError(f"{flag}: {e}") from None
-    return values
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_option_flags(p, TuneOptions, prefix="tune-")
@@ -165,8 +148,8 @@ def main(argv=None) -> int:
         edit = options_from_args(a, EditOptions)
         sampler = options_from_args(a, SamplerOptions, guidance=inversion.guidance)
         light = options_from_args(a, LightOptions)
-        levels = _values(a.levels, "--levels", lambda v: StructureOptions(structure_blur=v))
-        wts = _values(a.weights, "--weights", lambda v: sampler.replace(temporal_guidance=v))
+        levels = option_values(a.levels, "--levels", lambda v: StructureOptions(structure_blur=v))
+        wts = option_values(a.weights, "--weights", lambda v: sampler.replace(temporal_guidance=v))
     except VP2PInputError as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
     from diffusers import ControlNetModel

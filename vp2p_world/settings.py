@@ -131,3 +131,20 @@ def options_from_args(args: argparse.Namespace, cls: type[Options], prefix: str 
         if name in values and name not in overrides:
             raise VP2PInputError(flag(name, prefix) + ":" + rest) from None
         raise
+
+
+def option_values(text: str, flag_name: str, check) -> list[float]:
+    """Comma-separated numbers of a list flag (a benchmark's grid), each checked by its option before any work
+    (``check`` raises the option's VP2PInputError, renamed here to the flag)."""
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise VP2PInputError(f"{flag_name}: expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise VP2PInputError(f"{flag_name}: expected at least one value")
+    for v in values:
+        try:
+            check(v)
+        except VP2PInputError as e:
+            raise VP2PInputError(f"{flag_name}: {e}") from None
+    return values

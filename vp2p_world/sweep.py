@@ -21,12 +21,13 @@ from pathlib import Path
 
 import torch
 
-from vp2p_core import EditOptions, InversionOptions, SamplerOptions, invert, sample_edit, trained_weights
+from vp2p_core import (EditOptions, InversionOptions, SamplerOptions, VP2PInputError, invert, sample_edit,
+                       trained_weights)
 from vp2p_core.pipeline import Components
 
 from .benchmark import Case, case_edit, measure
 from .render import Scene, render
-from .settings import world_options
+from .settings import flag, option_values, world_options
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 
@@ -67,8 +68,12 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if a.threads:
         torch.set_num_threads(a.threads)
-    floats = lambda s: [float(v) for v in s.split(",") if v]
-    grid = list(itertools.product(floats(a.cross_replace), floats(a.self_replace), floats(a.mask_threshold)))
+    try:  # each value checked by its option before the model loads (a typo failed after the first inversion)
+        axes = [option_values(getattr(a, name), flag(name), lambda v, n=name: EditOptions(**{n: v}))
+                for name in ("cross_replace", "self_replace", "mask_threshold")]
+    except VP2PInputError as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
+    grid = list(itertools.product(*axes))
     comps = Components.from_folder(a.model)
     rows = []
     for ci, case in enumerate(validation_cases(a.frames)):
