@@ -192,6 +192,49 @@ def comfy_unet_state_dict(model) -> dict:
     return sd
 
 
+def comfy_weight_fingerprints(model, weight_dtype: str):
+    """(base fingerprint, precision aliases) of a MODEL with weight patches (LoRAs), from its weights before the
+    patches and the patches themselves (``vp2p_core.model.patched_base_fingerprints``): the patched values depend on
+    the device that applied them, so a delta or inversion saved with a LoRA on one machine would not fit the same
+    checkpoint and LoRA on another. None for a MODEL without weight patches (the weights' own fingerprint names
+    it), or where a patched weight's original cannot be found (then the patched weights name it, as before).
+    Call it after ``comfy_unet_state_dict``, which makes this clone's patches the ones in place."""
+    import hashlib
+
+    from vp2p_core.files import nested_digest
+    from vp2p_core.model import patched_base_fingerprints
+
+    patches = {k: v for k, v in (getattr(model, "patches", None) or {}).items() if k.startswith("diffusion_model.")}
+    if not patches:
+        return None
+    backup = getattr(model, "backup", None) or {}
+    unpatched = []
+    for mname, module in model.model.diffusion_model.named_modules():
+        in_place = getattr(module, "comfy_patched_weights", False)
+        for pname, p in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+            if p is None:
+                continue
+            key = f"{mname}.{pname}" if mname else pname
+            patch_key = f"diffusion_model.{key}"
+            if patch_key in patches and in_place:
+                if patch_key not in backup:
+                    log.warning("Video-P2P: %s is patched in place without its original; the fingerprint is the "
+                                "patched weights'", key)
+                    return None
+                p = backup[patch_key].weight
+            unpatched.append((key, p.detach()))
+    h = hashlib.sha256()
+    try:
+        for k in sorted(patches):
+            h.update(k.encode())
+            nested_digest(h, patches[k])
+    except ValueError:  # a patch type nested deeper than LoRAs are: the patched weights name it, as before
+        log.warning("Video-P2P: the weight patch on %s is nested too deep to fingerprint; the fingerprint is the "
+                    "patched weights'", k)
+        return None
+    return patched_base_fingerprints(unpatched, h.hexdigest()[:16], TORCH_DTYPES[weight_dtype])
+
+
 def ignored_model_patches(model) -> list[str]:
     """The MODEL's patches that are not weight patches (FreeU, IPAdapter, PAG, attention replacements, CFG
     functions, model wrappers): the conversion takes the weights (LoRAs applied) and model_sampling only, and the

@@ -35,7 +35,8 @@ class InflateUNet(io.ComfyNode):
         unet, prediction, scale, latent_format, info = convert.comfy_model_to_unet(model, options.weight_dtype)
         vm = vp2p_model_from_unet(unet, prediction_type=prediction, latent_scale=scale,
                                   frame_attention=options.frame_attention, group_norm=options.group_norm,
-                                  latent_format=latent_format, info=info)
+                                  latent_format=latent_format, info=info,
+                                  fingerprints=convert.comfy_weight_fingerprints(model, options.weight_dtype))
         # wrapped once inflated: ComfyUI's ModelPatcher counts the model's size when it is made, and the temporal
         # layers are about 6% of SD 1.5's
         vm.patcher = convert.make_patcher(vm.video.unet)

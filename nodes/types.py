@@ -137,12 +137,15 @@ class VP2PModel:
 def vp2p_model_from_unet(unet, prediction_type: str = "epsilon", latent_scale: float = SD_LATENT_SCALE,
                          frame_attention: str = InflationOptions.frame_attention, patcher: Any = None,
                          latent_format: Any = None, info: Optional[dict] = None,
-                         group_norm: str = InflationOptions.group_norm) -> VP2PModel:
-    """Inflate a diffusers UNet2DConditionModel (in place) into a VP2P_MODEL."""
+                         group_norm: str = InflationOptions.group_norm,
+                         fingerprints: Optional[tuple[str, tuple[str, ...]]] = None) -> VP2PModel:
+    """Inflate a diffusers UNet2DConditionModel (in place) into a VP2P_MODEL (``fingerprints``: see
+    ``VideoModel.from_unet``)."""
     with torch.inference_mode(False):
         # ComfyUI's SD 1.x/2.x VAE downsamples by 8 (the local blend's dilation is in pixels of the image)
         video = VideoModel.from_unet(unet, prediction_type=prediction_type, latent_scale=latent_scale,
-                                     frame_attention=frame_attention, vae_factor=SD_VAE_FACTOR, group_norm=group_norm)
+                                     frame_attention=frame_attention, vae_factor=SD_VAE_FACTOR, group_norm=group_norm,
+                                     fingerprints=fingerprints)
     return VP2PModel(video=video, patcher=patcher, latent_format=latent_format, info=dict(info or {}))
 
 

@@ -193,3 +193,58 @@ def test_patches_that_are_not_weights_are_named_as_ignored():
     windows = SimpleNamespace(model_options={"transformer_options": {}, "context_handler": object()},
                               object_patches={}, wrappers={})  # ComfyUI's own Context Windows node on the MODEL
     assert ignored_model_patches(windows) == ["context_handler"]
+
+
+def _lora_model(strength: float = 1.0):
+    """A MODEL as ComfyUI holds one with a LoRA-style patch on one weight, nothing patched in place yet."""
+    from collections import namedtuple
+
+    dm = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 4))
+    with torch.no_grad():
+        for i, p in enumerate(dm.parameters()):
+            p.copy_(torch.linspace(-1, 1, p.numel()).reshape(p.shape) * (i + 1))
+    up, down = torch.full((8, 2), 0.1), torch.linspace(-1, 1, 16).reshape(2, 8)
+    model = types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=dm), backup={},
+                                  patches={"diffusion_model.0.weight": [(strength, (up, down), 1.0, None, None)]})
+    return model, up @ down * strength, namedtuple("Dimension", ["weight", "inplace_update"])
+
+
+def test_a_lora_models_fingerprint_is_made_of_its_weights_and_patches_not_the_patched_values():
+    """With weight patches the base fingerprint is taken from the weights before them and the patches: a GPU and a
+    CPU round the patched values their own ways, and a delta or inversion made with a LoRA on one machine must fit
+    the same checkpoint and LoRA on another (it was refused: the fingerprint hashed the patched values)."""
+    from nodes.convert import comfy_weight_fingerprints
+    from vp2p_core.model import base_fingerprint
+
+    model, delta, backup_entry = _lora_model()
+    here = comfy_weight_fingerprints(model, "fp32")
+    assert here is not None and len(here[1]) == 3  # float32: the half-precision aliases as for any model
+    assert comfy_weight_fingerprints(model, "fp16")[1] == ()
+    # another machine applied the patch in place, its float32 arithmetic a few ulps off this one's
+    w = model.model.diffusion_model[0].weight
+    original = w.detach().clone()
+    with torch.no_grad():
+        w.add_(delta * (1 + 3e-7))
+    model.model.diffusion_model[0].comfy_patched_weights = True
+    model.backup["diffusion_model.0.weight"] = backup_entry(original, False)
+    assert comfy_weight_fingerprints(model, "fp32") == here
+    # ... but not the weights as patched (what the fingerprint was before), nor another strength, nor no LoRA
+    assert here[0] != base_fingerprint(model.model.diffusion_model)
+    assert comfy_weight_fingerprints(_lora_model(strength=0.5)[0], "fp32")[0] != here[0]
+    plain, _, _ = _lora_model()
+    plain.patches = {}
+    assert comfy_weight_fingerprints(plain, "fp32") is None  # the weights' own fingerprint names it
+    # patched in place without its original: the patched weights name it, as before (with a warning)
+    del model.backup["diffusion_model.0.weight"]
+    assert comfy_weight_fingerprints(model, "fp32") is None
+
+
+def test_inflate_takes_the_fingerprints_it_is_given():
+    from vp2p_core.model import VideoModel, base_fingerprint
+    from vp2p_world.tiny import tiny_unet
+
+    unet = tiny_unet()
+    own = base_fingerprint(unet)
+    vm = VideoModel.from_unet(tiny_unet(), fingerprints=("0123456789abcdef", ("fedcba9876543210",)))
+    assert vm.base_fingerprint == "0123456789abcdef" != own and vm.base_aliases == ("fedcba9876543210",)
+    assert VideoModel.from_unet(unet).base_fingerprint == own

@@ -41,6 +41,35 @@ def state_fingerprint(named: dict[str, torch.Tensor] | list[tuple[str, torch.Ten
     return h.hexdigest()[:16]
 
 
+def nested_digest(h, obj, depth: int = 0) -> None:
+    """Feed a nest of tensors, numbers, strings, sequences, mappings and plain objects (their attributes) into a
+    hash, tensors as ``tensor_digest`` samples them: what a host's weight patches (a LoRA's tensors and strengths)
+    are, whatever arithmetic applies them."""
+    if depth > 8:
+        raise ValueError("nested_digest: nested more than 8 deep")
+    if isinstance(obj, torch.Tensor):
+        tensor_digest(h, "tensor", obj)
+    elif obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode())
+            nested_digest(h, obj[k], depth + 1)
+        h.update(b"}")
+    elif isinstance(obj, (set, frozenset)):
+        nested_digest(h, sorted(obj, key=repr), depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"(")
+        for v in obj:
+            nested_digest(h, v, depth + 1)
+        h.update(b")")
+    else:  # a class instance (ComfyUI's weight adapters: their tensors and keys) or a function (by name)
+        h.update(f"{type(obj).__module__}.{getattr(obj, '__qualname__', type(obj).__qualname__)}".encode())
+        if hasattr(obj, "__dict__") and not callable(obj):
+            nested_digest(h, {k: v for k, v in vars(obj).items() if not k.startswith("_")}, depth + 1)
+
+
 def combine_fingerprints(*parts: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 

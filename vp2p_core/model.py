@@ -56,6 +56,19 @@ def precision_aliases(unet) -> tuple[str, ...]:
     return tuple(state_fingerprint(named, rounding=rounding) for rounding in PRECISION_ROUNDINGS)
 
 
+def patched_base_fingerprints(unpatched: list[tuple[str, torch.Tensor]], patches: str,
+                              dtype: torch.dtype) -> tuple[str, tuple[str, ...]]:
+    """(base fingerprint, precision aliases) of weights given as the weights before a host's weight patches (a LoRA)
+    and a digest of the patches, held in ``dtype``: what they are made of, not the patched values, which the device
+    that applied the patches rounds its own way (a GPU's float32 against a CPU's, then rounded to half precision), so
+    that a delta or inversion made with a LoRA on one machine fits the same checkpoint and LoRA on another."""
+    def fingerprint(rounding) -> str:
+        return combine_fingerprints("weight patches", state_fingerprint(unpatched, rounding=rounding), patches)
+
+    aliases = tuple(fingerprint((dtype,) + r) for r in PRECISION_ROUNDINGS) if dtype == torch.float32 else ()
+    return fingerprint((dtype,)), aliases
+
+
 @dataclass
 class VideoModel:
     """An inflated UNet and what the stages need to know about it."""
@@ -73,9 +86,12 @@ class VideoModel:
     def from_unet(cls, unet, prediction_type: str = "epsilon", latent_scale: float = SD_LATENT_SCALE,
                   frame_attention: str = InflationOptions.frame_attention,
                   schedule: Optional[DDIMConfig] = None, vae_factor: int = SD_VAE_FACTOR,
-                  group_norm: str = InflationOptions.group_norm) -> "VideoModel":
+                  group_norm: str = InflationOptions.group_norm,
+                  fingerprints: Optional[tuple[str, tuple[str, ...]]] = None) -> "VideoModel":
+        """``fingerprints``: (base fingerprint, precision aliases) where the weights' own would not name them
+        (``patched_base_fingerprints``)."""
         sched = schedule or DDIMConfig(prediction_type=prediction_type)
-        fp, aliases = base_fingerprint(unet), precision_aliases(unet)
+        fp, aliases = fingerprints or (base_fingerprint(unet), precision_aliases(unet))
         inflate_unet(unet, frame_attention=frame_attention, group_norm=group_norm)
         return cls(unet=unet, schedule=sched, latent_scale=latent_scale, base_fingerprint=fp, base_aliases=aliases,
                    vae_factor=int(vae_factor))

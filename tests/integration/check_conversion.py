@@ -46,10 +46,11 @@ def main(comfy_dir, ckpt, repo):
         patched.add_patches({"diffusion_model." + key: (diff,)}, 1.0)
         dkey = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
 
-        weights = []  # the patched weight each read gave
+        weights, fingerprints = [], []  # the patched weight and the fingerprints each read gave
 
         def patch_error():
             unet_p = convert.comfy_model_to_unet(patched, "fp32")[0]
+            fingerprints.append(convert.comfy_weight_fingerprints(patched, "fp32"))
             weights.append(dict(unet_p.named_parameters())[dkey].detach().clone())
             got = weights[-1] - dict(unet.named_parameters())[dkey]
             return float((got - diff).abs().max())
@@ -73,6 +74,11 @@ def main(comfy_dir, ckpt, repo):
         out["patch_diff_error_own_in_place"] = patch_error()  # ours in place now: read as they are
         # patched here or by ComfyUI when it loaded the clone: the same bits (the fingerprint hashes them)
         out["patch_reads_identical"] = all(torch.equal(weights[0], w) for w in weights[1:])
+        # the fingerprint from the weights before the patches and the patches, wherever they were applied; None
+        # without patches; another LoRA, another fingerprint
+        out["patch_fingerprints_same"] = fingerprints[0] is not None and all(f == fingerprints[0] for f in fingerprints)
+        out["plain_fingerprints"] = convert.comfy_weight_fingerprints(model, "fp32")
+        out["other_fingerprint_differs"] = convert.comfy_weight_fingerprints(other, "fp32")[0] != fingerprints[0][0]
         mm.load_models_gpu([model])  # ComfyUI takes the patches back off
         out["model_unchanged_diff_after"] = float(
             (model.model.diffusion_model(x, timesteps=t, context=c) - ref).abs().max())

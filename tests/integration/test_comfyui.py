@@ -705,6 +705,7 @@ def test_conversion_matches_comfyui(comfy):
     assert out["patch_diff_error_other_in_place"] < 1e-6 and out["patch_diff_error_own_in_place"] < 1e-6
     assert not out["patched_loaded_to_read"] and out["model_unchanged_diff_after"] == 0.0
     assert out["plain_diff_other_in_place"] == 0.0 and out["patch_reads_identical"]
+    assert out["patch_fingerprints_same"] and out["plain_fingerprints"] is None and out["other_fingerprint_differs"]
     # ModelSamplingDiscrete's override is the prediction type; zsnr and LCM are refused by name
     assert out["prediction"] == "epsilon" and out["v_override"] == "v_prediction"
     assert "zero terminal SNR" in out["refused_eps"] and "prediction type LCM" in out["refused_lcm"]
