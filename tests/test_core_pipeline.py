@@ -577,6 +577,26 @@ def test_reference_budget_keeps_the_reference_null_embeddings(world):
     torch.testing.assert_close(inv.trajectory[-1], ref_x, rtol=0, atol=1e-5)
 
 
+def test_the_early_stop_bound_rises_over_the_schedule_as_the_references_over_its_50_steps(world, monkeypatch):
+    """The absolute bound is the reference's early_stop + i*2e-5 up to 50 steps; past 50 the same rise is spread
+    over the schedule (at 500 steps it reached 1e-2 and ended every later step before its first iteration)."""
+    import vp2p_core.inversion as inversion_module
+
+    tok, emb, latents, model = world
+    bounds = {}
+    stops = inversion_module._stops
+    monkeypatch.setattr(inversion_module, "_stops", lambda loss, first, bound, ratio: (
+        bounds.setdefault(len(bounds), bound), stops(loss, first, bound, ratio))[1])
+    for steps in (8, 100):
+        bounds.clear()
+        invert(model, latents[:1], emb[:1], emb[2:3], SRC, options=InversionOptions(
+            mode="null_text", steps=steps, inner_steps=1, early_stop=1e-5, early_stop_ratio=0.0))
+        assert len(bounds) == steps
+        rise = 2e-5 * min(1.0, 50 / steps)
+        assert all(abs(b - (1e-5 + i * rise)) < 1e-12 for i, b in bounds.items()), steps
+    assert abs(bounds[99] - (1e-5 + 99e-5)) < 1e-12  # the reference's last bound, 1e-5 + 49 * 2e-5, as near
+
+
 def test_early_stop_ratio_stops_once_the_loss_has_fallen_that_far(world):
     """A step stops at the first loss under ratio x its first loss; the embedding kept is the one that loss was
     measured with, and its guided step (already computed) is the next latent, with no extra forward."""
@@ -757,12 +777,16 @@ def test_decoupled_guidance_gives_the_target_the_empty_prompt_and_the_source_its
     assert torch.allclose(replay.edited[0], replay.source, atol=1e-4)
 
 
-def test_a_trajectory_made_at_another_guidance_is_not_replayed(world, inversion):
+def test_a_trajectory_made_at_another_guidance_is_not_replayed(world, inversion, caplog):
     """The stored source trajectory is the null-text inversion's at its guidance: an edit at another guidance
-    recomputes the source branch (one more forward per step) instead of replaying a path it would not take."""
+    recomputes the source branch (one more forward per step) instead of replaying a path it would not take, and
+    says that its source drifts (the null embeddings reproduce the clip at the inversion's guidance only)."""
     tok, emb, latents, model = world
-    same = sample_edit(model, inversion, _plan(tok, emb))
-    other = sample_edit(model, inversion, _plan(tok, emb), options=SamplerOptions(guidance=5.0))
+    with caplog.at_level("WARNING", logger="vp2p_core.sampling"):
+        same = sample_edit(model, inversion, _plan(tok, emb))
+        assert not caplog.records
+        other = sample_edit(model, inversion, _plan(tok, emb), options=SamplerOptions(guidance=5.0))
+    assert "guidance 7.5, but the sampler's is 5" in caplog.text
     assert same.stats["reused_source_trajectory"] and same.stats["forwards"] == STEPS * 3
     assert not other.stats["reused_source_trajectory"] and other.stats["forwards"] == STEPS * 4
     assert (other.source - inversion.trajectory[-1]).abs().max() > 1e-2

@@ -4,7 +4,8 @@ Modes:
 - ``null_text``: the reference's loop. Per step, Adam on the embedding, lr ``lr_scale`` * 1e-2*(1-i/100) (the
   reference's 50 steps; past 50 steps the decay stretches over them, 1-i/(2*steps), where the reference's rate
   would reach 0 at step 100 and turn negative), up to ``inner_steps`` iterations, stop when the loss <
-  early_stop + i*2e-5 or (``early_stop_ratio`` > 0) below that fraction of the step's first loss; the result
+  early_stop + i*2e-5 (past 50 steps i*2e-5*50/steps: the reference's bound over the schedule) or
+  (``early_stop_ratio`` > 0) below that fraction of the step's first loss; the result
   seeds the next step. The reference's budget is lr_scale 1, 10 iterations, ratio 0: on the small-world model its
   stop never fires and its small steps leave the loss high.
   The defaults (10, 4, 0.8) take larger steps and stop before they overshoot: on five clips they reconstruct
@@ -298,7 +299,10 @@ def null_text_optimisation(model: VideoModel, ddim: list[torch.Tensor], cond: to
                        else whole_clip(f))
             e = e.detach().clone().requires_grad_(True)  # a new tensor: Adam steps it in place
             opt = torch.optim.Adam([e], lr=lr_scale * 1e-2 * (1.0 - i / max(100.0, 2.0 * T)))
-            bound = early_stop + i * 2e-5
+            # the reference's bound over its 50 steps; past 50 it stretches over them as the rate's decay does
+            # (at 500 steps it would reach 1e-2, ten times the reference's last bound, on losses that shrink with the
+            # step size: the stop would end every later step before its first iteration)
+            bound = early_stop + i * 2e-5 * min(1.0, 50.0 / T)
             if is_whole_clip(windows, f):
                 rec, j, loss_v, b = _null_step_whole(model, schedule, x, t, cond, e, target, guidance, inner_steps,
                                                      bound, ratio, opt, host.interrupt)

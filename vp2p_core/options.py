@@ -222,9 +222,10 @@ CHECKPOINTING = ("auto", "on", "off")
 class InversionOptions(Options):
     """DDIM inversion and null-text optimisation (Mokady et al.; the Video-P2P reference's settings)."""
 
-    steps: int = option("int", 50, "DDIM steps; the sampler uses the same number. At most 500: with SD's 1000 "
-                        "training timesteps and its leading spacing, more steps would stop short of the last "
-                        "timestep.", min=1, max=500)
+    steps: int = option("int", 50, "DDIM steps; the sampler uses the same number. With SD's 1000 training "
+                        "timesteps and its leading spacing the first timestep is 1000 // steps * (steps - 1) + 1: "
+                        "981 at 50 steps, 951 at 20, 999 at 500, but 799 at 400 (1000 // 400 rounds down to 2); more "
+                        "than 500 would start at the step count itself.", min=1, max=500)
     guidance: float = option("float", 7.5, "Classifier-free guidance the null-text optimisation reproduces; use "
                               "the sampler's.", **GUIDANCE)
     mode: str = option(
@@ -234,7 +235,8 @@ class InversionOptions(Options):
     inner_steps: int = option("int", 4, "Null-text: at most this many Adam steps per DDIM step (reference 10).",
                               min=1, max=100)
     early_stop: float = option("float", 1e-5, "Null-text: stop a step's optimisation once the loss is below this "
-                                "(+2e-5 per step).", min=0.0, max=1.0, step=1e-6, round=1e-8)
+                                "(+2e-5 per step; past 50 steps the same rise spread over them).", min=0.0, max=1.0, step=1e-6,
+                                round=1e-8)
     early_stop_ratio: float = option(
         "float", 0.8, "Null-text: also stop a step's optimisation once its loss is below this fraction of the loss the "
         "step started from (the previous step's embedding on this step's latent), before a large step overshoots; "

@@ -24,6 +24,7 @@ add one unconditional, frame-independent evaluation per target and step.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -38,6 +39,8 @@ from .inflation import cross_attention_layers, frame_state, video_forward
 from .inversion import Inversion
 from .model import VideoModel
 from .options import SamplerOptions
+
+log = logging.getLogger(__name__)
 from .schedule import DDIMSchedule
 from .structure import StructureGuidance
 
@@ -174,8 +177,12 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
     mode = inversion.mode
     src_needs_uncond = mode == "null_text"
     trajectory = None
-    if (mode == "null_text" and options.reuse_source_trajectory and inversion.trajectory is not None
-            and abs(guidance - inversion.guidance) < 1e-9):
+    if mode == "null_text" and abs(guidance - inversion.guidance) >= 1e-9:
+        log.warning("Video-P2P: the inversion's null embeddings reproduce the clip at guidance %g, but the sampler's "
+                    "is %g: the source branch drifts from the clip, and local blend and self-attention injection "
+                    "carry the drift into the edit; sample at %g, or invert at %g", inversion.guidance, guidance,
+                    inversion.guidance, guidance)
+    elif mode == "null_text" and options.reuse_source_trajectory and inversion.trajectory is not None:
         trajectory = inversion.trajectory
         src_needs_uncond = False
     src_emb = inversion.source_embedding.to(dev, dtype)

@@ -28,7 +28,8 @@ class DDIMConfig:
 
     @property
     def max_steps(self) -> int:
-        """The most DDIM steps that reach the last timestep: with leading spacing, more give a step ratio of 1."""
+        """The most DDIM steps leading spacing allows before its step ratio is 1 and the first timestep is the step
+        count itself. Fewer steps start at (1000 // steps) * (steps - 1) + 1 (981 at 50, 799 at 400)."""
         return self.num_train_timesteps // 2
 
     def to_dict(self) -> dict:
