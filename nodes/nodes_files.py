@@ -103,17 +103,16 @@ class SaveVP2PDelta(SaveResult):
 class LoadVP2PDelta(LoadResult):
     NODE_ID, DISPLAY_NAME, KIND = "LoadVP2PDelta", "Load Tuned Delta (Video-P2P)", "delta"
     DESCRIPTION_TEXT = ("Loads a saved tuned delta onto a video model of the same checkpoint; a delta made for "
-                        "another checkpoint or clip length is refused.")
+                        "another checkpoint, clip length or (given the clip) clip is refused.")
     DEFAULT_FILE = SaveVP2PDelta.DEFAULT_FILE
     MODEL_TOOLTIP = "The untuned video model from InflateUNet (same checkpoint and LoRAs)."
-    LATENT_TOOLTIP = "Optional: the clip, to check the delta was tuned on as many frames."
+    LATENT_TOOLTIP = "Optional: the clip, to check the delta was tuned on it (its frames, and their thumbnail)."
     OUTPUT = VP2PModelIO.Output("tuned_model", display_name="tuned_model", tooltip="The tuned video model.")
 
     @classmethod
     def load(cls, path, vp2p_model: VP2PModel, latent, what: str) -> VP2PModel:
         delta = Delta.load(path)
-        frames = None if latent is None else vp2p_model.latents(latent).shape[0]
-        vp2p_model.check_delta_fits(delta, what, num_frames=frames)
+        vp2p_model.check_delta_fits(delta, what, latents=None if latent is None else vp2p_model.latents(latent))
         return vp2p_model.tuned(delta)
 
 

@@ -1,11 +1,13 @@
 """Null-Text Video Inversion: DDIM inversion and null-text optimisation of the clip (vp2p_core.inversion)."""
 from __future__ import annotations
 
+import logging
+
 import torch
 from comfy_api.latest import io
 
 from vp2p_core import Inversion, InversionOptions, VP2PInputError, invert, trained_weights
-from vp2p_core.inversion import latent_thumbnail
+from vp2p_core.thumbnail import latent_thumbnail
 from vp2p_core.memory import call_rows, working_memory
 
 from . import files
@@ -13,6 +15,8 @@ from .host import make_host
 from .schema import CATEGORY, VP2PInversionIO, VP2PModelIO, cache_input, context_input, source_prompt_input, widgets
 from .text import encode_text
 from .types import VP2PModel, check_context, context_key, schedule_key
+
+log = logging.getLogger(__name__)
 
 
 class NullTextVideoInvert(io.ComfyNode):
@@ -54,7 +58,10 @@ class NullTextVideoInvert(io.ComfyNode):
             vp2p_model.video.check_float32(
                 "vp2p_model", "null-text inversion needs InflateUNet's weight_dtype fp32 (or use mode fast)")
         latents = vp2p_model.latents(latent)
-        vp2p_model.check_frames(latents.shape[0], "latent")
+        vp2p_model.check_clip(latents, "latent")
+        if vp2p_model.delta is not None and vp2p_model.delta.prompt.strip() != source_prompt.strip():
+            log.warning("Video-P2P: source_prompt %r is not the prompt the model was tuned with (%r): the inversion "
+                        "reconstructs the clip less well under another prompt", source_prompt, vp2p_model.delta.prompt)
         src = encode_text(clip, source_prompt, "source_prompt")
         empty = encode_text(clip, "", "empty prompt")
         vp2p_model.video.check_text(src, "clip")

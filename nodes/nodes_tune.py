@@ -8,6 +8,7 @@ from comfy_api.latest import io
 
 from vp2p_core import Delta, TuneOptions, VP2PInputError, one_shot_tune, trainable_parameter_names, trained_weights
 from vp2p_core.memory import call_rows, working_memory
+from vp2p_core.thumbnail import latent_thumbnail
 from vp2p_core.tuning import AUTOCAST
 
 from . import files
@@ -78,6 +79,11 @@ class OneShotTune(io.ComfyNode):
             vp2p_model.check_delta_fits(delta, f"cached delta {path.name}")
             if not delta.base_aliases and delta.base_fingerprint == vp2p_model.video.base_fingerprint:
                 delta.base_aliases = vp2p_model.video.base_aliases  # cached before deltas recorded them
+            # cached before deltas kept their clip's thumbnail and prediction type: the key holds these very latents
+            # and this schedule
+            if delta.source_thumbnail is None:
+                delta.source_thumbnail = latent_thumbnail(latents)
+            delta.prediction_type = delta.prediction_type or vp2p_model.video.schedule.prediction_type
             return delta
 
         def compute() -> Delta:

@@ -97,14 +97,21 @@ class VP2PModel:
     def tuned_frames(self) -> Optional[int]:
         return None if self.delta is None else self.delta.num_frames
 
-    def check_delta_fits(self, delta: Delta, what: str, num_frames: Optional[int] = None) -> None:
-        """Refuse a delta made for another checkpoint or clip length, or whose tensors the model lacks."""
-        check_delta(self.video, delta, what, num_frames=num_frames)
+    def check_delta_fits(self, delta: Delta, what: str, num_frames: Optional[int] = None,
+                         latents: Optional[torch.Tensor] = None) -> None:
+        """Refuse a delta made for another checkpoint, prediction type, clip length or (given the clip's scaled
+        ``latents``) clip, or whose tensors the model lacks."""
+        check_delta(self.video, delta, what, num_frames=num_frames, latents=latents)
 
     def check_frames(self, frames: int, what: str) -> None:
         """Refuse a clip of another length than the one this model was tuned on."""
         if self.delta is not None:
             self.check_delta_fits(self.delta, what, num_frames=frames)
+
+    def check_clip(self, latents: torch.Tensor, what: str) -> None:
+        """Refuse a clip (scaled latents [F,C,h,w]) other than the one this model was tuned on."""
+        if self.delta is not None:
+            self.check_delta_fits(self.delta, what, latents=latents)
 
     def latents(self, latent, what: str = "latent", uses_noise_mask: bool = False) -> torch.Tensor:
         """ComfyUI LATENT (unscaled VAE output) -> the scaled [F, C, h, w] float32 latents the core works on.

@@ -420,8 +420,9 @@ def test_delta_and_inversion_round_trip_bit_for_bit(world, inversion, tmp_path):
     back = Delta.load(tmp_path / "d.safetensors")
     assert back.tensors.keys() == delta.tensors.keys()
     assert all(torch.equal(back.tensors[k], delta.tensors[k]) for k in delta.tensors)
-    assert (back.base_fingerprint, back.num_frames, back.prompt, back.steps, back.losses) == \
-        (delta.base_fingerprint, FRAMES, SRC, 1, delta.losses)
+    assert (back.base_fingerprint, back.num_frames, back.prompt, back.steps, back.losses, back.prediction_type) == \
+        (delta.base_fingerprint, FRAMES, SRC, 1, delta.losses, "epsilon")
+    assert torch.equal(back.source_thumbnail, latent_thumbnail(latents)) and back.fingerprint == delta.fingerprint
     inversion.save(tmp_path / "i.safetensors")
     inv = Inversion.load(tmp_path / "i.safetensors")
     for name in ("x_T", "source_embedding", "timesteps", "null_embeddings", "trajectory", "source_thumbnail"):
@@ -449,6 +450,34 @@ def test_files_for_another_model_or_clip_are_refused(world, inversion, tmp_path)
         Delta.load(tmp_path / "i.safetensors")
     with pytest.raises(VP2PInputError, match="safetensors"):
         Delta.load(tmp_path / "i.pt")
+
+
+def test_a_delta_refuses_another_clip_of_the_same_size_and_another_prediction_type(world, tmp_path):
+    """A delta keeps its clip's thumbnail and prediction type: the same clip re-encoded passes, another clip of the
+    same length and size is refused (the frame count alone let a model tuned on one clip invert another), so is the
+    model read with another prediction type; a file saved before either checks as it did."""
+    import dataclasses
+
+    from vp2p_core.tuning import check_delta
+
+    tok, emb, latents, model = world
+    fresh = VideoModel.from_unet(tiny_unet())
+    delta = one_shot_tune(fresh, latents, emb[:1], SRC, options=TuneOptions(steps=1))
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(2))
+    check_delta(fresh, delta, latents=latents + 0.01 * noise)  # the same clip re-encoded
+    other = torch.randn(latents.shape, generator=torch.Generator().manual_seed(12)) * 0.8
+    with pytest.raises(VP2PInputError, match="^latent: tuned on another clip: frame"):
+        check_delta(fresh, delta, "latent", latents=other)
+    with pytest.raises(VP2PInputError, match="tuned on 3 frames, but the clip has 2"):
+        check_delta(fresh, delta, latents=latents[:2])
+    v = VideoModel.from_unet(tiny_unet(), prediction_type="v_prediction")
+    with pytest.raises(VP2PInputError, match="tuned with the model read as epsilon, but this model predicts v_pred"):
+        check_delta(v, delta)
+    old = dataclasses.replace(delta, source_thumbnail=None, prediction_type="")
+    old.save(tmp_path / "old.safetensors")
+    back = Delta.load(tmp_path / "old.safetensors")
+    assert back.source_thumbnail is None and back.prediction_type == ""
+    check_delta(v, back, latents=other)  # saved before: its frame count is all it can be checked by
 
 
 def test_inversion_refuses_another_clip_of_the_same_size(world, inversion, tmp_path):

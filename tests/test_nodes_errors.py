@@ -192,6 +192,21 @@ def test_delta_for_another_clip_length_refused(setup):
         run(LoadVP2PDelta, vp2p_model=setup["model"], filename="clip.delta", latent=make_latent(frames=5))
 
 
+def test_a_model_tuned_on_one_clip_refuses_another_of_the_same_size(setup, caplog):
+    """The frame count alone let a model tuned on one clip invert another; the delta's thumbnail of its clip now
+    refuses it, in NullTextVideoInvert and in LoadVP2PDelta given the clip, by the input's name."""
+    with pytest.raises(VP2PInputError, match="^latent: tuned on another clip: frame"):
+        invert(setup["tuned"], make_latent(seed=4), setup["clip"], steps=2, mode="fast", cache_dir="")
+    with pytest.raises(VP2PInputError, match="clip.delta.*: tuned on another clip"):
+        run(LoadVP2PDelta, vp2p_model=setup["model"], filename="clip.delta", latent=make_latent(seed=4))
+    assert run(LoadVP2PDelta, vp2p_model=setup["model"], filename="clip.delta",
+               latent=setup["latent"])[0].delta.source_thumbnail is not None
+    with caplog.at_level("WARNING", logger="nodes.nodes_invert"):  # another prompt than the tuning's: said
+        run(NullTextVideoInvert, vp2p_model=setup["tuned"], latent=setup["latent"], clip=setup["clip"], steps=2,
+            mode="fast", cache_dir="", source_prompt="a red cube on grass")
+    assert "is not the prompt the model was tuned with" in caplog.text
+
+
 def test_inversion_for_another_model_refused(setup):
     with pytest.raises(VP2PInputError, match="made with the model"):
         run(LoadVP2PInversion, vp2p_model=setup["model"], filename="clip.inversion")  # untuned: another fingerprint

@@ -100,3 +100,12 @@ def test_world_defaults_and_flags_are_the_fields():
     assert world_options(TuneOptions).steps == WORLD_DEFAULTS[TuneOptions]["steps"] != TuneOptions().steps
     with pytest.raises(VP2PInputError, match="^--tune-steps: expected a value in"):
         options_from_args(p.parse_args(["--tune-steps", "-3"]), TuneOptions, prefix="tune-")
+
+
+def test_null_text_caches_past_50_steps_are_keyed_by_their_schedule_of_rate_and_stop():
+    """Past 50 steps the rate's decay and the early stop's bound changed (spread over the schedule), so inversions
+    cached before are not reused there; up to 50 steps, where neither changed, the key is as it was."""
+    long_key = InversionOptions(steps=60).cache_key()
+    assert long_key["lr_decay"] == "1 - i / (2 * steps)" and "50 / steps" in long_key["stop_bound"]
+    assert not {"lr_decay", "stop_bound"} & set(InversionOptions(steps=50).cache_key())
+    assert not {"lr_decay", "stop_bound"} & set(InversionOptions(steps=60, mode="fast").cache_key())

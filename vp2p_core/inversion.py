@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -37,27 +36,10 @@ from .memory import call_rows, checkpoint_null_text
 from .model import VideoModel
 from .options import INVERSION_MODES, InversionOptions
 from .schedule import DDIMConfig, DDIMSchedule
+from .thumbnail import check_same_clip, check_thumbnail, latent_thumbnail
 from .tuning import make_trainable_copyable
 
 log = logging.getLogger(__name__)
-
-# How far (RMS, as a share of the frame's own) any frame of the latents handed back with an inversion may stray from
-# the clip's it was made from before they count as another clip. Measured on the small world's clips (16x16 latents,
-# so their thumbnails below are the latents themselves): the same frames through 8 bits, a bf16 VAE, noise of 2/255
-# or a 2% change of light stay within 0.028 on every frame; two clips of one scene (the same triangle with and
-# without a light drift) are 0.30 apart on their closest frame; the same clip one frame later, 0.20-1.10 on its
-# worst frame (ten of the suite's clips).
-SAME_CLIP_TOLERANCE = 0.1
-THUMBNAIL_SIZE = 16
-
-
-def latent_thumbnail(latents: torch.Tensor, size: Optional[tuple[int, int]] = None) -> torch.Tensor:
-    """The clip's latents [F,C,h,w] averaged down to ``size`` (default at most 16x16) per frame, in float32 on the
-    CPU: enough to tell one clip from another, small enough to keep with every inversion (32 KB for 8 frames)."""
-    if size is None:
-        size = (min(THUMBNAIL_SIZE, latents.shape[-2]), min(THUMBNAIL_SIZE, latents.shape[-1]))
-    return F.adaptive_avg_pool2d(latents.detach().float().cpu(), size)
-
 
 @dataclass
 class Inversion:
@@ -116,12 +98,7 @@ class Inversion:
             found = "none" if nulls is None else f"{nulls.shape[0]}"
             raise VP2PInputError(f"{what}: {str(path)!r} is a null-text inversion of {t['timesteps'].shape[0]} steps "
                                  f"with {found} null embeddings; expected one per step, as SaveVP2PInversion writes")
-        thumbnail = t.get("source_thumbnail")
-        if thumbnail is not None and (thumbnail.dim() != 4 or tuple(thumbnail.shape[:2]) != tuple(t["x_T"].shape[:2])
-                                      or not bool(torch.isfinite(thumbnail).all())):
-            raise VP2PInputError(f"{what}: {str(path)!r} holds a source_thumbnail of shape {tuple(thumbnail.shape)} "
-                                 f"(or not finite); expected finite values [frames, channels, h, w] of its x_T's "
-                                 f"{tuple(t['x_T'].shape[:2])}, as SaveVP2PInversion writes")
+        check_thumbnail(t.get("source_thumbnail"), tuple(t["x_T"].shape[:2]), what, path, "SaveVP2PInversion")
         if meta["mode"] not in INVERSION_MODES:
             raise VP2PInputError(f"{what}: {str(path)!r} records the inversion mode {meta['mode']!r}; expected one of "
                                  f"{', '.join(INVERSION_MODES)}")
@@ -156,20 +133,10 @@ class Inversion:
         if tuple(latents.shape[1:]) != tuple(self.x_T.shape[1:]):
             raise VP2PInputError(f"{what}: made from latents of {tuple(self.x_T.shape[1:])}, but the latent is "
                                  f"{tuple(latents.shape[1:])} (another frame size)")
-        if self.source_thumbnail is None:
-            return
-        stored = self.source_thumbnail.float().cpu()
-        apart = (latent_thumbnail(latents, size=tuple(stored.shape[-2:])) - stored).pow(2).mean(dim=(1, 2, 3)).sqrt()
-        # each frame against its own RMS, but never less than half the clip's (a near-black frame)
-        scale = stored.pow(2).mean(dim=(1, 2, 3)).sqrt().clamp_min(0.5 * float(stored.pow(2).mean().sqrt()))
-        ratio = (apart / scale.clamp_min(1e-6)).nan_to_num(nan=math.inf)  # a NaN latent is another clip too
-        worst = int(ratio.argmax())
-        if float(ratio[worst]) > SAME_CLIP_TOLERANCE:
-            raise VP2PInputError(
-                f"{what}: made from another clip: frame {worst} of the latent differs from the inverted clip's by "
-                f"{float(ratio[worst]):.0%} (RMS of their thumbnails; a re-encode or a slight change of light stays "
-                f"within {SAME_CLIP_TOLERANCE:.0%}); pass the clip the inversion was made from, with its light "
-                "normalised as it was then (Normalise Light, normalise_light), or invert this clip")
+        if self.source_thumbnail is not None:
+            check_same_clip(self.source_thumbnail, latents, what, made="made from", whose="the inverted clip's",
+                            remedy="pass the clip the inversion was made from, with its light normalised as it was "
+                                   "then (Normalise Light, normalise_light), or invert this clip")
 
 
 def _eps(model: VideoModel, schedule: DDIMSchedule, x, t, text, f):

@@ -264,8 +264,10 @@ class InversionOptions(Options):
         if self.mode != "null_text":
             for name in ("inner_steps", "early_stop", "early_stop_ratio", "lr_scale", "guidance"):
                 key.pop(name)
-        elif self.steps > 50:  # the rate's decay over more steps changed (it turned negative past step 100)
+        elif self.steps > 50:  # the rate's decay over more steps changed (it turned negative past step 100), and
+            # then the early stop's bound (it rose to 1e-2 at 500 steps)
             key["lr_decay"] = "1 - i / (2 * steps)"
+            key["stop_bound"] = "early_stop + i * 2e-5 * 50 / steps"
         return key
 
 

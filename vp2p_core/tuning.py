@@ -23,10 +23,12 @@ from .inflation import set_gradient_checkpointing, trainable_parameter_names, vi
 from .model import VideoModel
 from .options import TuneOptions
 from .schedule import DDIMSchedule
+from .thumbnail import check_same_clip, check_thumbnail, latent_thumbnail
 
 log = logging.getLogger(__name__)
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # keyed by TuneOptions.precision
+THUMBNAIL_KEY = "vp2p.source_thumbnail"  # beside the parameters in a delta file (no UNet parameter starts so)
 
 
 @dataclass
@@ -43,6 +45,9 @@ class Delta:
     base_aliases: tuple[str, ...] = ()  # VideoModel.base_aliases of the model it was tuned on
     # the InflationOptions its temporal layers were trained under (frame_attention, group_norm); {}: saved before
     inflation: dict = field(default_factory=dict)
+    # [F,C,<=16,<=16]: latent_thumbnail of the clip it was tuned on (None: saved before deltas kept one)
+    source_thumbnail: Optional[torch.Tensor] = None
+    prediction_type: str = ""  # the schedule's it was tuned under, as the loss target ("": saved before)
 
     @property
     def fingerprint(self) -> str:
@@ -52,7 +57,10 @@ class Delta:
         meta = {"vp2p_kind": "delta", "base_fingerprint": self.base_fingerprint, "num_frames": str(self.num_frames),
                 "prompt": self.prompt, "steps": str(self.steps), "config": self.config, "losses": self.losses,
                 "base_aliases": list(self.base_aliases), "inflation": self.inflation}
-        atomic_save(self.tensors, path, meta)
+        if self.prediction_type:
+            meta["prediction_type"] = self.prediction_type
+        extra = {} if self.source_thumbnail is None else {THUMBNAIL_KEY: self.source_thumbnail}
+        atomic_save({**self.tensors, **extra}, path, meta)
 
     @classmethod
     def load(cls, path, what: str = "filename") -> "Delta":
@@ -71,9 +79,15 @@ class Delta:
                 not all(isinstance(v, str) for v in inflation.values()):
             raise VP2PInputError(f"{what}: {str(path)!r} records an inflation of {inflation!r}; expected its "
                                  "frame_attention and group_norm, as SaveVP2PDelta writes")
+        thumbnail = tensors.pop(THUMBNAIL_KEY, None)
+        check_thumbnail(thumbnail, (num_frames,), what, path, "SaveVP2PDelta")
+        prediction = meta.get("prediction_type", "")
+        if prediction not in ("", "epsilon", "v_prediction"):
+            raise VP2PInputError(f"{what}: {str(path)!r} records the prediction type {prediction!r}; expected "
+                                 "epsilon or v_prediction, as SaveVP2PDelta writes")
         return cls(tensors=tensors, base_fingerprint=meta["base_fingerprint"], num_frames=num_frames,
                    prompt=meta["prompt"], steps=steps, config=config, losses=losses, base_aliases=aliases,
-                   inflation=inflation)
+                   inflation=inflation, source_thumbnail=thumbnail, prediction_type=prediction)
 
 
 def make_trainable_copyable(module: torch.nn.Module) -> None:
@@ -88,9 +102,13 @@ def make_trainable_copyable(module: torch.nn.Module) -> None:
                     m._buffers[name] = b.clone()
 
 
-def check_delta(model: VideoModel, delta: Delta, what: str = "delta", num_frames: Optional[int] = None) -> None:
-    """Refuse a delta made for another checkpoint (or LoRA), for another clip length, or whose tensors the
-    model lacks; ``what`` names the input in the error."""
+def check_delta(model: VideoModel, delta: Delta, what: str = "delta", num_frames: Optional[int] = None,
+                latents: Optional[torch.Tensor] = None) -> None:
+    """Refuse a delta made for another checkpoint (or LoRA) or prediction type, for another clip length, or (given
+    the clip's scaled ``latents`` [F,C,h,w], and where the delta keeps its clip's thumbnail) another clip, or whose
+    tensors the model lacks; ``what`` names the input in the error."""
+    if latents is not None:
+        num_frames = latents.shape[0]
     if not {delta.base_fingerprint, *delta.base_aliases} & {model.base_fingerprint, *model.base_aliases}:
         raise VP2PInputError(
             f"{what}: made for the model with fingerprint {delta.base_fingerprint}, but this model is "
@@ -99,6 +117,17 @@ def check_delta(model: VideoModel, delta: Delta, what: str = "delta", num_frames
     if num_frames is not None and num_frames != delta.num_frames:
         raise VP2PInputError(f"{what}: tuned on {delta.num_frames} frames, but the clip has {num_frames} frames; "
                              "tune on this clip, or use the clip it was tuned on")
+    if delta.prediction_type and delta.prediction_type != model.schedule.prediction_type:
+        raise VP2PInputError(f"{what}: tuned with the model read as {delta.prediction_type}, but this model predicts "
+                             f"{model.schedule.prediction_type} (ModelSamplingDiscrete); load it as it was tuned, or "
+                             "tune again")
+    if latents is not None and delta.source_thumbnail is not None:
+        if tuple(latents.shape[1:2]) != tuple(delta.source_thumbnail.shape[1:2]):
+            raise VP2PInputError(f"{what}: tuned on latents of {delta.source_thumbnail.shape[1]} channels, but the "
+                                 f"latent has {latents.shape[1]}")
+        check_same_clip(delta.source_thumbnail, latents, what, made="tuned on", whose="the tuned clip's",
+                        remedy="pass the clip the delta was tuned on, with its light normalised as it was then "
+                               "(Normalise Light, normalise_light), or tune on this clip")
     for name, tuned_with in delta.inflation.items():  # its temporal layers learnt what these frames see
         now = getattr(model, name)
         if tuned_with != now:
@@ -230,7 +259,8 @@ def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, 
     delta = Delta(tensors={n: params[n].detach().cpu().clone() for n in names},
                   base_fingerprint=model.base_fingerprint, num_frames=f, prompt=prompt, steps=options.steps,
                   config=options.cache_key(), losses=losses, base_aliases=model.base_aliases,
-                  inflation={"frame_attention": model.frame_attention, "group_norm": model.group_norm})
+                  inflation={"frame_attention": model.frame_attention, "group_norm": model.group_norm},
+                  source_thumbnail=latent_thumbnail(latents), prediction_type=model.schedule.prediction_type)
     if context is not None and not is_whole_clip(context.windows(f, frame_attention=model.frame_attention), f):
         delta.config["context"] = context.options.cache_key()
     model.delta_fingerprint = delta.fingerprint
