@@ -82,7 +82,8 @@ class AttentionMaps(io.ComfyNode):
                 io.Mask.Output("blend_mask", display_name="blend_mask",
                                tooltip="Where the edit is, per output frame: the last local-blend mask, "
                                                      "or for a shape swap the old and new objects' outlines, within "
-                                                     "the sampler's noise_mask region (all zero with neither)."),
+                                                     "the sampler's noise_mask region (all one with neither: the "
+                                                     "whole frame was edited, as Blend Mask gives it)."),
             ],
         )
 
@@ -94,5 +95,8 @@ class AttentionMaps(io.ComfyNode):
         grid = maps.attention_grid(attention_maps.maps, attention_maps.token_labels, frame=options.frame,
                                    cell=options.cell_size)
         mask = attention_maps.blend_mask
-        masks = maps.mask_images(mask) if mask is not None else torch.zeros(1, 64, 64)
+        if mask is None and attention_maps.edit_shape is not None:  # no local blend: every pixel was edited
+            n, f, h, w = attention_maps.edit_shape
+            mask = torch.ones(n, f, 1, h, w)
+        masks = maps.mask_images(mask) if mask is not None else torch.ones(1, 64, 64)  # maps made before the shape
         return io.NodeOutput(grid, masks)

@@ -92,6 +92,7 @@ class VideoP2PSampler(io.ComfyNode):
                               host=make_host(vp2p_model, extra=extra, memory_required=memory),
                               structure=guide, context=context, region=region)
         maps = VP2PMaps(maps=res.attention_maps, prompts=edit.prompts, token_labels=edit.token_labels,
-                        blend_mask=res.blend_mask, blend_outline=res.blend_outline)
+                        blend_mask=res.blend_mask, blend_outline=res.blend_outline,
+                        edit_shape=tuple(res.edited.shape[:2]) + tuple(res.edited.shape[-2:]))
         return io.NodeOutput(vp2p_model.comfy_latent(res.edited.flatten(0, 1)), vp2p_model.comfy_latent(res.source),
                              maps)

@@ -177,6 +177,8 @@ class VP2PMaps:
     token_labels: list[list[str]]
     blend_mask: Optional[torch.Tensor] = None  # [n, F, 1, h, w] where the edit is (EditResult.blend_mask), latent size
     blend_outline: bool = False  # EditResult.blend_outline: the mask is the region the sampler blended in
+    # (targets, frames, latent h, latent w) of the edit: the size of an all-edited mask where there is no blend mask
+    edit_shape: Optional[tuple[int, int, int, int]] = None
 
 
 @dataclass(eq=False)

@@ -435,6 +435,15 @@ def comfyui_image_composite_masked():
     return namespace["ImageCompositeMasked"]()
 
 
+def test_without_local_blend_the_blend_mask_output_is_the_whole_frame(chain):
+    """No blend words and no noise_mask: the whole frame was edited, so AttentionMaps' blend_mask is all one at
+    frame size per output frame, as Blend Mask gives it (it was one 64x64 frame of zeros: "nothing edited")."""
+    _, _, maps = sample(chain.tuned, chain.inv, edit(chain.clip, SRC, TGT))
+    assert maps.blend_mask is None
+    mask = run(AttentionMaps, attention_maps=maps, frame=-1, cell_size=32)[1]
+    assert tuple(mask.shape) == (FRAMES, 128, 128) and bool(mask.eq(1).all())
+
+
 def test_a_noise_mask_is_the_samplers_edit_region(chain, caplog):
     """Set Latent Noise Mask's noise_mask on the sampler's latent confines the edit: outside it the edited LATENT is
     the source's, bit for bit, and the blend_mask output is the region. The inversion node ignores it, saying so."""
