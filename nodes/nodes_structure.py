@@ -48,6 +48,21 @@ class StructureGuidanceNode(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, diffusers_controlnet: str = "", **_) -> str:
+        """Re-run when the named diffusers ControlNet folder's files change (its name alone would keep the old
+        weights until an input changed); a connected control_net is ComfyUI's to track. A bad name is reported by
+        execute."""
+        name = (diffusers_controlnet or "").strip()
+        if not name:
+            return ""
+        try:
+            path = controlnet.find_diffusers_controlnet(name)
+        except VP2PInputError as e:
+            return f"missing:{e}"
+        stats = [(f.name, f.stat()) for f in sorted(path.iterdir()) if f.is_file()]
+        return ";".join(f"{name}:{st.st_mtime_ns}:{st.st_size}" for name, st in stats)
+
+    @classmethod
     def execute(cls, structure, control_net=None, diffusers_controlnet: str = "", **widget_values) -> io.NodeOutput:
         options = StructureOptions.from_values(widget_values)
         name = (diffusers_controlnet or "").strip()

@@ -74,6 +74,24 @@ def structure(setup, images=None, blur=0.0, strength=1.0, start=0.0, end=1.0, **
 # ---------------------------------------------------------------------------------------------------------
 # definitions
 
+def test_structure_guidance_reruns_when_its_diffusers_controlnet_folder_changes(setup):
+    """ComfyUI re-runs a node whose fingerprint_inputs changes: new weights under the same folder name count, a
+    connected control_net is left to ComfyUI (a constant), a bad name to execute's error."""
+    import os
+
+    before = StructureGuidanceNode.fingerprint_inputs(diffusers_controlnet=CN)
+    assert before and before == StructureGuidanceNode.fingerprint_inputs(diffusers_controlnet=f" {CN} ")
+    weights = next((setup.base / "models" / "controlnet" / CN).glob("*.safetensors"))
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    try:
+        assert StructureGuidanceNode.fingerprint_inputs(diffusers_controlnet=CN) != before
+    finally:
+        os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert StructureGuidanceNode.fingerprint_inputs(diffusers_controlnet="") == ""
+    assert StructureGuidanceNode.fingerprint_inputs(diffusers_controlnet="missing").startswith("missing:")
+
+
 def test_definitions():
     assert NODE_MAP["StructureGuidance"] is StructureGuidanceNode
     spec = VideoP2PSampler.INPUT_TYPES()
