@@ -126,6 +126,32 @@ def test_one_window_covering_the_clip_is_bit_identical_in_every_stage(world):
     assert da.losses == db.losses and all(torch.equal(da.tensors[k], db.tensors[k]) for k in da.tensors)
 
 
+def test_the_sampler_says_when_its_windows_are_not_the_inversions(world, caplog):
+    """An inversion records the windows it was made through ("": the whole clip); a sampler run through other
+    windows, or on the whole clip at once, says so (a saved long inversion re-edited without its Context Windows
+    node runs every frame at once); the same windows, or a window that covers the clip, say nothing."""
+    tok, emb, model = world
+    latents = torch.randn(6, 4, 16, 16, generator=torch.Generator().manual_seed(5)) * 0.8
+    opts = InversionOptions(mode="fast", steps=2)
+    windowed = invert(model, latents, emb[:1], emb[2:3], SRC, options=opts, context=windows(4, 2))
+    whole = invert(model, latents, emb[:1], emb[2:3], SRC, options=opts, context=windows(6, 2))
+    assert windowed.stats["windows"] and whole.stats["windows"] == ""
+    plan = _plan(tok, emb)
+    with caplog.at_level("WARNING", logger="vp2p_core.sampling"):
+        sample_edit(model, windowed, plan, context=windows(4, 2))
+        sample_edit(model, whole, plan)
+        assert not caplog.records
+        sample_edit(model, windowed, plan)
+        assert "made through context windows, the sampler runs on the whole clip at once" in caplog.text
+        assert "needs the memory the windows spared" in caplog.text
+        caplog.clear()
+        sample_edit(model, windowed, plan, context=windows(5, 2))
+        assert "runs through other context windows" in caplog.text
+        caplog.clear()
+        sample_edit(model, whole, plan, context=windows(4, 2))
+        assert "made on the whole clip at once, the sampler runs through context windows" in caplog.text
+
+
 def test_windowed_null_text_loss_gives_the_whole_clips_gradient_when_frames_do_not_interact(world, monkeypatch):
     """With each frame on its own (no temporal attention, no shared frame, per-frame GroupNorm), the windows'
     losses sum to the clip's MSE and their gradients to the clip's gradient; so do the whole optimisations."""

@@ -22,6 +22,7 @@ reorders the rows). With ``first_prev`` a window's first frame also gets its pre
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -176,6 +177,19 @@ class ContextWindows:
             raise VP2PInputError(f"context windows: frames {missing[:8]} of {num_frames} are in no window "
                                  f"(context_length {o.context_length}, context_overlap {o.context_overlap})")
         return out
+
+
+def windows_signature(context: Optional[ContextWindows], num_frames: int, steps: int,
+                      frame_attention: str = InflationOptions.frame_attention) -> str:
+    """A digest of the windows each of a stage's ``steps`` sees ("" where every step sees the whole clip): what an
+    inversion records, so that a sampler under other windows can say so."""
+    if context is None:
+        return ""
+    per_step = [context.windows(num_frames, step=i, frame_attention=frame_attention) for i in range(steps)]
+    if all(is_whole_clip(ws, num_frames) for ws in per_step):
+        return ""
+    text = repr([[(w.frames, w.weights) for w in ws] for ws in per_step])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def with_previous_rows(frames: list[int], weights: list[float]) -> tuple[list[int], list[float]]:

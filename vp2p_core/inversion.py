@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .context import ContextWindows, Window, fuse, is_whole_clip, normalised_weights, whole_clip
+from .context import ContextWindows, Window, fuse, is_whole_clip, normalised_weights, whole_clip, windows_signature
 from .errors import VP2PInputError
 from .files import atomic_save, load_checked, meta_json
 from .host import Host
@@ -209,7 +209,9 @@ def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Ten
         t0 = time.perf_counter()
         ddim = ddim_inversion(model, x0, cond, schedule, host.stage(0, overall), context=context,
                               keep_all=mode == "null_text", keep_on=torch.device("cpu"))
-        stats = {"ddim_forwards": model.evaluations() - evals0, "ddim_seconds": time.perf_counter() - t0}
+        stats = {"ddim_forwards": model.evaluations() - evals0, "ddim_seconds": time.perf_counter() - t0,
+                 # the windows it was made through ("": the whole clip), for the sampler to compare with its own
+                 "windows": windows_signature(context, latents.shape[0], steps, model.frame_attention)}
         inv = Inversion(x_T=ddim[-1].detach().cpu(), source_embedding=cond.detach().cpu(),
                         timesteps=schedule.timesteps.clone(), mode=mode, guidance=float(guidance), prompt=prompt,
                         model_fingerprint=model.fingerprint, model_aliases=model.fingerprints[1:],

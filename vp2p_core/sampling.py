@@ -31,7 +31,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .context import ContextWindows, Window, fuse, whole_clip
+from .context import ContextWindows, Window, fuse, whole_clip, windows_signature
 from .control import AttentionController, EditPlan, blend_layer_names, fraction_pair
 from .errors import VP2PInputError
 from .host import Host
@@ -166,6 +166,15 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
         raise VP2PInputError(f"latents: {num_frames} frames, but the inversion was made from {f}")
     if context is not None:
         context.check_clip(f, steps=inversion.num_steps)
+    made = inversion.stats.get("windows")  # None: saved before inversions recorded their windows
+    now = windows_signature(context, f, inversion.num_steps, model.frame_attention)
+    if made is not None and made != now:
+        log.warning("Video-P2P: the inversion was made %s, the sampler runs %s: give the sampler the context windows "
+                    "the inversion was made with (its null embeddings and source path were made through them)%s",
+                    "through context windows" if made else "on the whole clip at once",
+                    "through other context windows" if made and now else
+                    "through context windows" if now else "on the whole clip at once",
+                    "; the whole clip at once also needs the memory the windows spared" if made and not now else "")
     unet = model.unet
     host.load_module(unet)
     dev = host.device
