@@ -32,7 +32,8 @@ def _heat(m: torch.Tensor) -> torch.Tensor:
 def attention_grid(maps: torch.Tensor, token_labels: list[list[str]], frame: int = -1, cell: int = 96,
                    label_height: int = 14, max_tokens: Optional[int] = None) -> torch.Tensor:
     """maps [P, F, hb, wb, 77] -> IMAGE [1, H, W, 3]: one row per prompt, one column per token (BOS/EOS
-    and padding left out), each map scaled to its own maximum as Prompt-to-Prompt shows them."""
+    and padding left out), each map scaled to its own maximum as Prompt-to-Prompt shows them. A cell is ``cell``
+    pixels high and as wide as the clip's aspect gives (a 16:9 clip's maps are not squeezed into squares)."""
     if maps is None:
         raise VP2PInputError("attention_maps: the sampler stored no attention maps for this edit")
     p, f = maps.shape[:2]
@@ -47,16 +48,17 @@ def attention_grid(maps: torch.Tensor, token_labels: list[list[str]], frame: int
             idx = idx[:max_tokens]
         rows.append([(lab_i, labels[lab_i]) for lab_i in idx])
     cols = max(1, max(len(r) for r in rows))
-    out = torch.zeros(p * (cell + label_height), cols * cell, 3)
+    width = max(1, round(cell * m.shape[2] / m.shape[1]))
+    out = torch.zeros(p * (cell + label_height), cols * width, 3)
     for i, row in enumerate(rows):
         y = i * (cell + label_height)
         for c, (j, label) in enumerate(row):
             a = m[i, :, :, j]
             a = a / a.max().clamp_min(1e-12)
-            a = F.interpolate(a[None, None], size=(cell, cell), mode="nearest")[0, 0]
-            out[y:y + cell, c * cell:(c + 1) * cell] = _heat(a)
-            strip = torch.from_numpy(_label_strip(label, cell, label_height))
-            out[y + cell:y + cell + label_height, c * cell:(c + 1) * cell] = strip
+            a = F.interpolate(a[None, None], size=(cell, width), mode="nearest")[0, 0]
+            out[y:y + cell, c * width:(c + 1) * width] = _heat(a)
+            strip = torch.from_numpy(_label_strip(label, width, label_height))
+            out[y + cell:y + cell + label_height, c * width:(c + 1) * width] = strip
     return out.unsqueeze(0).clamp(0, 1)
 
 

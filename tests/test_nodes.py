@@ -435,6 +435,21 @@ def comfyui_image_composite_masked():
     return namespace["ImageCompositeMasked"]()
 
 
+def test_attention_maps_of_a_wide_clip_keep_its_aspect():
+    """A 16:9-like clip's word maps are drawn as wide as the clip is (they were squeezed into square cells): a map
+    hot on its left third is hot on its cell's left third."""
+    from nodes.maps import attention_grid
+
+    maps = torch.zeros(1, 2, 8, 12, 77)
+    maps[..., :, :4, 1] = 1.0  # the first word: the left third
+    maps[..., 2] = 1.0
+    labels = [["<|startoftext|>", "ball", "grass", "<|endoftext|>"]]
+    grid = attention_grid(maps, labels, frame=-1, cell=32)
+    assert tuple(grid.shape) == (1, 32 + 14, 2 * 48, 3)
+    cell = grid[0, :32, :48].sum(-1)
+    assert bool((cell[:, :16] > 0.9).all()) and bool((cell[:, 16:] == 0).all())
+
+
 def test_without_local_blend_the_blend_mask_output_is_the_whole_frame(chain):
     """No blend words and no noise_mask: the whole frame was edited, so AttentionMaps' blend_mask is all one at
     frame size per output frame, as Blend Mask gives it (it was one 64x64 frame of zeros: "nothing edited")."""
