@@ -438,7 +438,8 @@ class MapsOptions(Options):
     """How Attention Maps shows an edit's per-word cross-attention: a view, nothing here changes the edit."""
 
     frame: int = option("int", -1, "Frame to show; -1 averages all frames.", min=-1, max=4096)
-    cell_size: int = option("int", 96, "Size of each map in pixels.", min=16, max=512, step=8)
+    cell_size: int = option("int", 96, "Height of each map in pixels (its width follows the clip's aspect).",
+                            min=16, max=512, step=8)
 
 
 # --------------------------------------------------------------------------------------------------------
