@@ -235,8 +235,8 @@ class InversionOptions(Options):
     inner_steps: int = option("int", 4, "Null-text: at most this many Adam steps per DDIM step (reference 10).",
                               min=1, max=100)
     early_stop: float = option("float", 1e-5, "Null-text: stop a step's optimisation once the loss is below this "
-                                "(+2e-5 per step; past 50 steps the same rise spread over them).", min=0.0, max=1.0, step=1e-6,
-                                round=1e-8)
+                                "(+2e-5 per step; past 50 steps the same rise spread over them).", min=0.0, max=1.0,
+                                step=1e-6, round=1e-8)
     early_stop_ratio: float = option(
         "float", 0.8, "Null-text: also stop a step's optimisation once its loss is below this fraction of the loss the "
         "step started from (the previous step's embedding on this step's latent), before a large step overshoots; "

@@ -39,10 +39,10 @@ from .inflation import cross_attention_layers, frame_state, video_forward
 from .inversion import Inversion
 from .model import VideoModel
 from .options import SamplerOptions
-
-log = logging.getLogger(__name__)
 from .schedule import DDIMSchedule
 from .structure import StructureGuidance
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
