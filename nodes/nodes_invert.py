@@ -7,8 +7,8 @@ import torch
 from comfy_api.latest import io
 
 from vp2p_core import Inversion, InversionOptions, VP2PInputError, invert, trained_weights
-from vp2p_core.thumbnail import latent_thumbnail
 from vp2p_core.memory import call_rows, working_memory
+from vp2p_core.thumbnail import latent_thumbnail
 
 from . import files
 from .host import make_host

@@ -60,7 +60,7 @@ class StructureGuidanceNode(io.ComfyNode):
         except VP2PInputError as e:
             return f"missing:{e}"
         stats = [(f.name, f.stat()) for f in sorted(path.iterdir()) if f.is_file()]
-        return ";".join(f"{name}:{st.st_mtime_ns}:{st.st_size}" for name, st in stats)
+        return ";".join(f"{file}:{st.st_mtime_ns}:{st.st_size}" for file, st in stats)
 
     @classmethod
     def execute(cls, structure, control_net=None, diffusers_controlnet: str = "", **widget_values) -> io.NodeOutput:
