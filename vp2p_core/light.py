@@ -12,8 +12,10 @@ encoded (``remove_light``) and the decoded frames multiplied by it again (``rest
 pastes that over the source frames as they were lit.
 
 Why the brightest frame (of each channel, so the reference may be a white balance no single frame had): the darker
-frames are brought up to it, and putting the light back only darkens (gains <= 1), so that step never clips; taking
-it out clamps a darker frame's pixels only where they would pass 1, where the estimate errs. Normalised to the
+frames are brought up to it, and putting the light back only darkens (gains <= 1), so that step never clips. Where
+bringing a frame up to it would push more than 1% of its pixels past 1 (the brightest frame a flash or a fade to
+white, a sky blown out on every frame: taking the light out would clamp them, and putting it back would dim them),
+the reference is the brightest light no frame objects to, and the brighter frames get gains above 1. Normalised to the
 clip's mean light instead, or to its first frame, the clip stays darker than at its best, and small-world edits
 failed that had not (a flickering star, fast inversion: 0.94 of frames recoloured without normalisation, 0.25 at
 the mean light, 0.44 at the first frame's, 1.00 at the brightest frame's; BENCHMARKS.md). This was measured in the
@@ -37,9 +39,12 @@ import torch
 from .errors import VP2PInputError
 from .host import Host
 
-# The smallest gain: a frame darker than this share of the brightest (a fade to black, a frame mostly black) is
-# brightened at most 1 / MIN_GAIN times, rather than have its noise blown up to white.
+# The smallest gain: a frame darker than this share of the reference light (a fade to black, a frame mostly black)
+# is brightened at most 1 / MIN_GAIN times, rather than have its noise blown up to white.
 MIN_GAIN = 0.25
+# The share of a frame's pixels that taking the light out may push past 1 (and so clamp) before the reference light
+# is lowered (see estimate_light's end).
+_CLIPPED_SHARE = 0.01
 # Pixels that say nothing about the light: too dark to measure a ratio on (noise, quantisation), or clipped.
 _DARK = 2.0 / 255.0
 _SATURATED = 254.0 / 255.0
@@ -60,8 +65,9 @@ def check_frames(frames: torch.Tensor, what: str) -> None:
 
 
 def estimate_light(frames: torch.Tensor, what: str = "frames", host: Host = Host()) -> torch.Tensor:
-    """The light's RGB gain per frame [F, 3] (float32, in [MIN_GAIN, 1]), relative to each channel's brightest
-    frame. ``frames`` [F, H, W, 3] in 0..1.
+    """The light's RGB gain per frame [F, 3] (float32, at least MIN_GAIN), relative to each channel's brightest
+    frame (at most 1), or to a darker reference where the brightest would clip frames (see the module's docstring).
+    ``frames`` [F, H, W, 3] in 0..1.
 
     Measured between frames, pixel by pixel: the change of light from frame s to frame t is the median over
     pixels of log(x_t / x_s), per channel, over the pixels lit in both (above ``_DARK``, below ``_SATURATED``);
@@ -98,7 +104,7 @@ def estimate_light(frames: torch.Tensor, what: str = "frames", host: Host = Host
     pairs = [(t - k, t) for k in _powers_of_two_below(count) for t in range(k, count)]
     loop = host.loop(-(-count // _FRAMES_PER_TICK) + -(-len(pairs) // _PAIRS_PER_TICK), "Normalise Light")
     ticks = 0
-    logs, lit, medians, spectra = [], [], [], []
+    logs, lit, medians, spectra, highs = [], [], [], [], []
     for i, frame in enumerate(frames.detach()):  # one frame at a time: no full-size float copy of a long clip
         if i % _FRAMES_PER_TICK == 0 and i:
             ticks += 1
@@ -109,6 +115,7 @@ def estimate_light(frames: torch.Tensor, what: str = "frames", host: Host = Host
         logs.append(x.clamp_min(_DARK).log())
         lit.append((x > _DARK) & (x < _SATURATED))
         medians.append(x.flatten(1).median(dim=1).values.clamp_min(_DARK).log())
+        highs.append(torch.quantile(x.flatten(1), 1.0 - _CLIPPED_SHARE, dim=1).clamp_min(_DARK).log())
         spectra.append(_spectrum(logs[-1].mean(dim=0), window))
     ticks += 1
     loop.step(ticks)
@@ -135,8 +142,13 @@ def estimate_light(frames: torch.Tensor, what: str = "frames", host: Host = Host
         loop.step(ticks + 1)
     light = _fit_light(pairs, torch.stack(changes).double().cpu() if pairs else None, count,
                        weights=torch.tensor(weights, dtype=torch.float64))  # [F, 3], in logs
-    gains = (light - light.max(dim=0, keepdim=True).values).exp()
-    return gains.clamp(MIN_GAIN, 1.0).float()
+    # the reference: each channel's brightest light, or a darker one where taking the brightest out of some frame
+    # would push more than _CLIPPED_SHARE of its pixels past 1 (a flash or a fade to white measured brighter than
+    # the rest, a sky blown out on every frame): those frames get gains above 1, darkened to the reference and
+    # brightened back. Where no frame clips, exactly the brightest light, as before.
+    allowed = light - torch.stack(highs).to(light)  # per frame: the brightest reference that keeps its highs <= 1
+    reference = torch.minimum(light.max(dim=0, keepdim=True).values, allowed.min(dim=0, keepdim=True).values)
+    return (light - reference).exp().clamp_min(MIN_GAIN).float()
 
 
 _FRAMES_PER_TICK, _PAIRS_PER_TICK = 8, 64  # estimate_light's progress (each tick: one host update, one stop check)
