@@ -279,3 +279,69 @@ def test_a_folders_scheduler_is_read_and_an_unsupported_one_refused(tmp_path):
     path.write_text("{not json")
     with pytest.raises(VP2PInputError, match="scheduler_config.json.*JSON"):
         scheduler_config(path)
+
+
+def test_refuses_a_checkpoint_marked_for_another_schedule_before_reading_its_tensors(written, tmp_path, monkeypatch):
+    """ComfyUI's CheckpointSave marks a zero-terminal-SNR or EDM v-prediction model (``ztsnr``, ``edm_vpred.*``):
+    run on SD's DDIM schedule it edits wrongly without a word, so it is refused by name, as the ComfyUI path and a
+    folder's scheduler refuse it; and a file is refused before any of its tensors is read."""
+    import safetensors
+
+    *_, sd, _ = written
+    for marker, message in (({"v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, "zero terminal SNR"),
+                            ({"edm_vpred.sigma_max": torch.tensor([120.0])}, "EDM v-prediction")):
+        p = tmp_path / "marked.safetensors"
+        save_file({**sd, **marker}, str(p))
+        with pytest.raises(VP2PInputError, match=f"marked\\.safetensors.*marked for {message}"):
+            load_single_file(p)
+    xl = tmp_path / "sdxl.safetensors"  # an SDXL UNet's keys look like SD's: they were all read before the refusal
+    save_file({"conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": torch.ones(2),
+               "model.diffusion_model.input_blocks.0.0.weight": torch.ones(2)}, str(xl))
+    opened = safetensors.safe_open
+
+    class Counting:
+        def __init__(self, *a, **k):
+            self.f = opened(*a, **k)
+
+        def __enter__(self):
+            self.inner = self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def keys(self):
+            return self.inner.keys()
+
+        def get_tensor(self, k):
+            pytest.fail(f"read {k} of a file it refuses")
+
+    monkeypatch.setattr(safetensors, "safe_open", Counting)
+    with pytest.raises(VP2PInputError, match="SDXL"):
+        load_single_file(xl)
+
+
+def test_sd2_text_encoder_keeps_the_penultimate_layer_of_24_or_all_23_of_a_diffusers_conversion():
+    """SD 2.x reads OpenCLIP ViT-H's penultimate layer: from a file with all 24 layers the 24th is dropped; a file
+    converted back from diffusers holds the 23 it uses, and losing the last of those gave wrong embeddings without
+    a word. (Tensors are stand-ins: the names and the width are what is read.)"""
+    from vp2p_core.checkpoint import OPEN_CLIP_PREFIX, open_clip_to_hf
+
+    def file_with(layers: int, width: int) -> dict:
+        p = OPEN_CLIP_PREFIX
+        sd = {p + "token_embedding.weight": torch.zeros(4, width), p + "positional_embedding": torch.zeros(77, 2),
+              p + "ln_final.weight": torch.zeros(2), p + "ln_final.bias": torch.zeros(2)}
+        for i in range(layers):
+            for name in ("ln_1", "ln_2", "mlp.c_fc", "mlp.c_proj", "attn.out_proj"):
+                for s in ("weight", "bias"):
+                    sd[f"{p}transformer.resblocks.{i}.{name}.{s}"] = torch.zeros(1)
+            for s in ("weight", "bias"):
+                sd[f"{p}transformer.resblocks.{i}.attn.in_proj_{s}"] = torch.zeros(3)
+        return sd
+
+    def layers(out: dict) -> int:
+        return len({k.split(".")[2] for k in out if k.startswith("encoder.layers.")})
+
+    assert layers(open_clip_to_hf(file_with(24, 1024))) == 23
+    assert layers(open_clip_to_hf(file_with(23, 1024))) == 23
+    assert layers(open_clip_to_hf(file_with(3, 8))) == 2  # a tiny encoder: one more than it uses

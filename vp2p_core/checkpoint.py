@@ -32,6 +32,7 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer."
 OPEN_CLIP_PREFIX = "cond_stage_model.model."
+OPEN_CLIP_H_WIDTH, OPEN_CLIP_H_LAYERS = 1024, 24  # SD 2.x's text encoder, OpenCLIP ViT-H/14
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 
 
@@ -61,10 +62,12 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             keys = list(f.keys())
+            check_layout(path, keys)  # before any tensor is read: an SDXL file is refused without reading 5 GB
             sd = {k: f.get_tensor(k) for k in keys if k.startswith(keep) or k == "v_pred"}
+    except VP2PInputError:
+        raise
     except Exception as e:  # header / format errors from safetensors
         raise VP2PInputError(f"checkpoint: {str(path)!r} is not a readable safetensors file ({e})") from None
-    check_layout(path, keys)
     return sd
 
 
@@ -73,6 +76,11 @@ def check_layout(path, keys) -> None:
     if has("conditioner.embedders."):
         raise VP2PInputError(f"checkpoint: {str(path)!r} looks like SDXL; expected a Stable Diffusion 1.x/2.x "
                              f"checkpoint")
+    # ComfyUI's CheckpointSave marks a model sampled with another schedule: zero terminal SNR, EDM v-prediction
+    if "ztsnr" in keys or has("edm_vpred."):
+        raise VP2PInputError(f"checkpoint: {str(path)!r} is marked for "
+                             f"{'zero terminal SNR' if 'ztsnr' in keys else 'EDM v-prediction'} sampling, which the "
+                             "DDIM inversion here does not follow; expected a checkpoint for SD's own schedule")
     missing = []
     if UNET_PREFIX + "input_blocks.0.0.weight" not in keys:
         missing.append(f"UNet ({UNET_PREFIX}*)")
@@ -198,11 +206,15 @@ def clip_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def open_clip_to_hf(sd: dict[str, torch.Tensor], drop_last: bool = True) -> dict[str, torch.Tensor]:
     """cond_stage_model.model.* (OpenCLIP) -> CLIPTextModel keys; drops the last resblock (SD2 uses the
-    penultimate layer, then ln_final)."""
+    penultimate layer, then ln_final). SD 2.x's encoder is OpenCLIP ViT-H (width 1024, 24 layers): a file holds
+    all 24, or, converted back from diffusers (whose encoder keeps the 23 it uses), 23, of which none is dropped
+    (as diffusers drops layer 23 by name and ComfyUI reads layer -2 of 24). Other widths (the tests' tiny
+    encoders) hold one layer more than they use."""
     p = OPEN_CLIP_PREFIX
     blocks = _indices(sd, re.escape(p) + r"transformer\.resblocks\.(\d+)\.")
     if drop_last:
-        blocks = blocks[:-1]
+        vit_h = sd[p + "token_embedding.weight"].shape[1] == OPEN_CLIP_H_WIDTH
+        blocks = [i for i in blocks if i < OPEN_CLIP_H_LAYERS - 1] if vit_h else blocks[:-1]
     out = {
         "embeddings.token_embedding.weight": sd[p + "token_embedding.weight"],
         "embeddings.position_embedding.weight": sd[p + "positional_embedding"],
