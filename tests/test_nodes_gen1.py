@@ -160,6 +160,27 @@ def test_structure_steers_the_edit_and_strength_zero_is_none(setup):
     assert (both - steered).abs().max() > 1e-4
 
 
+def test_the_sampler_asks_room_for_the_controlnet_on_every_controlled_row(setup, monkeypatch):
+    """The ControlNet runs on the targets' conditional and unconditional rows (and edit guidance's contrast rows):
+    the memory the sampler asks ComfyUI for grows by half a UNet's on each of those clips (it counted the
+    conditional ones alone)."""
+    import nodes.nodes_sample as sample_mod
+    from vp2p_core.memory import call_rows, working_memory
+
+    asked = []
+    make_host = sample_mod.make_host
+    monkeypatch.setattr(sample_mod, "make_host", lambda *a, **k: (asked.append(k["memory_required"]),
+                                                                   make_host(*a, **k))[1])
+    spec, _ = structure(setup)
+    rows = call_rows(FRAMES, None, frame_attention=setup.model.video.frame_attention, steps=setup.inv.num_steps)
+    size, dtype = tuple(setup.inv.x_T.shape[-2:]), setup.model.video.weight_dtype
+    for edit_guidance, controlled in ((0.0, 2), (2.0, 3)):
+        asked.clear()
+        run(setup, edit_guidance=edit_guidance)
+        run(setup, structure=spec, edit_guidance=edit_guidance)
+        assert asked[1] - asked[0] == working_memory("infer", controlled * rows, size, dtype) // 2, edit_guidance
+
+
 def test_structure_blur(setup):
     sharp, _ = structure(setup, blur=0.0)
     soft, preview = structure(setup, blur=4.0)
