@@ -73,8 +73,10 @@ class BlendMask(io.ComfyNode):
             raise VP2PInputError(f"images: expected frames [frames, height, width, channels], got {shape}")
         size = tuple(images.shape[1:3])
         mask = attention_maps.blend_mask  # [n, F, 1, h, w] at latent size, or None without local blend
-        if mask is None:
-            return io.NodeOutput(torch.ones(images.shape[0], *size))
+        if mask is None:  # every pixel edited: one all-one mask per edited frame (n targets x F frames)
+            shape = attention_maps.edit_shape
+            count = images.shape[0] if shape is None or images.shape[0] != shape[1] else shape[0] * shape[1]
+            return io.NodeOutput(torch.ones(count, *size))
         n, f = mask.shape[:2]
         if images.shape[0] not in (f, n * f):
             raise VP2PInputError(f"images: {images.shape[0]} frames, but the edit has {f} frames"

@@ -264,6 +264,23 @@ def test_a_half_precision_edit_keeps_the_full_precision_source_outside_bit_for_b
     assert not out[alpha == 0].isnan().any()
 
 
+@pytest.mark.parametrize("threshold", [0.0, 0.2])
+def test_a_nan_in_the_edit_outside_the_mask_gives_the_source_back(threshold):
+    """An edit pixel that is NaN (an fp16 VAE's overflow) outside the mask: the source's pixel comes back, with the
+    change-aware composite too (its weight was NaN there, and 0 * NaN let it through), and the exported weights
+    stay within 0..1 (a NaN there reached ImageCompositeMasked)."""
+    from vp2p_core.composite import composite_alpha
+
+    edited, source, mask = clip_pair()
+    edited[:, 0, 0] = float("nan")  # far outside the mask
+    edited[:, 10, 14] = float("nan")  # inside it
+    options = CompositeOptions(composite=True, mask_dilation=4, feather=2, change_threshold=threshold)
+    out = composite_frames(edited=edited, source=source, mask=mask, options=options)
+    assert torch.equal(out[:, 0, 0], source[:, 0, 0])
+    alpha = composite_alpha(mask, edited=edited, source=source, options=options)
+    assert not bool(alpha.isnan().any()) and float(alpha.min()) >= 0 and float(alpha.max()) <= 1
+
+
 def test_composite_of_several_targets_and_off():
     edited, source, mask = clip_pair(n=2)
     mask[1] = 0

@@ -452,11 +452,17 @@ def test_attention_maps_of_a_wide_clip_keep_its_aspect():
 
 def test_without_local_blend_the_blend_mask_output_is_the_whole_frame(chain):
     """No blend words and no noise_mask: the whole frame was edited, so AttentionMaps' blend_mask is all one at
-    frame size per output frame, as Blend Mask gives it (it was one 64x64 frame of zeros: "nothing edited")."""
+    frame size per output frame, as Blend Mask gives it (it was one 64x64 frame of zeros: "nothing edited"), and
+    Blend Mask gives one per edited frame of every target (it gave one per frame of the images it was handed)."""
     _, _, maps = sample(chain.tuned, chain.inv, edit(chain.clip, SRC, TGT))
     assert maps.blend_mask is None
     mask = run(AttentionMaps, attention_maps=maps, frame=-1, cell_size=32)[1]
     assert tuple(mask.shape) == (FRAMES, 128, 128) and bool(mask.eq(1).all())
+    # Blend Mask too, one per edited frame of each target, given the clip's frames or the decoded edit
+    _, _, two = sample(chain.tuned, chain.inv, edit(chain.clip, SRC, TGT + "\na green ball on grass"))
+    for frames in (FRAMES, 2 * FRAMES):
+        out = run(BlendMask, attention_maps=two, images=torch.rand(frames, 128, 128, 3))[0]
+        assert tuple(out.shape) == (2 * FRAMES, 128, 128) and bool(out.eq(1).all())
 
 
 def test_a_noise_mask_is_the_samplers_edit_region(chain, caplog):

@@ -108,8 +108,9 @@ def _check_guides(guides: Sequence[torch.Tensor], mask: torch.Tensor) -> None:
 # rather than a setting because frames in 0..1 give it the same meaning for any model and size.
 REFINE_EPS = 1e-2
 # frames through the guided filter at once: its window sums hold 3 x (C+1)^2 channels per frame (36 for two RGB
-# guides), about 38 MB per 512-px frame in float32
-REFINE_CHUNK = 8
+# guides) and kornia's intermediates beside them, about 230 MB per 512-px frame in float32 (measured: 1.8 GB above
+# the inputs for 8 frames at once); the frames are independent, so the chunk changes memory, not the result
+REFINE_CHUNK = 2
 
 
 def refine_mask(mask: torch.Tensor, guides: Sequence[torch.Tensor], radius: int,
@@ -336,7 +337,9 @@ def composite_alpha(mask: torch.Tensor, *, edited: torch.Tensor, source: torch.T
     alpha, m = _composite_mask(mask, edited.shape[-3:-1], options, what, guides, outline)
     alpha = alpha.to(edited.device)
     if options.change_threshold > 0:
-        weight = change_weight(edited, src, options.change_threshold, mask=m)
+        # a NaN edit pixel (an fp16 VAE's overflow) weighs 1: outside the mask alpha stays 0 and the source's pixel
+        # comes back, inside it the NaN stays where the edit is (as without the threshold), and the mask stays in 0..1
+        weight = change_weight(edited, src, options.change_threshold, mask=m).nan_to_num(nan=1.0)
         alpha = alpha * weight.to(alpha.dtype)
     return alpha
 
