@@ -302,15 +302,31 @@ def test_composite_refuses_other_frames_and_masks():
 
 
 def test_change_weight_is_the_ramp_between_half_and_one_and_a_half_thresholds():
-    source = torch.zeros(1, 1, 6, 3)
+    source = torch.full((1, 1, 6, 3), 0.3)
+    source[..., 0] = 0.9  # a frame bright enough for the threshold to hold as it is
     edited = source.clone()
-    edited[0, 0, :, 1] = torch.tensor([0.0, 0.05, 0.1, 0.2, 0.3, 0.6])  # the largest channel's difference
+    edited[0, 0, :, 1] += torch.tensor([0.0, 0.05, 0.1, 0.2, 0.3, 0.6])  # the largest channel's difference
     w = change_weight(edited, source, 0.2)
     assert torch.allclose(w[0, 0], torch.tensor([0.0, 0.0, 0.0, 0.5, 1.0, 1.0]))
     assert torch.equal(change_weight(edited, source, 0.0), torch.ones(1, 1, 6))
     # an alpha channel is not a change of the picture
     rgba = torch.cat([edited, torch.ones(1, 1, 6, 1)], -1)
     assert torch.equal(change_weight(rgba, torch.cat([source, torch.zeros(1, 1, 6, 1)], -1), 0.2), w)
+
+
+@pytest.mark.parametrize("light", [1.0, 0.5, 0.3, 0.25, 0.1])
+def test_a_dim_frame_keeps_a_clear_recolour(light):
+    """A red -> blue square on a textured frame, the whole frame at a lower light: the recolour is kept at every
+    light (at 0.25 of the light it was handed back whole: the colour differences fell under the absolute
+    threshold). Frames whose 99th percentile is 0.5 of white or more keep the threshold as it is (the small world's
+    clips: their gains and composites are unchanged)."""
+    g = torch.Generator().manual_seed(3)
+    source = 0.3 + 0.6 * torch.rand(1, 32, 32, 3, generator=g)
+    source[:, 8:20, 8:20] = torch.tensor([0.9, 0.1, 0.1])
+    edited = source.clone()
+    edited[:, 8:20, 8:20] = torch.tensor([0.1, 0.1, 0.9])
+    w = change_weight(edited * light, source * light, 0.2)
+    assert float(w[:, 9:19, 9:19].min()) == 1.0, light
 
 
 @pytest.mark.parametrize("threshold", [0.1, 0.2, 0.5])

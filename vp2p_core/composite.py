@@ -275,6 +275,9 @@ def _composite_mask(mask: torch.Tensor, size: Sequence[int], options: CompositeO
 
 # change_weight's ramp, in units of the threshold: the source's pixel below the first, the edit's above the second
 CHANGE_RAMP = (0.5, 1.5)
+# a frame whose 99th-percentile brightness (largest channel, 0..1) is below this is dim: change_weight's threshold
+# scales with it there, down to DIM_FLOOR of itself (a black frame)
+DIM_FRAME, DIM_FLOOR = 0.5, 0.1
 
 
 def change_weight(edited: torch.Tensor, source: torch.Tensor, threshold: float,
@@ -295,11 +298,18 @@ def change_weight(edited: torch.Tensor, source: torch.Tensor, threshold: float,
     object (a blue star's points on water), came back otherwise. Where both are like it, the pixel is background
     in both, and the source's comes back whole (at most 2 * threshold from the edit's): the faint rim of the new
     colour the VAE smears past the object's edge goes. Elsewhere (both the object: a shape swap's overlap, a
-    recolour's shading), the ramp alone."""
+    recolour's shading), the ramp alone.
+
+    The threshold is a colour distance on a frame whose brightest pixels are near white. On a dim frame (its 99th
+    percentile below ``DIM_FRAME`` of white: night footage, a fade) every difference shrinks with the light, and a
+    clear recolour fell under the threshold and was handed back (at a quarter of the light, all of it); there the
+    threshold scales with the frame's brightness. No frame of the small world is that dim (its dimmest: 0.58)."""
     t = float(threshold)
     if t <= 0:
         return torch.ones(edited.shape[:-1], dtype=edited.dtype, device=edited.device)
     src = source[..., :3].to(edited.device, edited.dtype)
+    bright = torch.quantile(src.amax(-1).flatten(-2).float(), 0.99, dim=-1)  # per frame [...]
+    t = t * (bright / DIM_FRAME).clamp(DIM_FLOOR, 1.0).to(src.dtype)[..., None, None]  # [..., 1, 1]
     d = (edited[..., :3] - src).abs().amax(-1)
     low, high = CHANGE_RAMP
     w = ((d - low * t) / ((high - low) * t)).clamp(0.0, 1.0)

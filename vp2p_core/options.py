@@ -486,8 +486,9 @@ class CompositeOptions(Options):
         "edit took the object away (the source's pixel unlike it, the edit's like it), the edit's pixel, so a shape "
         "swap's old corners stay gone; where both are like it, the source's, so the new colour's faint rim goes. "
         "Where the mask is whole, the composite stays within 9/16 of this value of the decoded edit (twice the "
-        "value on background in both). "
-        "Needs the source frames (Blend Mask: source_images). 0: off (the whole mask is the edit's).",
+        "value on background in both). On a dim frame (99th percentile below half of white) the value scales with "
+        "the frame's brightness. Needs the source frames (Blend Mask: source_images). 0: off (the whole mask is the "
+        "edit's).",
         min=0.0, max=1.0, step=0.01)
     refine_radius: int = option(
         "int", 0, "Snap the blend mask to the edges of the frames before dilating it: a guided filter (He et al.) of "
