@@ -266,6 +266,10 @@ def test_bad_input_is_refused_by_name():
         estimate_light(clip[..., :2])
     with pytest.raises(VP2PInputError, match="frames: expected RGB frames"):
         estimate_light(clip[0])
+    with pytest.raises(VP2PInputError, match="frames: expected RGB frames"):  # a raw IndexError before
+        estimate_light(clip[:, :0])
+    with pytest.raises(VP2PInputError, match=r"frames: expected .* of floats in 0\.\.1, got .* of torch\.uint8"):
+        estimate_light((clip * 255).to(torch.uint8))  # 8-bit values, which remove_light turned all white
     broken = clip.clone()
     broken[3] = float("nan")
     with pytest.raises(VP2PInputError, match="frames: expected finite values"):

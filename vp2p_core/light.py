@@ -59,9 +59,12 @@ _SPREAD_FLOOR = 0.02
 
 def check_frames(frames: torch.Tensor, what: str) -> None:
     """``frames`` (the input named ``what``) are RGB frames [F, H, W, 3], F >= 1."""
-    if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+    if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[-1] != 3 or \
+            0 in frames.shape[:3] or not frames.is_floating_point():
         shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
-        raise VP2PInputError(f"{what}: expected RGB frames [frames, height, width, 3], got {shape}")
+        kind = "" if not isinstance(frames, torch.Tensor) or frames.is_floating_point() else f" of {frames.dtype}"
+        raise VP2PInputError(f"{what}: expected RGB frames [frames, height, width, 3] of floats in 0..1, got "
+                             f"{shape}{kind}")
 
 
 def estimate_light(frames: torch.Tensor, what: str = "frames", host: Host = Host()) -> torch.Tensor:
@@ -248,21 +251,23 @@ def _gains_for(frames: torch.Tensor, gains: torch.Tensor, what: str) -> torch.Te
 def remove_light(frames: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
     """``frames`` [F, H, W, 3] divided by the light's gain per frame, clamped to 0..1: the clip as if lit by its
     brightest frame's light throughout."""
-    return (frames / _gains_for(frames, gains, "frames")).clamp(0.0, 1.0)
+    return (frames / _gains_for(frames, gains, "frames")).clamp_(0.0, 1.0)  # in place: one full-size copy, not two
 
 
 def restore_light(frames: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
     """``frames`` [N, H, W, 3] (decoded from an evenly lit clip) times the light's gain per frame, clamped to 0..1.
     N may be several clips of the light's frames, one per target prompt."""
-    return (frames * _gains_for(frames, gains, "images")).clamp(0.0, 1.0)
+    return (frames * _gains_for(frames, gains, "images")).clamp_(0.0, 1.0)
 
 
-def take_light_out(frames: torch.Tensor, normalise_light: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+def take_light_out(frames: torch.Tensor, normalise_light: bool,
+                   host: Host = Host()) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """What to encode, and the gains to put back: with ``normalise_light`` (``LightOptions``) the frames with their
-    light taken out and ``estimate_light``'s gains; without, the frames as they are and None."""
+    light taken out and ``estimate_light``'s gains (``host``: its progress and stop button); without, the frames as
+    they are and None."""
     if not normalise_light:
         return frames, None
-    gains = estimate_light(frames)
+    gains = estimate_light(frames, host=host)
     return remove_light(frames, gains), gains
 
 

@@ -248,7 +248,7 @@ def run(components: Components, frames: torch.Tensor, source: str, targets: str 
 
     if context is not None:
         context.check_clip(frames.shape[0], what="frames", steps=max(tune.steps, inversion.steps))
-    to_encode, gains = take_light_out(frames, light.normalise_light)
+    to_encode, gains = take_light_out(frames, light.normalise_light, host=host)
     latents = stage("encode", lambda: cm.encode_frames(to_encode))
     plan = stage("plan", lambda: cm.plan(source, targets, options=edit))
     delta = None
