@@ -213,6 +213,10 @@ def load_diffusers_controlnet(name: str) -> ControlNetHandle:
     except (OSError, ValueError, EnvironmentError) as e:
         raise VP2PInputError(f"diffusers_controlnet: could not load {str(path)!r} as a diffusers ControlNetModel "
                              f"(safetensors weights only): {e}") from None
+    channels = int(getattr(cn.config, "conditioning_channels", 3))
+    if channels != 3:  # the structure clip is an IMAGE: RGB
+        raise VP2PInputError(f"diffusers_controlnet: {name!r} takes conditioning images of {channels} channels; "
+                             "expected an RGB ControlNet (conditioning_channels 3), as the structure clip is an IMAGE")
     cn = cn.eval().requires_grad_(False)
     return diffusers_handle(cn, repr(name), _comfy_patcher(cn))
 

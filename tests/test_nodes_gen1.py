@@ -218,6 +218,13 @@ def test_controlnet_inputs(setup):
         structure(setup, diffusers_controlnet="missing")
     with pytest.raises(VP2PInputError, match="safetensors"):
         structure(setup, diffusers_controlnet="pickled")  # a config without safetensors weights is refused
+    from diffusers import ControlNetModel  # a ControlNet for one-channel hints: the structure clip is RGB
+
+    gray = ControlNetModel.from_unet(tiny_unet(), conditioning_embedding_out_channels=(8, 16, 16),
+                                     conditioning_channels=1)
+    gray.save_pretrained(setup.base / "models" / "controlnet" / "gray", safe_serialization=True)
+    with pytest.raises(VP2PInputError, match="diffusers_controlnet: 'gray' takes conditioning images of 1 channels"):
+        structure(setup, diffusers_controlnet="gray")
     with pytest.raises(VP2PInputError, match="start_percent"):
         structure(setup, start=0.8, end=0.2)
     # a ControlNet for another text width (SD1 vs SD2) is refused before sampling, naming structure
