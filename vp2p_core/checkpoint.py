@@ -238,9 +238,14 @@ def open_clip_to_hf(sd: dict[str, torch.Tensor], drop_last: bool = True) -> dict
 
 # ---------------------------------------------------------------- loading
 
-def _load(model: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, path) -> None:
-    res = model.load_state_dict(sd, strict=False)
+def _load(model: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, path, assign: bool = False) -> None:
+    """``assign``: the model was built on the meta device and takes the file's tensors themselves (no random
+    initialisation, no second copy of its weights); every weight must then come from the file."""
+    res = model.load_state_dict(sd, strict=False, assign=assign)
     missing = [k for k in res.missing_keys if not k.endswith("position_ids")]
+    if assign:
+        missing += [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
+                    if t.is_meta and n not in missing]
     if missing or res.unexpected_keys:
         raise VP2PInputError(f"checkpoint: {str(path)!r}: the {what} does not match the layout inferred from its "
                              f"shapes (missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected "
@@ -289,11 +294,16 @@ def load_single_file(path: str | Path, prediction_type: Optional[str] = None,
         u_cfg["upcast_attention"] = True  # as diffusers' SD2.x 768-v config
 
     del u_sd, v_sd
-    unet = UNet2DConditionModel(**u_cfg)
-    _load(unet, convert_ldm_unet_checkpoint(ckpt, u_cfg), "UNet", path)
-    ckpt = {k: v for k, v in ckpt.items() if not k.startswith(UNET_PREFIX)}  # free file tensors as we go
-    vae = AutoencoderKL(**v_cfg)
-    _load(vae, convert_ldm_vae_checkpoint(ckpt, v_cfg), "VAE", path)
+    # the UNet and the VAE built on the meta device take the file's tensors themselves (diffusers' models hold no
+    # weight the file lacks); built as usual they were initialised at random in float32 and then copied into: an SD
+    # 2.x fp32 file's UNet sat in memory twice. The text encoder has buffers of its own (position ids).
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**u_cfg)
+    _load(unet, convert_ldm_unet_checkpoint(ckpt, u_cfg), "UNet", path, assign=True)
+    ckpt = {k: v for k, v in ckpt.items() if not k.startswith(UNET_PREFIX)}
+    with torch.device("meta"):
+        vae = AutoencoderKL(**v_cfg)
+    _load(vae, convert_ldm_vae_checkpoint(ckpt, v_cfg), "VAE", path, assign=True)
     del ckpt
     te = CLIPTextModel(CLIPTextConfig(**t_cfg))
     _load(te, t_sd, "text encoder", path)
