@@ -3,7 +3,8 @@
 Trainable: attn1.to_q, attn2.to_q and all temporal attention; AdamW (3e-5, betas 0.9/0.999, weight
 decay 1e-2, eps 1e-8), constant lr, grad-clip 1.0, one random timestep per step, noise-MSE loss
 (v-target for v-prediction). The latents are encoded once by the caller (the reference re-encodes the
-clip with the VAE at every step). The result is a *delta*: only the trained parameters.
+clip with the VAE at every step), as the posterior's mean, where the reference draws a sample of it each step.
+The result is a *delta*: only the trained parameters.
 """
 from __future__ import annotations
 
