@@ -345,3 +345,13 @@ def test_sd2_text_encoder_keeps_the_penultimate_layer_of_24_or_all_23_of_a_diffu
     assert layers(open_clip_to_hf(file_with(24, 1024))) == 23
     assert layers(open_clip_to_hf(file_with(23, 1024))) == 23
     assert layers(open_clip_to_hf(file_with(3, 8))) == 2  # a tiny encoder: one more than it uses
+
+
+def test_half_precision_keeps_the_vae_out_of_fp16(written):
+    """SD's VAE decoder overflows fp16 at image size (black or NaN frames; ComfyUI runs SD 1.x/2.x VAEs in bf16 or
+    fp32): asked for fp16, the UNet and text encoder compute in it and the VAE in float32; bf16 holds for all."""
+    *_, path = written
+    half = load_single_file(path, dtype=torch.float16)
+    assert next(half.unet.parameters()).dtype == torch.float16 == next(half.text_encoder.parameters()).dtype
+    assert next(half.vae.parameters()).dtype == torch.float32
+    assert next(load_single_file(path, dtype=torch.bfloat16).vae.parameters()).dtype == torch.bfloat16

@@ -309,7 +309,10 @@ def load_single_file(path: str | Path, prediction_type: Optional[str] = None,
     _load(te, t_sd, "text encoder", path)
     del t_sd
     device = torch.device(device)
-    mods = [torch.nn.Module.to(m, device, dtype).eval() for m in (unet, vae, te)]  # (skips diffusers' fp32 notice)
+    from .pipeline import vae_dtype
+
+    mods = [torch.nn.Module.to(m, device, d).eval()  # (skips diffusers' fp32 notice)
+            for m, d in ((unet, dtype), (vae, vae_dtype(dtype)), (te, dtype))]
     return SingleFileModels(unet=mods[0], vae=mods[1], text_encoder=mods[2], prediction_type=pred, family=family,
                             latent_scale=v_cfg["scaling_factor"])
 
