@@ -230,6 +230,10 @@ def test_refuses_pickles_and_non_sd_files(tmp_path):
     save_file({"conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": torch.ones(2)}, str(xl))
     with pytest.raises(VP2PInputError, match="SDXL"):
         load_single_file(xl)
+    sgm = tmp_path / "sd2_sgm.safetensors"  # one OpenCLIP encoder under conditioner.*: SD 2.x, not SDXL
+    save_file({"conditioner.embedders.0.model.ln_final.weight": torch.ones(2)}, str(sgm))
+    with pytest.raises(VP2PInputError, match=r"sd2_sgm\.safetensors.*SD 2\.x checkpoint in the sgm layout"):
+        load_single_file(sgm)
     with pytest.raises(VP2PInputError, match="does not exist"):
         load_single_file(tmp_path / "missing.safetensors")
 

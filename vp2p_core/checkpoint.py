@@ -73,9 +73,13 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 def check_layout(path, keys) -> None:
     has = lambda p: any(k.startswith(p) for k in keys)  # noqa: E731
-    if has("conditioner.embedders."):
+    if has("conditioner.embedders.1.") or (has("conditioner.embedders.") and not has("conditioner.embedders.0.model.")):
         raise VP2PInputError(f"checkpoint: {str(path)!r} looks like SDXL; expected a Stable Diffusion 1.x/2.x "
                              f"checkpoint")
+    if has("conditioner.embedders.0.model."):  # one OpenCLIP encoder in the sgm layout: SD 2.x, saved by sgm code
+        raise VP2PInputError(f"checkpoint: {str(path)!r} is an SD 2.x checkpoint in the sgm layout "
+                             "(conditioner.embedders.0.model.*), which is not read here; expected the original layout "
+                             "(cond_stage_model.model.*), as ComfyUI's CheckpointSave writes it, or load it in ComfyUI")
     # ComfyUI's CheckpointSave marks a model sampled with another schedule: zero terminal SNR, EDM v-prediction
     if "ztsnr" in keys or has("edm_vpred."):
         raise VP2PInputError(f"checkpoint: {str(path)!r} is marked for "
