@@ -5,6 +5,7 @@ has none and gets vp2p_core's plain-torch Host on the device its weights are on.
 """
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Optional, Sequence
 
@@ -14,6 +15,8 @@ from vp2p_core import Host
 from vp2p_core.host import same_device
 
 from .types import VP2PModel
+
+log = logging.getLogger(__name__)
 
 
 def progress_host() -> Host:
@@ -47,6 +50,22 @@ def make_host(model: VP2PModel, previews: bool = True, extra: Sequence = (), mem
     return comfy_host(model, previews, extra, memory_required)
 
 
+def warn_beyond_the_card(mm, device, memory_required: int, modules: Sequence[torch.nn.Module]) -> None:
+    """Say so, before a long stage, where its working memory and weights exceed the whole card: ComfyUI frees every
+    other model and loads anyway, and the stage runs out of memory minutes in (a 128-frame clip at 512 px without
+    Context Windows asks about 60 GiB to edit in fp16, 250 GiB for null-text). A warning, not a refusal: the
+    estimate is a bound, and the card's own figure says nothing of unified memory."""
+    if torch.device(device).type == "cpu":
+        return
+    weights = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+    total = int(mm.get_total_memory(device))
+    if total and memory_required + weights > total:
+        log.warning("Video-P2P: this stage needs about %.1f GiB (%.1f working, %.1f weights) and the card has %.1f: "
+                    "expect it to run out of memory; Context Windows (VideoP2PContextWindows) bound the memory by the "
+                    "window, and null_text_checkpointing on, weight_dtype fp16 or fewer frames lower it",
+                    (memory_required + weights) / 2**30, memory_required / 2**30, weights / 2**30, total / 2**30)
+
+
 def comfy_host(model: VP2PModel, previews: bool = True, extra: Sequence = (), memory_required: int = 0) -> Host:
     import comfy.model_management as mm
     import comfy.utils
@@ -67,6 +86,7 @@ def comfy_host(model: VP2PModel, previews: bool = True, extra: Sequence = (), me
         bar.update_absolute(step, total, image)
 
     def load(module: torch.nn.Module) -> None:
+        warn_beyond_the_card(mm, device, memory_required, [module] + [e.module for e in extra])
         # one call for the video model and its ControlNets, so that loading one does not unload the other
         mm.load_models_gpu([patcher] + [e.patcher for e in extra if e.patcher is not None],
                            memory_required=memory_required, force_full_load=True)

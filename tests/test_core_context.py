@@ -126,6 +126,25 @@ def test_one_window_covering_the_clip_is_bit_identical_in_every_stage(world):
     assert da.losses == db.losses and all(torch.equal(da.tensors[k], db.tensors[k]) for k in da.tensors)
 
 
+def test_the_stop_button_is_asked_before_every_window(world):
+    """A long clip's step is many windows (128 frames through 16-frame windows: about 11 UNet calls a step): the
+    sampler and the DDIM inversion ask the host's stop button before each, not once a step."""
+    from vp2p_core import Host
+
+    tok, emb, model = world
+    latents = torch.randn(6, 4, 16, 16, generator=torch.Generator().manual_seed(5)) * 0.8
+    calls = []
+    host = Host(interrupt=lambda: calls.append(1))
+    ctx = windows(4, 2)
+    per_step = len(ctx.windows(6))
+    inv = invert(model, latents, emb[:1], emb[2:3], SRC, options=InversionOptions(mode="fast", steps=2), host=host,
+                 context=ctx)
+    assert len(calls) == 2 * (per_step + 1)  # each DDIM step: its windows, then the step
+    calls.clear()
+    sample_edit(model, inv, _plan(tok, emb), host=host, context=ctx)
+    assert len(calls) == 2 * (per_step + 1)
+
+
 def test_the_sampler_says_when_its_windows_are_not_the_inversions(world, caplog):
     """An inversion records the windows it was made through ("": the whole clip); a sampler run through other
     windows, or on the whole clip at once, says so (a saved long inversion re-edited without its Context Windows

@@ -783,7 +783,9 @@ def test_null_text_checks_the_stop_button_inside_a_step(world):
     host = Host(interrupt=lambda: calls.append(1))
     invert(model, latents, emb[:1], emb[2:3], SRC, host=host,
            options=InversionOptions(mode="null_text", steps=2, inner_steps=3, early_stop=0.0, early_stop_ratio=0.0))
-    assert len(calls) == 2 + 2 + 2 * 3  # DDIM's 2 steps, null-text's 2, and its 3 inner iterations in each
+    # DDIM's 2 steps (each before its one window and after its step), null-text's 2, and its 3 inner iterations
+    # in each
+    assert len(calls) == 2 * 2 + 2 + 2 * 3
 
 
 def test_decoupled_guidance_gives_the_target_the_empty_prompt_and_the_source_its_null_embeddings(world, inversion):

@@ -150,6 +150,23 @@ def test_working_memory_is_asked_of_comfyui_before_loading(monkeypatch):
     assert make_host(m, previews=False).available_memory() is None
 
 
+def test_a_stage_beyond_the_whole_card_is_said_before_it_starts(caplog):
+    """A long clip without Context Windows asks more than the card holds: ComfyUI frees everything, loads anyway and
+    the stage runs out of memory minutes in. It is said before loading, naming Context Windows; nothing is said
+    where it fits, or on the CPU."""
+    from nodes.host import warn_beyond_the_card
+
+    mm = types.SimpleNamespace(get_total_memory=lambda device: 8 * 2 ** 30)
+    module = torch.nn.Linear(4, 4)
+    with caplog.at_level("WARNING", logger="nodes.host"):
+        warn_beyond_the_card(mm, "cuda:0", 7 * 2 ** 30, [module])
+        warn_beyond_the_card(mm, "cpu", 60 * 2 ** 30, [module])
+        assert not caplog.records
+        warn_beyond_the_card(mm, "cuda:0", 60 * 2 ** 30, [module])
+    assert "needs about 60.0 GiB" in caplog.text and "the card has 8.0" in caplog.text
+    assert "Context Windows" in caplog.text
+
+
 def test_ldm_state_dict_round_trip():
     """A tiny diffusers UNet written in the LDM layout (as ComfyUI holds it) converts back to the same outputs."""
     helper = pytest.importorskip("test_checkpoint")

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -144,10 +144,14 @@ def _eps(model: VideoModel, schedule: DDIMSchedule, x, t, text, f):
 
 
 def windowed_eps(model: VideoModel, schedule: DDIMSchedule, x: torch.Tensor, t, text: torch.Tensor,
-                 windows: list[Window]) -> torch.Tensor:
-    """eps of one clip x [F,C,h,w], the UNet called once per context window and the windows fused per frame."""
-    return fuse(lambda xw, w, _: _eps(model, schedule, xw[0], t, text, len(w)).unsqueeze(0), x.unsqueeze(0),
-                windows)[0]
+                 windows: list[Window], interrupt: Callable[[], None] = lambda: None) -> torch.Tensor:
+    """eps of one clip x [F,C,h,w], the UNet called once per context window and the windows fused per frame;
+    ``interrupt`` (the host's stop button) asked before each window (a long clip's step is many of them)."""
+    def one(xw, w, _):
+        interrupt()
+        return _eps(model, schedule, xw[0], t, text, len(w)).unsqueeze(0)
+
+    return fuse(one, x.unsqueeze(0), windows)[0]
 
 
 @torch.no_grad()
@@ -173,7 +177,7 @@ def ddim_inversion(model: VideoModel, latents: torch.Tensor, text: torch.Tensor,
         # uniform schedules shift their windows from step to step)
         windows = (context.windows(f, step=T - 1 - i, frame_attention=model.frame_attention) if context
                    else whole_clip(f))
-        x = schedule.next_step(windowed_eps(model, schedule, x, t, text, windows), t, x)
+        x = schedule.next_step(windowed_eps(model, schedule, x, t, text, windows, host.interrupt), t, x)
         if keep_all and i < T - 1:
             out.append(kept(x))
         loop.step(i + 1, preview=x)

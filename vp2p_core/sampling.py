@@ -243,6 +243,7 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
 
                 def predict(xw: torch.Tensor, w: Window, weights: torch.Tensor) -> torch.Tensor:
                     """Guided target eps and the source's conditional/unconditional eps of one window."""
+                    host.interrupt()  # per window: a long clip's step is many of them
                     fw = len(w)
                     ctrl.enter_window(w, weights)
                     flat = xw.flatten(0, 1)
