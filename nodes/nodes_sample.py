@@ -5,6 +5,7 @@ from comfy_api.latest import io
 
 from vp2p_core import Inversion, SamplerOptions, VP2PInputError, edit_region, sample_edit, trained_weights
 from vp2p_core.memory import call_rows, working_memory
+from vp2p_core.sampling import clips_per_call
 
 from .host import make_host
 from .schema import (CATEGORY, VP2PEditIO, VP2PInversionIO, VP2PMapsIO, VP2PModelIO, VP2PStructureIO, context_input,
@@ -80,8 +81,8 @@ class VideoP2PSampler(io.ComfyNode):
             structure.control.check_fits(vm.unet, "structure")
             guide = structure.guidance(tuple(inversion.x_T.shape[-2:]), inversion.num_frames)
             extra = [structure.control]
-        n = edit.plan.num_targets  # clips per UNet call, at most: source (and its uncond), targets, their unconds
-        clips = 2 + 2 * n + (n if options.edit_guidance else 0)  # and edit guidance's contrast rows
+        n = edit.plan.num_targets
+        clips = clips_per_call(inversion, n, options)
         rows = call_rows(inversion.num_frames, context, frame_attention=vp2p_model.video.frame_attention,
                          steps=inversion.num_steps)
         memory = working_memory("infer", clips * rows, inversion.x_T.shape[-2:], vm.weight_dtype)

@@ -97,6 +97,12 @@ def test_reused_trajectory_equals_recomputed_source(world, inversion):
     a = sample_edit(model, inversion, _plan(tok, emb), options=SamplerOptions(reuse_source_trajectory=True))
     b = sample_edit(model, inversion, _plan(tok, emb), options=SamplerOptions(reuse_source_trajectory=False))
     assert a.stats["forwards"] == STEPS * 3 and b.stats["forwards"] == STEPS * 4
+    # what a host asks memory for: the clips of one call, as run
+    from vp2p_core.sampling import clips_per_call
+
+    assert clips_per_call(inversion, 1, SamplerOptions(reuse_source_trajectory=True)) == 3
+    assert clips_per_call(inversion, 1, SamplerOptions(reuse_source_trajectory=False)) == 4
+    assert clips_per_call(inversion, 2, SamplerOptions(guidance=5.0, edit_guidance=2.0)) == 2 + 2 * 2 + 2
     # float32 round-off only: a step that stops on its ratio keeps the guided latent of its last loss evaluation, a
     # forward made with autograd on, which the recomputation makes without; guidance 7.5 amplifies the ~1e-6
     # difference over the steps (measured 1.1e-4 at most). A wrong step would differ by far more than 1e-2.
@@ -400,6 +406,21 @@ def test_tuning_trains_only_the_trainable_set_and_is_seeded(world):
     with trained_weights(model):
         d2 = one_shot_tune(model, latents, emb[:1], SRC, options=TuneOptions(steps=3, learning_rate=1e-3, seed=7))
     assert d1.losses == d2.losses and all(torch.equal(d1.tensors[k], d2.tensors[k]) for k in d1.tensors)
+
+
+def test_a_tuning_that_fails_leaves_no_gradients_behind(world, monkeypatch):
+    """A step that fails between its backward and its zero_grad (out of memory in the optimiser) left its
+    gradients on the shared UNet's parameters, where the next tuning's first backward added to them."""
+    tok, emb, latents, _ = world
+    model = VideoModel.from_unet(tiny_unet())
+
+    def out_of_memory(*a, **k):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", out_of_memory)
+    with trained_weights(model), pytest.raises(RuntimeError, match="out of memory"):
+        one_shot_tune(model, latents, emb[:1], SRC, options=TuneOptions(steps=2))
+    assert all(p.grad is None for p in model.unet.parameters())
 
 
 def test_tuning_options_run(world):

@@ -485,8 +485,10 @@ def test_a_noise_mask_is_the_samplers_edit_region(chain, caplog):
 
 
 def test_sampler_asks_for_the_working_memory_of_its_clips(chain, monkeypatch):
-    """The sampler's estimate for ComfyUI: 2 + 2n clips (source and its unconditional, n targets and theirs) of all
-    frames in one UNet call, plus n contrast clips with edit guidance; at these 16x16 latents, 1/16 of SD's area."""
+    """The sampler's estimate for ComfyUI: 1 + 2n clips (the source, replaying its null-text path; n targets and
+    their unconditional passes) of all frames in one UNet call, plus the source's unconditional pass where it does
+    not replay its path, and n contrast clips with edit guidance; at these 16x16 latents, 1/16 of SD's area. (It
+    counted the source's unconditional pass always: a clip's room too many with the defaults.)"""
     import nodes.host
     import nodes.nodes_sample
 
@@ -499,8 +501,9 @@ def test_sampler_asks_for_the_working_memory_of_its_clips(chain, monkeypatch):
     monkeypatch.setattr(nodes.nodes_sample, "make_host", make_host)
     sample(chain.tuned, chain.inv, edit(chain.clip, SRC, "a blue ball on grass\na green ball on grass"))
     sample(chain.tuned, chain.inv, edit(chain.clip, SRC, TGT), edit_guidance=2.0)
+    sample(chain.tuned, chain.inv, edit(chain.clip, SRC, TGT), guidance=5.0)  # not its path: computed, uncond too
     per_frame = 238 * 2 ** 20 / 16
-    assert asked == [int(6 * FRAMES * per_frame), int(5 * FRAMES * per_frame)]
+    assert asked == [int(5 * FRAMES * per_frame), int(4 * FRAMES * per_frame), int(4 * FRAMES * per_frame)]
 
 
 def test_blend_mask_composites_through_comfyui_image_composite_masked(chain):

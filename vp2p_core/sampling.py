@@ -150,6 +150,21 @@ def _rows(extra: dict, start: int) -> dict:
             "mid_block_additional_residual": extra["mid_block_additional_residual"][start:]}
 
 
+def replays_source_trajectory(inversion: Inversion, options: SamplerOptions) -> bool:
+    """Whether the source branch replays the null-text inversion's stored path (made at the sampler's guidance)
+    rather than computing it, with its unconditional pass, at every step."""
+    return (inversion.mode == "null_text" and options.reuse_source_trajectory and inversion.trajectory is not None
+            and abs(options.guidance - inversion.guidance) < 1e-9)
+
+
+def clips_per_call(inversion: Inversion, num_targets: int, options: SamplerOptions) -> int:
+    """The most clips one UNet call of ``sample_edit`` holds: the source (and its unconditional pass where it does not
+    replay its path), each target conditional and unconditional, and edit guidance's contrast rows. What a host
+    asks memory for."""
+    source = 1 + int(inversion.mode == "null_text" and not replays_source_trajectory(inversion, options))
+    return source + 2 * num_targets + (num_targets if options.edit_guidance else 0)
+
+
 def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options: SamplerOptions = SamplerOptions(),
                 host: Host = Host(), structure: Optional[StructureGuidance] = None,
                 num_frames: Optional[int] = None, context: Optional[ContextWindows] = None,
@@ -184,16 +199,13 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
     T = schedule.num_steps
     eg_start, eg_end = (int(v * T) for v in fraction_pair(options.edit_guidance_steps))
     mode = inversion.mode
-    src_needs_uncond = mode == "null_text"
-    trajectory = None
     if mode == "null_text" and abs(guidance - inversion.guidance) >= 1e-9:
         log.warning("Video-P2P: the inversion's null embeddings reproduce the clip at guidance %g, but the sampler's "
                     "is %g: the source branch drifts from the clip, and local blend and self-attention injection "
                     "carry the drift into the edit; sample at %g, or invert at %g", inversion.guidance, guidance,
                     inversion.guidance, guidance)
-    elif mode == "null_text" and options.reuse_source_trajectory and inversion.trajectory is not None:
-        trajectory = inversion.trajectory
-        src_needs_uncond = False
+    trajectory = inversion.trajectory if replays_source_trajectory(inversion, options) else None
+    src_needs_uncond = mode == "null_text" and trajectory is None
     src_emb = inversion.source_embedding.to(dev, dtype)
     tgt_emb = plan.target_embeddings.to(dev, dtype)
     empty = plan.empty_embedding.to(dev, dtype)

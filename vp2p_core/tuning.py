@@ -253,6 +253,7 @@ def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, 
                 loop.step(step + 1, loss=losses[-1])
         finally:
             for n, p in params.items():
+                p.grad = None  # a step that failed (out of memory) leaves its gradients: the next tuning adds to them
                 p.requires_grad_(flags[n])
             set_gradient_checkpointing(unet, was_checkpointing)
             unet.train(was_training)
