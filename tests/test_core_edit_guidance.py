@@ -75,11 +75,11 @@ def test_contrast_rows_take_the_source_maps_where_the_targets_do():
         ctrl.cur_step, ctrl.map_sum, ctrl.map_count = step, None, 0
         ctrl.contrast = False
         assert ctrl.controlled_clips == 2 and ctrl.target_indices == [1]
-        without = ctrl.cross(probs[:2], "b")
+        without = ctrl.cross(probs[:2].clone(), "b")  # cross writes the edited maps over its input
         ctrl.map_sum, ctrl.map_count = None, 0
         ctrl.contrast = True
         assert ctrl.controlled_clips == 3 and ctrl.target_indices == [1, 2]
-        with_rows = ctrl.cross(probs, "b")
+        with_rows = ctrl.cross(probs.clone(), "b")
         torch.testing.assert_close(with_rows[:2], without)
         alpha = ctrl.alpha[step][0][None, None, None, :]
         eq = ctrl.equalizer[0][None, None, None, :] if step < 5 else 1.0  # control acts in the first half only
