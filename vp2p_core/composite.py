@@ -308,7 +308,8 @@ def change_weight(edited: torch.Tensor, source: torch.Tensor, threshold: float,
     if t <= 0:
         return torch.ones(edited.shape[:-1], dtype=edited.dtype, device=edited.device)
     src = source[..., :3].to(edited.device, edited.dtype)
-    bright = torch.quantile(src.amax(-1).flatten(-2).float(), 0.99, dim=-1)  # per frame [...]
+    flat = src.amax(-1).flatten(-2)  # per frame, its 99th percentile by rank (torch.quantile refuses 2^24 values)
+    bright = flat.kthvalue(max(1, math.ceil(0.99 * flat.shape[-1])), dim=-1).values.float()  # [...]
     t = t * (bright / DIM_FRAME).clamp(DIM_FLOOR, 1.0).to(src.dtype)[..., None, None]  # [..., 1, 1]
     d = (edited[..., :3] - src).abs().amax(-1)
     low, high = CHANGE_RAMP

@@ -15,8 +15,8 @@ Why the brightest frame (of each channel, so the reference may be a white balanc
 frames are brought up to it, and putting the light back only darkens (gains <= 1), so that step never clips. Where
 bringing a frame up to it would push more than 1% of its pixels past 1 (the brightest frame a flash or a fade to
 white, a sky blown out on every frame: taking the light out would clamp them, and putting it back would dim them),
-the reference is the brightest light no frame objects to, and the brighter frames get gains above 1. Normalised to the
-clip's mean light instead, or to its first frame, the clip stays darker than at its best, and small-world edits
+the reference is the brightest light no frame objects to, and the brighter frames get gains above 1. Normalised to
+the clip's mean light instead, or to its first frame, the clip stays darker than at its best, and small-world edits
 failed that had not (a flickering star, fast inversion: 0.94 of frames recoloured without normalisation, 0.25 at
 the mean light, 0.44 at the first frame's, 1.00 at the brightest frame's; BENCHMARKS.md). This was measured in the
 small world only; on real footage a cut reads as light, and so, in part, does a zoom across a scene that grows
@@ -249,8 +249,8 @@ def _gains_for(frames: torch.Tensor, gains: torch.Tensor, what: str) -> torch.Te
 
 
 def remove_light(frames: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
-    """``frames`` [F, H, W, 3] divided by the light's gain per frame, clamped to 0..1: the clip as if lit by its
-    brightest frame's light throughout."""
+    """``frames`` [F, H, W, 3] divided by the light's gain per frame, clamped to 0..1: the clip as if lit by the
+    reference light throughout (its brightest frame's, where that clips no frame; ``estimate_light``)."""
     return (frames / _gains_for(frames, gains, "frames")).clamp_(0.0, 1.0)  # in place: one full-size copy, not two
 
 
