@@ -277,7 +277,9 @@ def run(components: Components, frames: torch.Tensor, source: str, targets: str 
             log.warning("composite: the edit has no local-blend mask (no blend_words, or blend_start past the last "
                         "step); the decoded edit is returned as it is")
         else:
-            edited = stage("composite", lambda: composite_frames(edited=decoded, source=frames.to(decoded.dtype),
+            # the frames as they are: composite_frames works in the wider dtype, so that the pixels outside the
+            # mask are the source's bit for bit (float64 frames came back rounded to float32)
+            edited = stage("composite", lambda: composite_frames(edited=decoded, source=frames,
                                                                  mask=res.blend_mask, options=composite,
                                                                  outline=res.blend_outline))
             composited = True
