@@ -53,6 +53,14 @@ class DecodeFrames(io.ComfyNode):
         for i in range(0, samples.shape[0], k):
             images = vae.decode(samples[i:i + k])
             images = images.reshape(-1, *images.shape[-3:])
+            size = tuple(images.shape[1:3])
+            # the frames the light was measured on, or them as VAE Encode crops them to whole latent pixels
+            fits = () if light is None or light.frame_size is None else \
+                (tuple(light.frame_size), tuple(v // 8 * 8 for v in light.frame_size))
+            if fits and size not in fits:
+                raise VP2PInputError(f"light: measured on frames of {light.frame_size[0]}x{light.frame_size[1]}, but "
+                                     f"the latent decodes to {size[0]}x{size[1]}; give the light of the clip these "
+                                     "latents were encoded from")
             if light is not None:  # frame j of the batch is frame j mod F of the clip (one clip per target)
                 images = restore_light(images, light.gains[torch.arange(i, i + images.shape[0]) % len(light.gains)])
             if out is None:

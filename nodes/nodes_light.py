@@ -43,4 +43,5 @@ class NormaliseLight(io.ComfyNode):
     def execute(cls, images) -> io.NodeOutput:
         check_frames(images, "images")  # named as the node's input, before the core names it ``frames``
         gains = estimate_light(images, what="images", host=host.progress_host())
-        return io.NodeOutput(remove_light(images, gains), VP2PLight(gains=gains))
+        return io.NodeOutput(remove_light(images, gains),
+                             VP2PLight(gains=gains, frame_size=(int(images.shape[1]), int(images.shape[2]))))

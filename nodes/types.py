@@ -201,9 +201,11 @@ class VP2PStructure:
 @dataclass(eq=False)
 class VP2PLight:
     """The clip's light, taken out of its frames by Normalise Light: an RGB gain per frame [F, 3]
-    (``vp2p_core.estimate_light``), for Decode Frames to put back."""
+    (``vp2p_core.estimate_light``), for Decode Frames to put back; ``frame_size`` (height, width) of the frames it
+    was measured on, so that a light of another clip's size is refused (None: unknown)."""
 
     gains: torch.Tensor
+    frame_size: Optional[tuple[int, int]] = None
 
 
 def check_light(light) -> None:

@@ -407,10 +407,11 @@ def test_normalise_light_takes_the_light_out_and_decode_frames_puts_it_back():
     from nodes.types import VP2PLight
 
     g = torch.Generator().manual_seed(5)
-    clip = (0.2 + 0.3 * torch.rand(1, 32, 32, 3, generator=g)).repeat(FRAMES, 1, 1, 1)
+    clip = (0.2 + 0.3 * torch.rand(1, 128, 128, 3, generator=g)).repeat(FRAMES, 1, 1, 1)  # the decodes' size
     gains = torch.linspace(0.8, 1.1, FRAMES)[:, None] * torch.tensor([1.0, 0.95, 0.9])
     even, light = run(NormaliseLight, images=clip * gains[:, None, None, :])
     assert isinstance(light, VP2PLight) and tuple(light.gains.shape) == (FRAMES, 3)
+    assert light.frame_size == (128, 128)
     assert torch.allclose(light.gains, gains / gains.max(dim=0).values, atol=1e-6)
     assert torch.allclose(even, clip * gains.max(dim=0).values, atol=1e-6)  # every frame in the brightest one's light
     latent = make_latent(frames=2 * FRAMES)  # two targets' frames
@@ -418,6 +419,13 @@ def test_normalise_light_takes_the_light_out_and_decode_frames_puts_it_back():
     lit = run(DecodeFrames, vae=FakeVAE(), latent=latent, light=light)[0]
     assert torch.equal(lit, restore_light(plain, light.gains))
     assert torch.allclose(lit[FRAMES:], (plain[FRAMES:] * light.gains[:, None, None, :]).clamp(0, 1), atol=1e-6)
+    # a light measured on frames of another size is another clip's (the frame count alone let it through)
+    other = run(NormaliseLight, images=clip[:, :64, :64] * gains[:, None, None, :])[1]
+    with pytest.raises(VP2PInputError, match="light: measured on frames of 64x64, but the latent decodes to 128x128"):
+        run(DecodeFrames, vae=FakeVAE(), latent=latent, light=other)
+    # frames VAE Encode cropped to whole latent pixels (133 -> 128) are the same clip's
+    cropped = run(NormaliseLight, images=torch.cat([clip, clip[:, :5]], 1)[:, :133, :133] * gains[:, None, None, :])[1]
+    assert run(DecodeFrames, vae=FakeVAE(), latent=latent, light=cropped)[0].shape == lit.shape
 
 
 def comfyui_image_composite_masked():
