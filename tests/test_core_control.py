@@ -193,3 +193,18 @@ def test_several_targets_take_the_blend_and_reweight_words_they_have(tok):
     assert only_cat.equalizer[0, 2] == 2 and only_cat.equalizer[1].eq(1).all()  # the dog's prompt left alone
     with pytest.raises(VP2PInputError, match="blend_target_words \\(target prompt\\): the word 'dog' is not in"):
         build_edit_plan(tok, source, targets[:1], options=EditOptions(blend_words="rabbit", blend_target_words="cat dog"))
+
+
+def test_share_source_rows_copies_the_source_onto_the_targets_and_leaves_the_rest():
+    """Self-replace's q/k: the source clip's rows onto the target clips' rows of the controlled clips, the
+    unconditional rows past them as they were, the input untouched (one copy; contiguous targets by a slice)."""
+    from vp2p_core.attention import share_source_rows
+
+    x = torch.arange(2 * 7 * 3, dtype=torch.float32).view(14, 3)  # 3 controlled clips of 2 rows, then 8 others
+    before = x.clone()
+    out = share_source_rows(x, 3, 0, [1, 2], controlled_rows=6)
+    assert torch.equal(x, before)
+    assert torch.equal(out[2:4], x[0:2]) and torch.equal(out[4:6], x[0:2]) and torch.equal(out[:2], x[:2])
+    assert torch.equal(out[6:], x[6:])
+    picked = share_source_rows(x[:6], 3, 0, [2])  # a target list that is not 1..clips-1
+    assert torch.equal(picked[4:6], x[0:2]) and torch.equal(picked[:4], x[:4])

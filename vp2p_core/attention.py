@@ -9,7 +9,7 @@ materialised only in the cross-attention layers a controller reads; everything e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -52,12 +52,19 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Ten
     return sim.softmax(dim=-1)
 
 
-def share_source_rows(x: torch.Tensor, clips: int, source: int, targets: list[int]) -> torch.Tensor:
-    """Copy the source clip's rows onto the target clips' rows (x: [clips*k, ...], clip-major)."""
-    xv = x.view(clips, -1, *x.shape[1:])
-    out = xv.clone()
-    out[targets] = xv[source].unsqueeze(0).expand(len(targets), *xv.shape[1:])
-    return out.view_as(x)
+def share_source_rows(x: torch.Tensor, clips: int, source: int, targets: list[int],
+                      controlled_rows: Optional[int] = None) -> torch.Tensor:
+    """Copy the source clip's rows onto the target clips' rows (x: [clips*k, ...], clip-major; with
+    ``controlled_rows``, only x's first rows are those clips and the rest, the unconditional clips, stay), in one
+    copy of x. The controller's contiguous targets are written through a slice: no index tensor to the device."""
+    out = x.clone()
+    if not targets:
+        return out
+    xv = out[:x.shape[0] if controlled_rows is None else controlled_rows].view(clips, -1, *x.shape[1:])
+    contiguous = list(targets) == list(range(targets[0], targets[0] + len(targets)))
+    rows = slice(targets[0], targets[0] + len(targets)) if contiguous else list(targets)
+    xv[rows] = xv[source].unsqueeze(0).expand(len(targets), *xv.shape[1:])
+    return out
 
 
 def _apply_self_replace(state: FrameState, kind: str, q, k, rows_per_clip_total: int, tokens: int):
@@ -72,9 +79,8 @@ def _apply_self_replace(state: FrameState, kind: str, q, k, rows_per_clip_total:
     cc = ctrl.controlled_clips
     n = rows_per_clip_total * cc
     src, tgts = ctrl.source_index, ctrl.target_indices
-    q = torch.cat([share_source_rows(q[:n], cc, src, tgts), q[n:]])
-    k = torch.cat([share_source_rows(k[:n], cc, src, tgts), k[n:]])
-    return q, k
+    return (share_source_rows(q, cc, src, tgts, controlled_rows=n),
+            share_source_rows(k, cc, src, tgts, controlled_rows=n))
 
 
 class FrameAttnProcessor:
