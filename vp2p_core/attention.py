@@ -115,10 +115,15 @@ class FrameAttnProcessor:
         else:
             k_all = attn.to_k(hidden_states).view(b, f, n, -1)
             v_all = attn.to_v(hidden_states).view(b, f, n, -1)
-            prev = [0] + list(range(f - 1))
-            first = [0] * f
-            k = torch.cat([k_all[:, first], k_all[:, prev]], dim=2).reshape(bf, 2 * n, -1)
-            v = torch.cat([v_all[:, first], v_all[:, prev]], dim=2).reshape(bf, 2 * n, -1)
+
+            def first_and_previous(x: torch.Tensor) -> torch.Tensor:
+                """Each frame's keys (values): frame 0's, then its previous frame's (frame 0's own for frame 0),
+                by slices and a broadcast rather than list indexing (no index tensor to the device, one gather
+                less)."""
+                prev = torch.cat([x[:, :1], x[:, :-1]], dim=1)
+                return torch.cat([x[:, :1].expand_as(x), prev], dim=2).reshape(bf, 2 * n, -1)
+
+            k, v = first_and_previous(k_all), first_and_previous(v_all)
             qh, kh, vh = split_heads(q, h), split_heads(k, h), split_heads(v, h)
             qh, kh = _apply_self_replace(st, "frame", qh, kh, f, n)
             out = merge_heads(F.scaled_dot_product_attention(qh, kh, vh))
