@@ -319,7 +319,7 @@ def test_a_dim_frame_keeps_a_clear_recolour(light):
     """A red -> blue square on a textured frame, the whole frame at a lower light: the recolour is kept at every
     light (at 0.25 of the light it was handed back whole: the colour differences fell under the absolute
     threshold). Frames whose 99th percentile is 0.5 of white or more keep the threshold as it is (the small world's
-    clips: their gains and composites are unchanged)."""
+    clips, the dimmest 0.58: their composites are unchanged)."""
     g = torch.Generator().manual_seed(3)
     source = 0.3 + 0.6 * torch.rand(1, 32, 32, 3, generator=g)
     source[:, 8:20, 8:20] = torch.tensor([0.9, 0.1, 0.1])
