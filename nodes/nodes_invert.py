@@ -70,7 +70,8 @@ class NullTextVideoInvert(io.ComfyNode):
                               latents=files.tensor_hash(latents),
                               text=files.tensor_hash(src), empty=files.tensor_hash(empty), prompt=source_prompt,
                               options=options.cache_key(),
-                              **context_key(context, frame_attention=vp2p_model.video.frame_attention),
+                              **context_key(context, frame_attention=vp2p_model.video.frame_attention,
+                                            num_frames=latents.shape[0]),
                               **schedule_key(vp2p_model),
                               # half weights: their DDIM latents are float32 now (bf16 / fp16 before; not reused)
                               **({} if weights == torch.float32 else {"weights": str(weights),

@@ -71,7 +71,8 @@ class OneShotTune(io.ComfyNode):
                               frame_attention=vp2p_model.video.frame_attention, group_norm=vp2p_model.video.group_norm,
                               latents=files.tensor_hash(latents),
                               text=files.tensor_hash(text), prompt=source_prompt, options=options.cache_key(),
-                              **context_key(context, frame_attention=vp2p_model.video.frame_attention),
+                              **context_key(context, frame_attention=vp2p_model.video.frame_attention,
+                                            num_frames=latents.shape[0]),
                               **schedule_key(vp2p_model))
 
         def load(path) -> Delta:

@@ -36,13 +36,16 @@ def check_context(context) -> None:
         raise VP2PInputError(f"context: expected the output of VideoP2PContextWindows, got {type(context).__name__}")
 
 
-def context_key(context, frame_attention: str = InflationOptions.frame_attention) -> dict:
-    """The context windows' part of a stage's cache key (nothing without windows, so old keys stay valid). ComfyUI's
+def context_key(context, frame_attention: str = InflationOptions.frame_attention,
+                num_frames: Optional[int] = None) -> dict:
+    """The context windows' part of a stage's cache key (nothing without windows, so old keys stay valid; nothing
+    either where the clip, ``num_frames`` long, fits one window: every stage then sees the whole clip, bit for bit
+    as without the node, and plugging it in on a short clip no longer recomputes a cached tuning). ComfyUI's
     schedules (uniform, looped) and Tune-A-Video's frame attention are marked by the revision of how the stages
     meet them: DDIM inversion asks each timestep for its denoising step's windows, a looped window keeps one copy of
     frame 0, and first_prev windows hold their first frame's previous frame (2); relative weights on ComfyUI's
     schedules go by the row's place in the window (3: a looped window past the clip's end weighed about 2)."""
-    if context is None:
+    if context is None or (num_frames is not None and num_frames <= context.options.context_length):
         return {}
     key = {"context": context.options.cache_key()}
     o = context.options

@@ -700,3 +700,5 @@ def test_context_key_marks_windows_whose_stages_changed():
     relative = ContextWindows(ContextOptions(context_schedule="looped_uniform", fuse_method="relative"))
     assert context_key(relative)["windows_revision"] == 3  # its weights on a wrapping window changed
     assert "windows_revision" not in context_key(ContextWindows(ContextOptions(fuse_method="relative")))
+    # a clip that fits one window is the whole clip to every stage (bit for bit): the key of no windows
+    assert context_key(static, num_frames=16) == {} and context_key(static, num_frames=17) == context_key(static)
