@@ -97,4 +97,6 @@ def comfy_host(model: VP2PModel, previews: bool = True, extra: Sequence = (), me
 
     return Host(device=torch.device(device), progress=progress,
                 interrupt=mm.throw_exception_if_processing_interrupted, load=load,
-                free_memory=lambda: None if torch.device(device).type == "cpu" else int(mm.get_free_memory(device)))
+                # on a CPU, ComfyUI's figure is the machine's available memory: null_text_checkpointing auto turns
+                # on where the activations would not fit in it (SD 1.5, 8 frames at 512 px: about 16 GiB)
+                free_memory=lambda: int(mm.get_free_memory(device)))

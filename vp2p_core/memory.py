@@ -50,9 +50,9 @@ def call_rows(frames: int, context=None, frame_attention: str = InflationOptions
 def checkpoint_null_text(setting: str, rows: int, latent_hw: Sequence[int], dtype: torch.dtype,
                          free: Optional[int]) -> bool:
     """Whether null-text inversion's backward recomputes activations (gradient checkpointing) instead of holding
-    them: ``setting`` on / off, or auto: on where the device's ``free`` bytes (None: not known, as on a CPU, whose
-    memory is the machine's) are fewer than the iteration's activations without it, with a margin for the kernels'
-    workspace and what the host keeps in reserve (``CHECKPOINT_MARGIN``)."""
+    them: ``setting`` on / off, or auto: on where the device's ``free`` bytes (None: not known, as on a plain CPU
+    Host; ComfyUI gives the machine's available memory there) are fewer than the iteration's activations without
+    it, with a margin for the kernels' workspace and what the host keeps in reserve (``CHECKPOINT_MARGIN``)."""
     if setting in ("on", "off"):
         return setting == "on"
     scale, extra = CHECKPOINT_MARGIN

@@ -251,8 +251,8 @@ class InversionOptions(Options):
         "choice", "auto", "Null-text: gradient checkpointing in the backward to the embedding, which recomputes the "
         "UNet's activations instead of holding them: the same embeddings, with 1114 instead of 2029 MiB of "
         "activations per frame (SD 1.5 size, 512 px, fp32) for 15-21% more time (measured on a CPU). auto: on where "
-        "the device's free memory is short of the activations without it, with a margin (vp2p_core.memory); never "
-        "on a CPU.",
+        "the device's free memory (in ComfyUI on a CPU: the machine's available memory) is short of the activations "
+        "without it, with a margin (vp2p_core.memory).",
         choices=CHECKPOINTING)
 
     def cache_key(self) -> dict:
