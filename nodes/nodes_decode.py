@@ -6,6 +6,7 @@ from comfy_api.latest import io
 
 from vp2p_core import DecodeOptions, MapsOptions, VP2PInputError, restore_light
 from vp2p_core.light import check_light_count
+from vp2p_core.options import SD_VAE_FACTOR
 
 from . import host, maps
 from .schema import CATEGORY, VP2PLightIO, VP2PMapsIO, widgets
@@ -47,6 +48,9 @@ class DecodeFrames(io.ComfyNode):
                                  "decode with the VAE of the checkpoint the latents were made with")
         if light is not None:
             check_light_count(samples.shape[0], light.gains, "latent")
+        # the frames the light was measured on, or them as VAE Encode crops them to whole latent pixels
+        fits = () if light is None or light.frame_size is None else \
+            (tuple(light.frame_size), tuple(v // SD_VAE_FACTOR * SD_VAE_FACTOR for v in light.frame_size))
         k = options.frames_per_chunk
         out = None  # filled chunk by chunk: the frames exist once at full size, never as chunks plus a copy
         loop = host.progress_host().loop(-(-samples.shape[0] // k), "Decode Frames")
@@ -54,9 +58,6 @@ class DecodeFrames(io.ComfyNode):
             images = vae.decode(samples[i:i + k])
             images = images.reshape(-1, *images.shape[-3:])
             size = tuple(images.shape[1:3])
-            # the frames the light was measured on, or them as VAE Encode crops them to whole latent pixels
-            fits = () if light is None or light.frame_size is None else \
-                (tuple(light.frame_size), tuple(v // 8 * 8 for v in light.frame_size))
             if fits and size not in fits:
                 raise VP2PInputError(f"light: measured on frames of {light.frame_size[0]}x{light.frame_size[1]}, but "
                                      f"the latent decodes to {size[0]}x{size[1]}; give the light of the clip these "

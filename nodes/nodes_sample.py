@@ -5,7 +5,7 @@ from comfy_api.latest import io
 
 from vp2p_core import Inversion, SamplerOptions, VP2PInputError, edit_region, sample_edit, trained_weights
 from vp2p_core.memory import call_rows, working_memory
-from vp2p_core.sampling import clips_per_call
+from vp2p_core.sampling import clips_per_call, target_clips_per_call
 
 from .host import make_host
 from .schema import (CATEGORY, VP2PEditIO, VP2PInversionIO, VP2PMapsIO, VP2PModelIO, VP2PStructureIO, context_input,
@@ -86,10 +86,9 @@ class VideoP2PSampler(io.ComfyNode):
         rows = call_rows(inversion.num_frames, context, frame_attention=vp2p_model.video.frame_attention,
                          steps=inversion.num_steps)
         memory = working_memory("infer", clips * rows, inversion.x_T.shape[-2:], vm.weight_dtype)
-        if structure is not None:  # the ControlNet (a copy of the UNet's encoder) on the targets' rows, conditional
-            # and unconditional (and edit guidance's contrast rows): half a UNet's each
-            controlled = (2 + (1 if options.edit_guidance else 0)) * n
-            memory += working_memory("infer", controlled * rows, inversion.x_T.shape[-2:], vm.weight_dtype) // 2
+        if structure is not None:  # the ControlNet (a copy of the UNet's encoder) on the targets' rows: half a UNet's
+            memory += working_memory("infer", target_clips_per_call(n, options) * rows, inversion.x_T.shape[-2:],
+                                     vm.weight_dtype) // 2
         with trained_weights(vm, vp2p_model.delta):
             res = sample_edit(vm, inversion, edit.plan, options=options,
                               host=make_host(vp2p_model, extra=extra, memory_required=memory),

@@ -157,12 +157,17 @@ def replays_source_trajectory(inversion: Inversion, options: SamplerOptions) -> 
             and abs(options.guidance - inversion.guidance) < 1e-9)
 
 
+def target_clips_per_call(num_targets: int, options: SamplerOptions) -> int:
+    """The targets' clips of one UNet call: each conditional and unconditional, and edit guidance's contrast rows;
+    the rows a ControlNet steers."""
+    return 2 * num_targets + (num_targets if options.edit_guidance else 0)
+
+
 def clips_per_call(inversion: Inversion, num_targets: int, options: SamplerOptions) -> int:
     """The most clips one UNet call of ``sample_edit`` holds: the source (and its unconditional pass where it does not
-    replay its path), each target conditional and unconditional, and edit guidance's contrast rows. What a host
-    asks memory for."""
+    replay its path) and ``target_clips_per_call``. What a host asks memory for."""
     source = 1 + int(inversion.mode == "null_text" and not replays_source_trajectory(inversion, options))
-    return source + 2 * num_targets + (num_targets if options.edit_guidance else 0)
+    return source + target_clips_per_call(num_targets, options)
 
 
 def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options: SamplerOptions = SamplerOptions(),

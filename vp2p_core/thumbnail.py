@@ -41,9 +41,13 @@ def check_thumbnail(thumbnail: Optional[torch.Tensor], leading: tuple, what: str
 
 def check_same_clip(stored: torch.Tensor, latents: torch.Tensor, what: str, made: str, whose: str,
                     remedy: str) -> None:
-    """Refuse latents [F,C,h,w] whose thumbnail strays from ``stored`` (``latent_thumbnail`` of the clip a file was
-    made from) by more than SAME_CLIP_TOLERANCE on any frame; the frame count and size are checked before."""
+    """Refuse latents [F,C,h,w] of another channel count than ``stored`` (``latent_thumbnail`` of the clip a file
+    was made from), or whose thumbnail strays from it by more than SAME_CLIP_TOLERANCE on any frame; the frame count
+    is checked before."""
     stored = stored.float().cpu()
+    if latents.shape[1] != stored.shape[1]:
+        raise VP2PInputError(f"{what}: {made} latents of {stored.shape[1]} channels, but the latent has "
+                             f"{latents.shape[1]}")
     apart = (latent_thumbnail(latents, size=tuple(stored.shape[-2:])) - stored).pow(2).mean(dim=(1, 2, 3)).sqrt()
     # each frame against its own RMS, but never less than half the clip's (a near-black frame)
     scale = stored.pow(2).mean(dim=(1, 2, 3)).sqrt().clamp_min(0.5 * float(stored.pow(2).mean().sqrt()))

@@ -123,9 +123,6 @@ def check_delta(model: VideoModel, delta: Delta, what: str = "delta", num_frames
                              f"{model.schedule.prediction_type} (ModelSamplingDiscrete); load it as it was tuned, or "
                              "tune again")
     if latents is not None and delta.source_thumbnail is not None:
-        if tuple(latents.shape[1:2]) != tuple(delta.source_thumbnail.shape[1:2]):
-            raise VP2PInputError(f"{what}: tuned on latents of {delta.source_thumbnail.shape[1]} channels, but the "
-                                 f"latent has {latents.shape[1]}")
         check_same_clip(delta.source_thumbnail, latents, what, made="tuned on", whose="the tuned clip's",
                         remedy="pass the clip the delta was tuned on, with its light normalised as it was then "
                                "(Normalise Light, normalise_light), or tune on this clip")
