@@ -44,12 +44,16 @@ def context_key(context, frame_attention: str = InflationOptions.frame_attention
     schedules (uniform, looped) and Tune-A-Video's frame attention are marked by the revision of how the stages
     meet them: DDIM inversion asks each timestep for its denoising step's windows, a looped window keeps one copy of
     frame 0, and first_prev windows hold their first frame's previous frame (2); relative weights on ComfyUI's
-    schedules go by the row's place in the window (3: a looped window past the clip's end weighed about 2)."""
+    schedules go by the row's place in the window (3: a looped window past the clip's end weighed about 2); a looped
+    window's second copy of frame 0 reads frame 0 as its previous frame with first_prev (4: it read the frame before
+    it in the window)."""
     if context is None or (num_frames is not None and num_frames <= context.options.context_length):
         return {}
     key = {"context": context.options.cache_key()}
     o = context.options
-    if o.context_schedule not in CORE_SCHEDULES and o.fuse_method == "relative":
+    if o.context_schedule == "looped_uniform" and frame_attention == "first_prev":
+        key["windows_revision"] = 4
+    elif o.context_schedule not in CORE_SCHEDULES and o.fuse_method == "relative":
         key["windows_revision"] = 3
     elif o.context_schedule not in CORE_SCHEDULES or frame_attention != "first":
         key["windows_revision"] = 2

@@ -320,6 +320,32 @@ def test_first_prev_windows_hold_each_frames_previous_frame(world, monkeypatch):
     assert asked and set(asked) == {"first_prev"}
 
 
+def test_first_prev_rows_follow_their_previous_frame_in_looped_windows():
+    """Every first_prev row that counts (a weight above 0; not a window's first) reads the row before it as its
+    previous frame, which must be the frame before it in the clip (frame 0's own previous frame is frame 0).
+    ComfyUI's strided looped windows repeat frame 0 ([0, 2, 4, 0]); its second copy read frame 4 as its previous
+    frame, with weight 1."""
+    schedules = [[[0, 2, 4, 0], [1, 3, 5, 1]], [[3, 4, 5, 0], [0, 1, 2, 3]], [[0, 1, 2, 3, 4, 5]]]
+    for lists in schedules:
+        context = ContextWindows(ContextOptions(context_length=4, context_overlap=1),
+                                 schedule=lambda n, step, lists=lists: lists)
+        for w in context.windows(6, frame_attention="first_prev"):
+            weighed = [(i, f) for i, (f, wt) in enumerate(zip(w.frames, w.weights)) if i and wt > 0]
+            assert all(w.frames[i - 1] == max(f - 1, 0) for i, f in weighed), w.frames
+        whole = {f: 0.0 for f in range(6)}
+        for w in context.windows(6, frame_attention="first_prev"):  # the added rows weigh nothing
+            for f, wt in zip(w.frames, w.weights):
+                whole[f] += wt
+        plain = {f: 0.0 for f in range(6)}
+        for w in context.windows(6):
+            for f, wt in zip(w.frames, w.weights):
+                plain[f] += wt
+        assert whole == plain
+    looped = ContextWindows(ContextOptions(context_length=4, context_overlap=1),
+                            schedule=lambda n, step: [[0, 2, 4, 0], [1, 3, 5, 1]])
+    assert looped.windows(6, frame_attention="first_prev")[0].frames == (0, 1, 2, 3, 4, 0, 0)
+
+
 def test_attention_maps_through_windows_are_the_whole_clips():
     """Each window adds its frames' cross-attention maps at their fuse weights, and a step counts once however many
     windows it has: the exported maps (and the blend mask) through windows (0-3, then 3-6 with frame 0 as a

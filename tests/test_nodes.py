@@ -700,5 +700,17 @@ def test_context_key_marks_windows_whose_stages_changed():
     relative = ContextWindows(ContextOptions(context_schedule="looped_uniform", fuse_method="relative"))
     assert context_key(relative)["windows_revision"] == 3  # its weights on a wrapping window changed
     assert "windows_revision" not in context_key(ContextWindows(ContextOptions(fuse_method="relative")))
+    looped_prev = context_key(looped, frame_attention="first_prev")  # a second copy of frame 0 reads frame 0
+    assert looped_prev["windows_revision"] == 4
+    # what a schedule ignores is not in its key: toggling it recomputes nothing (the default's key is as it was)
+    for changed in (dict(context_stride=3), dict(closed_loop=True)):
+        assert context_key(ContextWindows(ContextOptions(**changed))) == context_key(static)
+    uniform = ContextWindows(ContextOptions(context_schedule="standard_uniform"))
+    assert context_key(ContextWindows(ContextOptions(context_schedule="standard_uniform", closed_loop=True))) \
+        == context_key(uniform)
+    assert context_key(ContextWindows(ContextOptions(context_schedule="standard_uniform", context_stride=2))) \
+        != context_key(uniform)
+    assert context_key(ContextWindows(ContextOptions(context_schedule="looped_uniform", closed_loop=True))) \
+        != context_key(looped)
     # a clip that fits one window is the whole clip to every stage (bit for bit): the key of no windows
     assert context_key(static, num_frames=16) == {} and context_key(static, num_frames=17) == context_key(static)

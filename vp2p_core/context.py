@@ -200,8 +200,9 @@ def with_previous_rows(frames: list[int], weights: list[float]) -> tuple[list[in
     row of a strided window (context_stride above 1), whose rows never follow each other."""
     out_f, out_w = frames[:1], weights[:1]
     for f, w in zip(frames[1:], weights[1:]):
-        if f > 0 and out_f[-1] != f - 1:
-            out_f.append(f - 1)
+        previous = max(f - 1, 0)  # the clip's first frame is its own previous frame (a looped window's second copy)
+        if out_f[-1] != previous:
+            out_f.append(previous)
             out_w.append(0.0)
         out_f.append(f)
         out_w.append(w)

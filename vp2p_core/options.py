@@ -541,6 +541,16 @@ class ContextOptions(Options):
             raise VP2PInputError(f"context_overlap: expected fewer frames than context_length "
                                  f"({self.context_length}), got {self.context_overlap}")
 
+    def cache_key(self) -> dict:
+        """Every field, with the ones this schedule ignores at their defaults: context_stride outside the uniform
+        schedules, closed_loop outside looped_uniform (toggling them recomputed a cached tuning for nothing)."""
+        key = super().cache_key()
+        if self.context_schedule not in ("standard_uniform", "looped_uniform"):
+            key["context_stride"] = ContextOptions.context_stride
+        if self.context_schedule != "looped_uniform":
+            key["closed_loop"] = ContextOptions.closed_loop
+        return key
+
 
 STAGES: Sequence[type] = (InflationOptions, TuneOptions, InversionOptions, EditOptions, SamplerOptions,
                           StructureOptions, DecodeOptions, MapsOptions, CompositeOptions, ContextOptions)
