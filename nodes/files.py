@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 
 from vp2p_core import VP2PInputError
+from vp2p_core.files import check_writable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -96,7 +97,11 @@ def _inside(root: Path, rel: PurePosixPath) -> Path:
 
 
 def save_path(name: str, what: str) -> Path:
-    return _inside(roots("output")[0], safe_name(name, what))
+    """Where a Save node writes ``name``; a folder there, or a file where a folder of the name must be, is refused
+    by name (pathlib's FileExistsError or IsADirectoryError before)."""
+    path = _inside(roots("output")[0], safe_name(name, what))
+    check_writable(path, what)
+    return path
 
 
 def load_path(name: str, what: str) -> Path:

@@ -1,5 +1,6 @@
 """The README's main command, end to end on the shipped model, with fewer steps."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,12 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     torch.manual_seed(0)
     rc = demo.main(["--tune-steps", "2", "--steps", "4", "--frames", "4", "--out", str(tmp_path), "--json"])
     assert rc == 0
-    report = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
     assert report["target"] == "a blue ball bouncing on green grass"
+    # one bar per stage, each named for its stage (the light's bar took the tuning's name, and so on down)
+    bars = [line.split(":")[0] for line in captured.err.replace("\r", "\n").splitlines() if "100%" in line]
+    assert list(dict.fromkeys(bars)) == ["light", "tune", "DDIM + null-text inversion", "edit"], bars
     for f in ("edit.gif", "side_by_side.png", "reconstruction.gif"):
         assert (tmp_path / f).stat().st_size > 0
     figures = report["figures"]
@@ -163,6 +168,82 @@ def test_sweep_refuses_its_grid_flags_before_any_work(args, message, capsys, mon
     with pytest.raises(SystemExit) as exit_:
         sweep.main(args)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("benchmark", ["--frames", "0"], "--frames: expected a clip length of 1 or more, got 0"),
+    ("benchmark", ["--cases", "-1"], "--cases: expected a number of cases of 0 or more"),
+    ("benchmark", ["--threads", "-1"], "--threads: expected a number of threads of 0 or more"),
+    ("benchmark", ["--json", "{tmp}"], "--json: {tmp} is a folder; give a file name"),
+    ("sweep", ["--steps", "0"], "--steps: expected a value in [1, 500], got 0"),
+    ("sweep", ["--frames", "0"], "--frames: expected a clip length of 1 or more"),
+    ("sweep", ["--json", "{tmp}/taken/rows.json"], "--json: {tmp}/taken is a file; give a path in a folder"),
+    ("long_clip_benchmark", ["--json", "{tmp}"], "--json: {tmp} is a folder"),
+    ("evaluate", ["--grid", "{tmp}/taken/grid.png"], "--grid: {tmp}/taken is a file"),
+    ("train", ["--out", "{tmp}/taken"], "--out: {tmp}/taken is a file; give a folder to write into"),
+    ("train", ["--out", "{tmp}/m", "--resume", "{tmp}"], "--resume: '{tmp}' has no unet, text_encoder"),
+    ("train", ["--out", "{tmp}/m", "--vae-from", "{tmp}"], "--vae-from: '{tmp}' has no config.json"),
+    ("train_controlnet", ["--out", "{tmp}/taken"], "--out: {tmp}/taken is a file")])
+def test_world_commands_refuse_bad_counts_and_outputs_before_any_work(module, args, message, tmp_path, capsys,
+                                                                       monkeypatch):
+    """Counts out of range and outputs that the end of a run could not write (a --json into a file's path, a
+    folder given as the file) were found after the whole run, or by a traceback after the model loaded; now by
+    flag, before any work (exit code 2)."""
+    import importlib
+
+    from vp2p_core import pipeline
+
+    monkeypatch.setattr(pipeline.Components, "from_folder", lambda *a, **k: pytest.fail("loaded the model"))
+    (tmp_path / "taken").write_text("a file")
+    main = importlib.import_module(f"vp2p_world.{module}").main
+    extra = ["--no-write"] if module == "benchmark" else []
+    with pytest.raises(SystemExit) as exit_:
+        main([a.format(tmp=tmp_path) for a in args] + extra)
+    assert exit_.value.code == 2 and message.format(tmp=tmp_path) in capsys.readouterr().err
+
+
+def test_a_frames_folder_of_grey_or_16_bit_images_loads_and_mixed_sizes_are_refused(tmp_path):
+    """A folder of grey PNGs (a permute traceback before) and 16-bit ones load as RGB in 0..1; frames of different
+    sizes are refused by flag (numpy's stack error before)."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    from vp2p_core import VP2PInputError
+    from vp2p_world.demo import load_clip
+
+    grey = np.arange(40 * 48, dtype=np.uint16).reshape(40, 48) % 256
+    iio.imwrite(tmp_path / "0.png", grey.astype(np.uint8))
+    iio.imwrite(tmp_path / "1.png", grey * 257)  # 16-bit, the same grey levels
+    iio.imwrite(tmp_path / "2.png", np.stack([grey.astype(np.uint8)] * 3 + [np.full_like(grey, 9, np.uint8)], -1))
+    frames, scene, _ = load_clip(str(tmp_path), 3, 64)
+    assert frames.shape == (3, 64, 64, 3) and scene is None
+    assert torch.equal(frames[0], frames[1]) and torch.equal(frames[0], frames[2])
+    assert torch.equal(frames[0][..., 0], frames[0][..., 2])
+    iio.imwrite(tmp_path / "3.png", np.zeros((41, 48, 3), np.uint8))
+    with pytest.raises(VP2PInputError, match=re.escape(f"--clip: {tmp_path} has frames of different sizes")):
+        load_clip(str(tmp_path), 4, 64)
+
+
+def test_run_refuses_frames_it_cannot_edit_before_any_work():
+    """``run``'s frames: of a size the VAE's factor does not divide (66 px ran the whole edit and failed at the
+    decode), in 0..255 (clamped to white, or 0..509 into the VAE), NaN, none, or not a tensor; and a blend word the
+    prompt lacks: each refused by name before the first encode."""
+    from vp2p_core import EditOptions, VP2PInputError
+    from vp2p_core.pipeline import Components, run
+
+    comps = Components.from_folder(WEIGHTS)
+    comps.encode_frames = lambda *a, **k: pytest.fail("encoded the frames")
+    src, tgt = "a red ball bouncing on green grass", "a blue ball bouncing on green grass"
+    for frames, message in [(torch.rand(2, 66, 64, 3), "frames: expected a height and width divisible by the VAE's "
+                                                        "factor 4, got 66x64; crop or scale them (e.g. to 64x64)"),
+                            (torch.rand(2, 64, 64, 3) * 255, "frames in 0..255? divide them by 255"),
+                            (torch.full((2, 64, 64, 3), float("nan")), "frames: expected values in 0..1, got nan"),
+                            (torch.rand(0, 64, 64, 3), "frames: expected RGB frames"),
+                            ([[0.5]], "frames: expected RGB frames")]:
+        with pytest.raises(VP2PInputError, match=re.escape(message)):
+            run(comps, frames, src, tgt)
+    with pytest.raises(VP2PInputError, match="blend_words .*'cat' is not in the prompt"):
+        run(comps, torch.rand(2, 64, 64, 3), src, tgt, edit=EditOptions(blend_words="cat"))
 
 
 def test_demo_refuses_an_out_file_and_an_unreadable_clip_before_any_work(tmp_path, capsys, monkeypatch):

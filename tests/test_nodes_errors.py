@@ -170,6 +170,20 @@ def test_bad_file_names_refused(setup, name):
         run(LoadVP2PDelta, vp2p_model=setup["model"], filename=name)
 
 
+def test_save_names_a_blocked_filename(setup):
+    """A Save node's name under a file ('vp2p/clip.delta' where output/vp2p is a file) or naming a folder is
+    refused by the input's name (pathlib's FileExistsError / IsADirectoryError before), and nothing is written."""
+    output = setup["base"] / "output"
+    (output / "taken").write_text("a file")
+    (output / "folder.safetensors").mkdir()
+    before = sorted(p.name for p in output.rglob("*"))
+    for name, message in [("taken/clip.delta", "is a file; give a path in a folder"),
+                          ("folder", "is a folder; give a file name")]:
+        with pytest.raises(VP2PInputError, match=f"^filename: .*{message}"):
+            run(SaveVP2PDelta, vp2p_model=setup["tuned"], filename=name)
+    assert sorted(p.name for p in output.rglob("*")) == before
+
+
 def test_save_untuned_model_refused(setup):
     with pytest.raises(VP2PInputError, match="not tuned"):
         run(SaveVP2PDelta, vp2p_model=setup["model"], filename="x.delta")

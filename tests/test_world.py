@@ -124,6 +124,44 @@ def test_a_model_folder_is_swapped_in_whole_or_not_at_all(tmp_path):
     assert (out / "a.txt").read_text() == "first" and sorted(p.name for p in out.parent.iterdir()) == ["cn"]
     write_folder_atomically(out, lambda tmp: (tmp / "b.txt").write_text("second"))
     assert sorted(p.name for p in out.iterdir()) == ["b.txt"] and sorted(p.name for p in out.parent.iterdir()) == ["cn"]
+    import stat
+
+    old = os.umask(0o022)
+    try:  # mkdtemp makes a folder 0700: the model folder gets the mode any other folder would
+        write_folder_atomically(out, lambda tmp: (tmp / "c.txt").write_text("third"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+
+
+def test_benchmarks_md_is_rewritten_whole_with_its_mode(tmp_path, monkeypatch):
+    """The benchmark's section goes into BENCHMARKS.md through a temporary file (mkstemp: 0600): the file keeps the
+    mode a plain file gets, and a failed write leaves the old text and no temporary file."""
+    import stat
+
+    from vp2p_world import benchmark
+
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\n## Other\nkept\n\n## Small-world edit benchmark\nold\n")
+    old = os.umask(0o022)
+    try:
+        benchmark.write_section(md, "## Small-world edit benchmark\nnew\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(md.stat().st_mode) == 0o644
+    assert md.read_text() == "# Benchmarks\n\n## Other\nkept\n\n## Small-world edit benchmark\nnew\n"
+
+    real = Path.write_text
+
+    def half_then_full(self, text, *a, **k):  # the disk fills halfway through the temporary file
+        real(self, text[:5])
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "write_text", half_then_full)
+        with pytest.raises(OSError, match="disk full"):
+            benchmark.write_section(md, "## Small-world edit benchmark\nnewer\n")
+    assert "new\n" in md.read_text() and sorted(p.name for p in tmp_path.iterdir()) == ["BENCHMARKS.md"]
 
 
 @pytest.mark.parametrize("flags,named", [(["--batch", "1"], "--batch"), (["--vae-steps", "0"], "--vae-steps"),

@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -74,18 +74,18 @@ def combine_fingerprints(*parts: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> Path:
-    """Write safetensors to a temporary file beside the target, then rename (never half-written)."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: str = ".tmp") -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it there: ``path`` is the old file or
+    the whole new one, never half-written, and a failed write leaves no temporary file. ``suffix``: the temporary
+    file's (a writer that picks its format by the name's extension needs that extension last)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    meta["vp2p_format"] = FORMAT_VERSION
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=meta)
+        write(tmp)
         try:  # mkstemp makes it 0600; a saved file gets the mode any other file would
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, 0o666 & ~process_umask())
         except OSError:  # a file system without modes (FAT refuses a chmod): keep what it gave
             pass
         with open(tmp, "r+b") as f:  # on disk before the rename, so that a power cut leaves no empty file behind
@@ -99,7 +99,35 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metad
     return path
 
 
-def _umask() -> int:
+def check_writable(path: str | os.PathLike, what: str, folder: bool = False) -> None:
+    """An output (a file, or a ``folder`` to write into; the input named ``what``) that could not be written, refused
+    by name before the work that makes it: a blocked ``--json`` failed after the whole benchmark, a Save node's name
+    under a file with pathlib's own error."""
+    out = Path(path)
+    if not folder and out.is_dir():
+        raise VP2PInputError(f"{what}: {out} is a folder; give a file name")
+    blocker = next((q for q in ((out,) if folder else ()) + tuple(out.parents) if q.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise VP2PInputError(f"{what}: {blocker} is a file; give a "
+                             f"{'folder to write into' if folder else 'path in a folder'}")
+    if blocker is not None and not os.access(blocker, os.W_OK):
+        raise VP2PInputError(f"{what}: {blocker} cannot be written to; give a folder you can write to")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """``atomic_write`` of a UTF-8 text file."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> Path:
+    """Write safetensors through ``atomic_write`` (never half-written)."""
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    meta["vp2p_format"] = FORMAT_VERSION
+    return atomic_write(path, lambda tmp: save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                                                    tmp, metadata=meta))
+
+
+def process_umask() -> int:
     """The process's umask: from /proc where there is one (setting it, the only other way to read it, would open a
     moment in which another thread's new files get mode 0666), else by setting it and setting it back at once."""
     try:

@@ -19,7 +19,7 @@ from .control import EditPlan, build_edit_plan
 from .errors import VP2PInputError
 from .host import Host, same_device
 from .inversion import Inversion, invert
-from .light import take_light_out, with_light
+from .light import check_frames, take_light_out, with_light
 from .model import VideoModel, check_text_to_image_unet
 from .options import (SD_LATENT_SCALE, CompositeOptions, DecodeOptions, EditOptions, InflationOptions,
                       InversionOptions, LightOptions, SamplerOptions, TuneOptions)
@@ -216,6 +216,21 @@ class RunResult:
     light: Optional[torch.Tensor] = None  # the light's RGB gain per frame [F,3] taken out before encoding, or None
 
 
+def check_run_frames(frames, vae_factor: int) -> None:
+    """``run``'s frames: RGB [F, H, W, 3] floats in 0..1 (a grey level of slack), H and W multiples of the VAE's
+    factor; refused before any work (frames of 66 px failed at the decode, after the whole edit)."""
+    check_frames(frames, "frames")
+    lo, hi = float(frames.min()), float(frames.max())
+    if not (lo >= -1 / 255 and hi <= 1 + 1 / 255):  # NaN fails too
+        hint = " (frames in 0..255? divide them by 255)" if hi > 2 else ""
+        raise VP2PInputError(f"frames: expected values in 0..1, got {lo:.4g}..{hi:.4g}{hint}")
+    height, width = frames.shape[1:3]
+    if height % vae_factor or width % vae_factor:
+        raise VP2PInputError(f"frames: expected a height and width divisible by the VAE's factor {vae_factor}, got "
+                             f"{height}x{width}; crop or scale them (e.g. to {height // vae_factor * vae_factor}x"
+                             f"{width // vae_factor * vae_factor})")
+
+
 def run(components: Components, frames: torch.Tensor, source: str, targets: str | Sequence[str],
         tune: TuneOptions = TuneOptions(), inversion: InversionOptions = InversionOptions(),
         edit: EditOptions = EditOptions(), sampler: SamplerOptions = SamplerOptions(),
@@ -253,11 +268,12 @@ def run(components: Components, frames: torch.Tensor, source: str, targets: str 
         evals[name] = state.forward_clips - e0
         return out
 
+    check_run_frames(frames, cm.model.vae_factor)
     if context is not None:
         context.check_clip(frames.shape[0], what="frames", steps=max(tune.steps, inversion.steps))
+    plan = stage("plan", lambda: cm.plan(source, targets, options=edit))  # its word checks before any work
     to_encode, gains = take_light_out(frames, light.normalise_light, host=host)
     latents = stage("encode", lambda: cm.encode_frames(to_encode))
-    plan = stage("plan", lambda: cm.plan(source, targets, options=edit))
     delta = None
     with trained_weights(cm.model):  # this clip's tuning is undone on the way out
         if tune.steps > 0:

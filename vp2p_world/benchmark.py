@@ -27,7 +27,6 @@ import math
 import os
 import shlex
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +39,13 @@ from vp2p_core import (CompositeOptions, EditOptions, InflationOptions, Inversio
                        TuneOptions, invert, one_shot_tune, sample_edit, trained_weights)
 from vp2p_core.composite import CHANGE_RAMP, composite_frames, image_mask, upsample_mask
 from vp2p_core.errors import VP2PInputError
+from vp2p_core.files import atomic_write_text, check_writable
 from vp2p_core.light import take_light_out, with_light
 from vp2p_core.pipeline import Components
 
 from . import metrics
 from .render import COLOURS, SHAPES, Scene, random_motion, random_scene, render
-from .settings import add_option_flags, options_from_args, world_options
+from .settings import add_option_flags, check_at_least, options_from_args, world_options
 
 log = logging.getLogger("vp2p_world.benchmark")
 WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -520,10 +520,7 @@ def write_section(path: Path, section: str, heading: str = "## Small-world edit 
         text = text[:start] + (section.rstrip("\n") + "\n\n" + text[nxt + 1:] if nxt >= 0 else section)
     else:
         text = text.rstrip() + "\n\n" + section
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def main(argv=None) -> int:
@@ -560,6 +557,11 @@ def main(argv=None) -> int:
         sampler = options_from_args(a, SamplerOptions, guidance=inversion.guidance)
         composite = options_from_args(a, CompositeOptions, composite=True)  # the +composite methods composite
         light = options_from_args(a, LightOptions)
+        check_at_least(a.frames, 1, "--frames", "a clip length")
+        check_at_least(a.cases, 0, "--cases", "a number of cases")
+        check_at_least(a.threads, 0, "--threads", "a number of threads")
+        if a.json:
+            check_writable(a.json, "--json")
     except VP2PInputError as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
     if a.held_out < 0:
@@ -615,7 +617,7 @@ def main(argv=None) -> int:
     md = markdown(summary, rows, command.strip(), meta)
     print(md)
     if a.json:
-        Path(a.json).write_text(json.dumps({"rows": rows, "summary": summary, "meta": meta}, indent=1))
+        atomic_write_text(a.json, json.dumps({"rows": rows, "summary": summary, "meta": meta}, indent=1))
     methods = {m for m in a.methods.split(",") if m}
     partial = a.held_out or a.cases or a.only or not methods >= set(DEFAULT_METHODS)
     if not a.no_write and not partial:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -51,6 +50,23 @@ VIDEO_SUFFIXES = (".gif", ".mp4", ".mov", ".webm", ".mkv", ".avi")  # read frame
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")  # a folder's frames; other files skipped
 
 
+def as_rgb8(image: np.ndarray, spec: str) -> np.ndarray:
+    """A read frame as [H, W, 3] 8-bit RGB: grey (with or without alpha) repeated, an alpha channel dropped, 16 bits
+    rounded to 8."""
+    from vp2p_core import VP2PInputError
+
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 2, 3, 4):
+        raise VP2PInputError(f"--clip: {spec} has a frame of shape {image.shape}; expected grey or RGB images")
+    if image.dtype == np.uint16:  # 16-bit PNG or TIFF
+        image = (image.astype(np.float64) / 257.0).round().astype(np.uint8)
+    if image.dtype != np.uint8:
+        raise VP2PInputError(f"--clip: {spec} has {image.dtype} frames; expected 8- or 16-bit images")
+    return np.repeat(image[..., :1], 3, axis=-1) if image.shape[-1] < 3 else image[..., :3]
+
+
 def load_clip(spec: str, frames: int, resolution: int):
     """A named rendered scene ('red ball bounce green grass') or a folder of frames / a GIF or MP4 file."""
     from vp2p_core import VP2PInputError
@@ -73,7 +89,12 @@ def load_clip(spec: str, frames: int, resolution: int):
                 raise VP2PInputError(f"--clip: {f} could not be read as {kind} ({type(e).__name__}: {e})") from None
         if len(imgs) < frames:
             raise VP2PInputError(f"--clip: {spec} has {len(imgs)} frames, fewer than --frames {frames}")
-        x = torch.from_numpy(np.stack(imgs[:frames])[..., :3]).float() / 255.0
+        imgs = [as_rgb8(im, spec) for im in imgs[:frames]]
+        sizes = list(dict.fromkeys(im.shape[:2] for im in imgs))
+        if len(sizes) > 1:
+            raise VP2PInputError(f"--clip: {spec} has frames of different sizes {sizes[:3]}; expected one clip's "
+                                 "frames, all of one size")
+        x = torch.from_numpy(np.stack(imgs)).float() / 255.0
         x = torch.nn.functional.interpolate(x.permute(0, 3, 1, 2), size=(resolution, resolution), mode="bilinear",
                                             antialias=True).permute(0, 2, 3, 1).clamp(0, 1)
         return x, None, None
@@ -136,19 +157,22 @@ def attention_strip(maps: torch.Tensor, token_ids: list[int], size: int) -> torc
 
 
 def save_outputs(out: Path, source, recon, edited, attn, fps: int = 8) -> dict:
+    """The edit and reconstruction GIFs and the side-by-side PNG, each written whole or not at all."""
     import imageio.v3 as iio
+
+    from vp2p_core.files import atomic_write
 
     out.mkdir(parents=True, exist_ok=True)
     to8 = lambda x: (x.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
     gif = out / "edit.gif"
-    iio.imwrite(gif, to8(edited), duration=1000 // fps, loop=0)
-    iio.imwrite(out / "reconstruction.gif", to8(recon), duration=1000 // fps, loop=0)
+    for path, frames in ((gif, edited), (out / "reconstruction.gif", recon)):
+        atomic_write(path, lambda tmp: iio.imwrite(tmp, to8(frames), extension=".gif", duration=1000 // fps, loop=0))
     cols = [source, recon, edited] + ([attn] if attn is not None else [])
     grid = torch.cat([torch.cat(list(c), dim=0) for c in cols], dim=1)  # frames down, columns across
     scale = max(1, 256 // source.shape[1])
     grid = grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
     png = out / "side_by_side.png"
-    iio.imwrite(png, to8(grid))
+    atomic_write(png, lambda tmp: iio.imwrite(tmp, to8(grid), extension=".png"))
     return {"gif": str(gif), "png": str(png)}
 
 
@@ -183,7 +207,8 @@ def fail(parser: argparse.ArgumentParser, message: str):
 def parse_args(argv):
     """Every flag, checked before any work starts: bad input exits with code 2 and names the flag."""
     from vp2p_core import (CompositeOptions, EditOptions, InflationOptions, InversionOptions, LightOptions,
-                           SamplerOptions, TuneOptions)
+                           SamplerOptions, TuneOptions, VP2PInputError)
+    from vp2p_core.files import check_writable
     from vp2p_core.options import ContextOptions
 
     from .settings import add_option_flags
@@ -220,12 +245,10 @@ def parse_args(argv):
     model = Path(a.model)
     if not model.exists():
         fail(p, f"--model: {a.model} does not exist; give a diffusers SD folder or a .safetensors file")
-    out = Path(a.out)
-    blocker = next((q for q in (out, *out.parents) if q.exists()), None)  # the outputs are written after the run
-    if blocker is not None and not blocker.is_dir():
-        fail(p, f"--out: {blocker} is a file; give a folder to write the edit into")
-    if blocker is not None and not os.access(blocker, os.W_OK):
-        fail(p, f"--out: {blocker} cannot be written to; give a folder you can write to")
+    try:  # the outputs are written after the run
+        check_writable(a.out, "--out", folder=True)
+    except VP2PInputError as e:
+        fail(p, str(e))
     return p, a
 
 
@@ -284,7 +307,8 @@ def main(argv=None) -> int:
         comps = (Components.from_single_file(model_path, WEIGHTS / "tokenizer", **inflate)  # SD's CLIP tokenizer
                  if model_path.is_file() else Components.from_folder(model_path, **inflate))
         inversion_bar = "DDIM + null-text inversion" if inversion.mode == "null_text" else "DDIM inversion"
-        bar = BarProgress((["tune"] if tune.steps else []) + [inversion_bar, "edit"])  # one bar per stage
+        bar = BarProgress((["light"] if light.normalise_light else []) + (["tune"] if tune.steps else [])
+                          + [inversion_bar, "edit"])  # one bar per stage that reports progress, in run()'s order
         res = run(comps, frames, source, target, tune=tune, inversion=inversion, edit=edit, sampler=sampler,
                   composite=composite, host=Host(progress=bar), context=context, light=light)
         bar.close()

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from vp2p_core import InversionOptions, SamplerOptions
+from vp2p_core.errors import VP2PInputError
+from vp2p_core.files import atomic_write, atomic_write_text, check_writable
 
 from .metrics import MIN_OBJECT_PIXELS, OBJECT_DISTANCE, classify_shape, largest_component, nearest_colour
 from .render import BACKGROUNDS, COLOURS, SHAPES, Scene, caption, random_scene, render, render_background
@@ -217,7 +219,8 @@ def save_grid(images: torch.Tensor, path: str, cols: int = 10) -> None:
     grid = np.ones((rows * h, cols * w, 3))
     for i, im in enumerate(imgs):
         grid[(i // cols) * h : (i // cols + 1) * h, (i % cols) * w : (i % cols + 1) * w] = im
-    Image.fromarray((grid * 255).round().astype(np.uint8)).save(path)
+    image = Image.fromarray((grid * 255).round().astype(np.uint8))
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def main(argv=None) -> int:
@@ -235,6 +238,12 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.n < 1 or a.steps < 1:
         p.error(f"--n and --steps: expected at least 1 each, got {a.n}, {a.steps}")
+    try:  # the outputs are written after the sampling
+        for name in ("grid", "json"):
+            if getattr(a, name):
+                check_writable(getattr(a, name), f"--{name}")
+    except VP2PInputError as e:
+        p.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(a.threads)
 
@@ -264,7 +273,7 @@ def main(argv=None) -> int:
     if a.grid:
         save_grid(images, a.grid)
     if a.json:
-        Path(a.json).write_text(json.dumps({**result, "samples": [
+        atomic_write_text(a.json, json.dumps({**result, "samples": [
             {"prompt": pr, **pd} for pr, pd in zip(prompts, preds)]}, indent=1))
     return 0
 

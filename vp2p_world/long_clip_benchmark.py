@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from vp2p_core.files import atomic_write_text
+
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 log = logging.getLogger("vp2p_world.long_clip_benchmark")
 
@@ -92,7 +94,10 @@ def parse_args(argv):
     from vp2p_core import CompositeOptions, EditOptions, InversionOptions, SamplerOptions, TuneOptions
     from vp2p_core.options import ContextOptions
 
-    from .settings import add_option_flags
+    from vp2p_core.errors import VP2PInputError
+    from vp2p_core.files import check_writable
+
+    from .settings import add_option_flags, check_at_least
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", default="16,32,64,128", help="clip lengths, comma-separated")
@@ -112,6 +117,12 @@ def parse_args(argv):
         p.exit(2, f"{p.prog}: error: --frames: expected clip lengths such as 16,32,64, got {a.frames!r}\n")
     if not a.lengths or min(a.lengths) < 2:
         p.exit(2, f"{p.prog}: error: --frames: expected lengths of 2 frames or more, got {a.frames!r}\n")
+    try:  # the rows are written after every length has run
+        check_at_least(a.threads, 0, "--threads", "a number of threads")
+        if a.json:
+            check_writable(a.json, "--json")
+    except VP2PInputError as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
     return p, a
 
 
@@ -143,11 +154,7 @@ def main(argv=None) -> int:
               f"{r['peak_rss_mib'] / base['peak_rss_mib']:>5.2f} {r['accuracy']:>8.2f} {r['warp_error']:>7.4f} "
               f"{r.get('seam_ratio_decoded', float('nan')):>5.2f}")
     if a.json:
-        path = Path(a.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps({"argv": argv, "rows": rows}, indent=1, default=float))
-        tmp.replace(path)
+        atomic_write_text(a.json, json.dumps({"argv": argv, "rows": rows}, indent=1, default=float))
     return 0
 
 

@@ -148,3 +148,10 @@ def option_values(text: str, flag_name: str, check) -> list[float]:
         except VP2PInputError as e:
             raise VP2PInputError(f"{flag_name}: {e}") from None
     return values
+
+
+def check_at_least(value: int, minimum: int, flag_name: str, what: str) -> None:
+    """A count flag (``--frames``, ``--threads``) below its least value, refused by name before any work."""
+    if value < minimum:
+        raise VP2PInputError(f"{flag_name}: expected {what} of {minimum} or more, got {value}")
+

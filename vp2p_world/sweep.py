@@ -23,11 +23,12 @@ import torch
 
 from vp2p_core import (EditOptions, InversionOptions, SamplerOptions, VP2PInputError, invert, sample_edit,
                        trained_weights)
+from vp2p_core.files import atomic_write_text, check_writable
 from vp2p_core.pipeline import Components
 
 from .benchmark import Case, case_edit, measure
 from .render import Scene, render
-from .settings import flag, option_values, world_options
+from .settings import check_at_least, flag, option_values, world_options
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 
@@ -66,15 +67,26 @@ def main(argv=None) -> int:
     p.add_argument("--json", default="", help="also write every row here")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    if a.threads:
-        torch.set_num_threads(a.threads)
     try:  # each value checked by its option before the model loads (a typo failed after the first inversion)
         axes = [option_values(getattr(a, name), flag(name), lambda v, n=name: EditOptions(**{n: v}))
                 for name in ("cross_replace", "self_replace", "mask_threshold")]
+        try:
+            world_options(InversionOptions, mode="fast", steps=a.steps)
+        except VP2PInputError as e:
+            raise VP2PInputError("--steps:" + str(e).partition(":")[2]) from None
+        check_at_least(a.frames, 1, "--frames", "a clip length")
+        check_at_least(a.threads, 0, "--threads", "a number of threads")
+        if a.json:
+            check_writable(a.json, "--json")
+        try:
+            comps = Components.from_folder(a.model)
+        except VP2PInputError as e:
+            raise VP2PInputError("--model:" + str(e).partition(":")[2]) from None
     except VP2PInputError as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
+    if a.threads:
+        torch.set_num_threads(a.threads)
     grid = list(itertools.product(*axes))
-    comps = Components.from_folder(a.model)
     rows = []
     for ci, case in enumerate(validation_cases(a.frames)):
         src = render(case.scene)
@@ -105,7 +117,7 @@ def main(argv=None) -> int:
         print(f"| {g[0]:.1f} | {g[1]:.1f} | {g[2]:.1f} | {mean(rs, 'psnr_truth'):.2f} | {mean(rs, 'accuracy'):.2f} | "
               f"{mean(rs, 'bg_psnr'):.2f} | {mean(rs, 'mask'):.2f} |")
     if a.json:
-        Path(a.json).write_text(json.dumps(rows, indent=1))
+        atomic_write_text(a.json, json.dumps(rows, indent=1))
     return 0
 
 

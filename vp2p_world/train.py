@@ -36,8 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from vp2p_core.attention import CrossAttnProcessor, FrameState
+from vp2p_core.errors import VP2PInputError
+from vp2p_core.files import check_writable, process_umask
 
 from .render import caption, random_motion, random_scene, render
 
@@ -97,8 +100,6 @@ class FramePool:
         self.scenes = [random_scene(rng, frames=frames) for _ in range(clips)]
         self.scenes = [s.replace(**random_motion(motion_rng, s.size)) if motion_rng.random() < moving else s
                        for s in self.scenes]
-        from tqdm import tqdm
-
         clips = [render(s) for s in tqdm(self.scenes, desc="rendering the training pool", unit="clip", disable=None)]
         self.frames = torch.stack([(c.frames * 255).round().to(torch.uint8) for c in clips])
         self.masks = torch.stack([c.masks for c in clips])  # [clips, frames, H, W] bool
@@ -198,7 +199,7 @@ def train_vae(pool: "FramePool", steps: int, batch: int, seed: int, object_weigh
     sched = warmup_cosine(opt, steps)
     gen = torch.Generator().manual_seed(seed + 2)
     t0 = time.perf_counter()
-    for step in range(steps):
+    for step in tqdm(range(steps), desc="VAE", unit="step", disable=None):  # logged every 100 too
         ci, fi, _ = pool.sample(batch)
         post, rec_loss, kl_loss = vae_losses(vae, pool.images(ci, fi), pool.foreground[ci, fi], object_weight, gen)
         loss = rec_loss + kl_loss
@@ -246,7 +247,7 @@ def finetune_vae(vae, pool: "FramePool", steps: int, batch: int, seed: int, anch
     # its own draws of still frames: a resumed run (whose pool drew nothing yet) and a whole run draw the same
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    for step in range(steps):
+    for step in tqdm(range(steps), desc="VAE fine-tune", unit="step", disable=None):  # logged every 100 too
         ci = torch.from_numpy(rng.integers(len(pool.scenes), size=half))
         fi = torch.from_numpy(rng.integers(pool.frames.shape[1], size=half))
         cj, fj, _ = moving.sample(batch - half)
@@ -416,7 +417,7 @@ def train_unet(pool: "FramePool", vae, tokenizer, steps: int, batch: int, seed: 
     averaged = [p.detach().clone() for p in params]
     t0 = time.perf_counter()
     ema = gema = None
-    for step in range(steps):
+    for step in tqdm(range(steps), desc="UNet", unit="step", disable=None):  # logged every 100 too
         ci, fi, caps = pool.sample(batch)
         drop = torch.rand(batch, generator=gen) < 0.1
         caps = ["" if d else c for d, c in zip(drop.tolist(), caps)]
@@ -486,6 +487,10 @@ def write_folder_atomically(out: Path, write, keep: tuple = ()) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     try:
+        try:  # mkdtemp makes it 0700; the model folder gets the mode any other folder would
+            os.chmod(tmp, 0o777 & ~process_umask())
+        except OSError:
+            pass
         write(tmp)
         backup = None
         if out.exists():
@@ -590,10 +595,18 @@ def main(argv=None) -> int:
                 f"and half moving frames), got {a.batch}")
     if a.clips < 1:
         p.error(f"--clips: expected at least 1 clip, got {a.clips}")
-    for flag in ("vae_from", "resume"):
+    for flag, needs in (("vae_from", ("config.json",)), ("resume", ("unet", "text_encoder"))):
         folder = getattr(a, flag)
         if folder and not Path(folder).is_dir():
             p.error(f"--{flag.replace('_', '-')}: {folder!r} is not a folder")
+        missing = [n for n in needs if folder and not (Path(folder) / n).exists()]
+        if missing:  # found before the pool is rendered, not by diffusers minutes later
+            p.error(f"--{flag.replace('_', '-')}: {folder!r} has no {', '.join(missing)}; expected "
+                    f"{'a VAE folder (e.g. vp2p_world/weights/vae)' if flag == 'vae_from' else 'a model folder'}")
+    try:  # every stage writes beside --out; the last swaps it in
+        check_writable(a.out, "--out", folder=True)
+    except VP2PInputError as e:
+        p.error(str(e))
     if not (a.unet_steps or a.grounding_steps or a.vae_tune_steps):
         raise SystemExit("--unet-steps, --grounding-steps and --vae-tune-steps are all 0: nothing to train")
     if not (a.unet_steps or a.grounding_steps) and not (a.resume and a.vae_from):

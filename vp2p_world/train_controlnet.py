@@ -16,6 +16,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
+
+from vp2p_core.errors import VP2PInputError
+from vp2p_core.files import check_writable
 
 from .train import MOVING_SHARE, command_line_pool, recorded_args, warmup_cosine, write_folder_atomically
 
@@ -49,6 +53,10 @@ def main(argv=None) -> int:
     missing = [sub for sub in ("tokenizer", "text_encoder", "vae", "unet") if not (m / sub).is_dir()]
     if missing:
         p.error(f"--model: {a.model!r} is not a model folder (no {', '.join(missing)})")
+    try:  # written after the training
+        check_writable(a.out, "--out", folder=True)
+    except VP2PInputError as e:
+        p.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(a.threads)
     torch.set_flush_denormal(True)
@@ -70,7 +78,7 @@ def main(argv=None) -> int:
     gen = torch.Generator().manual_seed(a.seed + 1)
     t0, ema = time.perf_counter(), None
     cn.train()
-    for step in range(a.steps):
+    for step in tqdm(range(a.steps), desc="ControlNet", unit="step", disable=None):  # logged every 100 too
         ci, fi, caps = pool.sample(a.batch)
         drop = torch.rand(a.batch, generator=gen) < 0.1
         caps = ["" if d else c for d, c in zip(drop.tolist(), caps)]
