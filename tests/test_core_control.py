@@ -208,3 +208,46 @@ def test_share_source_rows_copies_the_source_onto_the_targets_and_leaves_the_res
     assert torch.equal(out[6:], x[6:])
     picked = share_source_rows(x[:6], 3, 0, [2])  # a target list that is not 1..clips-1
     assert torch.equal(picked[4:6], x[0:2]) and torch.equal(picked[:4], x[:4])
+
+
+def test_target_rows_take_the_source_maps_through_the_alignment(tok):
+    """The controller's cross-attention edit of the target rows, worked out token by token against Prompt-to-Prompt's
+    definitions (AttentionReplace / AttentionRefine / AttentionReweight, then alpha_words): a word swap into two
+    tokens ('cat' -> 'big-dog') spreads the source word's map over both; a refine keeps the inserted word's own map
+    and moves the others' from their aligned source tokens; reweighting scales only its word; a word's own injection
+    window ends its source maps (there the target keeps its own, unweighted); past cross_replace nothing changes.
+    One-token recolours, which every other edit test uses, cannot tell a wrong mapper from the identity."""
+    from vp2p_core.control import AttentionController
+
+    g = torch.Generator().manual_seed(3)
+    source, target = "a cat on grass", "a big-dog on grass"
+    plan = build_edit_plan(tok, source, target, options=EditOptions(cross_replace=0.5, reweight_words="grass",
+                                                                    reweight_values="2"),
+                           cross_replace_words={"on": (0.0, 0.2)})
+    ctrl = AttentionController(plan, num_steps=10, num_frames=2, latent_hw=(4, 4), blend_layers=[])
+    probs = torch.rand(2, 2, 2, 16, 77, generator=g).softmax(-1)  # [source, target], frames, heads, queries, tokens
+    assert word_token_indices(target, "big-dog", tok) == [2, 3] and word_token_indices(source, "cat", tok) == [2]
+    assert word_token_indices(target, "on", tok) == [4] and word_token_indices(target, "grass", tok) == [5]
+    for step in (0, 3, 7):
+        ctrl.cur_step = step
+        out = ctrl.cross(probs.clone(), "x")
+        assert torch.equal(out[0], probs[0])  # the source's row is never written
+        if step >= 5:  # cross_replace 0.5: the first int(0.5 * 11) = 5 steps
+            assert torch.equal(out[1], probs[1])
+            continue
+        for k, w in ((0, 0), (1, 1), (6, 5), (7, 6)):  # BOS, 'a', EOS and the padding after it
+            torch.testing.assert_close(out[1][..., k], probs[0][..., w])
+        for k in (2, 3):  # 'big' and 'dog': half of 'cat' each
+            torch.testing.assert_close(out[1][..., k], 0.5 * probs[0][..., 2])
+        torch.testing.assert_close(out[1][..., 5], 2 * probs[0][..., 4])  # 'grass', reweighted
+        on = probs[0][..., 3] if step < 2 else probs[1][..., 4]  # its own window: the first int(0.2 * 11) = 2 steps
+        torch.testing.assert_close(out[1][..., 4], on)
+
+    source, target = "a cat on grass", "a fluffy cat on grass"
+    plan = build_edit_plan(tok, source, target, options=EditOptions(edit_mode="refine", cross_replace=0.5))
+    ctrl = AttentionController(plan, num_steps=10, num_frames=2, latent_hw=(4, 4), blend_layers=[])
+    ctrl.cur_step = 2
+    out = ctrl.cross(probs.clone(), "x")
+    torch.testing.assert_close(out[1][..., 2], probs[1][..., 2])  # 'fluffy', new: its own map
+    for k, w in {0: 0, 1: 1, 3: 2, 4: 3, 5: 4}.items():  # 'a', 'cat', 'on', 'grass' from their source tokens
+        torch.testing.assert_close(out[1][..., k], probs[0][..., w])

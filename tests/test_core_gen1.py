@@ -155,13 +155,20 @@ def test_structure_and_temporal_guidance_follow_each_context_window(controlnet):
 def test_a_float32_controlnet_steers_a_half_precision_unet(setup, controlnet):
     """Editing in bf16 with the ControlNet left in float32 (or the other way round): the adapter casts the inputs
     to the ControlNet's precision and its residuals back to the latents' (float32), which video_forward casts to the
-    UNet's (before, a dtype mismatch inside the ControlNet)."""
+    UNet's (before, a dtype mismatch inside the ControlNet); its steer on the bf16 edit is the float32 one's."""
     model, inv, plan = setup
     half = VideoModel.from_unet(tiny_unet().to(torch.bfloat16))
     images = torch.rand(F_, 64, 64, 3, generator=torch.Generator().manual_seed(1))
     sg = StructureGuidance.from_images(diffusers_controlnet(controlnet), images, (16, 16), F_)
     res = sample_edit(half, inv, plan, structure=sg)
     assert res.edited.dtype == torch.float32 and torch.isfinite(res.edited).all()  # float32 latents, bf16 UNet
+    # and it steers: the ControlNet's residuals reach the bf16 UNet as they reach the float32 one
+    unsteered = sample_edit(half, inv, plan).edited
+    full = sample_edit(VideoModel.from_unet(tiny_unet()), inv, plan, structure=sg).edited
+    full_unsteered = sample_edit(VideoModel.from_unet(tiny_unet()), inv, plan).edited
+    steer, steer32 = res.edited - unsteered, full - full_unsteered
+    # (measured: 1.03 times the float32 steer's size, 0.30 of it apart: bf16's rounding over 8 edited steps)
+    assert 0.7 < float(steer.norm() / steer32.norm()) < 1.3 and float((steer - steer32).norm() / steer32.norm()) < 0.5
 
 
 def test_temporal_guidance_is_gen1s_formula_on_one_step(setup):

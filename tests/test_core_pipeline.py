@@ -300,12 +300,16 @@ def test_null_text_checkpointing_gives_the_same_embeddings(world, inversion, mon
 
 
 def test_several_targets_share_the_source_branch(world, inversion):
+    """Two targets in one call: one source branch, and each target's edit as its own single-target run."""
     tok, emb, latents, model = world
     two = sample_edit(model, inversion, _plan(tok, emb, targets=(TGT, "a green ball on grass")))
     one = sample_edit(model, inversion, _plan(tok, emb))
     assert two.edited.shape == (2, FRAMES, 4, 16, 16)
     assert two.stats["forwards"] == STEPS * 5  # 1 source + 2 x 2 targets
     assert torch.allclose(two.edited[0], one.edited[0], atol=1e-4)
+    green = sample_edit(model, inversion, _plan(tok, emb, targets=("a green ball on grass",)))
+    assert torch.allclose(two.edited[1], green.edited[0], atol=1e-4)  # each target its own prompt's edit
+    assert (two.edited[1] - two.edited[0]).abs().max() > 1e-2
     assert two.attention_maps.shape[:2] == (3, FRAMES)
 
 
