@@ -109,3 +109,24 @@ def test_null_text_caches_past_50_steps_are_keyed_by_their_schedule_of_rate_and_
     assert long_key["lr_decay"] == "1 - i / (2 * steps)" and "50 / steps" in long_key["stop_bound"]
     assert not {"lr_decay", "stop_bound"} & set(InversionOptions(steps=50).cache_key())
     assert not {"lr_decay", "stop_bound"} & set(InversionOptions(steps=60, mode="fast").cache_key())
+
+
+def test_every_float_widget_can_show_its_range_and_default():
+    """ComfyUI's frontend (1.27) shows and rounds a float widget to the decimals of its step (0.5 without one),
+    whatever ``round`` says: a learning rate with step 1e-6 showed its minimum 1e-7 as 0.000000 and could not be set
+    between steps, and lr_scale (step 0.1) could not go below 0.1 though its minimum is 0.01."""
+    import math
+
+    import vp2p_core.options as options
+
+    kinds = [c for c in vars(options).values() if isinstance(c, type) and issubclass(c, options.Options)]
+    checked = 0
+    for cls in kinds:
+        for s in cls.settings():
+            if s.kind not in ("float", "fraction"):
+                continue
+            decimals = max(0, -math.floor(math.log10(s.step or 0.5)))
+            for v in (s.min, s.max, s.default):
+                assert v is None or abs(round(v, decimals) - v) <= 1e-12 * max(1.0, abs(v)), (cls.__name__, s.name, v)
+            checked += 1
+    assert checked >= 15

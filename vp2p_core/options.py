@@ -181,7 +181,7 @@ class TuneOptions(Options):
     steps: int = option("int", 500, "Tuning steps. The paper uses 500; 300 is also used. 0 skips tuning.",
                          min=0, max=10000, step=1)
     learning_rate: float = option("float", 3e-5, "AdamW learning rate (reference 3e-5).", min=1e-7, max=1e-2,
-                                   step=1e-6, round=1e-8)
+                                   step=1e-7, round=1e-8)
     seed: int = option("int", 33, "Seed of the noise and timesteps drawn during tuning.", min=0,
                         max=0xFFFFFFFFFFFFFFFF)
     gradient_checkpointing: bool = option(
@@ -246,7 +246,7 @@ class InversionOptions(Options):
         "steps, 1e-2 * (1 - i/(2*steps))). The defaults (10, 4 "
         "inner steps, early_stop_ratio 0.8) reconstructed better than the reference's (1, 10, 0) on every clip "
         "measured, with a third of its backward passes (BENCHMARKS.md, Null-text budget).", min=0.01, max=100.0,
-        step=0.1, round=0.01)
+        step=0.01, round=0.01)
     null_text_checkpointing: str = option(
         "choice", "auto", "Null-text: gradient checkpointing in the backward to the embedding, which recomputes the "
         "UNet's activations instead of holding them: the same embeddings, with 1114 instead of 2029 MiB of "
