@@ -8,6 +8,7 @@ from .nodes_context import VideoP2PContextWindows
 from .nodes_decode import AttentionMaps, DecodeFrames
 from .nodes_edit import AttentionEditController
 from .nodes_files import LoadVP2PDelta, LoadVP2PInversion, SaveVP2PDelta, SaveVP2PInversion
+from .nodes_frames import VideoP2PVideoFrames
 from .nodes_inflate import InflateUNet
 from .nodes_invert import NullTextVideoInvert
 from .nodes_light import NormaliseLight
@@ -16,8 +17,8 @@ from .nodes_structure import StructureGuidanceNode
 from .nodes_tune import OneShotTune
 
 NODES: list[type[io.ComfyNode]] = [
-    NormaliseLight, InflateUNet, VideoP2PContextWindows, OneShotTune, NullTextVideoInvert, AttentionEditController,
-    VideoP2PSampler, StructureGuidanceNode,
+    VideoP2PVideoFrames, NormaliseLight, InflateUNet, VideoP2PContextWindows, OneShotTune, NullTextVideoInvert,
+    AttentionEditController, VideoP2PSampler, StructureGuidanceNode,
     DecodeFrames, AttentionMaps, BlendMask, SaveVP2PDelta, LoadVP2PDelta, SaveVP2PInversion, LoadVP2PInversion,
 ]
 

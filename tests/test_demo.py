@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from vp2p_core.options import FramesOptions
+
 WEIGHTS = Path(__file__).resolve().parents[1] / "vp2p_world" / "weights"
 pytestmark = pytest.mark.skipif(not (WEIGHTS / "unet").is_dir(), reason="shipped model not trained yet")
 
@@ -117,7 +119,7 @@ def test_ground_truth_reads_the_objects_colour_not_the_backgrounds():
     from vp2p_world.demo import ground_truth, load_clip
     from vp2p_world.render import render
 
-    _, scene, _ = load_clip("blue ball bounce green grass", 2, 64)
+    _, scene, _ = load_clip("blue ball bounce green grass", FramesOptions(frames=2), 64)
     truth = ground_truth(scene, "a blue ball bouncing on green grass", "a yellow ball bouncing on green grass")
     assert torch.equal(truth.frames, render(scene.replace(colour="yellow")).frames)
     truth = ground_truth(scene, "a blue ball bouncing on green grass", "a blue ball bouncing on sand")
@@ -215,13 +217,36 @@ def test_a_frames_folder_of_grey_or_16_bit_images_loads_and_mixed_sizes_are_refu
     iio.imwrite(tmp_path / "0.png", grey.astype(np.uint8))
     iio.imwrite(tmp_path / "1.png", grey * 257)  # 16-bit, the same grey levels
     iio.imwrite(tmp_path / "2.png", np.stack([grey.astype(np.uint8)] * 3 + [np.full_like(grey, 9, np.uint8)], -1))
-    frames, scene, _ = load_clip(str(tmp_path), 3, 64)
+    frames, scene, _ = load_clip(str(tmp_path), FramesOptions(frames=3), 64)
     assert frames.shape == (3, 64, 64, 3) and scene is None
     assert torch.equal(frames[0], frames[1]) and torch.equal(frames[0], frames[2])
     assert torch.equal(frames[0][..., 0], frames[0][..., 2])
     iio.imwrite(tmp_path / "3.png", np.zeros((41, 48, 3), np.uint8))
     with pytest.raises(VP2PInputError, match=re.escape(f"--clip: {tmp_path} has frames of different sizes")):
-        load_clip(str(tmp_path), 4, 64)
+        load_clip(str(tmp_path), FramesOptions(frames=4), 64)
+
+
+def test_the_demo_takes_frames_from_start_frame_at_frame_stride(tmp_path, capsys):
+    """--start-frame and --frame-stride (Video Frames' settings) pick a clip's frames from a GIF, read no further
+    than the last one, and from a folder; a rendered scene refuses them by flag."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    from vp2p_world import demo
+
+    levels = [np.full((16, 16, 3), 10 * i, np.uint8) for i in range(12)]
+    iio.imwrite(tmp_path / "clip.gif", np.stack(levels), duration=100, loop=0)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, im in enumerate(levels):
+        iio.imwrite(folder / f"{i}.png", im)
+    pick = FramesOptions(frames=3, start_frame=2, frame_stride=4)  # frames 2, 6 and 10
+    for spec in (tmp_path / "clip.gif", folder):
+        frames, _, _ = demo.load_clip(str(spec), pick, 64)
+        assert [round(float(f.mean()) * 255) for f in frames] == [20, 60, 100], spec
+    with pytest.raises(SystemExit) as exit_:
+        demo.main(["--start-frame", "1", "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2 and "--start-frame, --frame-stride: pick frames of a --clip" in capsys.readouterr().err
 
 
 def test_run_refuses_frames_it_cannot_edit_before_any_work():
@@ -262,7 +287,7 @@ def test_demo_refuses_an_out_file_and_an_unreadable_clip_before_any_work(tmp_pat
     (folder / "notes.txt").write_text("not a frame")
     for argv, message in [(["--out", str(blocked / "demo")], f"--out: {blocked} is a file"),
                           (["--clip", str(broken)], f"--clip: {broken} could not be read as a video"),
-                          (["--clip", str(folder)], f"--clip: {folder} has 0 frames, fewer than --frames 8")]:
+                          (["--clip", str(folder)], f"--clip: {folder}: has 0 frames; frames 8 from start_frame 0")]:
         with pytest.raises(SystemExit) as exit_:
             demo.main(argv)
         assert exit_.value.code == 2

@@ -177,9 +177,10 @@ def test_node_definition_well_formed(name, cls):
     assert set(required) <= set(spec["required"]), f"{name}: optional inputs need defaults"
 
 
-def test_fifteen_nodes_with_their_saved_ids():
+def test_sixteen_nodes_with_their_saved_ids():
     assert sorted(NODE_MAP) == sorted([
-        "NormaliseLight", "InflateUNet", "VideoP2PContextWindows", "OneShotTune", "NullTextVideoInvert",
+        "VideoP2PVideoFrames", "NormaliseLight", "InflateUNet", "VideoP2PContextWindows", "OneShotTune",
+        "NullTextVideoInvert",
         "AttentionEditController", "VideoP2PSampler",
         "StructureGuidance", "DecodeFrames", "AttentionMaps", "BlendMask", "SaveVP2PDelta", "LoadVP2PDelta",
         "SaveVP2PInversion", "LoadVP2PInversion"])

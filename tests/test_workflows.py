@@ -28,9 +28,6 @@ CORE_SIGNATURES = {
                                "outputs": ["MODEL", "CLIP", "VAE"]},
     "LoadVideo": {"inputs": [("file", "COMBO", {"choices": FILES}, False)], "outputs": ["VIDEO"],
                   "extra": {"file": 1}},
-    "GetVideoComponents": {"inputs": [("video", "VIDEO", {}, False)], "outputs": ["IMAGE", "AUDIO", "FLOAT"]},
-    "ImageFromBatch": {"inputs": [("image", "IMAGE", {}, False), ("batch_index", "INT", {"min": 0, "max": 4095}, False),
-                                  ("length", "INT", {"min": 1, "max": 4096}, False)], "outputs": ["IMAGE"]},
     "ImageScale": {"inputs": [("image", "IMAGE", {}, False),
                               ("upscale_method", "COMBO",
                                {"choices": ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]}, False),
@@ -257,12 +254,12 @@ def test_structure_depth_workflow():
     assert source[0]["class_type"] == "NormaliseLight"  # the clip is encoded as if evenly lit; the depth as it is
     source = source[1:]
     assert [n["class_type"] for n in depth] == [n["class_type"] for n in source] == \
-        ["ImageScale", "ImageFromBatch", "GetVideoComponents", "LoadVideo"]
+        ["ImageScale", "VideoP2PVideoFrames", "LoadVideo"]
     for key in ("width", "height", "crop"):
         assert depth[0]["inputs"][key] == source[0]["inputs"][key]
-    for key in ("batch_index", "length"):
+    for key in ("frames", "start_frame", "frame_stride"):
         assert depth[1]["inputs"][key] == source[1]["inputs"][key]
-    assert depth[3]["inputs"]["file"] != source[3]["inputs"]["file"]
+    assert depth[2]["inputs"]["file"] != source[2]["inputs"]["file"]
     # the other workflows keep the plain sampler
     for name in ("video_p2p_word_swap", "video_p2p_refine_reweight", "video_p2p_reedit"):
         other = json.loads((WF / "api" / f"{name}.json").read_text())
@@ -319,7 +316,7 @@ def test_local_blend_workflows_composite_over_the_source_frames():
             light = api[encode[0]["inputs"]["pixels"][0]]
             assert light["class_type"] == "NormaliseLight", f"{where}: the clip is not encoded as if evenly lit"
             assert light["inputs"]["images"] == inp["destination"], f"{where}: not the frames that were edited"
-        loader = api[api[api[dest["inputs"]["image"][0]]["inputs"]["image"][0]]["inputs"]["video"][0]]
+        loader = api[api[dest["inputs"]["image"][0]]["inputs"]["video"][0]]
         assert loader["class_type"] == "LoadVideo" and loader["inputs"]["file"] == "rabbit.mp4", where
         composited.add(path.stem)
     assert composited >= {"video_p2p_word_swap", "video_p2p_refine_reweight", "video_p2p_reedit",
@@ -327,7 +324,7 @@ def test_local_blend_workflows_composite_over_the_source_frames():
 
 
 def test_every_saved_video_plays_at_the_source_clips_frame_rate():
-    """CreateVideo's fps comes from GetVideoComponents of the clip that is edited (the one loaded from rabbit.mp4),
+    """CreateVideo's fps comes from Video Frames of the clip that is edited (the one loaded from rabbit.mp4),
     not a fixed number: a 30-fps clip saved at 8 fps played in slow motion."""
     for path in UI_FILES:
         api = json.loads((WF / "api" / path.name).read_text())
@@ -335,7 +332,7 @@ def test_every_saved_video_plays_at_the_source_clips_frame_rate():
         for video in (n for n in api.values() if n["class_type"] == "CreateVideo"):
             src, slot = video["inputs"]["fps"]
             parts = api[src]
-            assert parts["class_type"] == "GetVideoComponents" and slot == 2, where
+            assert parts["class_type"] == "VideoP2PVideoFrames" and slot == 1, where
             assert api[parts["inputs"]["video"][0]]["inputs"]["file"] == "rabbit.mp4", where
 
 

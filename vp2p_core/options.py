@@ -422,6 +422,22 @@ class StructureOptions(Options):
 
 
 # --------------------------------------------------------------------------------------------------------
+# the clip's frames
+
+@dataclass(frozen=True)
+class FramesOptions(Options):
+    """Which frames of a video the clip takes: Tune-A-Video's sampling (n_sample_frames, sample_start_idx,
+    sample_frame_rate); ``vp2p_core.frames``."""
+
+    frames: int = option("int", 8, "Frames the clip takes (Tune-A-Video's n_sample_frames; the paper edits 8). "
+                         "Clips longer than a context window need the Context Windows node.", min=1, max=4096)
+    start_frame: int = option("int", 0, "The video's first frame taken, counted from 0 (sample_start_idx).", min=0,
+                              max=1_000_000)
+    frame_stride: int = option("int", 1, "Take every n-th frame from start_frame (sample_frame_rate): 2 halves the "
+                               "frame rate and doubles the time the clip covers.", min=1, max=1000)
+
+
+# --------------------------------------------------------------------------------------------------------
 # decoding
 
 @dataclass(frozen=True)
@@ -553,4 +569,4 @@ class ContextOptions(Options):
 
 
 STAGES: Sequence[type] = (InflationOptions, TuneOptions, InversionOptions, EditOptions, SamplerOptions,
-                          StructureOptions, DecodeOptions, MapsOptions, CompositeOptions, ContextOptions)
+                          StructureOptions, DecodeOptions, MapsOptions, CompositeOptions, ContextOptions, FramesOptions)

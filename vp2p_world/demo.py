@@ -67,29 +67,35 @@ def as_rgb8(image: np.ndarray, spec: str) -> np.ndarray:
     return np.repeat(image[..., :1], 3, axis=-1) if image.shape[-1] < 3 else image[..., :3]
 
 
-def load_clip(spec: str, frames: int, resolution: int):
-    """A named rendered scene ('red ball bounce green grass') or a folder of frames / a GIF or MP4 file."""
+def load_clip(spec: str, framing: "FramesOptions", resolution: int):
+    """A named rendered scene ('red ball bounce green grass') or a folder of frames / a GIF or MP4 file, of which
+    ``framing`` picks the frames (a video is read no further than the last one)."""
     from vp2p_core import VP2PInputError
+    from vp2p_core.frames import take_frames
 
     from .render import Scene, render
 
+    frames = framing.frames
     path = Path(spec)
     if path.exists():
         import imageio.v3 as iio
 
         files = sorted((f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES),
                        key=lambda p: (len(p.stem), p.stem)) if path.is_dir() else [path]
-        imgs = []
-        for f in files:
+
+        def read(f):
             video = f.suffix.lower() in VIDEO_SUFFIXES
-            try:  # a video's frames, or one image
-                imgs += list(iio.imread(f)) if video else [iio.imread(f)]
+            try:  # a video's frames one by one, or one image
+                yield from iio.imiter(f) if video else [iio.imread(f)]
             except Exception as e:  # imageio's plugins raise their own kinds
                 kind = "a video" if video else "an image"
                 raise VP2PInputError(f"--clip: {f} could not be read as {kind} ({type(e).__name__}: {e})") from None
-        if len(imgs) < frames:
-            raise VP2PInputError(f"--clip: {spec} has {len(imgs)} frames, fewer than --frames {frames}")
-        imgs = [as_rgb8(im, spec) for im in imgs[:frames]]
+
+        if path.is_dir():  # only the files taken are read
+            imgs = [next(read(f)) for f in take_frames(files, framing, what=f"--clip: {spec}")]
+        else:
+            imgs = take_frames(read(path), framing, what=f"--clip: {spec}")
+        imgs = [as_rgb8(im, spec) for im in imgs]
         sizes = list(dict.fromkeys(im.shape[:2] for im in imgs))
         if len(sizes) > 1:
             raise VP2PInputError(f"--clip: {spec} has frames of different sizes {sizes[:3]}; expected one clip's "
@@ -122,6 +128,9 @@ def load_clip(spec: str, frames: int, resolution: int):
         raise VP2PInputError(f"--clip: {spec!r} is neither a file or folder nor a rendered scene: unknown words "
                              f"{' '.join(rest)!r}; colours {list(COLOURS)}, shapes {list(SHAPES)}, "
                          f"paths {list(PATHS)}, backgrounds {list(BACKGROUNDS)}")
+    if framing.start_frame or framing.frame_stride != 1:
+        raise VP2PInputError("--start-frame, --frame-stride: pick frames of a --clip file or folder; a rendered scene "
+                             "is rendered from its first frame")
     scene = Scene(frames=frames, resolution=resolution, **kw)
     return render(scene).frames, scene, render(scene)
 
@@ -209,9 +218,9 @@ def parse_args(argv):
     from vp2p_core import (CompositeOptions, EditOptions, InflationOptions, InversionOptions, LightOptions,
                            SamplerOptions, TuneOptions, VP2PInputError)
     from vp2p_core.files import check_writable
-    from vp2p_core.options import ContextOptions
+    from vp2p_core.options import ContextOptions, FramesOptions
 
-    from .settings import add_option_flags
+    from .settings import add_option_flags, options_from_args
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(WEIGHTS), help="diffusers-format SD folder or single-file .safetensors")
@@ -229,15 +238,16 @@ def parse_args(argv):
     add_option_flags(p, CompositeOptions)
     add_option_flags(p, LightOptions)
     add_option_flags(p, ContextOptions)
-    p.add_argument("--frames", type=int, default=8, help="frames of the clip; clips longer than --context-length "
-                   "are seen through context windows (default: 8)")
+    add_option_flags(p, FramesOptions)
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--json", action="store_true", help="print the figures as JSON only")
     a = p.parse_args(argv)
-    if a.frames < 1:
-        fail(p, f"--frames: expected 1 or more frames, got {a.frames}")
+    try:
+        options_from_args(a, FramesOptions)
+    except VP2PInputError as e:
+        fail(p, str(e))
     if a.resolution < 64 or a.resolution % 64:
         fail(p, f"--resolution: expected a multiple of 64 pixels, got {a.resolution}")
     if a.threads < 0:
@@ -257,6 +267,7 @@ def main(argv=None) -> int:
                            SamplerOptions, TuneOptions, VP2PInputError)
     from vp2p_core.context import ContextWindows
     from vp2p_core.options import ContextOptions
+    from vp2p_core.options import FramesOptions
     from vp2p_core.pipeline import Components, run
 
     from .settings import options_from_args
@@ -269,7 +280,7 @@ def main(argv=None) -> int:
         sampler = options_from_args(a, SamplerOptions, guidance=inversion.guidance)
         context = ContextWindows(options_from_args(a, ContextOptions))
         context.check_clip(a.frames, what="--frames")
-        frames, scene, clip = load_clip(a.clip, a.frames, a.resolution)
+        frames, scene, clip = load_clip(a.clip, options_from_args(a, FramesOptions), a.resolution)
         source = a.source_prompt or (clip.caption if clip is not None else None)
         if source is None:
             raise VP2PInputError("--source-prompt: give the prompt that describes your clip")

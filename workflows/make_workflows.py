@@ -23,10 +23,6 @@ CORE = {
     "CheckpointLoaderSimple": {"inputs": [("ckpt_name", "W")],
                                "outputs": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]},
     "LoadVideo": {"inputs": [("file", "W")], "outputs": [("VIDEO", "VIDEO")], "extra": {"file": ["image"]}},
-    "GetVideoComponents": {"inputs": [("video", "VIDEO")],
-                           "outputs": [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")]},
-    "ImageFromBatch": {"inputs": [("image", "IMAGE"), ("batch_index", "W"), ("length", "W")],
-                       "outputs": [("IMAGE", "IMAGE")]},
     "ImageScale": {"inputs": [("image", "IMAGE"), ("upscale_method", "W"), ("width", "W"), ("height", "W"),
                               ("crop", "W")], "outputs": [("IMAGE", "IMAGE")]},
     "VAEEncode": {"inputs": [("pixels", "IMAGE"), ("vae", "VAE")], "outputs": [("LATENT", "LATENT")]},
@@ -189,12 +185,11 @@ COL = [0, 380, 760, 1140, 1520, 1900]
 
 
 def clip_frames(g: Graph, frames: int = 8, size: int = 512) -> int:
-    """Video -> its first `frames` frames at size x size (the ImageScale node)."""
+    """Video -> its first `frames` frames (decoded no further) at size x size (the ImageScale node)."""
     video = g.add("LoadVideo", "Load the source clip (put it in ComfyUI/input)", pos=(COL[0], 220),
                   file="rabbit.mp4")
-    parts = g.add("GetVideoComponents", pos=(COL[0], 600), video=(video, 0))
-    first = g.add("ImageFromBatch", f"First {frames} frames", pos=(COL[1], 220), image=(parts, 0), batch_index=0,
-                  length=frames)
+    first = g.add("VideoP2PVideoFrames", f"First {frames} frames", pos=(COL[1], 220), video=(video, 0),
+                  frames=frames)
     return g.add("ImageScale", "Resize to 512x512", pos=(COL[1], 420), image=(first, 0),
                  upscale_method="lanczos", width=size, height=size, crop="center")
 
@@ -234,10 +229,10 @@ def sample_and_save(g: Graph, ckpt: int, tuned: int, inv: int, edit: int, prefix
     sampler = g.add("VideoP2PSampler", pos=(COL[4], 0), vp2p_model=(tuned, 0), inversion=(inv, 0),
                     edit=(edit, 0), **sampler_widgets, **extra)
     frames = g.add("DecodeFrames", pos=(COL[4], 260), vae=(ckpt, 2), latent=(sampler, 0))
-    # at the source clip's own frame rate (GetVideoComponents' fps): the edit plays as fast as the clip (a graph
-    # that loads its clip later links it then)
-    parts = g.find("GetVideoComponents")
-    video = g.add("CreateVideo", pos=(COL[5], 0), images=(frames, 0), fps=(parts, 2) if parts else 30.0)
+    # at the source clip's own frame rate (Video Frames' fps): the edit plays as fast as the clip (a graph that
+    # loads its clip later links it then)
+    parts = g.find("VideoP2PVideoFrames")
+    video = g.add("CreateVideo", pos=(COL[5], 0), images=(frames, 0), fps=(parts, 1) if parts else 30.0)
     g.add("SaveVideo", pos=(COL[5], 160), video=(video, 0), filename_prefix=f"video/{prefix}", format="auto",
           codec="auto")
     maps = g.add("AttentionMaps", pos=(COL[4], 440), attention_maps=(sampler, 2))
@@ -278,7 +273,8 @@ def normalise_light(g: Graph, scaled: int, frames: int, latent: int | None) -> i
 def word_swap() -> Graph:
     g = Graph("Video-P2P word swap with local blend")
     g.note("Video-P2P word swap: 'rabbit' -> 'cat', only the rabbit's region changes (local blend).\n\n"
-           "1. Put an SD 1.5 checkpoint in models/checkpoints and your clip in input/ (8 frames are used).\n"
+           "1. Put an SD 1.5 checkpoint in models/checkpoints and your clip in input/. Video Frames takes its first 8 "
+           "frames (start_frame and frame_stride pick others) and decodes no further.\n"
            "2. Queue. Tuning (500 steps) and null-text inversion take most of the time; both are cached in "
            "models/vp2p/vp2p_cache, and ComfyUI re-runs only the edit when you change the target prompt.\n"
            "3. The tuned delta and the inversion are also saved to output/vp2p/ for the re-edit workflow.\n"
@@ -338,7 +334,7 @@ def reedit() -> Graph:
     edit = edit_node(g, ckpt, "a tiger is jumping on the grass", "replace", "rabbit", "tiger")
     outputs = sample_and_save(g, ckpt, tuned, inv, edit, "vp2p_reedit", None)
     scaled = clip_frames(g)  # the clip's frames, for the pixels outside the edit, and its frame rate
-    g.connect(outputs[2], "fps", (g.find("GetVideoComponents"), 2))
+    g.connect(outputs[2], "fps", (g.find("VideoP2PVideoFrames"), 1))
     composite(g, *outputs, scaled)
     light = normalise_light(g, scaled, outputs[1], None)  # the light the saved inversion's clip was encoded without
     # the clip as the inversion saw it (evenly lit), encoded only to check that the inversion is this clip's
@@ -366,9 +362,8 @@ def structure_depth() -> Graph:
     frames = 8
     ckpt, latent, scaled = clip_input(g, frames=frames)
     depth_video = g.add("LoadVideo", "Load the depth clip (white = near)", pos=(COL[0], 820), file="rabbit_depth.mp4")
-    depth_parts = g.add("GetVideoComponents", pos=(COL[0], 1200), video=(depth_video, 0))
-    depth_first = g.add("ImageFromBatch", f"First {frames} depth frames", pos=(COL[1], 820),
-                        image=(depth_parts, 0), batch_index=0, length=frames)
+    depth_first = g.add("VideoP2PVideoFrames", f"First {frames} depth frames", pos=(COL[1], 820),
+                        video=(depth_video, 0), frames=frames)
     depth = g.add("ImageScale", "Depth at the clip's size", pos=(COL[1], 1020), image=(depth_first, 0),
                   upscale_method="bilinear", width=512, height=512, crop="center")
     cnet = g.add("ControlNetLoader", pos=(COL[2], 820), control_net_name="control_v11f1p_sd15_depth.safetensors")
@@ -391,7 +386,7 @@ def long_clip() -> Graph:
            "(ComfyUI's ContextWindowsManual settings); every window also sees the clip's first frame, so all "
            "windows follow one frame, and overlapping windows are blended (fuse_method). Time per frame and "
            "memory stay those of a 16-frame clip. Connect the same Context Windows node to all three.\n"
-           "Raise ImageFromBatch's length for more frames (VAE Encode and Decode Frames work in chunks).",
+           "Raise Video Frames' frames for more (VAE Encode and Decode Frames work in chunks).",
            pos=(COL[0], -300))
     ckpt, latent, scaled = clip_input(g, frames=48)
     context = g.add("VideoP2PContextWindows", pos=(COL[1], 900), context_length=16, context_overlap=4)

@@ -52,6 +52,7 @@ RUN_TIMEOUT = 600
 # Our nodes as the server must list them: id -> (required inputs, optional inputs, output types, output node).
 # Saved workflows refer to nodes by these ids and input names, so they are fixed whatever nodes/ looks like inside.
 OUR_NODES = {
+    "VideoP2PVideoFrames": (["video", "frames", "start_frame", "frame_stride"], [], ["IMAGE", "FLOAT"], False),
     "NormaliseLight": (["images"], [], ["IMAGE", "VP2P_LIGHT"], False),
     "InflateUNet": (["model", "frame_attention", "weight_dtype", "group_norm"], [], ["VP2P_MODEL"], False),
     "VideoP2PContextWindows": (["context_length", "context_overlap", "context_schedule", "context_stride",
@@ -246,8 +247,8 @@ def small_prompt(name: str, prefix: str, frames: int = FRAMES) -> dict:
             inp["file"] = CLIP  # the structure workflow's depth clip too: any clip of the same frames works
         elif ct == "ControlNetLoader":
             inp["control_net_name"] = CNET
-        elif ct == "ImageFromBatch":
-            inp["length"] = frames
+        elif ct == "VideoP2PVideoFrames":
+            inp["frames"] = frames
         elif ct == "ImageScale":
             inp["width"] = inp["height"] = SIZE
         elif ct == "OneShotTune":

@@ -1,0 +1,83 @@
+"""Video Frames: the clip's frames taken from a VIDEO as Tune-A-Video samples them, decoding only as far as needed.
+
+ComfyUI's Get Video Components decodes and stacks every frame of the file before Image From Batch keeps eight
+(about 7.5 GB of float frames for ten seconds of 1080p). Here PyAV, which ComfyUI's video types are built on,
+reads the VIDEO's stream frame by frame and stops after the last frame taken.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import torch
+from comfy_api.latest import io
+
+from vp2p_core import VP2PInputError
+from vp2p_core.frames import last_frame, take_frames
+from vp2p_core.options import FramesOptions
+
+from . import host
+from .schema import CATEGORY, widgets
+
+
+def decoded_frames(video, options: FramesOptions, what: str = "video") -> tuple[torch.Tensor, float]:
+    """[F, H, W, 3] float frames in 0..1 and their frame rate (the video's over frame_stride), from any ComfyUI
+    VIDEO: a file's stream, read frame by frame, or frames made in the graph (Create Video), taken from memory."""
+    import av
+
+    try:
+        source = video.get_stream_source()
+    except ValueError:  # frames made in the graph: ComfyUI 0.3.64 cannot stream them (no container format)
+        parts = video.get_components()  # they are in memory already
+        frames = torch.stack(take_frames(iter(parts.images), options, what)).float()
+        return frames, float(Fraction(parts.frame_rate) / options.frame_stride)
+    loop = host.progress_host().loop(options.frames, "reading the video's frames")
+
+    try:
+        with av.open(source, mode="r") as container:
+            if not container.streams.video:
+                raise VP2PInputError(f"{what}: has no video stream")
+            stream = container.streams.video[0]
+            rate = Fraction(stream.average_rate) if stream.average_rate else Fraction(1)
+            taken = []
+            for frame in take_frames(_counted(container.decode(video=0), options, loop), options, what):
+                taken.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))
+    except av.error.FFmpegError as e:
+        raise VP2PInputError(f"{what}: could not be decoded ({type(e).__name__}: {e})") from None
+    frames = torch.stack(taken).float().div_(255.0)
+    return frames, float(rate / options.frame_stride)
+
+
+def _counted(frames, options: FramesOptions, loop):
+    """The stream's frames, reporting each taken one to the progress bar and stop button."""
+    end, done = last_frame(options), 0
+    for i, frame in enumerate(frames):
+        if i >= options.start_frame and (i - options.start_frame) % options.frame_stride == 0 and i <= end:
+            done += 1
+            loop.step(done)
+        yield frame
+
+
+class VideoP2PVideoFrames(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="VideoP2PVideoFrames",
+            display_name="Video Frames (Video-P2P)",
+            category=CATEGORY,
+            description="The clip's frames from a video: frames from start_frame, every frame_stride-th (Tune-A-"
+                        "Video's sampling), decoded only up to the last one taken. Use it in place of Get Video "
+                        "Components and Image From Batch, which decode the whole file first.",
+            inputs=[io.Video.Input("video", tooltip="A video, e.g. from Load Video."),
+                    *widgets(FramesOptions, ["frames", "start_frame", "frame_stride"])],
+            outputs=[io.Image.Output("images", tooltip="The frames taken, at the video's own size."),
+                     io.Float.Output("fps", tooltip="Their frame rate: the video's, over frame_stride (for Create "
+                                                    "Video).")],
+        )
+
+    @classmethod
+    def execute(cls, video, **values) -> io.NodeOutput:
+        options = FramesOptions.from_values(values)
+        if not hasattr(video, "get_stream_source"):
+            raise VP2PInputError(f"video: expected a VIDEO (e.g. from Load Video), got {type(video).__name__}")
+        frames, fps = decoded_frames(video, options)
+        return io.NodeOutput(frames, fps)

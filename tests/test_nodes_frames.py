@@ -1,0 +1,78 @@
+"""Video Frames: Tune-A-Video's frame sampling from a VIDEO, decoded no further than the last frame taken."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comfy_nodes import latest, run
+from nodes.nodes_frames import VideoP2PVideoFrames
+from vp2p_core import VP2PInputError
+from vp2p_core.frames import take_frames
+from vp2p_core.options import FramesOptions
+
+torch.set_num_threads(1)
+
+
+def grey_clip(path, frames: int = 8, size: int = 32, rate: int = 8):
+    """An h264 mp4 whose frame i is the flat grey 10 + 20 i (flat frames survive the codec within a level or two)."""
+    import av
+    import numpy as np
+
+    out = av.open(str(path), mode="w")
+    stream = out.add_stream("h264", rate=rate)
+    stream.width = stream.height = size
+    stream.pix_fmt = "yuv420p"
+    for i in range(frames):
+        img = np.full((size, size, 3), 10 + 20 * i, np.uint8)
+        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+    out.close()
+    return path
+
+
+def test_take_frames_picks_start_count_and_stride_and_reads_no_further():
+    read = []
+
+    def stream():
+        for i in range(100):
+            read.append(i)
+            yield i
+
+    assert take_frames(stream(), FramesOptions(frames=3, start_frame=5, frame_stride=4)) == [5, 9, 13]
+    assert read == list(range(14))  # stopped at the last frame taken
+    assert take_frames(range(8), FramesOptions(frames=8)) == list(range(8))
+    with pytest.raises(VP2PInputError, match=r"^video: has 8 frames; frames 4 from start_frame 2 at frame_stride 2 "
+                                             r"need 9$"):
+        take_frames(range(8), FramesOptions(frames=4, start_frame=2, frame_stride=2))
+
+
+def test_video_frames_takes_tune_a_videos_sample_of_a_video_file(tmp_path):
+    """Frames 2, 4 and 6 of an 8-frame clip at 8 fps: their greys, at the video's size, and 4 fps; a clip too
+    short for the settings is refused naming them."""
+    video = latest.InputImpl.VideoFromFile(str(grey_clip(tmp_path / "grey.mp4")))
+    images, fps = run(VideoP2PVideoFrames, video=video, frames=3, start_frame=2, frame_stride=2).args
+    assert images.shape == (3, 32, 32, 3) and images.dtype == torch.float32 and fps == 4.0
+    levels = (images.mean(dim=(1, 2, 3)) * 255).tolist()
+    assert all(abs(got - want) < 3 for got, want in zip(levels, (50, 90, 130))), levels
+    first, fps = run(VideoP2PVideoFrames, video=video).args  # the defaults: the first 8 frames, every one
+    assert first.shape[0] == 8 and fps == 8.0
+    torch.testing.assert_close(first[2::2][:3], images)
+    with pytest.raises(VP2PInputError, match="^video: has 8 frames; frames 9 from start_frame 0"):
+        run(VideoP2PVideoFrames, video=video, frames=9)
+    with pytest.raises(VP2PInputError, match="^frame_stride: expected a value in"):
+        run(VideoP2PVideoFrames, video=video, frame_stride=0)
+
+
+def test_video_frames_reads_a_video_made_in_the_graph(tmp_path):
+    """A VIDEO made by Create Video (frames in memory, which ComfyUI 0.3.64 cannot stream: no container format) is
+    taken from its frames."""
+    from fractions import Fraction
+
+    frames = torch.linspace(0.1, 0.9, 6).view(6, 1, 1, 1).expand(6, 32, 32, 3).contiguous()
+    video = latest.InputImpl.VideoFromComponents(latest.Types.VideoComponents(images=frames,
+                                                                               frame_rate=Fraction(12)))
+    images, fps = run(VideoP2PVideoFrames, video=video, frames=2, start_frame=1, frame_stride=3).args
+    assert images.shape == (2, 32, 32, 3) and fps == 4.0
+    torch.testing.assert_close(images.mean(dim=(1, 2, 3)), frames[1::3].mean(dim=(1, 2, 3)), atol=0, rtol=0)
