@@ -12,7 +12,7 @@ import torch
 from comfy_api.latest import io
 
 from vp2p_core import VP2PInputError
-from vp2p_core.frames import last_frame, take_frames
+from vp2p_core.frames import take_frames
 from vp2p_core.options import FramesOptions
 
 from . import host
@@ -39,22 +39,12 @@ def decoded_frames(video, options: FramesOptions, what: str = "video") -> tuple[
             stream = container.streams.video[0]
             rate = Fraction(stream.average_rate) if stream.average_rate else Fraction(1)
             taken = []
-            for frame in take_frames(_counted(container.decode(video=0), options, loop), options, what):
+            for frame in take_frames(container.decode(video=0), options, what, on_take=loop.step):
                 taken.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))
     except av.error.FFmpegError as e:
         raise VP2PInputError(f"{what}: could not be decoded ({type(e).__name__}: {e})") from None
     frames = torch.stack(taken).float().div_(255.0)
     return frames, float(rate / options.frame_stride)
-
-
-def _counted(frames, options: FramesOptions, loop):
-    """The stream's frames, reporting each taken one to the progress bar and stop button."""
-    end, done = last_frame(options), 0
-    for i, frame in enumerate(frames):
-        if i >= options.start_frame and (i - options.start_frame) % options.frame_stride == 0 and i <= end:
-            done += 1
-            loop.step(done)
-        yield frame
 
 
 class VideoP2PVideoFrames(io.ComfyNode):

@@ -42,7 +42,9 @@ def test_take_frames_picks_start_count_and_stride_and_reads_no_further():
 
     assert take_frames(stream(), FramesOptions(frames=3, start_frame=5, frame_stride=4)) == [5, 9, 13]
     assert read == list(range(14))  # stopped at the last frame taken
-    assert take_frames(range(8), FramesOptions(frames=8)) == list(range(8))
+    taken = []
+    assert take_frames(range(8), FramesOptions(frames=8), on_take=taken.append) == list(range(8))
+    assert taken == list(range(1, 9))  # after each frame taken: its count (the progress bar's step)
     with pytest.raises(VP2PInputError, match=r"^video: has 8 frames; frames 4 from start_frame 2 at frame_stride 2 "
                                              r"need 9$"):
         take_frames(range(8), FramesOptions(frames=4, start_frame=2, frame_stride=2))
