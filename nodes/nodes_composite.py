@@ -15,6 +15,8 @@ mask it is).
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 from comfy_api.latest import io
 
@@ -23,6 +25,8 @@ from vp2p_core import CompositeOptions, VP2PInputError, composite_alpha, composi
 from . import host
 from .schema import CATEGORY, VP2PMapsIO, widgets
 from .types import VP2PMaps
+
+log = logging.getLogger(__name__)
 
 COMPOSITE_CHUNK = 8  # frames per composite_alpha call (progress and the stop button between calls)
 
@@ -73,15 +77,23 @@ class BlendMask(io.ComfyNode):
             raise VP2PInputError(f"images: expected frames [frames, height, width, channels], got {shape}")
         size = tuple(images.shape[1:3])
         mask = attention_maps.blend_mask  # [n, F, 1, h, w] at latent size, or None without local blend
-        if mask is None:  # every pixel edited: one all-one mask per edited frame (n targets x F frames)
-            shape = attention_maps.edit_shape
-            count = images.shape[0] if shape is None or images.shape[0] != shape[1] else shape[0] * shape[1]
-            return io.NodeOutput(torch.ones(count, *size))
-        n, f = mask.shape[:2]
-        if images.shape[0] not in (f, n * f):
+        shape = (attention_maps.edit_shape or (None, None))[:2] if mask is None else tuple(mask.shape[:2])
+        shape = None if shape[0] is None else shape  # (targets, frames)
+        if shape is not None and images.shape[0] not in (shape[1], shape[0] * shape[1]):
+            n, f = shape
             raise VP2PInputError(f"images: {images.shape[0]} frames, but the edit has {f} frames"
                                  + (f" for each of {n} targets" if n > 1 else "")
                                  + "; expected the decoded edit or the clip's frames")
+        if shape is not None and shape[0] > 1 and source_images is not None and \
+                isinstance(source_images, torch.Tensor) and source_images.shape[0] == shape[1]:
+            log.warning("Blend Mask: %d masks for %d target prompts, but source_images has the clip's %d frames: "
+                        "Image Composite Masked with these frames as its destination keeps target 1 alone (it "
+                        "cuts the edit and the masks to the destination's length); give it the frames through "
+                        "Repeat Image Batch (amount %d)", shape[0] * shape[1], shape[0], shape[1], shape[0])
+        if mask is None:  # every pixel edited: one all-one mask per edited frame (n targets x F frames)
+            count = images.shape[0] if shape is None or images.shape[0] != shape[1] else shape[0] * shape[1]
+            return io.NodeOutput(torch.ones(count, *size))
+        n, f = shape
         if options.change_threshold <= 0 and options.refine_radius <= 0 and options.occluder_threshold <= 0:
             return io.NodeOutput(composite_mask(mask, size, options, what="images",
                                                 outline=attention_maps.blend_outline).flatten(0, 1).float().cpu())

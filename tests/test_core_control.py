@@ -251,3 +251,31 @@ def test_target_rows_take_the_source_maps_through_the_alignment(tok):
     torch.testing.assert_close(out[1][..., 2], probs[1][..., 2])  # 'fluffy', new: its own map
     for k, w in {0: 0, 1: 1, 3: 2, 4: 3, 5: 4}.items():  # 'a', 'cat', 'on', 'grass' from their source tokens
         torch.testing.assert_close(out[1][..., k], probs[0][..., w])
+
+
+def test_several_targets_say_where_one_resolution_covers_them_all(tok, caplog):
+    """edit_mode auto and the blend's auto settings are resolved once for every target prompt: a word swap beside a
+    refinement is refined, a recolour beside a shape swap gets the shape swap's grown union. Each is said, naming
+    the targets that edit otherwise than alone; one target, or targets that agree, say nothing."""
+    import logging
+
+    source = "a red ball on grass"
+    with caplog.at_level(logging.WARNING, logger="vp2p_core.control"):
+        plan = build_edit_plan(tok, source, ["a blue ball on grass", "a red paper ball on grass"])
+        assert plan.mode == "refine"
+        assert "refined too" in caplog.text and "('a blue ball on grass')" in caplog.text
+        caplog.clear()
+        plan = build_edit_plan(tok, source, ["a blue ball on grass", "a red cube on grass"],
+                               options=EditOptions(blend_words="ball", blend_target_words="ball cube"))
+        assert (plan.blend.region, plan.blend.source_only) == ("grown", False)
+        assert "blend_region and blend_from auto: resolved once" in caplog.text
+        assert "'a blue ball on grass' keep the source's" in caplog.text
+        caplog.clear()
+        build_edit_plan(tok, source, ["a blue ball on grass", "a green ball on grass"],
+                        options=EditOptions(blend_words="ball"))
+        build_edit_plan(tok, source, "a red cube on grass",
+                        options=EditOptions(blend_words="ball", blend_target_words="cube"))
+        build_edit_plan(tok, source, ["a blue ball on grass", "a red cube on grass"],
+                        options=EditOptions(blend_words="ball", blend_target_words="ball cube", blend_region="grown",
+                                            blend_from="both"))
+    assert caplog.text == ""

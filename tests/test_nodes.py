@@ -472,6 +472,28 @@ def test_without_local_blend_the_blend_mask_output_is_the_whole_frame(chain):
     for frames in (FRAMES, 2 * FRAMES):
         out = run(BlendMask, attention_maps=two, images=torch.rand(frames, 128, 128, 3))[0]
         assert tuple(out.shape) == (2 * FRAMES, 128, 128) and bool(out.eq(1).all())
+    # another count is refused, as with local blend (5 masks were handed back for 5 frames)
+    with pytest.raises(VP2PInputError, match=f"^images: {FRAMES + 2} frames, but the edit has {FRAMES} frames for "
+                                             "each of 2 targets"):
+        run(BlendMask, attention_maps=two, images=torch.rand(FRAMES + 2, 128, 128, 3))
+
+
+def test_blend_mask_warns_where_image_composite_masked_would_keep_target_one_alone(chain, caplog):
+    """Two targets, and the clip's own F frames as source_images (Image Composite Masked's destination): ComfyUI
+    cuts the 2F edited frames and masks to F, and the second target never reaches the video. Blend Mask says so and
+    names Repeat Image Batch; with the frames repeated per target it says nothing."""
+    import logging
+
+    _, _, two = sample(chain.tuned, chain.inv, edit(chain.clip, SRC, TGT + "\na green ball on grass",
+                                                    blend_words="ball"))
+    images, frames = torch.rand(2 * FRAMES, 128, 128, 3), torch.rand(FRAMES, 128, 128, 3)
+    with caplog.at_level(logging.WARNING, logger="nodes.nodes_composite"):
+        run(BlendMask, attention_maps=two, images=images, source_images=frames)
+    assert "keeps target 1 alone" in caplog.text and "Repeat Image Batch (amount 2)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nodes.nodes_composite"):
+        run(BlendMask, attention_maps=two, images=images, source_images=frames.repeat(2, 1, 1, 1))
+    assert "keeps target 1 alone" not in caplog.text
 
 
 def test_a_noise_mask_is_the_samplers_edit_region(chain, caplog):

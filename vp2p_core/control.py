@@ -143,8 +143,14 @@ def build_edit_plan(tokenizer: TokenizerLike, source_prompt: str, target_prompts
         check_prompt_length(tokenizer, t, "target_prompts")
     mode = options.edit_mode
     if mode == "auto":
-        swaps = all(_is_word_swap(source_prompt, t, tokenizer) for t in targets)
-        mode = "replace" if swaps else "refine"
+        swaps = [_is_word_swap(source_prompt, t, tokenizer) for t in targets]
+        mode = "replace" if all(swaps) else "refine"
+        if any(swaps) and not all(swaps):  # one mode for every target: a word swap beside them is refined too
+            log.warning("edit_mode auto: refine for every target prompt, since %s cannot pair word for word with "
+                        "the source; the word swaps among them (%s) are refined too, and edit differently than "
+                        "alone (edit them in a run of their own for replace)",
+                        ", ".join(repr(t) for t, w in zip(targets, swaps) if not w),
+                        ", ".join(repr(t) for t, w in zip(targets, swaps) if w))
     plan = EditPlan(source_prompt=source_prompt, target_prompts=targets, mode=mode,
                     cross_replace=fraction_pair(options.cross_replace),
                     self_replace=fraction_pair(options.self_replace), self_replace_on=options.self_replace_on,
@@ -178,14 +184,23 @@ def build_edit_plan(tokenizer: TokenizerLike, source_prompt: str, target_prompts
         tgt_what = "blend_target_words (target prompt)" if tgt_words else "blend_words (target prompt)"
         tgt_words = tgt_words or src_words
         same = [w.lower() for w in tgt_words] == [w.lower() for w in src_words]
+        source_tokens = words_token_indices(source_prompt, src_words, tokenizer, "blend_words (source prompt)")
+        shares = targets_with_words(targets, tgt_words, tokenizer, tgt_what)
+        own = [[w.lower() for w in share] == [w.lower() for w in src_words] for share in shares]
+        auto = [name for name in ("blend_region", "blend_from") if getattr(options, name) == "auto"]
+        if auto and len(set(own)) > 1:  # resolved once for all targets, from the whole word lists
+            log.warning("%s auto: resolved once for every target prompt, from the blend word lists, as for a new "
+                        "shape (a grown region from the source's and the target's words); %s keep the source's "
+                        "blend words (a recolour) and get it too, where alone they would get the source's outline: "
+                        "edit them in a run of their own, or set the options", " and ".join(auto),
+                        ", ".join(repr(t) for t, o in zip(targets, own) if o))
         region = options.blend_region
         if region == "auto":  # a new shape needs room beyond the old outline; a recolour does not
             region = "outline" if same else "grown"
         source_only = options.blend_from == "source" or (options.blend_from == "auto" and same)
         plan.blend = BlendSpec(
-            source_tokens=words_token_indices(source_prompt, src_words, tokenizer, "blend_words (source prompt)"),
-            target_tokens=[words_token_indices(t, words, tokenizer, tgt_what)
-                           for t, words in zip(targets, targets_with_words(targets, tgt_words, tokenizer, tgt_what))],
+            source_tokens=source_tokens,
+            target_tokens=[words_token_indices(t, words, tokenizer, tgt_what) for t, words in zip(targets, shares)],
             threshold=options.mask_threshold, start=options.blend_start, dilation=options.blend_dilation,
             smoothing=options.blend_smoothing, region=region, source_only=source_only)
     return plan
