@@ -120,6 +120,12 @@ def load_path(name: str, what: str) -> Path:
     return found[0]
 
 
+def prompt_key(prompt: str) -> str:
+    """A prompt as a cache key holds it: its words, one space apart (ComfyUI's tokenizer reads a trailing newline
+    or a double space as nothing, so they recomputed a cached tuning for the same embedding)."""
+    return " ".join(prompt.split())
+
+
 def cache_path(cache_dir: str, kind: str, key: str) -> Optional[Path]:
     """Cache file for ``key``, or None when caching is off (empty cache_dir)."""
     if not cache_dir or not cache_dir.strip():

@@ -8,6 +8,7 @@ from comfy_api.latest import io
 
 from vp2p_core import Inversion, InversionOptions, VP2PInputError, invert, trained_weights
 from vp2p_core.memory import call_rows, working_memory
+from vp2p_core.text import check_same_encoder
 from vp2p_core.thumbnail import latent_thumbnail
 
 from . import files
@@ -59,16 +60,22 @@ class NullTextVideoInvert(io.ComfyNode):
                 "vp2p_model", "null-text inversion needs InflateUNet's weight_dtype fp32 (or use mode fast)")
         latents = vp2p_model.latents(latent)
         vp2p_model.check_clip(latents, "latent")
-        if vp2p_model.delta is not None and vp2p_model.delta.prompt.strip() != source_prompt.strip():
+        tuned_prompt = None if vp2p_model.delta is None else vp2p_model.delta.prompt
+        if tuned_prompt is not None and files.prompt_key(tuned_prompt) != files.prompt_key(source_prompt):
             log.warning("Video-P2P: source_prompt %r is not the prompt the model was tuned with (%r): the inversion "
                         "reconstructs the clip less well under another prompt", source_prompt, vp2p_model.delta.prompt)
         src = encode_text(clip, source_prompt, "source_prompt")
         empty = encode_text(clip, "", "empty prompt")
         vp2p_model.video.check_text(src, "clip")
+        tuned_with = None if vp2p_model.delta is None else vp2p_model.delta.source_embedding
+        if tuned_with is not None and files.prompt_key(tuned_prompt) == files.prompt_key(source_prompt):
+            check_same_encoder(tuned_with, src, "the model was tuned with", "invert with the CLIP the tuning used (the "
+                               "same CLIPSetLastLayer and LoRAs), or tune again with this one")
         key = files.cache_key(kind="inversion", model=vp2p_model.fingerprint,
                               frame_attention=vp2p_model.video.frame_attention, group_norm=vp2p_model.video.group_norm,
                               latents=files.tensor_hash(latents),
-                              text=files.tensor_hash(src), empty=files.tensor_hash(empty), prompt=source_prompt,
+                              text=files.tensor_hash(src), empty=files.tensor_hash(empty),
+                              prompt=files.prompt_key(source_prompt),
                               options=options.cache_key(),
                               **context_key(context, frame_attention=vp2p_model.video.frame_attention,
                                             num_frames=latents.shape[0]),

@@ -70,9 +70,10 @@ class OneShotTune(io.ComfyNode):
         key = files.cache_key(kind="delta", model=vp2p_model.fingerprint,
                               frame_attention=vp2p_model.video.frame_attention, group_norm=vp2p_model.video.group_norm,
                               latents=files.tensor_hash(latents),
-                              text=files.tensor_hash(text), prompt=source_prompt, options=options.cache_key(),
+                              text=files.tensor_hash(text), prompt=files.prompt_key(source_prompt),
+                              options=options.cache_key(),
                               **context_key(context, frame_attention=vp2p_model.video.frame_attention,
-                                            num_frames=latents.shape[0]),
+                                            num_frames=latents.shape[0], fuse_weights=False),
                               **schedule_key(vp2p_model))
 
         def load(path) -> Delta:
@@ -85,6 +86,8 @@ class OneShotTune(io.ComfyNode):
             if delta.source_thumbnail is None:
                 delta.source_thumbnail = latent_thumbnail(latents)
             delta.prediction_type = delta.prediction_type or vp2p_model.video.schedule.prediction_type
+            if delta.source_embedding is None:  # cached before deltas kept it: the key holds this very embedding
+                delta.source_embedding = text.detach().to("cpu", torch.float32).clone()
             return delta
 
         def compute() -> Delta:

@@ -14,6 +14,7 @@ import torch
 from vp2p_core import (SD_LATENT_SCALE, SD_VAE_FACTOR, Delta, EditPlan, InflationOptions, StructureGuidance,
                        StructureOptions, VideoModel, VP2PInputError)
 from vp2p_core.context import CORE_SCHEDULES
+from vp2p_core.options import ContextOptions
 from vp2p_core.schedule import DDIMConfig
 from vp2p_core.tuning import check_delta
 
@@ -37,7 +38,7 @@ def check_context(context) -> None:
 
 
 def context_key(context, frame_attention: str = InflationOptions.frame_attention,
-                num_frames: Optional[int] = None) -> dict:
+                num_frames: Optional[int] = None, fuse_weights: bool = True) -> dict:
     """The context windows' part of a stage's cache key (nothing without windows, so old keys stay valid; nothing
     either where the clip, ``num_frames`` long, fits one window: every stage then sees the whole clip, bit for bit
     as without the node, and plugging it in on a short clip no longer recomputes a cached tuning). ComfyUI's
@@ -46,11 +47,14 @@ def context_key(context, frame_attention: str = InflationOptions.frame_attention
     frame 0, and first_prev windows hold their first frame's previous frame (2); relative weights on ComfyUI's
     schedules go by the row's place in the window (3: a looped window past the clip's end weighed about 2); a looped
     window's second copy of frame 0 reads frame 0 as its previous frame with first_prev (4: it read the frame before
-    it in the window)."""
+    it in the window). ``fuse_weights`` False: for a stage that reads only which of a window's rows weigh anything,
+    not how much (tuning), the fuse method is left out (changing the sampler's blending re-ran a 500-step tuning)."""
     if context is None or (num_frames is not None and num_frames <= context.options.context_length):
         return {}
-    key = {"context": context.options.cache_key()}
     o = context.options
+    if not fuse_weights:  # a stage that reads only which rows weigh (tuning): the fuse method changes nothing
+        o = o.replace(fuse_method=ContextOptions.fuse_method)
+    key = {"context": o.cache_key()}
     if o.context_schedule == "looped_uniform" and frame_attention == "first_prev":
         key["windows_revision"] = 4
     elif o.context_schedule not in CORE_SCHEDULES and o.fuse_method == "relative":

@@ -294,6 +294,45 @@ def test_tune_and_invert_caches_are_reused(chain, roots):
     assert Delta.load(path).fingerprint == chain.tuned.delta.fingerprint
 
 
+def test_cache_keys_leave_out_what_changes_nothing_and_a_delta_knows_its_clip(chain, roots, caplog):
+    """The tuning's cache key holds the prompt's words, not its spacing (a trailing newline recomputed a cached tuning
+    for the same embedding), and not the context windows' fuse method, which tuning never reads (changing the
+    sampler's blending re-ran the tuning). A delta keeps the text embedding it was tuned under: an inversion of the
+    same prompt under another CLIP (CLIPSetLastLayer, a CLIP LoRA) is refused; under another prompt it is warned of,
+    as before."""
+    import logging
+
+    from nodes.types import context_key
+    from vp2p_core.context import ContextWindows
+    from vp2p_core.options import ContextOptions
+
+    again, log_text = run(OneShotTune, vp2p_model=chain.model, latent=chain.latent, clip=chain.clip,
+                          source_prompt=SRC + "\n", gradient_checkpointing=False, steps=2, cache_dir="cache")
+    assert log_text.startswith("loaded from cache")
+    windows = {m: ContextWindows(ContextOptions(context_length=4, context_overlap=1, fuse_method=m))
+               for m in ("pyramid", "relative", "flat")}
+    tuning = [context_key(w, num_frames=9, fuse_weights=False) for w in windows.values()]
+    assert tuning[0] == tuning[1] == tuning[2]
+    assert len({str(context_key(w, num_frames=9)) for w in windows.values()}) == 3  # the inversion's keys differ
+    delta = chain.tuned.delta
+    assert delta.source_embedding is not None and tuple(delta.source_embedding.shape) == (1, 77, 32)
+    path = roots / "output" / "embedding.delta.safetensors"
+    delta.save(path)
+    assert torch.equal(Delta.load(path).source_embedding, delta.source_embedding)
+
+    class OtherLayer(FakeClip):  # the same prompt through another encoder (about 10% away)
+        def encode_from_tokens(self, tokens):
+            return super().encode_from_tokens(tokens) * 1.1
+
+    with pytest.raises(VP2PInputError, match="^clip: the source prompt's embedding is 10% away from the one the model "
+                                             "was tuned with"):
+        invert(chain.tuned, chain.latent, OtherLayer(), steps=2, mode="fast", cache_dir="")
+    with caplog.at_level(logging.WARNING):
+        run(NullTextVideoInvert, vp2p_model=chain.tuned, latent=chain.latent, clip=OtherLayer(),
+            source_prompt="a red ball on sand", steps=2, mode="fast", cache_dir="")
+    assert "is not the prompt the model was tuned with" in caplog.text
+
+
 def test_a_cache_that_cannot_be_written_costs_the_cache_not_the_result(chain, roots, monkeypatch, caplog):
     """A read-only models folder or a full disk: the tuned result is returned (with a warning that names cache_dir),
     not an OSError after all the work."""

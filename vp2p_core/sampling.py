@@ -39,6 +39,7 @@ from .inflation import cross_attention_layers, frame_state, video_forward
 from .inversion import Inversion
 from .model import VideoModel
 from .options import SamplerOptions
+from .text import check_same_encoder
 from .schedule import DDIMSchedule
 from .structure import StructureGuidance
 
@@ -84,10 +85,6 @@ def edit_region(mask: torch.Tensor, num_frames: int, latent_hw: tuple[int, int],
 
 REGION_FLOOR = 1.0 / 255  # an edit region at or below this is noise (a mask read from an 8-bit image), not a region
 
-# relative distance between the inversion's source embedding and the edit's beyond which they come from different
-# encoders. Measured on the shipped text encoder: its penultimate layer (CLIPSetLastLayer -2) is 52% away, its q/v
-# weights perturbed by a tenth of their spread (a LoRA's size) 3%; fp16's rounding is about 0.05% per value
-SAME_ENCODER_TOLERANCE = 0.02
 
 
 def check_edit_inputs(model: VideoModel, inversion: Inversion, plan: EditPlan) -> None:
@@ -116,13 +113,8 @@ def check_edit_inputs(model: VideoModel, inversion: Inversion, plan: EditPlan) -
             f"({inversion.prompt!r}); expected the inversion's source prompt (or invert again with this one)")
     # the source branch runs on the inversion's embedding, the targets on the plan's: the same encoder must have made
     # both (a CLIPSetLastLayer or a CLIP LoRA on one path only would edit with mismatched branches, silently)
-    made, now = (e.detach().to("cpu", torch.float32) for e in (inversion.source_embedding, plan.source_embedding))
-    if made.shape == now.shape:
-        apart = float((made - now).norm() / made.norm().clamp_min(1e-12))
-        if apart > SAME_ENCODER_TOLERANCE:
-            raise VP2PInputError(
-                f"clip: the source prompt's embedding is {apart:.0%} away from the one the inversion was made with; "
-                "encode the edit with the CLIP the inversion used (the same CLIPSetLastLayer and LoRAs)")
+    check_same_encoder(inversion.source_embedding, plan.source_embedding, "the inversion was made with",
+                       "encode the edit with the CLIP the inversion used (the same CLIPSetLastLayer and LoRAs)")
 
 
 def independent_prediction(model: VideoModel, schedule: DDIMSchedule, x: torch.Tensor, t: int, uncond: torch.Tensor,

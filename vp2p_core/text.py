@@ -112,3 +112,21 @@ def parse_words(text: str | Iterable[str] | None) -> list[str]:
     if not isinstance(text, str):
         return [w for t in text for w in parse_words(t)]
     return [w for w in text.replace(",", " ").split() if not _punctuation(w)]
+
+
+# relative distance between two embeddings of one source prompt beyond which different encoders made them. Measured
+# on the shipped text encoder: its penultimate layer (CLIPSetLastLayer -2) is 52% away, its q/v weights perturbed by
+# a tenth of their spread (a LoRA's size) 3%; fp16's rounding is about 0.05% per value
+SAME_ENCODER_TOLERANCE = 0.02
+
+
+def check_same_encoder(made, now, whose: str, fix: str) -> None:
+    """Refuse ``now``, an embedding [1, 77, D] of the source prompt, where it is further than SAME_ENCODER_TOLERANCE
+    from ``made``, the one ``whose`` (a tuning, an inversion) used: a CLIPSetLastLayer or a CLIP LoRA on one path
+    only would pair the stages' results silently with another text encoding."""
+    made, now = (e.detach().to("cpu").float() for e in (made, now))
+    if made.shape == now.shape:
+        apart = float((made - now).norm() / made.norm().clamp_min(1e-12))
+        if apart > SAME_ENCODER_TOLERANCE:
+            raise VP2PInputError(f"clip: the source prompt's embedding is {apart:.0%} away from the one {whose}; "
+                                 f"{fix}")

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # keyed by TuneOptions.precision
 THUMBNAIL_KEY = "vp2p.source_thumbnail"  # beside the parameters in a delta file (no UNet parameter starts so)
+EMBEDDING_KEY = "vp2p.source_embedding"
 
 
 @dataclass
@@ -49,6 +50,9 @@ class Delta:
     # [F,C,<=16,<=16]: latent_thumbnail of the clip it was tuned on (None: saved before deltas kept one)
     source_thumbnail: Optional[torch.Tensor] = None
     prediction_type: str = ""  # the schedule's it was tuned under, as the loss target ("": saved before)
+    # [1, 77, D]: the source prompt's text embedding it was tuned under (None: saved before deltas kept it), so that
+    # an inversion under another CLIP (CLIPSetLastLayer, a CLIP LoRA) of the same prompt is refused
+    source_embedding: Optional[torch.Tensor] = None
 
     @property
     def fingerprint(self) -> str:
@@ -61,6 +65,8 @@ class Delta:
         if self.prediction_type:
             meta["prediction_type"] = self.prediction_type
         extra = {} if self.source_thumbnail is None else {THUMBNAIL_KEY: self.source_thumbnail}
+        if self.source_embedding is not None:
+            extra[EMBEDDING_KEY] = self.source_embedding
         atomic_save({**self.tensors, **extra}, path, meta)
 
     @classmethod
@@ -80,7 +86,10 @@ class Delta:
                 not all(isinstance(v, str) for v in inflation.values()):
             raise VP2PInputError(f"{what}: {str(path)!r} records an inflation of {inflation!r}; expected its "
                                  "frame_attention and group_norm, as SaveVP2PDelta writes")
-        thumbnail = tensors.pop(THUMBNAIL_KEY, None)
+        thumbnail, embedding = tensors.pop(THUMBNAIL_KEY, None), tensors.pop(EMBEDDING_KEY, None)
+        if embedding is not None and (embedding.dim() != 3 or embedding.shape[0] != 1):
+            raise VP2PInputError(f"{what}: {str(path)!r} holds a source embedding of shape {tuple(embedding.shape)}; "
+                                 "expected [1, tokens, width], as SaveVP2PDelta writes")
         check_thumbnail(thumbnail, (num_frames,), what, path, "SaveVP2PDelta")
         prediction = meta.get("prediction_type", "")
         if prediction not in ("", "epsilon", "v_prediction"):
@@ -88,7 +97,8 @@ class Delta:
                                  "epsilon or v_prediction, as SaveVP2PDelta writes")
         return cls(tensors=tensors, base_fingerprint=meta["base_fingerprint"], num_frames=num_frames,
                    prompt=meta["prompt"], steps=steps, config=config, losses=losses, base_aliases=aliases,
-                   inflation=inflation, source_thumbnail=thumbnail, prediction_type=prediction)
+                   inflation=inflation, source_thumbnail=thumbnail, prediction_type=prediction,
+                   source_embedding=embedding)
 
 
 def make_trainable_copyable(module: torch.nn.Module) -> None:
@@ -259,7 +269,8 @@ def one_shot_tune(model: VideoModel, latents: torch.Tensor, text: torch.Tensor, 
                   base_fingerprint=model.base_fingerprint, num_frames=f, prompt=prompt, steps=options.steps,
                   config=options.cache_key(), losses=losses, base_aliases=model.base_aliases,
                   inflation={"frame_attention": model.frame_attention, "group_norm": model.group_norm},
-                  source_thumbnail=latent_thumbnail(latents), prediction_type=model.schedule.prediction_type)
+                  source_thumbnail=latent_thumbnail(latents), prediction_type=model.schedule.prediction_type,
+                  source_embedding=text.detach().to("cpu", torch.float32).clone())
     if context is not None and not is_whole_clip(context.windows(f, frame_attention=model.frame_attention), f):
         delta.config["context"] = context.options.cache_key()
     model.delta_fingerprint = delta.fingerprint
