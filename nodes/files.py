@@ -9,10 +9,12 @@ roots come from ``set_roots`` (tests) or the ``VP2P_HOME`` environment variable.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional, TypeVar
 
@@ -148,6 +150,22 @@ def cache_key(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+STALE_TEMPORARY_S = 24 * 3600  # a cache's temporary file this old was left by a write that never finished
+
+
+def sweep_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files that writes of ``path`` left behind more than a day ago (a ComfyUI killed while
+    saving a 300 MB delta left them for good); a younger one may be another process's write in progress."""
+    now = time.time()
+    for tmp in path.parent.glob(glob.escape(path.name) + ".*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_TEMPORARY_S:
+                tmp.unlink()
+                log.info("Video-P2P: removed %s, left by a cache write that never finished", tmp)
+        except OSError:
+            pass
+
+
 def cached_stage(cache_dir: str, kind: str, key: str, load: Callable[[Path], T],
                  compute: Callable[[], T]) -> tuple[T, bool]:
     """A stage's result from the cache (``load``, which checks it fits), or ``compute()`` saved there.
@@ -160,13 +178,16 @@ def cached_stage(cache_dir: str, kind: str, key: str, load: Callable[[Path], T],
     if path is not None and path.is_file():
         try:
             result = load(path)
-        except (VP2PInputError, OSError) as e:  # load_checked turns a damaged file into VP2PInputError
+        # load_checked turns a damaged file into VP2PInputError; a damaged tensor inside a readable file (a
+        # timestep table of the wrong size) fails later, in the reader
+        except (VP2PInputError, OSError, ValueError, IndexError, KeyError, RuntimeError) as e:
             log.warning("Video-P2P: the cached %s %s does not load (%s); computing it again", kind, path, e)
         else:
             log.info("Video-P2P: %s loaded from the cache, %s", kind, path)
             return result, True
     result = compute()
     if path is not None:
+        sweep_stale_temporaries(path)
         try:
             result.save(path)
         except (OSError, SafetensorError) as e:  # a read-only folder or a full disk (safetensors' own error)

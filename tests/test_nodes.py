@@ -333,6 +333,39 @@ def test_cache_keys_leave_out_what_changes_nothing_and_a_delta_knows_its_clip(ch
     assert "is not the prompt the model was tuned with" in caplog.text
 
 
+def test_cache_files_a_newer_version_a_damaged_tensor_and_stale_temporaries(chain, roots, caplog):
+    """A file in a newer format of ours is refused by name, not misread; a cached inversion whose timestep table is
+    damaged (it loads, then fails in the reader) is computed again, not an error on every run; a temporary file a
+    killed write left beside a cache entry a day ago goes at the next write, a fresh one (another process's write in
+    progress) stays."""
+    import os
+    import time
+
+    from safetensors.torch import save_file
+
+    from vp2p_core.files import load_checked
+
+    newer = roots / "output" / "newer.safetensors"
+    newer.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"x": torch.zeros(2)}, str(newer), metadata={"vp2p_kind": "delta", "vp2p_format": "2"})
+    with pytest.raises(VP2PInputError, match="format '2' of Video-P2P's files, newer than the '1'"):
+        load_checked(newer, "delta")
+    cache = roots / "models" / "cache"
+    path = next(q for q in cache.iterdir() if q.name.startswith("inversion") and q.suffix == ".safetensors")
+    inv = Inversion.load(path)
+    inv.timesteps = inv.timesteps[0]  # no table at all: the reader's shape[0] raised IndexError on every run
+    inv.save(path)
+    old_tmp, new_tmp = cache / (path.name + ".abc.tmp"), cache / (path.name + ".def.tmp")
+    for t in (old_tmp, new_tmp):
+        t.write_bytes(b"half a file")
+    day_ago = time.time() - 2 * 24 * 3600
+    os.utime(old_tmp, (day_ago, day_ago))
+    redone = invert(chain.tuned, chain.latent, chain.clip, steps=4, inner_steps=2, cache_dir="cache")
+    assert torch.equal(redone.x_T, chain.inv.x_T) and "computing it again" in caplog.text
+    assert not old_tmp.exists() and new_tmp.exists()
+    new_tmp.unlink()
+
+
 def test_a_cache_that_cannot_be_written_costs_the_cache_not_the_result(chain, roots, monkeypatch, caplog):
     """A read-only models folder or a full disk: the tuned result is returned (with a warning that names cache_dir),
     not an OSError after all the work."""

@@ -163,6 +163,10 @@ def load_checked(path: str | os.PathLike, kind: str, what: str = "filename", ten
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as e:  # truncated, not safetensors at all, unreadable
         raise VP2PInputError(f"{what}: {str(path)!r} is not a readable safetensors file ({e}); {expected}") from None
+    version = meta.get("vp2p_format", FORMAT_VERSION)
+    if not version.isdigit() or int(version) > int(FORMAT_VERSION):  # a models folder shared with a newer install
+        raise VP2PInputError(f"{what}: {str(path)!r} is in format {version!r} of Video-P2P's files, newer than the "
+                             f"{FORMAT_VERSION!r} this version reads; update the extension, or make the file again")
     found = meta.get("vp2p_kind")
     if found != kind:
         found = with_article(f"{found} file") if found else "a safetensors file without Video-P2P's metadata"
