@@ -20,10 +20,10 @@ from typing import Callable, Optional, TypeVar
 
 import torch
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 
 from vp2p_core import VP2PInputError
-from vp2p_core.files import check_writable
+from vp2p_core.files import atomic_save, check_writable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -166,30 +166,72 @@ def sweep_stale_temporaries(path: Path) -> None:
             pass
 
 
+# How far (largest difference, as a share of the latents' largest value) the latents a stage is asked for may be from
+# the ones a cached result was made from and still be the same clip: ComfyUI's VAE Encode splits its batch by the
+# memory free at the time, and one batch of 8 frames against eight of 1 differed by 1.2e-6 (a CPU); a frame one
+# grey level brighter in one pixel moves its latents by about 1e-3.
+SAME_LATENTS_TOLERANCE = 1e-4
+NEAR_SUFFIX = ".latents"  # beside a cached result (safetensors): the latents it was made from, to match them again
+
+
+def _near_path(path: Path, kind: str, family: str) -> Path:
+    return path.with_name(f"{kind}-{family}-{path.name[len(kind) + 1:-len(SUFFIX)]}{NEAR_SUFFIX}")
+
+
+def near_match(path: Path, kind: str, family: str, latents: torch.Tensor) -> Optional[Path]:
+    """A cached result of this ``family`` (every key part but the latents' exact bits) made from latents within
+    SAME_LATENTS_TOLERANCE of ``latents``: its path, or None."""
+    x = latents.detach().to("cpu", torch.float32)
+    scale = float(x.abs().max().clamp_min(1e-12))
+    for near in sorted(path.parent.glob(glob.escape(f"{kind}-{family}-") + "*" + glob.escape(NEAR_SUFFIX))):
+        try:
+            with safe_open(str(near), framework="pt") as f:
+                made = f.get_tensor("latents").float()
+        except (SafetensorError, OSError, KeyError):
+            continue
+        result = near.with_name(f"{kind}-{near.name[len(kind) + len(family) + 2:-len(NEAR_SUFFIX)]}{SUFFIX}")
+        if made.shape == x.shape and float((made - x).abs().max()) <= SAME_LATENTS_TOLERANCE * scale and \
+                result.is_file():
+            return result
+    return None
+
+
 def cached_stage(cache_dir: str, kind: str, key: str, load: Callable[[Path], T],
-                 compute: Callable[[], T]) -> tuple[T, bool]:
+                 compute: Callable[[], T], near: Optional[tuple[str, torch.Tensor]] = None) -> tuple[T, bool]:
     """A stage's result from the cache (``load``, which checks it fits), or ``compute()`` saved there.
 
     Returns the result and whether it came from the cache. Empty ``cache_dir``: always computed, nothing saved. A
     cached file that does not load (damaged, or refused by ``load``'s checks) is computed again and replaced, with
     a warning: the key names everything the result depends on, so a file under it that does not fit is no result.
+
+    ``near``: (the key without the latents, the latents). Where no file has this exact key, one made from latents
+    equal to these up to float rounding (SAME_LATENTS_TOLERANCE) under the same other key parts is taken: the same
+    clip encoded in batches of another size, after a restart with less free memory, missed its cache (a 500-step
+    tuning, or a long clip's null-text inversion, again). Each result is saved with its latents beside it for this.
     """
     path = cache_path(cache_dir, kind, key)
-    if path is not None and path.is_file():
+    found = path if path is not None and path.is_file() else None
+    if found is None and path is not None and near is not None:
+        found = near_match(path, kind, *near)
+    if found is not None:
         try:
-            result = load(path)
+            result = load(found)
         # load_checked turns a damaged file into VP2PInputError; a damaged tensor inside a readable file (a
         # timestep table of the wrong size) fails later, in the reader
         except (VP2PInputError, OSError, ValueError, IndexError, KeyError, RuntimeError) as e:
-            log.warning("Video-P2P: the cached %s %s does not load (%s); computing it again", kind, path, e)
+            log.warning("Video-P2P: the cached %s %s does not load (%s); computing it again", kind, found, e)
         else:
-            log.info("Video-P2P: %s loaded from the cache, %s", kind, path)
+            log.info("Video-P2P: %s loaded from the cache, %s", kind, found)
             return result, True
     result = compute()
     if path is not None:
         sweep_stale_temporaries(path)
         try:
             result.save(path)
+            if near is not None:
+                family, latents = near
+                atomic_save({"latents": latents.detach().to("cpu", torch.float32).contiguous()},
+                            _near_path(path, kind, family), {"vp2p_kind": "latents"})
         except (OSError, SafetensorError) as e:  # a read-only folder or a full disk (safetensors' own error)
             # costs the cache, not the finished result
             log.warning("Video-P2P: could not cache the %s at %s (%s); the result is used as it is, and cache_dir "

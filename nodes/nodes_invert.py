@@ -71,18 +71,16 @@ class NullTextVideoInvert(io.ComfyNode):
         if tuned_with is not None and files.prompt_key(tuned_prompt) == files.prompt_key(source_prompt):
             check_same_encoder(tuned_with, src, "the model was tuned with", "invert with the CLIP the tuning used (the "
                                "same CLIPSetLastLayer and LoRAs), or tune again with this one")
-        key = files.cache_key(kind="inversion", model=vp2p_model.fingerprint,
-                              frame_attention=vp2p_model.video.frame_attention, group_norm=vp2p_model.video.group_norm,
-                              latents=files.tensor_hash(latents),
-                              text=files.tensor_hash(src), empty=files.tensor_hash(empty),
-                              prompt=files.prompt_key(source_prompt),
-                              options=options.cache_key(),
-                              **context_key(context, frame_attention=vp2p_model.video.frame_attention,
-                                            num_frames=latents.shape[0]),
-                              **schedule_key(vp2p_model),
-                              # half weights: their DDIM latents are float32 now (bf16 / fp16 before; not reused)
-                              **({} if weights == torch.float32 else {"weights": str(weights),
-                                                                      "latent_dtype": "float32"}))
+        parts = dict(kind="inversion", model=vp2p_model.fingerprint,
+                     frame_attention=vp2p_model.video.frame_attention, group_norm=vp2p_model.video.group_norm,
+                     text=files.tensor_hash(src), empty=files.tensor_hash(empty),
+                     prompt=files.prompt_key(source_prompt), options=options.cache_key(),
+                     **context_key(context, frame_attention=vp2p_model.video.frame_attention,
+                                   num_frames=latents.shape[0]),
+                     **schedule_key(vp2p_model),
+                     # half weights: their DDIM latents are float32 now (bf16 / fp16 before; not reused)
+                     **({} if weights == torch.float32 else {"weights": str(weights), "latent_dtype": "float32"}))
+        key = files.cache_key(**parts, latents=files.tensor_hash(latents))
 
         def load(path) -> Inversion:
             inv = Inversion.load(path, what="cache_dir")
@@ -106,5 +104,6 @@ class NullTextVideoInvert(io.ComfyNode):
                               prompt=source_prompt, options=options, host=make_host(vp2p_model, memory_required=memory),
                               context=context)
 
-        inv, _ = files.cached_stage(cache_dir, "inversion", key, load=load, compute=compute)
+        inv, _ = files.cached_stage(cache_dir, "inversion", key, load=load, compute=compute,
+                                    near=(files.cache_key(**parts), latents))
         return io.NodeOutput(inv)

@@ -67,14 +67,13 @@ class OneShotTune(io.ComfyNode):
         latents = vp2p_model.latents(latent)
         text = encode_text(clip, source_prompt, "source_prompt")
         vp2p_model.video.check_text(text, "clip")
-        key = files.cache_key(kind="delta", model=vp2p_model.fingerprint,
-                              frame_attention=vp2p_model.video.frame_attention, group_norm=vp2p_model.video.group_norm,
-                              latents=files.tensor_hash(latents),
-                              text=files.tensor_hash(text), prompt=files.prompt_key(source_prompt),
-                              options=options.cache_key(),
-                              **context_key(context, frame_attention=vp2p_model.video.frame_attention,
-                                            num_frames=latents.shape[0], fuse_weights=False),
-                              **schedule_key(vp2p_model))
+        parts = dict(kind="delta", model=vp2p_model.fingerprint,
+                     frame_attention=vp2p_model.video.frame_attention, group_norm=vp2p_model.video.group_norm,
+                     text=files.tensor_hash(text), prompt=files.prompt_key(source_prompt), options=options.cache_key(),
+                     **context_key(context, frame_attention=vp2p_model.video.frame_attention,
+                                   num_frames=latents.shape[0], fuse_weights=False),
+                     **schedule_key(vp2p_model))
+        key = files.cache_key(**parts, latents=files.tensor_hash(latents))
 
         def load(path) -> Delta:
             delta = Delta.load(path, what="cache_dir")
@@ -110,5 +109,6 @@ class OneShotTune(io.ComfyNode):
             return delta
 
         start = time.perf_counter()
-        delta, cached = files.cached_stage(cache_dir, "delta", key, load=load, compute=compute)
+        delta, cached = files.cached_stage(cache_dir, "delta", key, load=load, compute=compute,
+                                           near=(files.cache_key(**parts), latents))
         return io.NodeOutput(vp2p_model.tuned(delta), loss_report(delta, time.perf_counter() - start, cached))
