@@ -153,11 +153,12 @@ def cache_key(**parts) -> str:
 STALE_TEMPORARY_S = 24 * 3600  # a cache's temporary file this old was left by a write that never finished
 
 
-def sweep_stale_temporaries(path: Path) -> None:
-    """Remove the temporary files that writes of ``path`` left behind more than a day ago (a ComfyUI killed while
-    saving a 300 MB delta left them for good); a younger one may be another process's write in progress."""
+def sweep_stale_temporaries(path: Path, kind: str) -> None:
+    """Remove the temporary files that writes of ``kind`` results (and the latents beside them) left in ``path``'s
+    folder more than a day ago (a ComfyUI killed while saving a 300 MB delta left them for good); a younger one may
+    be another process's write in progress."""
     now = time.time()
-    for tmp in path.parent.glob(glob.escape(path.name) + ".*.tmp"):
+    for tmp in path.parent.glob(glob.escape(f"{kind}-") + "*.tmp"):
         try:
             if now - tmp.stat().st_mtime > STALE_TEMPORARY_S:
                 tmp.unlink()
@@ -218,14 +219,14 @@ def cached_stage(cache_dir: str, kind: str, key: str, load: Callable[[Path], T],
             result = load(found)
         # load_checked turns a damaged file into VP2PInputError; a damaged tensor inside a readable file (a
         # timestep table of the wrong size) fails later, in the reader
-        except (VP2PInputError, OSError, ValueError, IndexError, KeyError, RuntimeError) as e:
+        except (VP2PInputError, OSError, ValueError, IndexError, KeyError) as e:  # not RuntimeError: out of memory
             log.warning("Video-P2P: the cached %s %s does not load (%s); computing it again", kind, found, e)
         else:
             log.info("Video-P2P: %s loaded from the cache, %s", kind, found)
             return result, True
     result = compute()
     if path is not None:
-        sweep_stale_temporaries(path)
+        sweep_stale_temporaries(path, kind)
         try:
             result.save(path)
             if near is not None:

@@ -275,6 +275,11 @@ def test_several_targets_say_where_one_resolution_covers_them_all(tok, caplog):
                         options=EditOptions(blend_words="ball"))
         build_edit_plan(tok, source, "a red cube on grass",
                         options=EditOptions(blend_words="ball", blend_target_words="cube"))
+        # the source's own words for every target (no blend_target_words), one target with only some of them: the
+        # outline region for all, as alone, and nothing to say
+        plan = build_edit_plan(tok, source, ["a blue ball on grass", "a blue ball on sand"],
+                               options=EditOptions(blend_words="ball grass"))
+        assert plan.blend.region == "outline"
         build_edit_plan(tok, source, ["a blue ball on grass", "a red cube on grass"],
                         options=EditOptions(blend_words="ball", blend_target_words="ball cube", blend_region="grown",
                                             blend_from="both"))

@@ -188,7 +188,7 @@ def build_edit_plan(tokenizer: TokenizerLike, source_prompt: str, target_prompts
         shares = targets_with_words(targets, tgt_words, tokenizer, tgt_what)
         own = [[w.lower() for w in share] == [w.lower() for w in src_words] for share in shares]
         auto = [name for name in ("blend_region", "blend_from") if getattr(options, name) == "auto"]
-        if auto and len(set(own)) > 1:  # resolved once for all targets, from the whole word lists
+        if auto and not same and len(set(own)) > 1:  # resolved once for all targets, from the whole word lists
             log.warning("%s auto: resolved once for every target prompt, from the blend word lists, as for a new "
                         "shape (a grown region from the source's and the target's words); %s keep the source's "
                         "blend words (a recolour) and get it too, where alone they would get the source's outline: "

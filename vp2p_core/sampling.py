@@ -39,9 +39,9 @@ from .inflation import cross_attention_layers, frame_state, video_forward
 from .inversion import Inversion
 from .model import VideoModel
 from .options import SamplerOptions
-from .text import check_same_encoder
 from .schedule import DDIMSchedule
 from .structure import StructureGuidance
+from .text import check_same_encoder
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,6 @@ def edit_region(mask: torch.Tensor, num_frames: int, latent_hw: tuple[int, int],
 
 
 REGION_FLOOR = 1.0 / 255  # an edit region at or below this is noise (a mask read from an 8-bit image), not a region
-
 
 
 def check_edit_inputs(model: VideoModel, inversion: Inversion, plan: EditPlan) -> None:

@@ -45,7 +45,8 @@ from vp2p_core.pipeline import Components
 
 from . import metrics
 from .render import COLOURS, SHAPES, Scene, random_motion, random_scene, render
-from .settings import add_option_flags, check_at_least, options_from_args, world_options
+from .settings import (add_option_flags, check_at_least, check_clip_length, options_from_args,
+                       world_options)
 
 log = logging.getLogger("vp2p_world.benchmark")
 WEIGHTS = Path(__file__).resolve().parent / "weights"
@@ -557,7 +558,7 @@ def main(argv=None) -> int:
         sampler = options_from_args(a, SamplerOptions, guidance=inversion.guidance)
         composite = options_from_args(a, CompositeOptions, composite=True)  # the +composite methods composite
         light = options_from_args(a, LightOptions)
-        check_at_least(a.frames, 1, "--frames", "a clip length")
+        check_clip_length(a.frames)
         check_at_least(a.cases, 0, "--cases", "a number of cases")
         check_at_least(a.threads, 0, "--threads", "a number of threads")
         if a.json:

@@ -12,6 +12,7 @@ include the background PSNR before compositing too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -94,7 +95,8 @@ def load_clip(spec: str, framing: "FramesOptions", resolution: int):
         if path.is_dir():  # only the files taken are read
             imgs = [next(read(f)) for f in take_frames(files, framing, what=f"--clip: {spec}")]
         else:
-            imgs = take_frames(read(path), framing, what=f"--clip: {spec}")
+            with contextlib.closing(read(path)) as frames_read:  # the file closes once the last frame is taken
+                imgs = take_frames(frames_read, framing, what=f"--clip: {spec}")
         imgs = [as_rgb8(im, spec) for im in imgs]
         sizes = list(dict.fromkeys(im.shape[:2] for im in imgs))
         if len(sizes) > 1:
@@ -266,8 +268,7 @@ def main(argv=None) -> int:
     from vp2p_core import (CompositeOptions, EditOptions, Host, InflationOptions, InversionOptions, LightOptions,
                            SamplerOptions, TuneOptions, VP2PInputError)
     from vp2p_core.context import ContextWindows
-    from vp2p_core.options import ContextOptions
-    from vp2p_core.options import FramesOptions
+    from vp2p_core.options import ContextOptions, FramesOptions
     from vp2p_core.pipeline import Components, run
 
     from .settings import options_from_args

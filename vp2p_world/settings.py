@@ -11,8 +11,8 @@ import argparse
 from typing import Iterable, Optional
 
 from vp2p_core.errors import VP2PInputError
-from vp2p_core.options import (CompositeOptions, EditOptions, InversionOptions, LightOptions, Options, SamplerOptions,
-                               TuneOptions)
+from vp2p_core.options import (CompositeOptions, EditOptions, FramesOptions, InversionOptions, LightOptions, Options,
+                               SamplerOptions, TuneOptions)
 
 WORLD_DEFAULTS: dict[type, dict] = {
     # A 2-core CPU runs the whole demo in well under a minute with 60 tuning steps and 20 DDIM steps (the paper:
@@ -155,3 +155,10 @@ def check_at_least(value: int, minimum: int, flag_name: str, what: str) -> None:
     if value < minimum:
         raise VP2PInputError(f"{flag_name}: expected {what} of {minimum} or more, got {value}")
 
+
+def check_clip_length(frames: int) -> None:
+    """A world command's ``--frames`` (a rendered clip's length), checked by FramesOptions.frames, its one home."""
+    try:
+        FramesOptions(frames=frames)
+    except VP2PInputError as e:
+        raise VP2PInputError(flag("frames") + ":" + str(e).partition(":")[2]) from None

@@ -28,7 +28,7 @@ from vp2p_core.pipeline import Components
 
 from .benchmark import Case, case_edit, measure
 from .render import Scene, render
-from .settings import check_at_least, flag, option_values, world_options
+from .settings import check_at_least, check_clip_length, flag, option_values, world_options
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
             world_options(InversionOptions, mode="fast", steps=a.steps)
         except VP2PInputError as e:
             raise VP2PInputError("--steps:" + str(e).partition(":")[2]) from None
-        check_at_least(a.frames, 1, "--frames", "a clip length")
+        check_clip_length(a.frames)
         check_at_least(a.threads, 0, "--threads", "a number of threads")
         if a.json:
             check_writable(a.json, "--json")
