@@ -150,6 +150,12 @@ def cache_key(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+def latent_keys(parts: dict, latents: torch.Tensor) -> tuple[str, tuple[str, torch.Tensor]]:
+    """A stage's cache key (``parts`` and the latents' exact bits) and ``cached_stage``'s ``near`` (the key of the
+    parts alone, and the latents)."""
+    return cache_key(**parts, latents=tensor_hash(latents)), (cache_key(**parts), latents)
+
+
 STALE_TEMPORARY_S = 24 * 3600  # a cache's temporary file this old was left by a write that never finished
 
 

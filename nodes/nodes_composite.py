@@ -77,8 +77,9 @@ class BlendMask(io.ComfyNode):
             raise VP2PInputError(f"images: expected frames [frames, height, width, channels], got {shape}")
         size = tuple(images.shape[1:3])
         mask = attention_maps.blend_mask  # [n, F, 1, h, w] at latent size, or None without local blend
-        shape = (attention_maps.edit_shape or (None, None))[:2] if mask is None else tuple(mask.shape[:2])
-        shape = None if shape[0] is None else shape  # (targets, frames)
+        # (targets, frames) of the edit; None for maps made before they recorded it (and without a mask)
+        shape = tuple(mask.shape[:2]) if mask is not None else \
+            tuple(attention_maps.edit_shape[:2]) if attention_maps.edit_shape is not None else None
         if shape is not None and images.shape[0] not in (shape[1], shape[0] * shape[1]):
             n, f = shape
             raise VP2PInputError(f"images: {images.shape[0]} frames, but the edit has {f} frames"
@@ -91,8 +92,7 @@ class BlendMask(io.ComfyNode):
                         "cuts the edit and the masks to the destination's length); give it the frames through "
                         "Repeat Image Batch (amount %d)", shape[0] * shape[1], shape[0], shape[1], shape[0])
         if mask is None:  # every pixel edited: one all-one mask per edited frame (n targets x F frames)
-            count = images.shape[0] if shape is None or images.shape[0] != shape[1] else shape[0] * shape[1]
-            return io.NodeOutput(torch.ones(count, *size))
+            return io.NodeOutput(torch.ones(images.shape[0] if shape is None else shape[0] * shape[1], *size))
         n, f = shape
         if options.change_threshold <= 0 and options.refine_radius <= 0 and options.occluder_threshold <= 0:
             return io.NodeOutput(composite_mask(mask, size, options, what="images",

@@ -80,7 +80,7 @@ class NullTextVideoInvert(io.ComfyNode):
                      **schedule_key(vp2p_model),
                      # half weights: their DDIM latents are float32 now (bf16 / fp16 before; not reused)
                      **({} if weights == torch.float32 else {"weights": str(weights), "latent_dtype": "float32"}))
-        key = files.cache_key(**parts, latents=files.tensor_hash(latents))
+        key, near = files.latent_keys(parts, latents)
 
         def load(path) -> Inversion:
             inv = Inversion.load(path, what="cache_dir")
@@ -104,6 +104,5 @@ class NullTextVideoInvert(io.ComfyNode):
                               prompt=source_prompt, options=options, host=make_host(vp2p_model, memory_required=memory),
                               context=context)
 
-        inv, _ = files.cached_stage(cache_dir, "inversion", key, load=load, compute=compute,
-                                    near=(files.cache_key(**parts), latents))
+        inv, _ = files.cached_stage(cache_dir, "inversion", key, load=load, compute=compute, near=near)
         return io.NodeOutput(inv)

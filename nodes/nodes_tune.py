@@ -73,7 +73,7 @@ class OneShotTune(io.ComfyNode):
                      **context_key(context, frame_attention=vp2p_model.video.frame_attention,
                                    num_frames=latents.shape[0], fuse_weights=False),
                      **schedule_key(vp2p_model))
-        key = files.cache_key(**parts, latents=files.tensor_hash(latents))
+        key, near = files.latent_keys(parts, latents)
 
         def load(path) -> Delta:
             delta = Delta.load(path, what="cache_dir")
@@ -109,6 +109,5 @@ class OneShotTune(io.ComfyNode):
             return delta
 
         start = time.perf_counter()
-        delta, cached = files.cached_stage(cache_dir, "delta", key, load=load, compute=compute,
-                                           near=(files.cache_key(**parts), latents))
+        delta, cached = files.cached_stage(cache_dir, "delta", key, load=load, compute=compute, near=near)
         return io.NodeOutput(vp2p_model.tuned(delta), loss_report(delta, time.perf_counter() - start, cached))

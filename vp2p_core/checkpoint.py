@@ -27,6 +27,7 @@ import torch
 from .errors import VP2PInputError
 from .model import check_text_to_image_unet
 from .options import SD_LATENT_SCALE
+from .schedule import PREDICTION_TYPES
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -273,7 +274,7 @@ def load_single_file(path: str | Path, prediction_type: Optional[str] = None,
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    if prediction_type not in (None, "epsilon", "v_prediction"):
+    if prediction_type not in (None,) + PREDICTION_TYPES:
         raise VP2PInputError(f"prediction_type: expected None, 'epsilon' or 'v_prediction', got {prediction_type!r}")
     ckpt = read_checkpoint(path)
     open_clip = any(k.startswith(OPEN_CLIP_PREFIX) for k in ckpt)

@@ -141,11 +141,16 @@ def _rows(extra: dict, start: int) -> dict:
             "mid_block_additional_residual": extra["mid_block_additional_residual"][start:]}
 
 
+def inverted_at(inversion: Inversion, guidance: float) -> bool:
+    """Whether ``guidance`` is the one the inversion was made at (what its null embeddings reproduce the clip at)."""
+    return abs(guidance - inversion.guidance) < 1e-9
+
+
 def replays_source_trajectory(inversion: Inversion, options: SamplerOptions) -> bool:
     """Whether the source branch replays the null-text inversion's stored path (made at the sampler's guidance)
     rather than computing it, with its unconditional pass, at every step."""
     return (inversion.mode == "null_text" and options.reuse_source_trajectory and inversion.trajectory is not None
-            and abs(options.guidance - inversion.guidance) < 1e-9)
+            and inverted_at(inversion, options.guidance))
 
 
 def target_clips_per_call(num_targets: int, options: SamplerOptions) -> int:
@@ -195,7 +200,7 @@ def sample_edit(model: VideoModel, inversion: Inversion, plan: EditPlan, options
     T = schedule.num_steps
     eg_start, eg_end = (int(v * T) for v in fraction_pair(options.edit_guidance_steps))
     mode = inversion.mode
-    if mode == "null_text" and abs(guidance - inversion.guidance) >= 1e-9:
+    if mode == "null_text" and not inverted_at(inversion, guidance):
         log.warning("Video-P2P: the inversion's null embeddings reproduce the clip at guidance %g, but the sampler's "
                     "is %g: the source branch drifts from the clip, and local blend and self-attention injection "
                     "carry the drift into the edit; sample at %g, or invert at %g", inversion.guidance, guidance,

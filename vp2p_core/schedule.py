@@ -7,6 +7,8 @@ import torch
 
 from .errors import VP2PInputError
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # what the noise schedule here follows
+
 
 @dataclass(frozen=True)
 class DDIMConfig:
@@ -45,7 +47,7 @@ class DDIMSchedule:
     """Timesteps and alphas for ``num_steps`` DDIM steps (eta = 0)."""
 
     def __init__(self, config: DDIMConfig = DDIMConfig(), num_steps: int = 50):
-        if config.prediction_type not in ("epsilon", "v_prediction"):
+        if config.prediction_type not in PREDICTION_TYPES:
             raise VP2PInputError(f"prediction_type: expected 'epsilon' or 'v_prediction', got {config.prediction_type!r}")
         if not 1 <= num_steps <= config.max_steps:
             raise VP2PInputError(f"steps: expected 1..{config.max_steps}, got {num_steps}")

@@ -23,7 +23,7 @@ from .host import Host
 from .inflation import set_gradient_checkpointing, trainable_parameter_names, video_forward
 from .model import VideoModel
 from .options import TuneOptions
-from .schedule import DDIMSchedule
+from .schedule import PREDICTION_TYPES, DDIMSchedule
 from .thumbnail import check_same_clip, check_thumbnail, latent_thumbnail
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class Delta:
                                  "expected [1, tokens, width], as SaveVP2PDelta writes")
         check_thumbnail(thumbnail, (num_frames,), what, path, "SaveVP2PDelta")
         prediction = meta.get("prediction_type", "")
-        if prediction not in ("", "epsilon", "v_prediction"):
+        if prediction not in ("",) + PREDICTION_TYPES:
             raise VP2PInputError(f"{what}: {str(path)!r} records the prediction type {prediction!r}; expected "
                                  "epsilon or v_prediction, as SaveVP2PDelta writes")
         return cls(tensors=tensors, base_fingerprint=meta["base_fingerprint"], num_frames=num_frames,

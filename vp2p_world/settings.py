@@ -127,10 +127,15 @@ def options_from_args(args: argparse.Namespace, cls: type[Options], prefix: str 
     try:
         return world_options(cls, **{**values, **overrides})
     except VP2PInputError as e:  # name the flag the user typed
-        name, _, rest = str(e).partition(":")
+        name = str(e).partition(":")[0]
         if name in values and name not in overrides:
-            raise VP2PInputError(flag(name, prefix) + ":" + rest) from None
+            raise as_flag(e, flag(name, prefix)) from None
         raise
+
+
+def as_flag(error: VP2PInputError, flag_name: str) -> VP2PInputError:
+    """An option's (or a loader's) error, ``name: what``, as the flag the user typed it with: ``--flag: what``."""
+    return VP2PInputError(flag_name + ":" + str(error).partition(":")[2])
 
 
 def option_values(text: str, flag_name: str, check) -> list[float]:
@@ -161,4 +166,4 @@ def check_clip_length(frames: int) -> None:
     try:
         FramesOptions(frames=frames)
     except VP2PInputError as e:
-        raise VP2PInputError(flag("frames") + ":" + str(e).partition(":")[2]) from None
+        raise as_flag(e, flag("frames")) from None

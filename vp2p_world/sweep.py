@@ -28,7 +28,7 @@ from vp2p_core.pipeline import Components
 
 from .benchmark import Case, case_edit, measure
 from .render import Scene, render
-from .settings import check_at_least, check_clip_length, flag, option_values, world_options
+from .settings import as_flag, check_at_least, check_clip_length, flag, option_values, world_options
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         try:
             world_options(InversionOptions, mode="fast", steps=a.steps)
         except VP2PInputError as e:
-            raise VP2PInputError("--steps:" + str(e).partition(":")[2]) from None
+            raise as_flag(e, "--steps") from None
         check_clip_length(a.frames)
         check_at_least(a.threads, 0, "--threads", "a number of threads")
         if a.json:
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         try:
             comps = Components.from_folder(a.model)
         except VP2PInputError as e:
-            raise VP2PInputError("--model:" + str(e).partition(":")[2]) from None
+            raise as_flag(e, "--model") from None
     except VP2PInputError as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
     if a.threads:
