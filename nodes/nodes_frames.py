@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import numpy as np
 import torch
 from comfy_api.latest import io
 
 from vp2p_core import VP2PInputError
-from vp2p_core.frames import take_frames
+from vp2p_core.frames import read_video, take_frames
 from vp2p_core.options import FramesOptions
 
 from . import host
@@ -22,28 +23,18 @@ from .schema import CATEGORY, widgets
 def decoded_frames(video, options: FramesOptions, what: str = "video") -> tuple[torch.Tensor, float]:
     """[F, H, W, 3] float frames in 0..1 and their frame rate (the video's over frame_stride), from any ComfyUI
     VIDEO: a file's stream, read frame by frame, or frames made in the graph (Create Video), taken from memory."""
-    import av
-
     try:
         source = video.get_stream_source()
     except ValueError:  # frames made in the graph: ComfyUI 0.3.64 cannot stream them (no container format)
+        source = None
+    if source is None:  # (or another extension's VIDEO with no file behind it)
         parts = video.get_components()  # they are in memory already
         frames = torch.stack(take_frames(iter(parts.images), options, what)).float()
         return frames, float(Fraction(parts.frame_rate) / options.frame_stride)
-    loop = host.progress_host().loop(options.frames, "reading the video's frames")
-
-    try:
-        with av.open(source, mode="r") as container:
-            if not container.streams.video:
-                raise VP2PInputError(f"{what}: has no video stream")
-            stream = container.streams.video[0]
-            rate = Fraction(stream.average_rate) if stream.average_rate else Fraction(1)
-            taken = []
-            for frame in take_frames(container.decode(video=0), options, what, on_take=loop.step):
-                taken.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))
-    except av.error.FFmpegError as e:
-        raise VP2PInputError(f"{what}: could not be decoded ({type(e).__name__}: {e})") from None
-    frames = torch.stack(taken).float().div_(255.0)
+    progress = host.progress_host()
+    loop = progress.loop(options.frames, "reading the video's frames")
+    taken, rate = read_video(source, options, what, interrupt=progress.interrupt, on_take=loop.step)
+    frames = torch.from_numpy(np.stack(taken)).float().div_(255.0)
     return frames, float(rate / options.frame_stride)
 
 

@@ -286,7 +286,7 @@ def test_demo_refuses_an_out_file_and_an_unreadable_clip_before_any_work(tmp_pat
     folder.mkdir()
     (folder / "notes.txt").write_text("not a frame")
     for argv, message in [(["--out", str(blocked / "demo")], f"--out: {blocked} is a file"),
-                          (["--clip", str(broken)], f"--clip: {broken} could not be read as a video"),
+                          (["--clip", str(broken)], f"--clip: {broken}: could not be read as a video"),
                           (["--clip", str(folder)], f"--clip: {folder}: has 0 frames; frames 8 from start_frame 0")]:
         with pytest.raises(SystemExit) as exit_:
             demo.main(argv)

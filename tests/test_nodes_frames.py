@@ -78,3 +78,71 @@ def test_video_frames_reads_a_video_made_in_the_graph(tmp_path):
     images, fps = run(VideoP2PVideoFrames, video=video, frames=2, start_frame=1, frame_stride=3).args
     assert images.shape == (2, 32, 32, 3) and fps == 4.0
     torch.testing.assert_close(images.mean(dim=(1, 2, 3)), frames[1::3].mean(dim=(1, 2, 3)), atol=0, rtol=0)
+
+
+def turned_clip(path, rotation_matrix: tuple):
+    """An h264 mp4 of 3 frames, 48 wide and 32 high, white on the left half, black on the right, whose track header
+    carries ``rotation_matrix`` (a, b, c, d of its display matrix, as phones write it for portrait video)."""
+    import struct
+
+    import av
+    import numpy as np
+
+    out = av.open(str(path), mode="w")
+    stream = out.add_stream("h264", rate=8)
+    stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+    img = np.zeros((32, 48, 3), np.uint8)
+    img[:, :24] = 255
+    for _ in range(3):
+        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+    out.close()
+    data = bytearray(path.read_bytes())
+    at = data.find(b"tkhd")
+    matrix = at + 8 + (32 if data[at + 4] == 1 else 20) + 16  # version/flags, times, ids, layer/volume
+    a, b, c, d = rotation_matrix
+    data[matrix:matrix + 36] = struct.pack(">9i", a << 16, b << 16, 0, c << 16, d << 16, 0, 0, 0, 1 << 30)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_phone_videos_frames_come_upright(tmp_path):
+    """A video stored landscape with a quarter-turn display matrix (as phones record portrait) comes out as players
+    show it: 32 wide and 48 high, the stored frame's white left half on top (turned clockwise). ComfyUI 0.3.64's own
+    Get Video Components gave the stored, sideways frames. The demo's --clip reads it the same way."""
+    from vp2p_core.frames import read_video, upright
+    from vp2p_world.demo import load_clip
+
+    stored = torch.arange(6).view(2, 3).numpy()
+    assert upright(stored, 0) is stored and (upright(stored, 45) == stored).all()
+    assert upright(stored, -90).tolist() == [[3, 0], [4, 1], [5, 2]]  # clockwise
+    assert upright(stored, 90).tolist() == [[2, 5], [1, 4], [0, 3]] and upright(stored, 180).tolist() == [[5, 4, 3],
+                                                                                                         [2, 1, 0]]
+    path = turned_clip(tmp_path / "portrait.mp4", (0, 1, -1, 0))
+    frames, _ = read_video(str(path), FramesOptions(frames=1))
+    assert frames[0].shape == (48, 32, 3)
+    images, _ = run(VideoP2PVideoFrames, video=latest.InputImpl.VideoFromFile(str(path)), frames=3).args
+    assert images.shape == (3, 48, 32, 3)
+    top, bottom = images[:, :20].mean(), images[:, 28:].mean()
+    assert top > 0.9 and bottom < 0.1, (top, bottom)
+    demo_frames, _, _ = load_clip(str(path), FramesOptions(frames=2), 32)
+    assert demo_frames[:, :12].mean() > 0.9 and demo_frames[:, 20:].mean() < 0.1
+
+
+def test_the_stop_button_answers_while_frames_before_start_frame_are_skipped(tmp_path):
+    """Every frame decoded asks the stop button, taken or not (a start_frame near the end of a long video decoded
+    for minutes without asking)."""
+    from vp2p_core.frames import read_video
+
+    asked = []
+    frames, rate = read_video(str(grey_clip(tmp_path / "grey.mp4")), FramesOptions(frames=1, start_frame=6),
+                              interrupt=lambda: asked.append(1))
+    assert len(frames) == 1 and rate == 8 and len(asked) == 7  # frames 0..6
+
+    def stop():
+        raise InterruptedError("stopped")
+
+    with pytest.raises(InterruptedError):
+        read_video(str(tmp_path / "grey.mp4"), FramesOptions(frames=1, start_frame=6), interrupt=stop)

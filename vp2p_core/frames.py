@@ -3,12 +3,17 @@ a long video is never decoded whole (ComfyUI's Get Video Components stacks every
 7.5 GB for ten seconds of 1080p)."""
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional, TypeVar
+import logging
+from fractions import Fraction
+from typing import Callable, Iterable, Iterator, Optional, TypeVar
+
+import numpy as np
 
 from .errors import VP2PInputError
 from .options import FramesOptions
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def last_frame(options: FramesOptions) -> int:
@@ -33,3 +38,44 @@ def take_frames(frames: Iterable[T], options: FramesOptions, what: str = "video"
             return taken
     raise VP2PInputError(f"{what}: has {count} frames; frames {options.frames} from start_frame "
                          f"{options.start_frame} at frame_stride {options.frame_stride} need {end + 1}")
+
+
+def upright(image: np.ndarray, rotation: int) -> np.ndarray:
+    """A decoded frame as players show it: turned by its display matrix's rotation (PyAV's ``VideoFrame.rotation``,
+    degrees counterclockwise; a phone's portrait video is stored landscape with -90), as newer ComfyUI's Get Video
+    Components turns it (0.3.64's does not: the frames came out sideways). A rotation that is not a quarter turn is
+    left undone, with a warning."""
+    if not rotation:
+        return image
+    if rotation % 90:
+        log.warning("Video-P2P: a video frame's rotation of %s degrees is not a quarter turn; frames kept as stored",
+                    rotation)
+        return image
+    return np.ascontiguousarray(np.rot90(image, k=rotation // 90))
+
+
+def read_video(source, options: FramesOptions, what: str = "video", interrupt: Optional[Callable[[], None]] = None,
+               on_take: Optional[Callable[[int], None]] = None) -> tuple[list[np.ndarray], Fraction]:
+    """The frames ``options`` picks from a video file (a path or a file object), decoded with PyAV (ComfyUI's video
+    library) no further than the last one taken, as upright [H, W, 3] uint8 RGB, and the stream's average frame
+    rate. ``interrupt()`` is called for every frame decoded, taken or not (a stop button that answers while frames
+    before ``start_frame`` are skipped). Errors name ``what``."""
+    import av  # ComfyUI's dependency, and the tests'; not vp2p_core's own
+
+    def decoded(container) -> Iterator:
+        for frame in container.decode(video=0):
+            if interrupt is not None:
+                interrupt()
+            yield frame
+
+    try:
+        with av.open(source, mode="r") as container:
+            if not container.streams.video:
+                raise VP2PInputError(f"{what}: has no video stream")
+            stream = container.streams.video[0]
+            rate = Fraction(stream.average_rate) if stream.average_rate else Fraction(1)
+            taken = [upright(frame.to_ndarray(format="rgb24"), getattr(frame, "rotation", 0))
+                     for frame in take_frames(decoded(container), options, what, on_take=on_take)]
+    except av.error.FFmpegError as e:
+        raise VP2PInputError(f"{what}: could not be read as a video ({type(e).__name__}: {e})") from None
+    return taken, rate

@@ -47,7 +47,7 @@ class BarProgress:
             self.bar.close()
 
 
-VIDEO_SUFFIXES = (".gif", ".mp4", ".mov", ".webm", ".mkv", ".avi")  # read frame by frame
+VIDEO_SUFFIXES = (".gif", ".mp4", ".mov", ".webm", ".mkv", ".avi")  # frame by frame (PyAV, upright; GIF: imageio)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")  # a folder's frames; other files skipped
 
 
@@ -72,7 +72,7 @@ def load_clip(spec: str, framing: "FramesOptions", resolution: int):
     """A named rendered scene ('red ball bounce green grass') or a folder of frames / a GIF or MP4 file, of which
     ``framing`` picks the frames (a video is read no further than the last one)."""
     from vp2p_core import VP2PInputError
-    from vp2p_core.frames import take_frames
+    from vp2p_core.frames import read_video, take_frames
 
     from .render import Scene, render
 
@@ -94,6 +94,8 @@ def load_clip(spec: str, framing: "FramesOptions", resolution: int):
 
         if path.is_dir():  # only the files taken are read
             imgs = [next(read(f)) for f in take_frames(files, framing, what=f"--clip: {spec}")]
+        elif path.suffix.lower() in VIDEO_SUFFIXES and path.suffix.lower() != ".gif":
+            imgs, _ = read_video(str(path), framing, what=f"--clip: {spec}")  # upright, as the node reads it
         else:
             with contextlib.closing(read(path)) as frames_read:  # the file closes once the last frame is taken
                 imgs = take_frames(frames_read, framing, what=f"--clip: {spec}")
