@@ -470,6 +470,17 @@ def test_files_for_another_model_or_clip_are_refused(world, inversion, tmp_path)
         sample_edit(other, inversion, _plan(tok, emb))
     with pytest.raises(VP2PInputError, match="4 frames, but the inversion was made from 3"):
         sample_edit(model, inversion, _plan(tok, emb), num_frames=4)
+    # a file holding a weight tuning never trains would overwrite the base every model shares, for good: only the
+    # trained weights are restored after a stage
+    import dataclasses
+
+    conv = dict(same.unet.named_parameters())["conv_in.weight"]
+    base = conv.detach().clone()
+    foreign = dataclasses.replace(delta, tensors={**delta.tensors, "conv_in.weight": torch.zeros_like(base)})
+    with pytest.raises(VP2PInputError, match=r"^delta: holds 'conv_in.weight', which one-shot tuning does not "):
+        with trained_weights(same, foreign):
+            pass
+    assert torch.equal(conv, base)
     inversion.save(tmp_path / "i.safetensors")
     with pytest.raises(VP2PInputError, match="not a delta"):
         Delta.load(tmp_path / "i.safetensors")

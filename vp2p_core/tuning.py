@@ -117,7 +117,7 @@ def check_delta(model: VideoModel, delta: Delta, what: str = "delta", num_frames
                 latents: Optional[torch.Tensor] = None) -> None:
     """Refuse a delta made for another checkpoint (or LoRA) or prediction type, for another clip length, or (given
     the clip's scaled ``latents`` [F,C,h,w], and where the delta keeps its clip's thumbnail) another clip, or whose
-    tensors the model lacks; ``what`` names the input in the error."""
+    tensors the model lacks or tuning does not train; ``what`` names the input in the error."""
     if latents is not None:
         num_frames = latents.shape[0]
     if not {delta.base_fingerprint, *delta.base_aliases} & {model.base_fingerprint, *model.base_aliases}:
@@ -142,9 +142,13 @@ def check_delta(model: VideoModel, delta: Delta, what: str = "delta", num_frames
             raise VP2PInputError(f"{what}: tuned with {name} {tuned_with!r}, but this model's is {now!r}; set "
                                  f"InflateUNet's {name} to {tuned_with!r}, or tune again")
     params = dict(model.unet.named_parameters())
+    trained = set(trainable_parameter_names(model.unet))
     for name, t in delta.tensors.items():
         if name not in params:
             raise VP2PInputError(f"{what}: the parameter {name!r} is not in this model")
+        if name not in trained:  # trained_weights restores only these: any other would change the shared base
+            raise VP2PInputError(f"{what}: holds {name!r}, which one-shot tuning does not train (a delta holds the "
+                                 "attention queries and the temporal attention only); save it with Save Tuned Delta")
         if tuple(params[name].shape) != tuple(t.shape):
             raise VP2PInputError(
                 f"{what}: {name} has shape {tuple(t.shape)}, this model's is {tuple(params[name].shape)}")
