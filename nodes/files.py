@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional, TypeVar
@@ -23,7 +24,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from vp2p_core import VP2PInputError
-from vp2p_core.files import atomic_save, check_writable
+from vp2p_core.errors import with_article
+from vp2p_core.files import atomic_save, check_writable, describe_kind, file_kind
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -98,11 +100,17 @@ def _inside(root: Path, rel: PurePosixPath) -> Path:
     return full
 
 
-def save_path(name: str, what: str) -> Path:
-    """Where a Save node writes ``name``; a folder there, or a file where a folder of the name must be, is refused
-    by name (pathlib's FileExistsError or IsADirectoryError before)."""
+def save_path(name: str, what: str, kind: str) -> Path:
+    """Where a Save node writes ``name``, a ``kind`` file; a folder there, or a file where a folder of the name must
+    be, is refused by name (pathlib's FileExistsError or IsADirectoryError before). An existing file of the name is
+    replaced only where it is a Video-P2P file of the same kind: a checkpoint or a LoRA saved under output/ by
+    another node (which never overwrite) is refused, not lost."""
     path = _inside(roots("output")[0], safe_name(name, what))
     check_writable(path, what)
+    if path.is_file() and file_kind(path) != kind:
+        raise VP2PInputError(f"{what}: {str(path)!r} exists and is {describe_kind(file_kind(path))}, not "
+                             f"{with_article(kind)} file of Video-P2P's; choose another name (a {kind} file "
+                             "of the name is replaced)")
     return path
 
 
@@ -164,7 +172,10 @@ def sweep_stale_temporaries(path: Path, kind: str) -> None:
     folder more than a day ago (a ComfyUI killed while saving a 300 MB delta left them for good); a younger one may
     be another process's write in progress."""
     now = time.time()
+    ours = re.compile(rf"{re.escape(kind)}-[0-9a-f-]+(?:{re.escape(SUFFIX)}|{re.escape(NEAR_SUFFIX)})\.[^.]+\.tmp")
     for tmp in path.parent.glob(glob.escape(f"{kind}-") + "*.tmp"):
+        if not ours.fullmatch(tmp.name):  # atomic_write's temporaries of cache files, no other file of the folder
+            continue
         try:
             if now - tmp.stat().st_mtime > STALE_TEMPORARY_S:
                 tmp.unlink()

@@ -20,8 +20,8 @@ def _file_state(filename: str) -> str:
     return f"{path}:{st.st_mtime_ns}:{st.st_size}"
 
 
-def _save(obj, filename: str) -> io.NodeOutput:
-    obj.save(files.save_path(filename, "filename"))
+def _save(obj, filename: str, kind: str) -> io.NodeOutput:
+    obj.save(files.save_path(filename, "filename", kind))
     rel = str(files.safe_name(filename, "filename"))
     return io.NodeOutput(rel, ui={"text": [f"saved {rel}"]})
 
@@ -30,14 +30,15 @@ def _filename(default: str, tooltip: str) -> io.String.Input:
     return io.String.Input("filename", default=default, tooltip=tooltip)
 
 
-SAVE_TOOLTIP = "File name under ComfyUI's output folder; an existing file is replaced."
+SAVE_TOOLTIP = ("File name under ComfyUI's output folder; an existing file of the name is replaced if it is one of "
+                "this kind, else refused.")
 LOAD_TOOLTIP = "Name under models/vp2p or the output folder."
 
 
 class SaveResult(io.ComfyNode):
     """Save node pattern: one result object on ``INPUT``, written with its own ``save`` under ``output/``."""
 
-    NODE_ID = DISPLAY_NAME = DESCRIPTION_TEXT = DEFAULT_FILE = LOADER = ""
+    NODE_ID = DISPLAY_NAME = DESCRIPTION_TEXT = DEFAULT_FILE = LOADER = KIND = ""
     INPUT: io.Input = None
 
     @classmethod
@@ -57,7 +58,7 @@ class SaveResult(io.ComfyNode):
 
     @classmethod
     def execute(cls, filename: str, **inputs) -> io.NodeOutput:
-        return _save(cls.result(inputs[cls.INPUT.id]), filename)
+        return _save(cls.result(inputs[cls.INPUT.id]), filename, cls.KIND)
 
 
 class LoadResult(io.ComfyNode):
@@ -88,7 +89,7 @@ class LoadResult(io.ComfyNode):
 
 
 class SaveVP2PDelta(SaveResult):
-    NODE_ID, DISPLAY_NAME = "SaveVP2PDelta", "Save Tuned Delta (Video-P2P)"
+    NODE_ID, DISPLAY_NAME, KIND = "SaveVP2PDelta", "Save Tuned Delta (Video-P2P)", "delta"
     DESCRIPTION_TEXT = "Saves the tuned delta of a video model (safetensors) to re-edit later without tuning again."
     DEFAULT_FILE, LOADER = "vp2p/clip.delta.safetensors", "LoadVP2PDelta"
     INPUT = VP2PModelIO.Input("vp2p_model", tooltip="A tuned video model (from OneShotTune).")
@@ -117,7 +118,7 @@ class LoadVP2PDelta(LoadResult):
 
 
 class SaveVP2PInversion(SaveResult):
-    NODE_ID, DISPLAY_NAME = "SaveVP2PInversion", "Save Inversion (Video-P2P)"
+    NODE_ID, DISPLAY_NAME, KIND = "SaveVP2PInversion", "Save Inversion (Video-P2P)", "inversion"
     DESCRIPTION_TEXT = "Saves an inversion (x_T, null embeddings, source trajectory) to edit the clip again later."
     DEFAULT_FILE, LOADER = "vp2p/clip.inversion.safetensors", "LoadVP2PInversion"
     INPUT = VP2PInversionIO.Input("inversion", tooltip="From NullTextVideoInvert.")

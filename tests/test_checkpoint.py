@@ -2,6 +2,7 @@
 load back through vp2p_core.checkpoint / Components.from_single_file and reproduce the originals."""
 import pytest
 import torch
+from header_only import header_only
 from safetensors.torch import save_file
 
 from vp2p_core import VP2PInputError
@@ -301,26 +302,7 @@ def test_refuses_a_checkpoint_marked_for_another_schedule_before_reading_its_ten
     xl = tmp_path / "sdxl.safetensors"  # an SDXL UNet's keys look like SD's: they were all read before the refusal
     save_file({"conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": torch.ones(2),
                "model.diffusion_model.input_blocks.0.0.weight": torch.ones(2)}, str(xl))
-    opened = safetensors.safe_open
-
-    class Counting:
-        def __init__(self, *a, **k):
-            self.f = opened(*a, **k)
-
-        def __enter__(self):
-            self.inner = self.f.__enter__()
-            return self
-
-        def __exit__(self, *exc):
-            return self.f.__exit__(*exc)
-
-        def keys(self):
-            return self.inner.keys()
-
-        def get_tensor(self, k):
-            pytest.fail(f"read {k} of a file it refuses")
-
-    monkeypatch.setattr(safetensors, "safe_open", Counting)
+    monkeypatch.setattr(safetensors, "safe_open", header_only())
     with pytest.raises(VP2PInputError, match="SDXL"):
         load_single_file(xl)
 

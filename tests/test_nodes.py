@@ -365,10 +365,14 @@ def test_cache_files_a_newer_version_a_damaged_tensor_and_stale_temporaries(chai
         t.write_bytes(b"half a file")
     day_ago = time.time() - 2 * 24 * 3600
     os.utime(old_tmp, (day_ago, day_ago))
+    users = cache / "inversion-notes.tmp"  # a file of the user's in the folder a workflow names: not a write of ours
+    users.write_text("mine")
+    os.utime(users, (day_ago, day_ago))
     redone = invert(chain.tuned, chain.latent, chain.clip, steps=4, inner_steps=2, cache_dir="cache")
     assert torch.equal(redone.x_T, chain.inv.x_T) and "computing it again" in caplog.text
-    assert not old_tmp.exists() and new_tmp.exists()
+    assert not old_tmp.exists() and new_tmp.exists() and users.read_text() == "mine"
     new_tmp.unlink()
+    users.unlink()
 
 
 def test_the_same_clip_encoded_in_other_batches_finds_its_cache(chain, roots):
@@ -743,6 +747,33 @@ def test_untuned_model_runs_fast_inversion_and_edit(roots):
     edited, source, maps = sample(model, inv, e)
     assert tuple(edited["samples"].shape) == (2, 4, 16, 16)
     assert inv.null_embeddings is None
+
+
+def test_save_replaces_its_own_kind_only_and_load_reads_no_tensor_of_another_file(chain, roots, monkeypatch):
+    """A Save node replaces a file of the name only where it is a delta (an inversion) already: a checkpoint another
+    node saved under output/ was overwritten (core nodes never do). A Load node given a file that is not ours refuses
+    it from the header, before reading a tensor (a multi-GB checkpoint named by mistake was read whole first)."""
+    from header_only import header_only
+    from safetensors.torch import save_file
+
+    checkpoint = roots / "output" / "checkpoints" / "ComfyUI_00001_.safetensors"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"model.weight": torch.ones(3)}, str(checkpoint))
+    before = checkpoint.read_bytes()
+    with pytest.raises(VP2PInputError, match="^filename: .*ComfyUI_00001_.safetensors' exists and is a safetensors "
+                                             "file without Video-P2P's metadata, not a delta file"):
+        run(SaveVP2PDelta, vp2p_model=chain.tuned, filename="checkpoints/ComfyUI_00001_")
+    with pytest.raises(VP2PInputError, match="exists and is a delta file, not an inversion file"):
+        run(SaveVP2PDelta, vp2p_model=chain.tuned, filename="vp2p/mine.delta")
+        run(SaveVP2PInversion, inversion=chain.inv, filename="vp2p/mine.delta")
+    run(SaveVP2PDelta, vp2p_model=chain.tuned, filename="vp2p/mine.delta")  # its own kind: replaced
+    assert checkpoint.read_bytes() == before
+
+    from vp2p_core import files as core_files
+
+    monkeypatch.setattr(core_files, "safe_open", header_only())
+    with pytest.raises(VP2PInputError, match="without Video-P2P's metadata, not a delta file"):
+        run(LoadVP2PDelta, vp2p_model=chain.model, filename="checkpoints/ComfyUI_00001_.safetensors")
 
 
 def test_save_and_load_delta_and_inversion(chain, roots):

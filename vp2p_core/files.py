@@ -145,6 +145,21 @@ def process_umask() -> int:
 SAVED_BY = {"delta": "SaveVP2PDelta", "inversion": "SaveVP2PInversion"}
 
 
+def describe_kind(kind: Optional[str]) -> str:
+    """What a safetensors file is, by its ``vp2p_kind`` metadata (None: none)."""
+    return with_article(f"{kind} file") if kind else "a safetensors file without Video-P2P's metadata"
+
+
+def file_kind(path: str | os.PathLike) -> Optional[str]:
+    """The ``vp2p_kind`` of a safetensors file, read from its header alone; None for one without it, or for a file
+    that is not safetensors."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("vp2p_kind")
+    except (SafetensorError, OSError):
+        return None
+
+
 def load_checked(path: str | os.PathLike, kind: str, what: str = "filename", tensors_needed: Sequence[str] = (),
                  meta_needed: Sequence[str] = ()) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Load a safetensors file of ours and check that it holds a ``kind`` (delta / inversion) with the tensors and
@@ -160,17 +175,21 @@ def load_checked(path: str | os.PathLike, kind: str, what: str = "filename", ten
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
+            # the header is checked before any tensor is read: a multi-GB checkpoint named by mistake is refused
+            # without loading it
+            version = meta.get("vp2p_format", FORMAT_VERSION)
+            if not version.isdigit() or int(version) > int(FORMAT_VERSION):  # a models folder shared with a newer
+                # install
+                raise VP2PInputError(f"{what}: {str(path)!r} is in format {version!r} of Video-P2P's files, newer "
+                                     f"than the {FORMAT_VERSION!r} this version reads; update the extension, or make "
+                                     "the file again")
+            found = meta.get("vp2p_kind")
+            if found != kind:
+                raise VP2PInputError(f"{what}: {str(path)!r} is {describe_kind(found)}, not {with_article(kind)} "
+                                     f"file; {expected}")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as e:  # truncated, not safetensors at all, unreadable
         raise VP2PInputError(f"{what}: {str(path)!r} is not a readable safetensors file ({e}); {expected}") from None
-    version = meta.get("vp2p_format", FORMAT_VERSION)
-    if not version.isdigit() or int(version) > int(FORMAT_VERSION):  # a models folder shared with a newer install
-        raise VP2PInputError(f"{what}: {str(path)!r} is in format {version!r} of Video-P2P's files, newer than the "
-                             f"{FORMAT_VERSION!r} this version reads; update the extension, or make the file again")
-    found = meta.get("vp2p_kind")
-    if found != kind:
-        found = with_article(f"{found} file") if found else "a safetensors file without Video-P2P's metadata"
-        raise VP2PInputError(f"{what}: {str(path)!r} is {found}, not {with_article(kind)} file; {expected}")
     missing = [k for k in tensors_needed if k not in tensors] + [f"metadata {k}" for k in meta_needed if k not in meta]
     if missing:
         raise VP2PInputError(f"{what}: {str(path)!r} lacks {', '.join(missing)}; {expected}")
