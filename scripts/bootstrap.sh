@@ -76,7 +76,15 @@ import venv, ensurepip
 EOF
 }
 
-if [ ! -x "$VPY" ]; then
+# a .venv without a Python that runs pip is remade: a first run stopped in its first seconds (before venv's pip was
+# in), or its Python removed since (a pyenv version uninstalled); before, every later run failed in it
+usable_venv() { [ -x "$VPY" ] && "$VPY" -c 'import pip' >/dev/null 2>&1; }
+clear_flag=""
+if [ -e .venv ] && ! usable_venv; then
+    note ".venv is incomplete (a first run stopped early, or its Python is gone): making it again"
+    clear_flag=--clear
+fi
+if ! usable_venv; then
     if [ -n "${PYTHON:-}" ]; then
         info="$(py_version "$PYTHON")" && rc=0 || rc=$?
         [ -n "$info" ] || die "PYTHON=$PYTHON does not run"
@@ -104,7 +112,8 @@ if [ ! -x "$VPY" ]; then
     if [ -z "$reuse" ]; then
         note "this takes a few minutes: torch and about 55 other packages, about 1.4 GB in .venv with the CPU build"
     fi
-    if [ "$reuse" = flag ]; then "$PY" -m venv --system-site-packages .venv; else "$PY" -m venv .venv; fi
+    if [ "$reuse" = flag ]; then "$PY" -m venv $clear_flag --system-site-packages .venv
+    else "$PY" -m venv $clear_flag .venv; fi
     if [ "$reuse" = pth ]; then
         "$PY" -c 'import site; print("\n".join(site.getsitepackages()))' \
             >"$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_vp2p_reused_torch.pth"

@@ -46,6 +46,19 @@ def test_demo_reports_bad_prompts_clearly(tmp_path, capsys):
     assert "blend_words (source prompt): the word 'cat' is not in the prompt" in capsys.readouterr().err
 
 
+def test_a_model_the_loaders_refuse_is_named_by_its_flag(tmp_path, capsys):
+    """The model's loaders name their own inputs (model, checkpoint); the demo says --model, the flag typed."""
+    from vp2p_world import demo
+
+    (tmp_path / "notes.md").write_text("not a model")
+    for model, message in [(tmp_path, "is not a diffusers SD folder"), (tmp_path / "notes.md", "is a .md file")]:
+        with pytest.raises(SystemExit) as exit_:
+            demo.main(["--model", str(model), "--out", str(tmp_path / "out")])
+        assert exit_.value.code == 2
+        assert f"error: --model: {str(model)!r} {message}" in capsys.readouterr().err
+
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--steps", "0"], "--steps: expected a value in [1, 500], got 0"),
     (["--tune-steps", "-1"], "--tune-steps: expected a value in [0, 10000], got -1"),

@@ -177,8 +177,8 @@ def save_outputs(out: Path, source, recon, edited, attn, fps: int = 8) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     to8 = lambda x: (x.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-    gif = out / "edit.gif"
-    for path, frames in ((gif, edited), (out / "reconstruction.gif", recon)):
+    gif, recon_gif = out / "edit.gif", out / "reconstruction.gif"
+    for path, frames in ((gif, edited), (recon_gif, recon)):
         atomic_write(path, lambda tmp: iio.imwrite(tmp, to8(frames), extension=".gif", duration=1000 // fps, loop=0))
     cols = [source, recon, edited] + ([attn] if attn is not None else [])
     grid = torch.cat([torch.cat(list(c), dim=0) for c in cols], dim=1)  # frames down, columns across
@@ -186,7 +186,7 @@ def save_outputs(out: Path, source, recon, edited, attn, fps: int = 8) -> dict:
     grid = grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
     png = out / "side_by_side.png"
     atomic_write(png, lambda tmp: iio.imwrite(tmp, to8(grid), extension=".png"))
-    return {"gif": str(gif), "png": str(png)}
+    return {"gif": str(gif), "reconstruction": str(recon_gif), "png": str(png)}
 
 
 def quality(source, recon, edited, clip, truth, decoded=None) -> dict:
@@ -273,7 +273,7 @@ def main(argv=None) -> int:
     from vp2p_core.options import ContextOptions, FramesOptions
     from vp2p_core.pipeline import Components, run
 
-    from .settings import options_from_args
+    from .settings import as_flag, options_from_args
 
     p, a = parse_args(argv)
     try:
@@ -320,6 +320,9 @@ def main(argv=None) -> int:
         inflate = dict(frame_attention=inflation.frame_attention, group_norm=inflation.group_norm)
         comps = (Components.from_single_file(model_path, WEIGHTS / "tokenizer", **inflate)  # SD's CLIP tokenizer
                  if model_path.is_file() else Components.from_folder(model_path, **inflate))
+    except VP2PInputError as e:  # the loaders name their own input (model, checkpoint)
+        fail(p, str(as_flag(e, "--model")))
+    try:
         inversion_bar = "DDIM + null-text inversion" if inversion.mode == "null_text" else "DDIM inversion"
         bar = BarProgress((["light"] if light.normalise_light else []) + (["tune"] if tune.steps else [])
                           + [inversion_bar, "edit"])  # one bar per stage that reports progress, in run()'s order
@@ -351,7 +354,7 @@ def main(argv=None) -> int:
         print(f"  {k:24s} {v:.3f}" if isinstance(v, float) else f"  {k:24s} {v}")
     print(f"  time: {report['seconds']}")
     print(f"  UNet evaluations (clips): {res.evaluations}")
-    print(f"  wrote {files['gif']} and {files['png']}")
+    print(f"  wrote {files['gif']}, {files['reconstruction']} and {files['png']}")
     return 0
 
 

@@ -59,7 +59,13 @@ def signatures() -> dict:
     """CORE and our nodes' signatures; our nodes come from ComfyUI's node API in the tree at COMFYUI_DIR
     (default ../shared/comfyui beside the repository)."""
     sys.path.insert(0, str(REPO))
-    sys.path.append(os.environ.get("COMFYUI_DIR") or str(REPO.parent / "shared" / "comfyui"))
+    comfy = os.environ.get("COMFYUI_DIR") or str(REPO.parent / "shared" / "comfyui")
+    sys.path.append(comfy)
+    try:
+        import comfy_api  # noqa: F401
+    except ImportError:
+        raise SystemExit(f"make_workflows: no ComfyUI at {comfy} (comfy_api does not import); set COMFYUI_DIR to a "
+                         "ComfyUI checkout, whose node API gives our nodes' signatures") from None
     from nodes.extension import NODES
     from nodes.schema import node_map
 
