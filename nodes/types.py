@@ -141,7 +141,6 @@ class VP2PModel:
         cfg = self.video.unet.config
         if s.shape[1] != cfg.in_channels:
             raise VP2PInputError(f"{what}: {s.shape[1]} latent channels, the model takes {cfg.in_channels}")
-        self.video.check_latent_size(s.shape, what)
         if latent.get("noise_mask") is not None and not uses_noise_mask:
             log.warning("%s: its noise_mask is ignored here; only Video-P2P Sampler's latent input uses one (there "
                         "it confines the edit)", what)

@@ -284,3 +284,15 @@ def test_several_targets_say_where_one_resolution_covers_them_all(tok, caplog):
                         options=EditOptions(blend_words="ball", blend_target_words="ball cube", blend_region="grown",
                                             blend_from="both"))
     assert caplog.text == ""
+
+
+def test_attention_grids_are_the_downsamplers_rounding_up():
+    """A 16:9 clip at 512x288 in SD has a 64x36 latent; the UNet's stride-2 convolutions (padding 1) make grids of
+    32x18, 16x9 and 8x5, so a layer's token count places its maps; a count no grid has is an error."""
+    from vp2p_core.control import token_grid
+
+    assert [token_grid((36, 64), n) for n in (36 * 64, 18 * 32, 9 * 16, 5 * 8)] == [(36, 64), (18, 32), (9, 16),
+                                                                                          (5, 8)]
+    assert token_grid((64, 64), 16 * 16) == (16, 16) and token_grid((15, 16), 64) == (8, 8)
+    with pytest.raises(RuntimeError, match="cannot place 100 attention tokens on a 36x64 latent's grids"):
+        token_grid((36, 64), 100)

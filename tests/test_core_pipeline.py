@@ -739,15 +739,20 @@ def test_null_text_learning_rate_decays_over_long_schedules(world, monkeypatch):
 
 def test_edit_refuses_an_inversion_of_another_schedule_or_latent_size(world, inversion):
     """The fingerprint is the weights': the same weights read as v-prediction (another ComfyUI sampling node) would
-    take an eps inversion as theirs. And latents the UNet's downsampling does not divide have no attention grid."""
+    take an eps inversion as theirs."""
     import dataclasses
 
     tok, emb, latents, model = world
     v_model = dataclasses.replace(model, schedule=dataclasses.replace(model.schedule, prediction_type="v_prediction"))
     with pytest.raises(VP2PInputError, match="prediction_type 'epsilon' \\(the model: 'v_prediction'\\)"):
         sample_edit(v_model, inversion, _plan(tok, emb), options=SamplerOptions())
-    with pytest.raises(VP2PInputError, match="latents: latents of 15x16 do not divide by 2"):
-        invert(model, latents[:, :, :15], emb[:1], emb[2:3], SRC, options=InversionOptions(mode="fast", steps=2))
+    # latents the UNet's downsampling does not divide (a 16:9 clip at 512x288 in SD: 64x36 -> 32x18 -> 16x9 -> 8x5)
+    # edit, their attention maps on the grid the downsamplers make (rounding up); they were refused
+    odd = invert(model, latents[:, :, :15], emb[:1], emb[2:3], SRC, options=InversionOptions(mode="fast", steps=2))
+    res = sample_edit(model, odd, _plan(tok, emb, blend_words="ball", mask_threshold=0.9))
+    assert res.edited.shape[-2:] == (15, 16) and res.blend_mask.shape[-2:] == (15, 16)
+    assert res.attention_maps.shape[2:4] == (8, 8) and torch.isfinite(res.edited).all()
+    assert 0 < res.blend_mask.mean() < 1  # the word's maps placed, not all or nothing
     # another source prompt is named as such, before its embedding (which differs too) is compared
     other_prompt = build_edit_plan(tok, "a green ball on grass", [TGT], options=EditOptions())
     other_prompt.source_embedding, other_prompt.target_embeddings, other_prompt.empty_embedding = \

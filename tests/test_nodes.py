@@ -557,6 +557,21 @@ def test_attention_maps_of_a_wide_clip_keep_its_aspect():
     assert bool((cell[:, :16] > 0.9).all()) and bool((cell[:, 16:] == 0).all())
 
 
+def test_a_16_by_9_clip_edits_at_its_own_size(roots):
+    """A clip whose latents the UNet's downsampling does not divide (512x288 in SD: a 64x36 latent, grids down to
+    8x5) tunes, inverts and edits with local blend, and Blend Mask gives masks at its image size; such clips were
+    refused ("resize to a multiple of 64 pixels"), so 16:9 footage had to be cropped."""
+    g = torch.Generator().manual_seed(5)
+    latent = {"samples": torch.randn(FRAMES, 4, 9, 16, generator=g) * 0.8 / SD_LATENT_SCALE}
+    clip = FakeClip()
+    tuned, _ = tune(make_model(), latent, clip, steps=1, cache_dir="")
+    inv = invert(tuned, latent, clip, steps=3, mode="fast", cache_dir="")
+    edited, _, maps = sample(tuned, inv, edit(clip, blend_words="ball", mask_threshold=0.9))
+    assert tuple(edited["samples"].shape) == (FRAMES, 4, 9, 16) and torch.isfinite(edited["samples"]).all()
+    mask = run(BlendMask, attention_maps=maps, images=torch.rand(FRAMES, 72, 128, 3))[0]
+    assert tuple(mask.shape) == (FRAMES, 72, 128) and 0 < float(mask.mean()) < 1
+
+
 def test_without_local_blend_the_blend_mask_output_is_the_whole_frame(chain):
     """No blend words and no noise_mask: the whole frame was edited, so AttentionMaps' blend_mask is all one at
     frame size per output frame, as Blend Mask gives it (it was one 64x64 frame of zeros: "nothing edited"), and

@@ -85,6 +85,18 @@ class EditPlan:
         return alpha
 
 
+def token_grid(latent_hw: Sequence[int], tokens: int) -> tuple[int, int]:
+    """The grid (height, width) of an attention layer with ``tokens`` image tokens on a latent of ``latent_hw``: the
+    UNet's downsamplers (3x3 convolutions of stride 2, padding 1) halve a size rounding up, so a 36-row latent (288
+    px in SD) has grids of 36, 18, 9 and 5 rows."""
+    h, w = latent_hw
+    while h * w > tokens:
+        h, w = -(-h // 2), -(-w // 2)
+    if h * w != tokens:
+        raise RuntimeError(f"cannot place {tokens} attention tokens on a {latent_hw[0]}x{latent_hw[1]} latent's grids")
+    return h, w
+
+
 def at_source_tokens(plan: EditPlan, values: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
     """Per-target-token ``values`` [..., n, 77] moved to the source's tokens through the plan's alignment, for the
     contrast rows (which hold the source's words). replace: each source token takes the mean over the target tokens
@@ -450,11 +462,7 @@ class AttentionController:
         return mask
 
     def _map_hw(self, n: int) -> tuple[int, int]:
-        h, w = self.latent_hw
-        scale = round((h * w / n) ** 0.5)
-        if (h // scale) * (w // scale) != n:
-            raise RuntimeError(f"cannot place {n} attention tokens on a {h}x{w} latent grid")
-        return h // scale, w // scale
+        return token_grid(self.latent_hw, n)
 
     def attention_maps(self) -> Optional[torch.Tensor]:
         """Average cross-attention maps at the blend resolution: [1+n, F, hb, wb, 77]."""

@@ -197,7 +197,6 @@ def invert(model: VideoModel, latents: torch.Tensor, source_embedding: torch.Ten
         raise VP2PInputError("empty_embedding: null-text inversion starts from the empty prompt's embedding")
     if mode == "null_text":  # fp16 Adam's steps underflow: every null embedding NaN
         model.check_float32("model", "null-text inversion needs float32 weights (or mode fast)")
-    model.check_latent_size(latents.shape, "latents")
     if context is not None:
         context.check_clip(latents.shape[0], steps=num_steps)
     unet = model.unet

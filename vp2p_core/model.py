@@ -152,15 +152,6 @@ class VideoModel:
     def evaluations(self) -> int:
         return self.state.forward_clips
 
-    def check_latent_size(self, shape, what: str) -> None:
-        """Refuse latents whose height or width the UNet's downsampling does not divide (its attention grids, which
-        local blend and the attention maps lay out, would not tile the latent)."""
-        factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
-        h, w = shape[-2:]
-        if h % factor or w % factor:
-            raise VP2PInputError(
-                f"{what}: latents of {h}x{w} do not divide by {factor}; resize the frames to a multiple of "
-                f"{factor * self.vae_factor} pixels (e.g. 512x512)")
 
     def check_text(self, embedding: torch.Tensor, what: str) -> None:
         """Refuse text embeddings of another width than the UNet's cross-attention reads (another encoder)."""
