@@ -135,6 +135,13 @@ def test_plan_auto_mode_and_alpha(tok):
     assert alpha[:10].eq(1).all() and alpha[10:].eq(0).all()  # int(0.2 * 51) = 10, as the reference
     plan = build_edit_plan(tok, "a ball", "a red ball")
     assert plan.mode == "refine"
+    # as many words, but one added and another dropped: the kept words moved, so refine aligns them (replace paired
+    # rabbit with origami and is with rabbit); swaps of any number of words in place stay replace
+    for src, tgt, mode in [("a rabbit is jumping on the grass", "a origami rabbit jumping on the grass", "refine"),
+                           ("a cat on the grass", "a big cat on grass", "refine"),
+                           ("a red ball on green grass", "a blue cube on green grass", "replace"),
+                           ("a red ball on grass", "A Blue ball on grass", "replace")]:
+        assert build_edit_plan(tok, src, tgt).mode == mode, (src, tgt)
 
 
 def test_plan_per_word_cross_replace(tok):

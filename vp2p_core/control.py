@@ -122,13 +122,29 @@ def fraction_pair(v) -> tuple[float, float]:
     return (0.0, float(v)) if isinstance(v, (int, float)) else (float(v[0]), float(v[1]))
 
 
+def _words_shifted(source: Sequence[str], target: Sequence[str]) -> bool:
+    """Whether more of the words match in order (their longest common subsequence) than in place: some kept word
+    moved, which only an insertion beside a deletion does."""
+    in_place = sum(a == b for a, b in zip(source, target))
+    longest = [0] * (len(target) + 1)
+    for a in source:
+        diagonal = 0
+        for j, b in enumerate(target):
+            diagonal, longest[j + 1] = longest[j + 1], diagonal + 1 if a == b else max(longest[j + 1], longest[j])
+    return longest[-1] > in_place
+
+
 def _is_word_swap(source: str, target: str, tokenizer: TokenizerLike) -> bool:
     """``auto``'s test for replace: the same number of words, or the same space-separated pieces but where a piece
     becomes one of another number of words (the reference's man -> Spider-Man config). Pieces pair by position,
     so a piece that changes into another single word beside it means a word added and one dropped ('a man is
-    driving a car' -> 'Spider-Man is driving a red car'): refine aligns that, replace would shift every word."""
-    if len(prompt_words(source, tokenizer)) == len(prompt_words(target, tokenizer)):
-        return True
+    driving a car' -> 'Spider-Man is driving a red car'): refine aligns that, replace would shift every word.
+    So would it with the same number of words where one is added and another dropped ('a rabbit is jumping' -> 'a
+    origami rabbit jumping' paired rabbit with origami and is with rabbit): words that keep their order but not their
+    places are refine's."""
+    words_s, words_t = prompt_words(source, tokenizer), prompt_words(target, tokenizer)
+    if len(words_s) == len(words_t):
+        return not _words_shifted([w.lower() for w in words_s], [w.lower() for w in words_t])
     pieces_s, pieces_t = source.split(), target.split()
     return len(pieces_s) == len(pieces_t) and all(
         a.lower() == b.lower() or len(prompt_words(a, tokenizer)) != len(prompt_words(b, tokenizer))

@@ -287,7 +287,8 @@ class EditOptions(Options):
     edit_mode: str = option(
         "choice", "auto", "replace: word swap (same number of words, or of space-separated pieces: 'man' -> "
         "'Spider-Man'). refine: words added or changed (aligned token by token). none: no attention control. "
-        "auto: replace where replace can pair the prompts (either count matches), else refine.",
+        "auto: replace where replace can pair the prompts (either count matches, and no kept word moved: 'a rabbit "
+        "is jumping' -> 'an origami rabbit jumping' is refine's), else refine.",
         choices=EDIT_MODES)
     cross_replace: float = option(
         "fraction", 0.2, "Fraction of the steps during which the target's cross-attention maps come from the source "
