@@ -93,8 +93,16 @@ def test_structure_clip_must_fit_the_latents(controlnet):
         StructureGuidance.from_images(fn, torch.rand(5, 64, 64, 3), (16, 16), 3)
     with pytest.raises(VP2PInputError, match="do not fit latents of 16x16"):
         StructureGuidance.from_images(fn, torch.rand(3, 64, 48, 3), (16, 16), 3)
-    with pytest.raises(VP2PInputError, match="expected 64x64"):
-        StructureGuidance.from_images(fn, torch.rand(3, 32, 32, 3), (16, 16), 3, vae_factor=4)
+    # a preprocessor's own size is fitted as ComfyUI's ControlNet fits a hint: the middle of the clip's aspect,
+    # scaled; one map serves every frame (both were refused)
+    wide = torch.zeros(1, 32, 48, 3)
+    wide[:, :, 8:40] = 1.0  # the middle 32 columns white, 8 black on each side
+    sg = StructureGuidance.from_images(fn, wide, (16, 16), 3, vae_factor=4)
+    assert tuple(sg.structure.shape) == (3, 3, 64, 64) and bool(sg.structure.gt(0.99).all())
+    tall = torch.zeros(3, 96, 64, 3)
+    tall[:, 48:] = 1.0
+    sg = StructureGuidance.from_images(fn, tall, (16, 16), 3, vae_factor=4)
+    assert float(sg.structure[:, :, :24].max()) < 0.01 and float(sg.structure[:, :, 40:].min()) > 0.99
     with pytest.raises(VP2PInputError, match="IMAGE"):
         StructureGuidance.from_images(fn, torch.rand(3, 64, 64), (16, 16), 3)
     one_channel = StructureGuidance.from_images(fn, torch.rand(3, 64, 64, 1), (16, 16), 3)

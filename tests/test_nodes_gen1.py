@@ -197,9 +197,10 @@ def test_structure_clip_must_fit_the_clip(setup):
     five, _ = structure(setup, images=torch.rand(5, 64, 64, 3))
     with pytest.raises(VP2PInputError, match=f"structure: 5 frames, but the clip has {FRAMES}"):
         run(setup, structure=five)
-    small, _ = structure(setup, images=torch.rand(FRAMES, 32, 32, 3))
-    with pytest.raises(VP2PInputError, match=r"structure: frames of 32x32 do not fit latents of 16x16 \(expected 64x64\)"):
-        run(setup, structure=small)
+    # a depth preprocessor's own size, and one map for every frame, are fitted to the clip (they were refused)
+    small, _ = structure(setup, images=torch.rand(1, 32, 32, 3))
+    edited, _ = run(setup, structure=small)
+    assert torch.isfinite(edited).all() and not torch.equal(edited, run(setup)[0])  # it steered
     with pytest.raises(VP2PInputError, match="structure: expected an IMAGE"):
         structure(setup, images=torch.rand(FRAMES, 64, 64))
     with pytest.raises(VP2PInputError, match="structure: expected the output of StructureGuidance"):

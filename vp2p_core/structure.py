@@ -21,6 +21,22 @@ from .options import StructureOptions
 ResidualFn = Callable[[torch.Tensor, object, torch.Tensor, torch.Tensor], tuple[Sequence[torch.Tensor], torch.Tensor]]
 
 
+def fit_to_size(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """maps [F,C,H,W] cut to ``size``'s aspect about their middle and scaled to it (bilinear, antialiased when
+    shrinking): what ComfyUI's ControlNet does to a hint of another size (its own resize is nearest-exact; a depth
+    map keeps its gradients better bilinear)."""
+    H, W = maps.shape[-2:]
+    h, w = size
+    if H * w > W * h:  # taller than the target's aspect: rows off the top and bottom
+        keep = max(1, round(W * h / w))
+        maps = maps[..., (H - keep) // 2:(H - keep) // 2 + keep, :]
+    elif H * w < W * h:
+        keep = max(1, round(H * w / h))
+        maps = maps[..., (W - keep) // 2:(W - keep) // 2 + keep]
+    shrink = maps.shape[-2] > h or maps.shape[-1] > w
+    return torch.nn.functional.interpolate(maps, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+
+
 def blur_structure(maps: torch.Tensor, level: float) -> torch.Tensor:
     """maps [F,C,H,W] in 0..1 blurred at fidelity level ``level`` (0: unchanged)."""
     level = StructureOptions.setting("structure_blur").check(level)
@@ -74,14 +90,20 @@ class StructureGuidance:
                     vae_factor: Optional[int] = None) -> "StructureGuidance":
         """images: IMAGE [F,H,W,C] (C 1 or 3) in 0..1. Checks frame count and size against the latents."""
         check_structure_images(images)
+        if images.shape[0] == 1 and frames > 1:  # one map for every frame, as ComfyUI's Apply ControlNet takes it
+            images = images.expand(frames, -1, -1, -1)
         if images.shape[0] != frames:
             raise VP2PInputError(f"structure: {images.shape[0]} frames, but the clip has {frames}")
         h, w = latent_hw
         H, W = images.shape[1:3]
-        if H * w != W * h or H % h or (vae_factor is not None and (H != h * vae_factor or W != w * vae_factor)):
-            want = f"{h * vae_factor}x{w * vae_factor}" if vae_factor else f"a multiple of {h}x{w}"
-            raise VP2PInputError(f"structure: frames of {H}x{W} do not fit latents of {h}x{w} (expected {want})")
         maps = images.permute(0, 3, 1, 2).float()
+        if vae_factor is not None and (H, W) != (h * vae_factor, w * vae_factor):
+            # a depth or edge preprocessor's own size: fitted as ComfyUI's ControlNet fits a hint (the middle of the
+            # clip's aspect, scaled); it was refused
+            maps = fit_to_size(maps, (h * vae_factor, w * vae_factor))
+        elif vae_factor is None and (H * w != W * h or H % h):
+            raise VP2PInputError(f"structure: frames of {H}x{W} do not fit latents of {h}x{w} (expected a multiple "
+                                 f"of {h}x{w})")
         if maps.shape[1] == 1:
             maps = maps.expand(-1, 3, -1, -1)
         return cls(residual_fn=residual_fn, structure=blur_structure(maps, options.structure_blur),
