@@ -107,10 +107,14 @@ def save_path(name: str, what: str, kind: str) -> Path:
     another node (which never overwrite) is refused, not lost."""
     path = _inside(roots("output")[0], safe_name(name, what))
     check_writable(path, what)
-    if path.is_file() and file_kind(path) != kind:
-        raise VP2PInputError(f"{what}: {str(path)!r} exists and is {describe_kind(file_kind(path))}, not "
-                             f"{with_article(kind)} file of Video-P2P's; choose another name (a {kind} file "
-                             "of the name is replaced)")
+    if path.is_file():
+        try:
+            found = describe_kind(file_kind(path))
+        except (SafetensorError, OSError):  # damaged, or not safetensors at all: nothing says it is ours
+            found = "not a readable safetensors file"
+        if found != describe_kind(kind):
+            raise VP2PInputError(f"{what}: {str(path)!r} exists and is {found}, not {with_article(kind)} file of "
+                                 f"Video-P2P's; choose another name (a {kind} file of the name is replaced)")
     return path
 
 

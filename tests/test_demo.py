@@ -56,6 +56,12 @@ def test_a_model_the_loaders_refuse_is_named_by_its_flag(tmp_path, capsys):
             demo.main(["--model", str(model), "--out", str(tmp_path / "out")])
         assert exit_.value.code == 2
         assert f"error: --model: {str(model)!r} {message}" in capsys.readouterr().err
+    from vp2p_core import VP2PInputError
+    from vp2p_world.settings import as_flag
+
+    # a loader that names its path before the colon keeps it, a Windows drive's colon included
+    assert str(as_flag(VP2PInputError("model 'C:\\sd15': a UNet with 9 input channels"), "--model")) == \
+        "--model 'C:\\sd15': a UNet with 9 input channels"
 
 
 

@@ -782,6 +782,10 @@ def test_save_replaces_its_own_kind_only_and_load_reads_no_tensor_of_another_fil
         run(SaveVP2PDelta, vp2p_model=chain.tuned, filename="vp2p/mine.delta")
         run(SaveVP2PInversion, inversion=chain.inv, filename="vp2p/mine.delta")
     run(SaveVP2PDelta, vp2p_model=chain.tuned, filename="vp2p/mine.delta")  # its own kind: replaced
+    cut = roots / "output" / "vp2p" / "cut.delta.safetensors"  # a copy cut short: nothing says it is ours
+    cut.write_bytes((roots / "output" / "vp2p" / "mine.delta.safetensors").read_bytes()[:-100])
+    with pytest.raises(VP2PInputError, match="cut.delta.safetensors' exists and is not a readable safetensors file"):
+        run(SaveVP2PDelta, vp2p_model=chain.tuned, filename="vp2p/cut.delta")
     assert checkpoint.read_bytes() == before
 
     from vp2p_core import files as core_files

@@ -151,13 +151,10 @@ def describe_kind(kind: Optional[str]) -> str:
 
 
 def file_kind(path: str | os.PathLike) -> Optional[str]:
-    """The ``vp2p_kind`` of a safetensors file, read from its header alone; None for one without it, or for a file
-    that is not safetensors."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("vp2p_kind")
-    except (SafetensorError, OSError):
-        return None
+    """The ``vp2p_kind`` of a safetensors file, read from its header alone; None for one without it. A file that is
+    not readable safetensors raises SafetensorError or OSError."""
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get("vp2p_kind")
 
 
 def load_checked(path: str | os.PathLike, kind: str, what: str = "filename", tensors_needed: Sequence[str] = (),

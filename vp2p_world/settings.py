@@ -135,7 +135,9 @@ def options_from_args(args: argparse.Namespace, cls: type[Options], prefix: str 
 
 def as_flag(error: VP2PInputError, flag_name: str) -> VP2PInputError:
     """An option's (or a loader's) error, ``name: what``, as the flag the user typed it with: ``--flag: what``."""
-    return VP2PInputError(flag_name + ":" + str(error).partition(":")[2])
+    head, _, rest = str(error).partition(": ")  # ': ', not ':' (C:\ in a path)
+    qualifier = head.partition(" ")[2]  # "model 'C:\sd15'", "blend_words (source prompt)": kept after the flag
+    return VP2PInputError(f"{flag_name}{' ' + qualifier if qualifier else ''}: {rest}")
 
 
 def option_values(text: str, flag_name: str, check) -> list[float]:
