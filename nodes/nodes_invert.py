@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from vp2p_core import Inversion, InversionOptions, VP2PInputError, invert, trained_weights
 from vp2p_core.memory import call_rows, working_memory
-from vp2p_core.text import check_same_encoder
+from vp2p_core.text import check_same_encoder, same_prompt
 from vp2p_core.thumbnail import latent_thumbnail
 
 from . import files
@@ -61,14 +61,14 @@ class NullTextVideoInvert(io.ComfyNode):
         latents = vp2p_model.latents(latent)
         vp2p_model.check_clip(latents, "latent")
         tuned_prompt = None if vp2p_model.delta is None else vp2p_model.delta.prompt
-        if tuned_prompt is not None and files.prompt_key(tuned_prompt) != files.prompt_key(source_prompt):
+        if tuned_prompt is not None and not same_prompt(tuned_prompt, source_prompt):
             log.warning("Video-P2P: source_prompt %r is not the prompt the model was tuned with (%r): the inversion "
                         "reconstructs the clip less well under another prompt", source_prompt, vp2p_model.delta.prompt)
         src = encode_text(clip, source_prompt, "source_prompt")
         empty = encode_text(clip, "", "empty prompt")
         vp2p_model.video.check_text(src, "clip")
         tuned_with = None if vp2p_model.delta is None else vp2p_model.delta.source_embedding
-        if tuned_with is not None and files.prompt_key(tuned_prompt) == files.prompt_key(source_prompt):
+        if tuned_with is not None and same_prompt(tuned_prompt, source_prompt):
             check_same_encoder(tuned_with, src, "the model was tuned with", "invert with the CLIP the tuning used (the "
                                "same CLIPSetLastLayer and LoRAs), or tune again with this one")
         parts = dict(kind="inversion", model=vp2p_model.fingerprint,

@@ -759,6 +759,11 @@ def test_edit_refuses_an_inversion_of_another_schedule_or_latent_size(world, inv
         emb[3:4], emb[1:2], emb[2:3]
     with pytest.raises(VP2PInputError, match="source_prompt: 'a green ball on grass' is not the prompt"):
         sample_edit(model, inversion, other_prompt, options=SamplerOptions())
+    # the same words in other case and spacing are the same prompt to CLIP's tokenizers (it was refused)
+    capitals = build_edit_plan(tok, "A Red  Ball on grass", ["A Blue ball on grass"], options=EditOptions())
+    capitals.source_embedding, capitals.target_embeddings, capitals.empty_embedding = emb[:1], emb[1:2], emb[2:3]
+    assert SRC == "a red ball on grass"
+    sample_edit(model, inversion, capitals, options=SamplerOptions(), num_frames=latents.shape[0])
     # the edit's source prompt encoded by another CLIP than the inversion's (here: another prompt's embedding)
     other_clip = _plan(tok, emb)
     other_clip.source_embedding = emb[3:4]

@@ -361,6 +361,8 @@ class EditOptions(Options):
                                  f"{self.reweight_values!r}") from None
         if not vs:
             raise VP2PInputError(f"reweight_values: give a value for the reweight words {ws} (e.g. '2')")
+        if not all(math.isfinite(v) for v in vs):  # 'nan' and 'inf' parse as floats: every map NaN
+            raise VP2PInputError(f"reweight_values: expected finite numbers, got {self.reweight_values!r}")
         if len(vs) == 1:
             vs = vs * len(ws)
         if len(vs) != len(ws):

@@ -41,7 +41,7 @@ from .model import VideoModel
 from .options import SamplerOptions
 from .schedule import DDIMSchedule
 from .structure import StructureGuidance
-from .text import check_same_encoder
+from .text import check_same_encoder, same_prompt
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def check_edit_inputs(model: VideoModel, inversion: Inversion, plan: EditPlan) -
         raise VP2PInputError(
             f"edit: text embeddings of width {plan.source_embedding.shape[-1]} but the inversion used "
             f"{inversion.source_embedding.shape[-1]} (another text encoder)")
-    if inversion.prompt and plan.source_prompt.split() != inversion.prompt.split():  # whitespace aside
+    if inversion.prompt and not same_prompt(plan.source_prompt, inversion.prompt):  # the embeddings: below
         raise VP2PInputError(
             f"source_prompt: {plan.source_prompt!r} is not the prompt the inversion was made with "
             f"({inversion.prompt!r}); expected the inversion's source prompt (or invert again with this one)")

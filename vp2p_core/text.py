@@ -71,6 +71,12 @@ def prompt_words(prompt: str, tokenizer: TokenizerLike) -> list[str]:
     return [w.text for w in token_words(prompt, tokenizer)]
 
 
+def same_prompt(a: str, b: str) -> bool:
+    """Whether two prompts are the same text to a CLIP tokenizer: the same words, whatever the spacing and case (SD's
+    CLIP tokenizers lowercase)."""
+    return a.lower().split() == b.lower().split()
+
+
 def check_prompt_length(tokenizer: TokenizerLike, prompt: str, what: str) -> list[int]:
     ids = list(tokenizer.encode(prompt))
     if len(ids) > MAX_TOKENS:
