@@ -92,14 +92,16 @@ def test_the_uniform_schedules_are_comfyuis_and_refused_outside_it():
     with pytest.raises(VP2PInputError, match="context_schedule: 'standard_uniform'.*ComfyUI"):
         ContextWindows(o).windows(64)
     assert ContextWindows(o).windows(16)[0].frames == tuple(range(16))  # one window: no schedule needed
+    # a clip shorter than a looped window runs whole, as ComfyUI runs it (it was refused)
+    short = windows(16, 4, context_schedule="looped_uniform")
+    short.check_clip(12)
+    assert [w.frames for w in short.windows(12)] == [tuple(range(12))]
 
 
 @pytest.mark.parametrize("make,message", [
     (lambda: ContextOptions(context_length=8, context_overlap=8), "context_overlap: expected fewer frames than "
                                                                    "context_length"),
     (lambda: ContextOptions(context_length=0), "context_length: expected a value in"),
-    (lambda: windows(16, 4, context_schedule="looped_uniform").check_clip(12), "context_schedule: looped_uniform "
-                                                                               "needs a clip of at least one window"),
     (lambda: windows(16, 4, context_schedule="standard_uniform").check_clip(40), "runs inside ComfyUI only"),
 ])
 def test_bad_context_input_is_refused_naming_it(make, message):

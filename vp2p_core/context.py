@@ -127,10 +127,6 @@ class ContextWindows:
         o = self.options
         if num_frames < 1:
             raise VP2PInputError(f"{what}: expected at least one frame")
-        if o.context_schedule == "looped_uniform" and num_frames < o.context_length:
-            raise VP2PInputError(f"context_schedule: looped_uniform needs a clip of at least one window "
-                                 f"(context_length {o.context_length}), but {what} has {num_frames} frames; "
-                                 "use standard_static or a shorter context_length")
         if self.schedule is None and num_frames > o.context_length:
             standard_windows(num_frames, o.context_length, o.context_overlap, o.context_schedule)  # raises if not core
         if self.schedule is not None and num_frames > o.context_length:
