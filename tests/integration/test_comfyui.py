@@ -529,14 +529,27 @@ def test_structure_depth_workflow(comfy):
     assert not same(steered.edited, b.edited), "structure guidance changed nothing"
     assert same(steered.source, b.source), "structure guidance must steer the edited branch only"
 
-    # a structure clip of another size stops the sampler with a message naming structure
+    # a structure clip of another size is fitted to the clip, as Apply ControlNet fits a hint (it was refused)
+    small = copy.deepcopy(api)
+    scale = small[sg]["inputs"]["structure"][0]
+    small[scale]["inputs"].update(width=32, height=32)
+    for nid, p in (("900", "vp2p_structure_small"), ("901", "latents/vp2p_structure_small_edited"),
+                   ("902", "latents/vp2p_structure_small_source"), ("904", "masks/vp2p_structure_small")):
+        small[nid]["inputs"]["filename_prefix"] = p
+    small[node_id(small, "SaveVideo")]["inputs"]["filename_prefix"] = "video/vp2p_structure_small"
+    fitted = check_run(comfy, small, run_prompt(comfy, small))
+    assert not same(fitted.edited, b.edited), "a fitted structure clip changed nothing"
+
+    # a structure clip of another frame count stops the sampler with a message naming structure
     bad = copy.deepcopy(api)
-    bad[bad[sg]["inputs"]["structure"][0]]["inputs"].update(width=32, height=32)
+    frames_node = bad[scale]["inputs"]["image"][0]
+    assert bad[frames_node]["class_type"] == "VideoP2PVideoFrames"
+    bad[frames_node]["inputs"]["frames"] = FRAMES - 1
     entry = run_prompt(comfy, bad)
     assert entry["status"]["status_str"] == "error"
     err = messages(entry, "execution_error")[0]
     assert err["node_type"] == "VideoP2PSampler"
-    assert "structure: frames of 32x32 do not fit latents of 8x8 (expected 64x64)" in err["exception_message"]
+    assert f"structure: {FRAMES - 1} frames, but the clip has {FRAMES}" in err["exception_message"]
 
 
 def test_bad_blend_word_reaches_the_user(comfy):
