@@ -146,3 +146,44 @@ def test_the_stop_button_answers_while_frames_before_start_frame_are_skipped(tmp
 
     with pytest.raises(InterruptedError):
         read_video(str(tmp_path / "grey.mp4"), FramesOptions(frames=1, start_frame=6), interrupt=stop)
+
+
+def test_a_late_start_frame_is_reached_by_seeking_to_the_same_frames(tmp_path, monkeypatch):
+    """A start_frame far into a video seeks to the keyframe before it (decoding a few dozen frames, not all before
+    it) and takes the very frames counting from the first would: B-frames, a keyframe every 20 frames and a
+    variable frame rate (the n-th frame is the n-th timestamp). A video too short is refused as before."""
+    import fractions
+
+    import av
+    import numpy as np
+
+    from vp2p_core import frames as core_frames
+
+    path = tmp_path / "vfr.mkv"
+    out = av.open(str(path), mode="w")
+    stream = out.add_stream("libx264", rate=25, options={"x264-params": "bframes=3:keyint=20:open-gop=1"})
+    stream.width = stream.height = 32
+    stream.pix_fmt = "yuv420p"
+    stream.codec_context.time_base = stream.time_base = fractions.Fraction(1, 1000)
+    t = 0
+    for i in range(130):
+        y, x = np.mgrid[0:32, 0:32]
+        img = np.stack([(x * 7 + i * 20) % 256, (y * 5 + i * 3) % 256, (x + y + i * 11) % 256], -1).astype(np.uint8)
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts, frame.time_base = t, fractions.Fraction(1, 1000)
+        t += 20 if i % 3 else 70
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+    out.close()
+    pick = FramesOptions(frames=6, start_frame=97, frame_stride=5)  # frames 97 .. 122
+    decoded = []
+    sought, _ = core_frames.read_video(str(path), pick, interrupt=lambda: decoded.append(1))
+    monkeypatch.setattr(core_frames, "SEEK_FROM", 10 ** 9)
+    counted, _ = core_frames.read_video(str(path), pick)
+    assert len(sought) == 6 and all(np.array_equal(a, b) for a, b in zip(sought, counted))
+    assert len(decoded) < 60  # from the keyframe before frame 97 (123 counting from the first)
+    monkeypatch.setattr(core_frames, "SEEK_FROM", 48)
+    with pytest.raises(VP2PInputError, match="^video: has 130 frames; frames 6 from start_frame 120 at frame_stride"):
+        core_frames.read_video(str(path), FramesOptions(frames=6, start_frame=120, frame_stride=5))

@@ -74,8 +74,61 @@ def read_video(source, options: FramesOptions, what: str = "video", interrupt: O
                 raise VP2PInputError(f"{what}: has no video stream")
             stream = container.streams.video[0]
             rate = Fraction(stream.average_rate) if stream.average_rate else Fraction(1)
-            taken = [upright(frame.to_ndarray(format="rgb24"), getattr(frame, "rotation", 0))
-                     for frame in take_frames(decoded(container), options, what, on_take=on_take)]
+            wanted = seek_to_start(container, stream, options) if options.start_frame >= SEEK_FROM else None
+            if wanted is None:
+                frames = take_frames(decoded(container), options, what, on_take=on_take)
+            else:
+                frames = take_by_time(decoded(container), wanted, what, on_take=on_take)
+            taken = [upright(frame.to_ndarray(format="rgb24"), getattr(frame, "rotation", 0)) for frame in frames]
     except av.error.FFmpegError as e:
         raise VP2PInputError(f"{what}: could not be read as a video ({type(e).__name__}: {e})") from None
     return taken, rate
+
+
+SEEK_FROM = 48  # a start_frame this far in is reached by seeking: decoding up to it cost a minute or more at 4K
+REORDER_MARGIN = 32  # packets read past the last frame taken: presentation order differs from decoding order by
+# less than this (B-frames)
+
+
+def seek_to_start(container, stream, options: FramesOptions) -> Optional[list[int]]:
+    """Seek ``container`` to the keyframe before the clip's first frame and return the timestamps of the frames the
+    clip takes, found from the packets alone (reading them costs no decoding): the frames of a stream in presentation
+    order are its packets sorted by timestamp, so the n-th frame is the n-th timestamp, at any frame rate, variable
+    included. None, with the container rewound, where a packet has no timestamp (some AVI) or the stream is too
+    short: then frames are counted as they are decoded."""
+    end = last_frame(options)
+    stamps = []
+    for packet in container.demux(stream):
+        if packet.size == 0:  # the demuxer's flush packet
+            continue
+        if packet.pts is None:
+            stamps = None
+            break
+        stamps.append(packet.pts)
+        if len(stamps) > end + REORDER_MARGIN:
+            break
+    if stamps is not None:
+        stamps.sort()
+    if stamps is None or len(stamps) <= end or len(set(stamps)) != len(stamps):
+        container.seek(0, stream=stream)  # as read before: from the first frame
+        return None
+    wanted = stamps[options.start_frame:end + 1:options.frame_stride]
+    container.seek(wanted[0], stream=stream, backward=True, any_frame=False)
+    return wanted
+
+
+def take_by_time(frames: Iterable, wanted: list[int], what: str,
+                 on_take: Optional[Callable[[int], None]] = None) -> list:
+    """The decoded ``frames`` whose timestamps are ``wanted`` (``seek_to_start``'s), read no further than the last."""
+    want, taken = set(wanted), []
+    for frame in frames:
+        if frame.pts in want:
+            taken.append(frame)
+            if on_take is not None:
+                on_take(len(taken))
+        if frame.pts is not None and frame.pts >= wanted[-1]:
+            break
+    if len(taken) != len(wanted):  # a decoder that dropped or re-stamped frames after the seek
+        raise VP2PInputError(f"{what}: {len(wanted) - len(taken)} of the frames to take were not found after seeking "
+                             "to them; re-encode the video (e.g. to H.264) or take frames nearer its start")
+    return taken
