@@ -74,7 +74,8 @@ def read_video(source, options: FramesOptions, what: str = "video", interrupt: O
                 raise VP2PInputError(f"{what}: has no video stream")
             stream = container.streams.video[0]
             rate = Fraction(stream.average_rate) if stream.average_rate else Fraction(1)
-            wanted = seek_to_start(container, stream, options) if options.start_frame >= SEEK_FROM else None
+            seekable = options.start_frame >= SEEK_FROM and stream.codec_context.name in ONE_FRAME_PER_PACKET
+            wanted = seek_to_start(container, stream, options) if seekable else None
             if wanted is None:
                 frames = take_frames(decoded(container), options, what, on_take=on_take)
             else:
@@ -86,6 +87,10 @@ def read_video(source, options: FramesOptions, what: str = "video", interrupt: O
 
 
 SEEK_FROM = 48  # a start_frame this far in is reached by seeking: decoding up to it cost a minute or more at 4K
+# codecs whose every packet decodes to one shown frame, so that the n-th timestamp is the n-th frame (VP8 in WebM may
+# carry hidden alt-ref frames in packets of their own); others count frames from the first
+ONE_FRAME_PER_PACKET = frozenset({"h264", "hevc", "av1", "vp9", "mpeg4", "mpeg2video", "mjpeg", "prores", "dnxhd",
+                                  "ffv1", "png", "rawvideo", "huffyuv", "utvideo"})
 REORDER_MARGIN = 32  # packets read past the last frame taken: presentation order differs from decoding order by
 # less than this (B-frames)
 
