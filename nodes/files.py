@@ -26,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from vp2p_core import VP2PInputError
 from vp2p_core.errors import with_article
 from vp2p_core.files import atomic_save, check_writable, describe_kind, file_kind
+from vp2p_core.text import clip_words
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -135,9 +136,10 @@ def load_path(name: str, what: str) -> Path:
 
 
 def prompt_key(prompt: str) -> str:
-    """A prompt as a cache key holds it: its words, one space apart (ComfyUI's tokenizer reads a trailing newline
-    or a double space as nothing, so they recomputed a cached tuning for the same embedding)."""
-    return " ".join(prompt.split())
+    """A prompt as a cache key holds it: its words as CLIP reads them, one space apart (ComfyUI's tokenizer reads a
+    trailing newline or a double space as nothing, and lowercases, so they recomputed a cached tuning for the same
+    embedding)."""
+    return " ".join(clip_words(prompt))
 
 
 def cache_path(cache_dir: str, kind: str, key: str) -> Optional[Path]:

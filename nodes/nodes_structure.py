@@ -27,8 +27,9 @@ class StructureGuidanceNode(io.ComfyNode):
                         "structure input.",
             inputs=[
                 io.Image.Input("structure", tooltip="The per-frame structure clip: one map per frame of the edited "
-                               "clip, at the same size as its frames (depth from any depth node pack, edges, masks; a "
-                               "depth video loaded with LoadVideo works too)."),
+                               "clip, or one for all (depth from any depth node pack, edges, masks; a depth video "
+                               "loaded with LoadVideo works too). Another size than the clip's is cut to its aspect "
+                               "about the middle and scaled, as Apply ControlNet fits a hint."),
                 *widgets(StructureOptions, ["structure_blur", "strength", "start_percent", "end_percent"]),
                 io.ControlNet.Input("control_net", optional=True, tooltip="An SD 1.x/2.x ControlNet from "
                                     "ControlNetLoader (e.g. a depth ControlNet for a depth clip). Give this or "
@@ -42,8 +43,8 @@ class StructureGuidanceNode(io.ComfyNode):
                                        tooltip="Structure guidance for VideoP2PSampler's structure "
                                                             "input."),
                 io.Image.Output("structure_preview", display_name="structure_preview",
-                                tooltip="The structure clip as the ControlNet sees it, blurred "
-                                                             "at structure_blur."),
+                                tooltip="The structure clip blurred at structure_blur, at its own size (the "
+                                        "sampler fits it to the clip's)."),
             ],
         )
 

@@ -195,8 +195,8 @@ class VP2PMaps:
 class VP2PStructure:
     """Gen-1 structure guidance before it meets the clip: a ControlNet, the structure clip and the settings.
 
-    The sampler turns it into ``vp2p_core.StructureGuidance`` with the inversion's latent size and frame count,
-    so a structure clip of another length or size is refused there, naming ``structure``.
+    The sampler turns it into ``vp2p_core.StructureGuidance`` with the inversion's latent size and frame count: a
+    structure clip of another size is fitted there, one of another length (but one frame) refused naming ``structure``.
     """
 
     control: Any  # nodes.controlnet.ControlNetHandle

@@ -763,6 +763,11 @@ def test_edit_refuses_an_inversion_of_another_schedule_or_latent_size(world, inv
     capitals = build_edit_plan(tok, "A Red  Ball on grass", ["A Blue ball on grass"], options=EditOptions())
     capitals.source_embedding, capitals.target_embeddings, capitals.empty_embedding = emb[:1], emb[1:2], emb[2:3]
     assert SRC == "a red ball on grass"
+    from vp2p_core.text import same_prompt
+
+    # ComfyUI looks an embedding's name up as written: those words keep their case
+    assert not same_prompt("embedding:MyStyle a red ball", "embedding:mystyle a red ball")
+    assert same_prompt("embedding:MyStyle A Red ball", "embedding:MyStyle a red  ball")
     sample_edit(model, inversion, capitals, options=SamplerOptions(), num_frames=latents.shape[0])
     # the edit's source prompt encoded by another CLIP than the inversion's (here: another prompt's embedding)
     other_clip = _plan(tok, emb)

@@ -375,6 +375,13 @@ def test_cache_files_a_newer_version_a_damaged_tensor_and_stale_temporaries(chai
     users.unlink()
 
 
+def test_cache_keys_read_prompts_as_clip_does():
+    """A prompt's case and spacing give the same key (CLIP's tokenizers lowercase, and the sampler calls them the same
+    prompt), an embedding's name keeps its case (ComfyUI looks it up as written)."""
+    assert node_files.prompt_key("A Red  Ball on grass\n") == node_files.prompt_key("a red ball on grass")
+    assert node_files.prompt_key("embedding:X a") == "embedding:X a"
+
+
 def test_the_same_clip_encoded_in_other_batches_finds_its_cache(chain, roots):
     """ComfyUI's VAE Encode splits its batch by the memory free at the time, and the same frames then differ in the
     last bits (1.2e-6 measured): the exact key missed, and a restart re-ran the tuning and the inversion. Latents

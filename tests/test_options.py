@@ -54,7 +54,7 @@ def test_checks_across_fields():
         EditOptions(blend_target_words="cat")
     with pytest.raises(VP2PInputError, match="reweight_values: 3 values for 2 reweight words"):
         EditOptions(reweight_words="a b", reweight_values="1, 2, 3")
-    for bad in ("nan", "2, inf"):  # they parse as floats, and made every reweighted map NaN
+    for bad in ("nan", "2, inf", "1e39"):  # they parse as floats: every reweighted map NaN, or a float32 overflow
         with pytest.raises(VP2PInputError, match="^reweight_values: expected finite numbers"):
             EditOptions(reweight_words="a b", reweight_values=bad)
 

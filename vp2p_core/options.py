@@ -22,6 +22,7 @@ from .errors import VP2PInputError
 SD_LATENT_SCALE = 0.18215
 # ... and its downsampling: one latent pixel covers 8x8 pixels of the image.
 SD_VAE_FACTOR = 8
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32 (a setting that becomes a float32 tensor stays below it)
 
 
 @dataclass(frozen=True)
@@ -361,7 +362,8 @@ class EditOptions(Options):
                                  f"{self.reweight_values!r}") from None
         if not vs:
             raise VP2PInputError(f"reweight_values: give a value for the reweight words {ws} (e.g. '2')")
-        if not all(math.isfinite(v) for v in vs):  # 'nan' and 'inf' parse as floats: every map NaN
+        if not all(math.isfinite(v) and abs(v) <= FLOAT32_MAX for v in vs):  # 'nan' and 'inf' parse as floats
+            # (every map NaN), and 1e39 overflowed the float32 scales
             raise VP2PInputError(f"reweight_values: expected finite numbers, got {self.reweight_values!r}")
         if len(vs) == 1:
             vs = vs * len(ws)

@@ -71,10 +71,15 @@ def prompt_words(prompt: str, tokenizer: TokenizerLike) -> list[str]:
     return [w.text for w in token_words(prompt, tokenizer)]
 
 
+def clip_words(prompt: str) -> list[str]:
+    """A prompt's words as SD's CLIP tokenizers read them: whatever the spacing, lowercased (they lowercase), but for
+    ComfyUI's ``embedding:name`` words, whose names it looks up as written."""
+    return [w if w.lower().startswith("embedding:") else w.lower() for w in prompt.split()]
+
+
 def same_prompt(a: str, b: str) -> bool:
-    """Whether two prompts are the same text to a CLIP tokenizer: the same words, whatever the spacing and case (SD's
-    CLIP tokenizers lowercase)."""
-    return a.lower().split() == b.lower().split()
+    """Whether two prompts are the same text to a CLIP tokenizer (``clip_words``)."""
+    return clip_words(a) == clip_words(b)
 
 
 def check_prompt_length(tokenizer: TokenizerLike, prompt: str, what: str) -> list[int]:
