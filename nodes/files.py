@@ -110,12 +110,13 @@ def save_path(name: str, what: str, kind: str) -> Path:
     check_writable(path, what)
     if path.is_file():
         try:
-            found = describe_kind(file_kind(path))
+            found = file_kind(path)
+            what_it_is = describe_kind(found)
         except (SafetensorError, OSError):  # damaged, or not safetensors at all: nothing says it is ours
-            found = "not a readable safetensors file"
-        if found != describe_kind(kind):
-            raise VP2PInputError(f"{what}: {str(path)!r} exists and is {found}, not {with_article(kind)} file of "
-                                 f"Video-P2P's; choose another name (a {kind} file of the name is replaced)")
+            found, what_it_is = None, "not a readable safetensors file"
+        if found != kind:
+            raise VP2PInputError(f"{what}: {str(path)!r} exists and is {what_it_is}, not {with_article(kind)} file "
+                                 f"of Video-P2P's; choose another name (a {kind} file of the name is replaced)")
     return path
 
 

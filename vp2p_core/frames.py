@@ -86,7 +86,7 @@ def read_video(source, options: FramesOptions, what: str = "video", interrupt: O
     return taken, rate
 
 
-SEEK_FROM = 48  # a start_frame this far in is reached by seeking: decoding up to it cost a minute or more at 4K
+SEEK_FROM = 48  # a start_frame this far in is reached by seeking; nearer, decoding from the first frame costs little
 # codecs whose every packet decodes to one shown frame, so that the n-th timestamp is the n-th frame (VP8 in WebM may
 # carry hidden alt-ref frames in packets of their own); others count frames from the first
 ONE_FRAME_PER_PACKET = frozenset({"h264", "hevc", "av1", "vp9", "mpeg4", "mpeg2video", "mjpeg", "prores", "dnxhd",
