@@ -13,23 +13,36 @@ from vp2p_core.options import FramesOptions
 torch.set_num_threads(1)
 
 
-def grey_clip(path, frames: int = 8, size: int = 32, rate: int = 8):
-    """An h264 mp4 whose frame i is the flat grey 10 + 20 i (flat frames survive the codec within a level or two)."""
+def write_clip(path, images, rate: int = 8, codec: str = "h264", options=None, millis=None):
+    """Encode uint8 RGB ``images`` [H, W, 3] with PyAV at ``rate`` fps (or at ``millis``' timestamps, in ms: a
+    variable frame rate); returns ``path``."""
+    import fractions
+
     import av
-    import numpy as np
 
     out = av.open(str(path), mode="w")
-    stream = out.add_stream("h264", rate=rate)
-    stream.width = stream.height = size
+    stream = out.add_stream(codec, rate=rate, options=options or {})
+    stream.height, stream.width = images[0].shape[:2]
     stream.pix_fmt = "yuv420p"
-    for i in range(frames):
-        img = np.full((size, size, 3), 10 + 20 * i, np.uint8)
-        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+    if millis is not None:
+        stream.codec_context.time_base = stream.time_base = fractions.Fraction(1, 1000)
+    for i, img in enumerate(images):
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        if millis is not None:
+            frame.pts, frame.time_base = millis[i], fractions.Fraction(1, 1000)
+        for packet in stream.encode(frame):
             out.mux(packet)
     for packet in stream.encode():
         out.mux(packet)
     out.close()
     return path
+
+
+def grey_clip(path, frames: int = 8, size: int = 32, rate: int = 8):
+    """An h264 mp4 whose frame i is the flat grey 10 + 20 i (flat frames survive the codec within a level or two)."""
+    import numpy as np
+
+    return write_clip(path, [np.full((size, size, 3), 10 + 20 * i, np.uint8) for i in range(frames)], rate=rate)
 
 
 def test_take_frames_picks_start_count_and_stride_and_reads_no_further():
@@ -85,20 +98,11 @@ def turned_clip(path, rotation_matrix: tuple):
     carries ``rotation_matrix`` (a, b, c, d of its display matrix, as phones write it for portrait video)."""
     import struct
 
-    import av
     import numpy as np
 
-    out = av.open(str(path), mode="w")
-    stream = out.add_stream("h264", rate=8)
-    stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
     img = np.zeros((32, 48, 3), np.uint8)
     img[:, :24] = 255
-    for _ in range(3):
-        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-            out.mux(packet)
-    for packet in stream.encode():
-        out.mux(packet)
-    out.close()
+    write_clip(path, [img] * 3)
     data = bytearray(path.read_bytes())
     at = data.find(b"tkhd")
     matrix = at + 8 + (32 if data[at + 4] == 1 else 20) + 16  # version/flags, times, ids, layer/volume
@@ -152,31 +156,19 @@ def test_a_late_start_frame_is_reached_by_seeking_to_the_same_frames(tmp_path, m
     """A start_frame far into a video seeks to the keyframe before it (decoding a few dozen frames, not all before
     it) and takes the very frames counting from the first would: B-frames, a keyframe every 20 frames and a
     variable frame rate (the n-th frame is the n-th timestamp). A video too short is refused as before."""
-    import fractions
-
-    import av
     import numpy as np
 
     from vp2p_core import frames as core_frames
 
-    path = tmp_path / "vfr.mkv"
-    out = av.open(str(path), mode="w")
-    stream = out.add_stream("libx264", rate=25, options={"x264-params": "bframes=3:keyint=20:open-gop=1"})
-    stream.width = stream.height = 32
-    stream.pix_fmt = "yuv420p"
-    stream.codec_context.time_base = stream.time_base = fractions.Fraction(1, 1000)
-    t = 0
+    images, millis, t = [], [], 0
     for i in range(130):
         y, x = np.mgrid[0:32, 0:32]
-        img = np.stack([(x * 7 + i * 20) % 256, (y * 5 + i * 3) % 256, (x + y + i * 11) % 256], -1).astype(np.uint8)
-        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-        frame.pts, frame.time_base = t, fractions.Fraction(1, 1000)
+        images.append(np.stack([(x * 7 + i * 20) % 256, (y * 5 + i * 3) % 256, (x + y + i * 11) % 256],
+                               -1).astype(np.uint8))
+        millis.append(t)
         t += 20 if i % 3 else 70
-        for packet in stream.encode(frame):
-            out.mux(packet)
-    for packet in stream.encode():
-        out.mux(packet)
-    out.close()
+    path = write_clip(tmp_path / "vfr.mkv", images, rate=25, codec="libx264", millis=millis,
+                      options={"x264-params": "bframes=3:keyint=20:open-gop=1"})
     pick = FramesOptions(frames=6, start_frame=97, frame_stride=5)  # frames 97 .. 122
     decoded = []
     sought, _ = core_frames.read_video(str(path), pick, interrupt=lambda: decoded.append(1))

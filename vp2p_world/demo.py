@@ -136,7 +136,8 @@ def load_clip(spec: str, framing: "FramesOptions", resolution: int):
         raise VP2PInputError("--start-frame, --frame-stride: pick frames of a --clip file or folder; a rendered scene "
                              "is rendered from its first frame")
     scene = Scene(frames=frames, resolution=resolution, **kw)
-    return render(scene).frames, scene, render(scene)
+    clip = render(scene)
+    return clip.frames, scene, clip
 
 
 def ground_truth(scene, source_prompt: str, target_prompt: str):
